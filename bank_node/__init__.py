@@ -1,0 +1,1 @@
+"""The bank side: data loading, features, local and federated training."""

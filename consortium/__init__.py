@@ -1,0 +1,1 @@
+"""The consortium aggregator: sums ciphertexts without ever holding the secret key."""

@@ -1,0 +1,1 @@
+"""Homomorphic-encryption schemes behind one small interface (CKKS, Paillier, plaintext)."""

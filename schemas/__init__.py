@@ -1,0 +1,1 @@
+"""Marshmallow schemas: the one place that says what valid input is."""
