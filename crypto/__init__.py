@@ -1,1 +1,61 @@
 """Homomorphic-encryption schemes behind one small interface (CKKS, Paillier, plaintext)."""
+
+from crypto.ckks import CKKSScheme
+from crypto.paillier import PaillierScheme
+from crypto.plain import PlainScheme
+from crypto.registry import DEFAULT_SCHEME, SCHEMES, generate, load_context, scheme_class
+from crypto.scheme import (
+    AggregationError,
+    CorruptPayloadError,
+    CryptoError,
+    HEScheme,
+    InvalidVectorError,
+    KeyMismatchError,
+    LengthMismatchError,
+    MalformedPayloadError,
+    MissingSecretKeyError,
+    PayloadError,
+    PayloadHeader,
+    PayloadKind,
+    PayloadKindError,
+    SchemeMismatchError,
+    SchemeParameterError,
+    TruncatedPayloadError,
+    UnexpectedSecretKeyError,
+    UnknownSchemeError,
+    UnsupportedVersionError,
+    ValueRangeError,
+    read_header,
+)
+
+__all__ = [
+    "AggregationError",
+    "CKKSScheme",
+    "CorruptPayloadError",
+    "CryptoError",
+    "DEFAULT_SCHEME",
+    "HEScheme",
+    "InvalidVectorError",
+    "KeyMismatchError",
+    "LengthMismatchError",
+    "MalformedPayloadError",
+    "MissingSecretKeyError",
+    "PaillierScheme",
+    "PayloadError",
+    "PayloadHeader",
+    "PayloadKind",
+    "PayloadKindError",
+    "PlainScheme",
+    "SCHEMES",
+    "SchemeMismatchError",
+    "SchemeParameterError",
+    "TruncatedPayloadError",
+    "UnexpectedSecretKeyError",
+    "UnknownSchemeError",
+    "UnsupportedVersionError",
+    "ValueRangeError",
+    "generate",
+    "load_context",
+    "read_header",
+    "scheme_class",
+]
