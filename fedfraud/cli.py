@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from fedfraud import __version__
+from fedfraud.progress import status as _status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,6 +124,85 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
     click.echo(f"wrote {len(result):,} rows with features to {output}")
 
 
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@main.command()
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Transactions with labels (Parquet or CSV).")
+@_mapping_option
+@click.option("--banks", type=click.IntRange(min=2, max=64), default=5, show_default=True)
+@click.option("--sizes", default="", metavar="S1,S2,...", help="Each bank's share of the cards (default: uneven).")
+@click.option("--train-start", type=DATE, default="2018-07-25", show_default=True)
+@click.option("--train-days", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("--delay-days", type=click.IntRange(min=0), default=7, show_default=True)
+@click.option("--test-days", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("--models", default="xgboost,logreg", show_default=True)
+@click.option("--scheme", type=click.Choice(["ckks", "paillier", "plain"]), default="ckks", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trees", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--max-depth", type=click.IntRange(min=1, max=12), default=3, show_default=True)
+@click.option("--eta", type=click.FloatRange(min=0, min_open=True, max=1), default=0.1, show_default=True)
+@click.option("--bins", type=click.IntRange(min=2, max=1024), default=256, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results as JSON here.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write ROC / precision-recall curves and per-bank bars (PNG) here.")
+@readable_errors
+def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start: date, train_days: int,
+             delay_days: int, test_days: int, models: str, scheme: str, seed: int, trees: int, max_depth: int,
+             eta: float, bins: int, json_path: Path | None, report_dir: Path | None) -> None:
+    """Federated vs local-only vs centralized training of N simulated banks, in one process."""
+    from bank_node.data import load_transactions
+    from schemas.transaction import parse_column_mapping
+
+    with _status(f"loading {data_path}"):
+        frame = load_transactions(data_path, parse_column_mapping(columns), require_label=True).frame
+    _run_simulation(frame, _simulation_config(
+        n_banks=banks, sizes=sizes, train_start=train_start, train_days=train_days, delay_days=delay_days,
+        test_days=test_days, models=models, scheme=scheme, seed=seed, n_trees=trees, max_depth=max_depth,
+        eta=eta, n_bins=bins), json_path=json_path, report_dir=report_dir)
+
+
+def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: Any) -> Any:
+    from fedfraud.simulation import SimulationConfig
+    from schemas.errors import FedfraudInputError
+
+    try:
+        shares = tuple(float(x) for x in _comma_list(sizes))
+    except ValueError:
+        raise FedfraudInputError(f"--sizes {sizes!r} is not a list of numbers", {"sizes": ["not numbers"]}) from None
+    try:
+        return SimulationConfig(sizes=shares, models=_comma_list(models), train_start=train_start.isoformat(),
+                                **kwargs)
+    except ValueError as exc:
+        raise FedfraudInputError(str(exc)) from None
+
+
+def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_dir: Path | None) -> None:
+    import json
+
+    from fedfraud.progress import steps
+    from fedfraud.report import plot_report, print_summary
+    from fedfraud.simulation import simulate as run
+
+    with steps("simulation") as progress:
+        try:
+            result = run(frame, config, progress=progress)
+        except ValueError as exc:
+            from schemas.errors import FedfraudInputError
+
+            raise FedfraudInputError(str(exc)) from None
+    print_summary(result)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result.to_json(), indent=2, default=float))
+        click.echo(f"results written to {json_path}")
+    if report_dir is not None:
+        click.echo(f"report written to {plot_report(result, report_dir)}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True, help="Folder for the generated data and results.")
@@ -132,31 +212,19 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
 @readable_errors
 def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
     """Run the main job on built-in generated data (no external data needed)."""
-    from fedfraud.demo import run_demo
+    from bank_node.data import write_table
+    from bank_node.generator import generate_transactions
+    from schemas.transaction import to_canonical
 
-    run_demo(out_dir=out_dir, n_banks=banks, scheme=scheme, seed=seed)
-
-
-class _status:
-    """A spinner on stderr for a step of unknown length (quiet when stderr is not a terminal)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self._ctx: Any = None
-
-    def __enter__(self) -> None:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if console.is_terminal:
-            self._ctx = console.status(self.message)
-            self._ctx.__enter__()
-        else:
-            print(f"{self.message} ...", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
+    with _status("generating 90 days of transactions for 2,000 cards and 4,000 terminals"):
+        raw = generate_transactions(n_customers=2000, n_terminals=4000, days=90, seed=seed)
+    write_table(raw, out_dir / "transactions.parquet")
+    click.echo(f"generated {len(raw):,} transactions ({int(raw['TX_FRAUD'].sum()):,} frauds) "
+               f"in {out_dir / 'transactions.parquet'}")
+    config = _simulation_config(n_banks=banks, sizes="", models="xgboost,logreg", scheme=scheme, seed=seed,
+                                train_start=date(2018, 6, 1), n_trees=100, max_depth=3)
+    _run_simulation(to_canonical(raw, require_label=True), config, json_path=out_dir / "results.json",
+                    report_dir=out_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,102 @@
+"""Federated gradient-boosted trees: one bank's side of the whole training, as secure sums.
+
+1. ``gbdt/bins``: the bank's counts over the consortium's fixed fine grid; from the sum every bank
+   takes the same global quantile cuts, so no bank reveals its own feature distribution.
+2. ``gbdt/tree-T/level-D``: per tree and level, the bank's (node x feature x bin x {grad, hess})
+   histograms of the nodes to split (only the smaller child of each split; the sibling is the
+   parent minus it). Every bank decrypts the same sum and takes the same splits.
+
+The result is the same :class:`~bank_node.federated.ensemble.GBDTModel` on every bank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bank_node.federated.binning import FeatureScale, bin_index, fine_grid, global_cuts, local_grid_counts
+from bank_node.federated.ensemble import GBDTModel
+from bank_node.federated.grower import TreeGrower
+from bank_node.federated.objective import base_margin
+from bank_node.federated.params import GBDTParams
+from bank_node.federated.party import advance_positions, make_level_payload, tree_gradients, update_margin
+from bank_node.federated.rounds import Algorithm, SumRequest
+from bank_node.federated.sampling import column_sample
+
+#: Relative gain difference under which two candidate splits count as tied (then the lower
+#: feature and bin win, as in XGBoost). Approximate HE (CKKS) perturbs sums by ~1e-9 relative;
+#: without a tolerance two features that split the rows identically could swap.
+CKKS_TIE_TOLERANCE = 1e-6
+
+
+def federated_gbdt(
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    params: GBDTParams,
+    scales: Sequence[FeatureScale],
+    party_index: int,
+    tie_tolerance: float = 0.0,
+    prefix: str = "gbdt",
+) -> Algorithm[GBDTModel]:
+    """One bank's side of federated histogram GBDT.
+
+    Parameters
+    ----------
+    X
+        The bank's training rows, shape (n_rows, n_features).
+    y
+        Their 0/1 labels.
+    params
+        Hyperparameters, identical on every bank.
+    scales
+        The consortium's declared scale of each feature (fixes the fine grid without data).
+    party_index
+        The bank's stable number (seeds its row subsample, when subsampling).
+    tie_tolerance
+        See :data:`CKKS_TIE_TOLERANCE`.
+    prefix
+        Round-key prefix.
+
+    Returns
+    -------
+    GBDTModel
+        The ensemble, with raw-value thresholds (scores raw features directly).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(y, dtype=np.float32)
+    if X.ndim != 2 or len(X) != len(labels):
+        raise ValueError(f"X must be (n_rows, n_features) with one label per row; got {X.shape} and {labels.shape}")
+    if len(scales) != X.shape[1]:
+        raise ValueError(f"{len(scales)} feature scales for {X.shape[1]} features")
+    grid = fine_grid(scales)
+    summed_counts = yield SumRequest(f"{prefix}/bins", local_grid_counts(X, grid))
+    cuts = global_cuts(summed_counts, grid, params.n_bins)
+    bins = bin_index(X, cuts)
+    n_bins = np.array([len(c) + 1 for c in cuts], dtype=np.int64)
+
+    margin = np.full(len(labels), base_margin(params.base_score), dtype=np.float32)
+    trees = []
+    for t in range(params.n_trees):
+        grower = TreeGrower(
+            params=params,
+            bins_per_feature=n_bins,
+            features=column_sample(X.shape[1], params, t),
+            cuts=cuts,
+            tie_tolerance=tie_tolerance,
+        )
+        grad, hess = tree_gradients(margin, labels, params, tree_index=t, party_index=party_index)
+        positions = np.zeros(len(labels), dtype=np.int32)
+        depth = 0
+        while (request := grower.request) is not None:
+            payload = make_level_payload(bins, grad, hess, positions, request)
+            summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload)
+            result = grower.apply_level_sum(summed)
+            positions = advance_positions(bins, positions, result.splits)
+            depth += 1
+        tree = grower.tree()
+        margin = update_margin(margin, tree, positions)
+        trees.append(tree)
+    return GBDTModel(trees=trees, base_score=params.base_score, n_features=X.shape[1], cuts=cuts)

@@ -1,0 +1,352 @@
+"""The in-process simulator: several banks, one aggregator, one process, every message serialized.
+
+It partitions a transaction file among banks by card, computes each bank's features from its own
+transactions only, trains the federated models through secure sums (the aggregator holds the
+public HE context only), the same model families centrally on all rows pooled (the upper bound)
+and on each bank alone (the lower bound), and evaluates all of them with the handbook's protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+import crypto
+from bank_node.evaluation import Metrics, Windows, evaluate, test_mask, train_mask
+from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features
+from bank_node.federated.feature_scales import scales_for
+from bank_node.federated.gbdt import CKKS_TIE_TOLERANCE, federated_gbdt
+from bank_node.federated.inmemory import run_banks
+from bank_node.federated.logreg import LogRegParams, federated_logreg
+from bank_node.federated.params import GBDTParams
+from consortium.secure_sum import SecureSum
+
+MODELS = ("xgboost", "logreg")
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that decides a simulation's outcome."""
+
+    n_banks: int = 5
+    sizes: tuple[float, ...] = ()
+    train_start: str = "2018-07-25"
+    train_days: int = 7
+    delay_days: int = 7
+    test_days: int = 7
+    models: tuple[str, ...] = MODELS
+    scheme: str = "ckks"
+    seed: int = 0
+    n_trees: int = 100
+    max_depth: int = 3
+    eta: float = 0.1
+    n_bins: int = 256
+    min_banks: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n_banks < self.min_banks:
+            raise ValueError(f"--banks {self.n_banks}: at least min_banks={self.min_banks} banks are needed")
+        if self.sizes and len(self.sizes) != self.n_banks:
+            raise ValueError(f"--sizes gives {len(self.sizes)} shares for {self.n_banks} banks")
+        if self.sizes and (min(self.sizes) <= 0 or abs(sum(self.sizes) - 1.0) > 1e-6):
+            raise ValueError("--sizes must be positive shares summing to 1")
+        unknown = set(self.models) - set(MODELS)
+        if unknown or not self.models:
+            raise ValueError(f"--models must be a subset of {','.join(MODELS)}, got {','.join(self.models)}")
+        if self.scheme not in crypto.SCHEMES:
+            raise ValueError(f"--scheme must be one of {', '.join(crypto.SCHEMES)}")
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """Each bank's share of the cards: given, or uneven by default (each 0.7 of the previous)."""
+        if self.sizes:
+            return self.sizes
+        raw = 0.7 ** np.arange(self.n_banks)
+        return tuple(float(x) for x in raw / raw.sum())
+
+    @property
+    def gbdt_params(self) -> GBDTParams:
+        """The tree hyperparameters, shared by federated, centralized and local XGBoost."""
+        return GBDTParams(
+            n_trees=self.n_trees, max_depth=self.max_depth, eta=self.eta, n_bins=self.n_bins, seed=self.seed
+        )
+
+    @property
+    def windows(self) -> Windows:
+        """Train, delay and test periods."""
+        return Windows(
+            train_start=pd.Timestamp(self.train_start),
+            train_days=self.train_days,
+            delay_days=self.delay_days,
+            test_days=self.test_days,
+        )
+
+
+def bank_names(n_banks: int) -> list[str]:
+    """``bank-1`` ... ``bank-N``."""
+    return [f"bank-{i + 1}" for i in range(n_banks)]
+
+
+def partition_customers(
+    customers: npt.ArrayLike, shares: Sequence[float], *, seed: int
+) -> npt.NDArray[np.int64]:
+    """Assign each distinct card to a bank (index), in the given shares, at random from ``seed``."""
+    distinct = np.unique(np.asarray(customers))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    bounds = np.rint(np.cumsum(shares) * len(distinct)).astype(np.int64)
+    bank_of_rank = np.searchsorted(bounds, np.arange(len(distinct)), side="right")
+    bank = np.empty(len(distinct), dtype=np.int64)
+    bank[order] = bank_of_rank
+    return bank[np.searchsorted(distinct, np.asarray(customers))]
+
+
+@dataclass
+class BankData:
+    """One bank's feature rows for the training and test periods."""
+
+    name: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    n_cards: int
+
+    @property
+    def X_train(self) -> npt.NDArray[np.float64]:
+        return self.train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+
+    @property
+    def y_train(self) -> npt.NDArray[np.float64]:
+        return self.train["label"].to_numpy(dtype=np.float64)
+
+    @property
+    def X_test(self) -> npt.NDArray[np.float64]:
+        return self.test[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+
+
+def prepare_banks(transactions: pd.DataFrame, config: SimulationConfig, progress: Progress = _quiet) -> list[BankData]:
+    """Split the transactions among banks and compute each bank's features from its own rows only."""
+    windows = config.windows
+    bank_index = partition_customers(transactions["customer_id"], config.shares, seed=config.seed)
+    lookback = pd.Timedelta(days=max(FeatureConfig().windows_days) + FeatureConfig().delay_days + 1)
+    in_scope = (transactions["timestamp"] >= windows.train_start - lookback) & (
+        transactions["timestamp"] < windows.test_end
+    )
+    banks = []
+    for i, name in enumerate(bank_names(config.n_banks)):
+        own = transactions[(bank_index == i) & in_scope.to_numpy()]
+        progress(f"features for {name} ({len(own):,} transactions)")
+        featured = compute_features(
+            own,
+            start=windows.train_start.date().isoformat(),
+            end=(windows.test_end - pd.Timedelta(days=1)).date().isoformat(),
+        )
+        train = featured[train_mask(featured, windows)].reset_index(drop=True)
+        test = featured[test_mask(featured, windows)].reset_index(drop=True)
+        if train["label"].nunique() < 2:
+            raise ValueError(f"{name} has no fraud (or only fraud) in its training period: give it a larger share")
+        banks.append(BankData(name=name, train=train, test=test, n_cards=int(own["customer_id"].nunique())))
+    return banks
+
+
+@dataclass
+class ModelScores:
+    """Predicted test scores per bank, for one model."""
+
+    per_bank: dict[str, npt.NDArray[np.float64]]
+
+
+@dataclass
+class SimulationResult:
+    """What ``fedfraud simulate`` reports."""
+
+    config: dict[str, Any]
+    centralized: dict[str, dict[str, Any]] = field(default_factory=dict)
+    federated: dict[str, dict[str, Any]] = field(default_factory=dict)
+    local: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    timing: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, dict[str, ModelScores]] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+    test_sets: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (scores left out)."""
+        return {
+            "config": self.config,
+            "centralized": self.centralized,
+            "federated": self.federated,
+            "local": self.local,
+            "timing": self.timing,
+            "bytes": self.bytes,
+        }
+
+
+def _metrics(banks: Sequence[BankData], scores: ModelScores, origin: pd.Timestamp, total_cards: int) -> dict[str, Any]:
+    pooled_test = pd.concat([b.test for b in banks], ignore_index=True)
+    pooled_scores = np.concatenate([scores.per_bank[b.name] for b in banks])
+    out: dict[str, Any] = evaluate(pooled_test, pooled_scores, origin=origin).as_dict()
+    out["per_bank"] = {}
+    for b in banks:
+        k = max(1, round(100 * b.n_cards / total_cards))
+        out["per_bank"][b.name] = evaluate(b.test, scores.per_bank[b.name], origin=origin, k=k).as_dict()
+    return out
+
+
+def _xgb_params(config: SimulationConfig) -> dict[str, Any]:
+    p = config.gbdt_params
+    return {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": p.max_depth,
+        "eta": p.eta,
+        "max_bin": p.n_bins,
+        "base_score": p.base_score,
+        "reg_lambda": p.reg_lambda,
+        "gamma": p.gamma,
+        "min_child_weight": p.min_child_weight,
+        "scale_pos_weight": p.scale_pos_weight,
+        "nthread": 2,
+        "seed": config.seed,
+    }
+
+
+def train_xgboost(X: npt.NDArray[np.float64], y: npt.NDArray[np.float64], config: SimulationConfig) -> Any:
+    """XGBoost ``hist`` with the simulation's hyperparameters (centralized and local baselines)."""
+    import xgboost as xgb
+
+    return xgb.train(_xgb_params(config), xgb.DMatrix(X, label=y), num_boost_round=config.n_trees)
+
+
+def predict_xgboost(booster: Any, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Fraud probability per row."""
+    import xgboost as xgb
+
+    return np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
+
+
+def train_logreg(X: npt.NDArray[np.float64], y: npt.NDArray[np.float64], params: LogRegParams) -> Any:
+    """Standardised scikit-learn logistic regression with the same hyperparameters as the federated one."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = LogisticRegression(C=params.C, class_weight=params.class_weight, max_iter=2000, tol=1e-8)
+    return make_pipeline(StandardScaler(), model).fit(X, y)
+
+
+def simulate(
+    transactions: pd.DataFrame,
+    config: SimulationConfig,
+    *,
+    progress: Progress = _quiet,
+) -> SimulationResult:
+    """Run the whole comparison on canonical transactions with labels."""
+    banks = prepare_banks(transactions, config, progress)
+    names = [b.name for b in banks]
+    origin = config.windows.train_start
+    total_cards = sum(b.n_cards for b in banks)
+    X_all = np.vstack([b.X_train for b in banks])
+    y_all = np.concatenate([b.y_train for b in banks])
+    result = SimulationResult(config={**asdict(config), "shares": list(config.shares)})
+    result.bytes = {"uploaded_per_bank": {}, "per_value": None}
+
+    progress(f"key generation ({config.scheme})")
+    secret = crypto.generate(config.scheme)
+    public = crypto.load_context(secret.public_context(), require_public=True)
+
+    for model in config.models:
+        progress(f"{model}: centralized and local baselines")
+        scores_c: dict[str, npt.NDArray[np.float64]] = {}
+        scores_l: dict[str, npt.NDArray[np.float64]] = {}
+        if model == "xgboost":
+            central = train_xgboost(X_all, y_all, config)
+            for b in banks:
+                scores_c[b.name] = predict_xgboost(central, b.X_test)
+                scores_l[b.name] = predict_xgboost(train_xgboost(b.X_train, b.y_train, config), b.X_test)
+        else:
+            lr_params = LogRegParams()
+            central = train_logreg(X_all, y_all, lr_params)
+            for b in banks:
+                scores_c[b.name] = central.predict_proba(b.X_test)[:, 1]
+                scores_l[b.name] = train_logreg(b.X_train, b.y_train, lr_params).predict_proba(b.X_test)[:, 1]
+        result.centralized[model] = _metrics(banks, ModelScores(scores_c), origin, total_cards)
+        result.local[model] = {
+            b.name: evaluate(b.test, scores_l[b.name], origin=origin,
+                             k=max(1, round(100 * b.n_cards / total_cards))).as_dict()
+            for b in banks
+        }
+
+        progress(f"{model}: federated training under {config.scheme}")
+        aggregator = SecureSum(context=public, min_banks=config.min_banks)
+        started = time.perf_counter()
+        if model == "logreg":
+            factories = {
+                b.name: (lambda b=b: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS))
+                for b in banks
+            }
+        else:
+            scales = scales_for(MODEL_INPUTS)
+            tie = CKKS_TIE_TOLERANCE if config.scheme == "ckks" else 0.0
+            factories = {
+                b.name: (
+                    lambda b=b, i=i: federated_gbdt(
+                        b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i,
+                        tie_tolerance=tie,
+                    )
+                )
+                for i, b in enumerate(banks)
+            }
+        models, runners = run_banks(factories, contexts={n: secret for n in names}, aggregator=aggregator)
+        total_s = time.perf_counter() - started
+        fitted = models[names[0]]
+        result.models[model] = fitted
+        scores_f = {b.name: np.asarray(fitted.predict_proba(b.X_test), dtype=np.float64) for b in banks}
+        result.federated[model] = _metrics(banks, ModelScores(scores_f), origin, total_cards)
+        ledgers = [r.ledger for r in runners.values()]
+        result.timing[model] = {
+            "total_s": total_s,
+            "encrypt_s": sum(ledger.encrypt_s for ledger in ledgers),
+            "aggregate_s": sum(aggregator.aggregate_seconds.values()),
+            "decrypt_s": sum(ledger.decrypt_s for ledger in ledgers),
+            "compute_s": sum(ledger.compute_s for ledger in ledgers),
+            "rounds": ledgers[0].rounds,
+        }
+        if model == "xgboost":
+            result.timing[model]["per_tree_s"] = total_s / config.n_trees
+        result.bytes["uploaded_per_bank"][model] = {n: runners[n].ledger.uploaded_bytes for n in names}
+        values = sum(ledger.values_sent for ledger in ledgers)
+        uploaded = sum(ledger.uploaded_bytes for ledger in ledgers)
+        result.bytes.setdefault("per_value_by_model", {})[model] = uploaded / max(values, 1)
+        result.scores[model] = {
+            "centralized": ModelScores(scores_c),
+            "federated": ModelScores(scores_f),
+            "local": ModelScores(scores_l),
+        }
+    per_value = result.bytes.get("per_value_by_model", {})
+    result.bytes["per_value"] = per_value.get("xgboost", next(iter(per_value.values()), None))
+    result.test_sets = {b.name: b.test for b in banks}
+    result.config["banks"] = {b.name: {"cards": b.n_cards, "train_rows": len(b.train), "test_rows": len(b.test)}
+                              for b in banks}
+    return result
+
+
+__all__ = [
+    "BankData",
+    "FEATURE_COLUMNS",
+    "SimulationConfig",
+    "SimulationResult",
+    "partition_customers",
+    "prepare_banks",
+    "simulate",
+]
