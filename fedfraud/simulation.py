@@ -302,7 +302,7 @@ def simulate(
                 b.name: (
                     lambda b=b, i=i: federated_gbdt(
                         b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i,
-                        tie_tolerance=tie,
+                        tie_tolerance=tie, max_abs_value=secret.max_abs_value,
                     )
                 )
                 for i, b in enumerate(banks)

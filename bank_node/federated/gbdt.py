@@ -31,6 +31,29 @@ from bank_node.federated.sampling import column_sample
 CKKS_TIE_TOLERANCE = 1e-6
 
 
+#: Most the histograms are scaled up by (beyond it no scheme here gains precision).
+MAX_HISTOGRAM_SCALE = 2.0**20
+
+
+def histogram_scale(max_abs_value: float, n_rows: float, scale_pos_weight: float) -> float:
+    """The power of two that brings the largest possible histogram cell up to the scheme's range.
+
+    A cell sums at most every row's gradient, and a logistic gradient or hessian is at most
+    ``max(1, scale_pos_weight)`` in magnitude, so ``n_rows * that`` bounds every value sent.
+    Scaling by a power of two is exact in floating point: plaintext sums are unchanged.
+    """
+    bound = max(n_rows, 1.0) * max(1.0, scale_pos_weight)
+    room = max_abs_value / bound
+    if not np.isfinite(room) or room >= MAX_HISTOGRAM_SCALE:
+        return MAX_HISTOGRAM_SCALE if np.isfinite(max_abs_value) else 1.0
+    if room < 1.0:
+        raise ValueError(
+            f"{n_rows:.0f} training rows exceed the HE scheme's value range ({max_abs_value:g}); "
+            "use a context generated for a larger range"
+        )
+    return float(2.0 ** np.floor(np.log2(room)))
+
+
 def federated_gbdt(
     X: npt.ArrayLike,
     y: npt.ArrayLike,
@@ -39,6 +62,7 @@ def federated_gbdt(
     scales: Sequence[FeatureScale],
     party_index: int,
     tie_tolerance: float = 0.0,
+    max_abs_value: float = float("inf"),
     prefix: str = "gbdt",
 ) -> Algorithm[GBDTModel]:
     """One bank's side of federated histogram GBDT.
@@ -57,6 +81,10 @@ def federated_gbdt(
         The bank's stable number (seeds its row subsample, when subsampling).
     tie_tolerance
         See :data:`CKKS_TIE_TOLERANCE`.
+    max_abs_value
+        Largest value the HE scheme takes (``HEScheme.max_abs_value``); histograms are scaled by
+        a power of two to use that range, which keeps the scheme's absolute error (CKKS) or
+        fixed-point step (Paillier) far below the gradients' resolution.
     prefix
         Round-key prefix.
 
@@ -76,6 +104,8 @@ def federated_gbdt(
     cuts = global_cuts(summed_counts, grid, params.n_bins)
     bins = bin_index(X, cuts)
     n_bins = np.array([len(c) + 1 for c in cuts], dtype=np.int64)
+    n_rows_global = float(np.rint(grid.feature_counts(summed_counts, 0).sum()))
+    factor = histogram_scale(max_abs_value, n_rows_global, params.scale_pos_weight)
 
     margin = np.full(len(labels), base_margin(params.base_score), dtype=np.float32)
     trees = []
@@ -92,8 +122,8 @@ def federated_gbdt(
         depth = 0
         while (request := grower.request) is not None:
             payload = make_level_payload(bins, grad, hess, positions, request)
-            summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload)
-            result = grower.apply_level_sum(summed)
+            summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload * factor)
+            result = grower.apply_level_sum(summed / factor)
             positions = advance_positions(bins, positions, result.splits)
             depth += 1
         tree = grower.tree()
