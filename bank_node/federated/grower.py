@@ -225,11 +225,19 @@ class TreeGrower:
             tie_tolerance=self._tie_tolerance,
         )
         splits: list[NodeSplit] = []
-        for node, cand in zip(frontier, candidates, strict=True):
-            if cand is None:
-                continue
+        chosen = [(node, cand) for node, cand in zip(frontier, candidates, strict=True) if cand is not None]
+        if chosen:
+            # Weights and leaf values of all the level's splits at once (element-wise the
+            # same float64 sums and float32 roundings as the scalar functions).
+            stats = np.array(
+                [(c.left_grad, c.left_hess, c.right_grad, c.right_hess) for _, c in chosen], dtype=np.float64
+            )
+            eta = np.float32(params.eta)
             # XGBoost recomputes the parent's statistics as left + right for its record.
-            g = cand.left_grad + cand.right_grad
+            weights = node_weight(stats[:, 0] + stats[:, 2], stats[:, 1] + stats[:, 3], params).tolist()
+            left_values = (node_weight(stats[:, 0], stats[:, 1], params) * eta).astype(np.float32).tolist()
+            right_values = (node_weight(stats[:, 2], stats[:, 3], params) * eta).astype(np.float32).tolist()
+        for i, (node, cand) in enumerate(chosen):
             h = cand.left_hess + cand.right_hess
             threshold = self._threshold(cand.feature, cand.split_bin)
             left, right = self._builder.split(
@@ -238,11 +246,11 @@ class TreeGrower:
                 split_bin=cand.split_bin,
                 threshold=threshold,
                 gain=cand.gain,
-                weight=float(node_weight(g, h, params)),
+                weight=weights[i],
                 hess=h,
-                left_value=float(leaf_value(cand.left_grad, cand.left_hess, params)),
+                left_value=left_values[i],
                 left_hess=cand.left_hess,
-                right_value=float(leaf_value(cand.right_grad, cand.right_hess, params)),
+                right_value=right_values[i],
                 right_hess=cand.right_hess,
             )
             self._stats[left] = (cand.left_grad, cand.left_hess)
