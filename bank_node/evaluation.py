@@ -62,13 +62,13 @@ def day_index(timestamps: pd.Series, origin: pd.Timestamp) -> npt.NDArray[np.int
     return np.floor((timestamps - origin) / pd.Timedelta(days=1)).to_numpy(dtype=np.int64)
 
 
-def train_mask(frame: pd.DataFrame, windows: Windows) -> npt.NDArray[np.bool_]:
+def in_train_period(frame: pd.DataFrame, windows: Windows) -> npt.NDArray[np.bool_]:
     """Rows in the training period."""
     ts = frame["timestamp"]
     return ((ts >= windows.train_start) & (ts < windows.train_end)).to_numpy()
 
 
-def test_mask(frame: pd.DataFrame, windows: Windows) -> npt.NDArray[np.bool_]:
+def in_test_set(frame: pd.DataFrame, windows: Windows) -> npt.NDArray[np.bool_]:
     """Rows in the test period whose card was not yet known to be compromised.
 
     A card is known on test day D if it had a fraud in the training period or on any day before

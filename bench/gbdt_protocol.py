@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import inspect
 import json
 import math
 import platform
@@ -49,7 +48,7 @@ from rich.table import Table
 import crypto
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import CKKS_TIE_TOLERANCE, federated_gbdt
+from bank_node.federated.gbdt import federated_gbdt, scheme_options
 from bank_node.federated.params import GBDTParams
 from bank_node.features import MODEL_INPUTS
 from consortium.secure_sum import RoundState, SecureSum
@@ -141,7 +140,6 @@ def run_lockstep(
     names = [f"bank-{i + 1}" for i in range(len(banks))]
     participants = frozenset(names)
     scales = scales_for(MODEL_INPUTS)
-    tie = CKKS_TIE_TOLERANCE if scheme_name == "ckks" else 0.0
     n = len(banks)
     result = SchemeResult(
         scheme=name,
@@ -164,11 +162,8 @@ def run_lockstep(
             profiler.disable()
 
     started = clock()
-    extra: dict[str, Any] = {}
-    if "max_abs_value" in inspect.signature(federated_gbdt).parameters:
-        extra["max_abs_value"] = secret.max_abs_value
     gens = [
-        federated_gbdt(X, y, params=params, scales=scales, party_index=i, tie_tolerance=tie, **extra)
+        federated_gbdt(X, y, params=params, scales=scales, party_index=i, **scheme_options(secret))
         for i, (X, y) in enumerate(banks)
     ]
     compute = [0.0] * n

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crypto.scheme import HEScheme, PayloadError
@@ -91,13 +91,6 @@ class Round:
     def complete(self) -> bool:
         """Whether every participant has contributed."""
         return set(self.contributions) >= self.participants
-
-
-@dataclass(frozen=True)
-class RoundTimings:
-    """Seconds the aggregator spent summing, per round key."""
-
-    aggregate_s: Mapping[str, float]
 
 
 class SecureSum:

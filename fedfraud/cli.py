@@ -7,7 +7,6 @@ input problem reaches the user as one readable line (exit status 2), never a tra
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -173,11 +172,7 @@ def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: 
         shares = tuple(float(x) for x in _comma_list(sizes))
     except ValueError:
         raise FedfraudInputError(f"--sizes {sizes!r} is not a list of numbers", {"sizes": ["not numbers"]}) from None
-    try:
-        return SimulationConfig(sizes=shares, models=_comma_list(models), train_start=train_start.isoformat(),
-                                **kwargs)
-    except ValueError as exc:
-        raise FedfraudInputError(str(exc)) from None
+    return SimulationConfig(sizes=shares, models=_comma_list(models), train_start=train_start.isoformat(), **kwargs)
 
 
 def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_dir: Path | None) -> None:
@@ -188,12 +183,7 @@ def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_d
     from fedfraud.simulation import simulate as run
 
     with steps("simulation") as progress:
-        try:
-            result = run(frame, config, progress=progress)
-        except ValueError as exc:
-            from schemas.errors import FedfraudInputError
-
-            raise FedfraudInputError(str(exc)) from None
+        result = run(frame, config, progress=progress)
     print_summary(result)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from fedfraud.simulation import SimulationResult
 SETTINGS = ("local", "federated", "centralized")
 
 
-def _local_pooled(result: SimulationResult, model: str) -> dict[str, float]:
+def _local_mean(result: SimulationResult, model: str) -> dict[str, float]:
     """Local-only models, averaged over banks (each bank's own model on its own test rows)."""
     per_bank = result.local[model]
     return {m: float(np.mean([v[m] for v in per_bank.values()])) for m in ("auc", "ap", "cp100")}
@@ -23,7 +23,7 @@ def summary_rows(result: SimulationResult) -> list[tuple[str, str, float, float,
     rows = []
     for model in result.federated:
         for setting in SETTINGS:
-            metrics = _local_pooled(result, model) if setting == "local" else getattr(result, setting)[model]
+            metrics = _local_mean(result, model) if setting == "local" else getattr(result, setting)[model]
             rows.append((model, setting, metrics["auc"], metrics["ap"], metrics["cp100"]))
     return rows
 
@@ -91,7 +91,7 @@ def plot_report(result: SimulationResult, out_dir: Path) -> Path:
             fpr, tpr, _ = roc_curve(labels, scores)
             precision, recall, _ = precision_recall_curve(labels, scores)
             metrics: dict[str, Any] = (
-                _local_pooled(result, model) if setting == "local" else getattr(result, setting)[model]
+                _local_mean(result, model) if setting == "local" else getattr(result, setting)[model]
             )
             roc_ax.plot(fpr, tpr, label=f"{setting} (AUC {metrics['auc']:.3f})")
             pr_ax.plot(recall, precision, label=f"{setting} (AP {metrics['ap']:.3f})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,15 @@ import numpy.typing as npt
 import pandas as pd
 
 import crypto
-from bank_node.evaluation import Metrics, Windows, evaluate, test_mask, train_mask
-from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features
+from bank_node.evaluation import Windows, evaluate, in_test_set, in_train_period
+from bank_node.features import MODEL_INPUTS, FeatureConfig, compute_features
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import CKKS_TIE_TOLERANCE, federated_gbdt
+from bank_node.federated.gbdt import federated_gbdt, scheme_options
 from bank_node.federated.inmemory import run_banks
 from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from consortium.secure_sum import SecureSum
+from schemas.errors import FedfraudInputError
 
 MODELS = ("xgboost", "logreg")
 
@@ -57,16 +59,16 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.n_banks < self.min_banks:
-            raise ValueError(f"--banks {self.n_banks}: at least min_banks={self.min_banks} banks are needed")
+            raise FedfraudInputError(f"--banks {self.n_banks}: at least min_banks={self.min_banks} banks are needed")
         if self.sizes and len(self.sizes) != self.n_banks:
-            raise ValueError(f"--sizes gives {len(self.sizes)} shares for {self.n_banks} banks")
+            raise FedfraudInputError(f"--sizes gives {len(self.sizes)} shares for {self.n_banks} banks")
         if self.sizes and (min(self.sizes) <= 0 or abs(sum(self.sizes) - 1.0) > 1e-6):
-            raise ValueError("--sizes must be positive shares summing to 1")
+            raise FedfraudInputError("--sizes must be positive shares summing to 1")
         unknown = set(self.models) - set(MODELS)
         if unknown or not self.models:
-            raise ValueError(f"--models must be a subset of {','.join(MODELS)}, got {','.join(self.models)}")
+            raise FedfraudInputError(f"--models must be a subset of {','.join(MODELS)}, got {','.join(self.models)}")
         if self.scheme not in crypto.SCHEMES:
-            raise ValueError(f"--scheme must be one of {', '.join(crypto.SCHEMES)}")
+            raise FedfraudInputError(f"--scheme must be one of {', '.join(crypto.SCHEMES)}")
 
     @property
     def shares(self) -> tuple[float, ...]:
@@ -121,17 +123,24 @@ class BankData:
     test: pd.DataFrame
     n_cards: int
 
-    @property
+    @cached_property
     def X_train(self) -> npt.NDArray[np.float64]:
+        """Model inputs of the training rows."""
         return self.train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
 
-    @property
+    @cached_property
     def y_train(self) -> npt.NDArray[np.float64]:
+        """Labels of the training rows."""
         return self.train["label"].to_numpy(dtype=np.float64)
 
-    @property
+    @cached_property
     def X_test(self) -> npt.NDArray[np.float64]:
+        """Model inputs of the test rows."""
         return self.test[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+
+    def top_k(self, total_cards: int) -> int:
+        """Cards to rank per day for this bank's CP@k: 100 scaled to its share of the cards."""
+        return max(1, round(100 * self.n_cards / total_cards))
 
 
 def prepare_banks(transactions: pd.DataFrame, config: SimulationConfig, progress: Progress = _quiet) -> list[BankData]:
@@ -151,10 +160,12 @@ def prepare_banks(transactions: pd.DataFrame, config: SimulationConfig, progress
             start=windows.train_start.date().isoformat(),
             end=(windows.test_end - pd.Timedelta(days=1)).date().isoformat(),
         )
-        train = featured[train_mask(featured, windows)].reset_index(drop=True)
-        test = featured[test_mask(featured, windows)].reset_index(drop=True)
+        train = featured[in_train_period(featured, windows)].reset_index(drop=True)
+        test = featured[in_test_set(featured, windows)].reset_index(drop=True)
         if train["label"].nunique() < 2:
-            raise ValueError(f"{name} has no fraud (or only fraud) in its training period: give it a larger share")
+            raise FedfraudInputError(
+                f"{name} has no fraud (or only fraud) in its training period: give it a larger share"
+            )
         banks.append(BankData(name=name, train=train, test=test, n_cards=int(own["customer_id"].nunique())))
     return banks
 
@@ -198,8 +209,9 @@ def _metrics(banks: Sequence[BankData], scores: ModelScores, origin: pd.Timestam
     out: dict[str, Any] = evaluate(pooled_test, pooled_scores, origin=origin).as_dict()
     out["per_bank"] = {}
     for b in banks:
-        k = max(1, round(100 * b.n_cards / total_cards))
-        out["per_bank"][b.name] = evaluate(b.test, scores.per_bank[b.name], origin=origin, k=k).as_dict()
+        out["per_bank"][b.name] = evaluate(
+            b.test, scores.per_bank[b.name], origin=origin, k=b.top_k(total_cards)
+        ).as_dict()
     return out
 
 
@@ -282,8 +294,7 @@ def simulate(
                 scores_l[b.name] = train_logreg(b.X_train, b.y_train, lr_params).predict_proba(b.X_test)[:, 1]
         result.centralized[model] = _metrics(banks, ModelScores(scores_c), origin, total_cards)
         result.local[model] = {
-            b.name: evaluate(b.test, scores_l[b.name], origin=origin,
-                             k=max(1, round(100 * b.n_cards / total_cards))).as_dict()
+            b.name: evaluate(b.test, scores_l[b.name], origin=origin, k=b.top_k(total_cards)).as_dict()
             for b in banks
         }
 
@@ -297,12 +308,12 @@ def simulate(
             }
         else:
             scales = scales_for(MODEL_INPUTS)
-            tie = CKKS_TIE_TOLERANCE if config.scheme == "ckks" else 0.0
+            options = scheme_options(secret)
             factories = {
                 b.name: (
                     lambda b=b, i=i: federated_gbdt(
                         b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i,
-                        tie_tolerance=tie, max_abs_value=secret.max_abs_value,
+                        **options,
                     )
                 )
                 for i, b in enumerate(banks)
@@ -343,7 +354,6 @@ def simulate(
 
 __all__ = [
     "BankData",
-    "FEATURE_COLUMNS",
     "SimulationConfig",
     "SimulationResult",
     "partition_customers",

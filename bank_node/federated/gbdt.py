@@ -12,6 +12,7 @@ The result is the same :class:`~bank_node.federated.ensemble.GBDTModel` on every
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,10 +26,25 @@ from bank_node.federated.party import advance_positions, make_level_payload, tre
 from bank_node.federated.rounds import Algorithm, SumRequest
 from bank_node.federated.sampling import column_sample
 
+if TYPE_CHECKING:
+    from crypto.scheme import HEScheme
+
 #: Relative gain difference under which two candidate splits count as tied (then the lower
 #: feature and bin win, as in XGBoost). Approximate HE (CKKS) perturbs sums by ~1e-9 relative;
 #: without a tolerance two features that split the rows identically could swap.
 CKKS_TIE_TOLERANCE = 1e-6
+
+
+def scheme_options(context: HEScheme) -> dict[str, float]:
+    """The options of :func:`federated_gbdt` that follow from the HE scheme's arithmetic.
+
+    Approximate arithmetic (CKKS) needs a tie tolerance; every scheme bounds the values it takes.
+    """
+    approximate = context.name == "ckks"
+    return {
+        "tie_tolerance": CKKS_TIE_TOLERANCE if approximate else 0.0,
+        "max_abs_value": context.max_abs_value,
+    }
 
 
 #: Most the histograms are scaled up by (beyond it no scheme here gains precision).

@@ -141,10 +141,12 @@ def class_weights(n_rows: float, n_frauds: float, mode: Literal["balanced"] | No
 
 
 def loss_derivatives(
-    Z: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray
+    Zb: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
-    """Gradient and Hessian of ``sum_i s_i * logloss_i`` at ``weights`` (last entry: intercept)."""
-    Zb = np.hstack([Z, np.ones((len(Z), 1))])
+    """Gradient and Hessian of ``sum_i s_i * logloss_i`` at ``weights``.
+
+    ``Zb`` holds the standardised features and a last column of ones (the intercept's).
+    """
     p = _sigmoid(Zb @ weights)
     grad = Zb.T @ (sample_weight * (p - y))
     hess = (Zb * (sample_weight * p * (1.0 - p))[:, None]).T @ Zb
@@ -213,11 +215,11 @@ def federated_logreg(
 
     w_genuine, w_fraud = class_weights(n_rows, n_frauds, params.class_weight)
     sample_weight = np.where(y == 1, w_fraud, w_genuine)
-    Z = (X - mean) / scale
+    Zb = np.hstack([(X - mean) / scale, np.ones((len(X), 1))])
     weights = np.zeros(n_features + 1)
     rounds = 0
     for rounds in range(1, params.max_rounds + 1):
-        grad, hess = loss_derivatives(Z, y, sample_weight, weights)
+        grad, hess = loss_derivatives(Zb, y, sample_weight, weights)
         size = n_features + 1
         share = np.concatenate([grad, hess.ravel()]) * (DERIVATIVE_RESOLUTION / n_rows)
         summed = yield SumRequest(f"{prefix}/round-{rounds}", share)

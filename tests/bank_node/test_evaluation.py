@@ -9,15 +9,14 @@ import pandas as pd
 import pytest
 
 from bank_node.data import load_transactions
-from bank_node import evaluation
-from bank_node.evaluation import Windows, card_precision_at_k, evaluate, train_mask
+from bank_node.evaluation import Windows, card_precision_at_k, evaluate, in_test_set, in_train_period
 
 
 @pytest.mark.slow
 def test_split_reproduces_the_handbook_counts(handbook_dir: Path) -> None:
     frame = load_transactions(handbook_dir / "transactions.parquet", require_label=True).frame
     windows = Windows(train_start=pd.Timestamp("2018-07-25"))
-    train, test = train_mask(frame, windows), evaluation.test_mask(frame, windows)
+    train, test = in_train_period(frame, windows), in_test_set(frame, windows)
     assert (int(train.sum()), int(frame["label"][train].sum())) == (67_240, 598)
     assert (int(test.sum()), int(frame["label"][test].sum())) == (58_264, 385)
 
@@ -41,7 +40,7 @@ def test_known_compromised_cards_leave_the_test_set_after_the_delay() -> None:
             "label": [y for _, _, y in rows],
         }
     )
-    kept = evaluation.test_mask(frame, windows)
+    kept = in_test_set(frame, windows)
     assert kept.tolist() == [False, False, False, True, False, True, True]
 
 

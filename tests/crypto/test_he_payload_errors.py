@@ -27,7 +27,7 @@ from crypto.scheme import (
     UnsupportedVersionError,
     read_header,
 )
-from crypto.scheme import HEADER_SIZE, PayloadKind, frame, pack_sections, unframe, unpack_sections
+from crypto.scheme import frame, pack_sections, unframe, unpack_sections
 
 
 def flip(data: bytes, index: int) -> bytes:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
+import xgboost as xgb
 from sklearn.datasets import make_classification
 
+from bank_node.federated.params import GBDTParams
 from bank_node.federated.binning import (
     FeatureScale,
     bin_index,
@@ -87,3 +91,30 @@ def gbdt_data() -> BankData:
 def gbdt_data_256() -> BankData:
     """As :func:`gbdt_data`, with up to 256 bins per feature."""
     return make_bank_data(n_bins=256, seed=11)
+
+
+def train_xgboost_on_bins(bins: np.ndarray, y: np.ndarray, params: GBDTParams) -> xgb.Booster:
+    """XGBoost ``hist`` on rows already mapped to global bin indices (cuts fall between integers)."""
+    return xgb.train(
+        {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "max_bin": 256,
+            "max_depth": params.max_depth,
+            "eta": params.eta,
+            "lambda": params.reg_lambda,
+            "gamma": params.gamma,
+            "min_child_weight": params.min_child_weight,
+            "base_score": params.base_score,
+            "scale_pos_weight": params.scale_pos_weight,
+            "nthread": 1,
+        },
+        xgb.DMatrix(np.asarray(bins, dtype=np.float32), label=y),
+        params.n_trees,
+    )
+
+
+@pytest.fixture(scope="session")
+def xgboost_on_bins() -> Callable[[np.ndarray, np.ndarray, GBDTParams], xgb.Booster]:
+    """The XGBoost reference the protocol must reproduce (see :func:`train_xgboost_on_bins`)."""
+    return train_xgboost_on_bins

@@ -11,7 +11,7 @@ import xgboost as xgb
 import crypto
 from bank_node.federated.binning import bin_index
 from bank_node.federated.ensemble import GBDTModel
-from bank_node.federated.gbdt import CKKS_TIE_TOLERANCE, federated_gbdt
+from bank_node.federated.gbdt import federated_gbdt, scheme_options
 from bank_node.federated.inmemory import run_banks
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.xgb_export import save_xgboost_json
@@ -23,12 +23,11 @@ PARAMS = GBDTParams(n_trees=12, max_depth=4, eta=0.3, n_bins=64)
 def run_protocol(data, scheme: str, params: GBDTParams = PARAMS) -> tuple[GBDTModel, dict]:  # type: ignore[no-untyped-def]
     secret = crypto.generate(scheme, **({"key_bits": 1024} if scheme == "paillier" else {}))
     aggregator = SecureSum(context=crypto.load_context(secret.public_context(), require_public=True))
-    tie = CKKS_TIE_TOLERANCE if scheme == "ckks" else 0.0
     factories = {
         f"bank-{i}": (
             lambda rows=rows, i=i: federated_gbdt(
-                data.X[rows], data.y[rows], params=params, scales=data.scales, party_index=i, tie_tolerance=tie,
-                max_abs_value=secret.max_abs_value,
+                data.X[rows], data.y[rows], params=params, scales=data.scales, party_index=i,
+                **scheme_options(secret),
             )
         )
         for i, rows in enumerate(data.parties)
@@ -59,17 +58,13 @@ def test_every_bank_derives_the_same_model(plain_model) -> None:  # type: ignore
     assert all(tree_signature(m) == reference for m in models[1:])
 
 
-def test_plaintext_protocol_grows_xgboost_hist_trees_on_global_bins(gbdt_data, plain_model) -> None:  # type: ignore[no-untyped-def]
+def test_plaintext_protocol_grows_xgboost_hist_trees_on_global_bins(  # type: ignore[no-untyped-def]
+    gbdt_data, plain_model, xgboost_on_bins
+) -> None:
     model, _ = plain_model
     # XGBoost on the pooled rows mapped to the protocol's global bins: same split candidates.
     bins = bin_index(gbdt_data.X, model.cuts).astype(np.float32)
-    booster = xgb.train(
-        {"objective": "binary:logistic", "tree_method": "hist", "max_bin": 256, "max_depth": PARAMS.max_depth,
-         "eta": PARAMS.eta, "lambda": PARAMS.reg_lambda, "min_child_weight": PARAMS.min_child_weight,
-         "base_score": PARAMS.base_score, "nthread": 1},
-        xgb.DMatrix(bins, label=gbdt_data.y),
-        PARAMS.n_trees,
-    )
+    booster = xgboost_on_bins(bins, gbdt_data.y, PARAMS)
     trees = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
     for t, (ours, theirs) in enumerate(zip(model.trees, trees, strict=True)):
         inner = [n for n in range(ours.n_nodes) if ours.left[n] >= 0]
@@ -100,7 +95,7 @@ def test_exported_model_scores_alike_in_xgboost(gbdt_data, plain_model, tmp_path
     )
 
 
-def test_the_aggregator_sees_only_sums_of_enough_banks(gbdt_data, plain_model) -> None:  # type: ignore[no-untyped-def]
+def test_every_bank_takes_part_in_every_round(gbdt_data, plain_model) -> None:  # type: ignore[no-untyped-def]
     runners = plain_model[1]["runners"]
     rounds = {runner.ledger.rounds for runner in runners.values()}
     assert len(rounds) == 1  # every bank took part in every round

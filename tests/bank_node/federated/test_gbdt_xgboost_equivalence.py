@@ -40,25 +40,9 @@ CASES = {
 }
 
 
-def _xgboost(data: BankData, params: GBDTParams) -> dict[str, Any]:
+def _xgboost(train: Any, data: BankData, params: GBDTParams) -> dict[str, Any]:
+    booster = train(data.bins, data.y, params)
     dtrain = xgb.DMatrix(data.bins.astype(np.float32), label=data.y)
-    booster = xgb.train(
-        {
-            "objective": "binary:logistic",
-            "tree_method": "hist",
-            "max_bin": 256,
-            "max_depth": params.max_depth,
-            "eta": params.eta,
-            "lambda": params.reg_lambda,
-            "gamma": params.gamma,
-            "min_child_weight": params.min_child_weight,
-            "base_score": params.base_score,
-            "scale_pos_weight": params.scale_pos_weight,
-            "nthread": 1,
-        },
-        dtrain,
-        params.n_trees,
-    )
     return {
         "trees": json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"],
         "margin": booster.predict(dtrain, output_margin=True),
@@ -86,10 +70,10 @@ def _assert_same_tree(ours: Tree, theirs: dict[str, Any], where: str) -> int:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_summed_bank_histograms_grow_xgboost_trees(gbdt_data: BankData, case: str) -> None:
+def test_summed_bank_histograms_grow_xgboost_trees(gbdt_data: BankData, case: str, xgboost_on_bins: Any) -> None:
     params = CASES[case]
     model = train_local(gbdt_data.party_data(), params=params)
-    reference = _xgboost(gbdt_data, params)
+    reference = _xgboost(xgboost_on_bins, gbdt_data, params)
     assert len(model.trees) == len(reference["trees"]) == params.n_trees
     leaves = sum(
         _assert_same_tree(tree, theirs, f"{case}, tree {t}")
@@ -103,13 +87,13 @@ def test_summed_bank_histograms_grow_xgboost_trees(gbdt_data: BankData, case: st
     np.testing.assert_allclose(model.predict_margin_bins(gbdt_data.bins), reference["margin"], atol=1e-5)
 
 
-def test_256_bins_and_a_different_party_split(gbdt_data_256: BankData) -> None:
+def test_256_bins_and_a_different_party_split(gbdt_data_256: BankData, xgboost_on_bins: Any) -> None:
     params = GBDTParams(n_trees=20, max_depth=5, eta=0.3)
     bins, y = gbdt_data_256.bins, gbdt_data_256.y
     order = np.random.default_rng(0).permutation(len(y))  # banks hold arbitrary rows
     parties = [(bins[i], y[i]) for i in np.array_split(order, 5)]
     model = train_local(parties, params=params)
-    reference = _xgboost(gbdt_data_256, params)
+    reference = _xgboost(xgboost_on_bins, gbdt_data_256, params)
     for t, (tree, theirs) in enumerate(zip(model.trees, reference["trees"], strict=True)):
         _assert_same_tree(tree, theirs, f"tree {t}")
     assert int(bins.max()) > 200
