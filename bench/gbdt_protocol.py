@@ -63,7 +63,7 @@ PREDICTION_TOLERANCE = 1e-4
 
 SCHEME_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ckks": ("ckks", {}),
-    "ckks4096": ("ckks", {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": (60, 49)}),
+    "ckks8192": ("ckks", {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": (60, 60)}),
     "plain": ("plain", {}),
     "paillier": ("paillier", {}),
 }
