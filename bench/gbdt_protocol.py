@@ -20,7 +20,7 @@ Reported per scheme:
 - that the CKKS model's trees equal the plain model's (features, bins, thresholds; leaf values
   within 1e-6) and that predictions agree within 1e-4.
 
-Scheme names: ``ckks`` (library default), ``ckks4096`` (N=4096, primes (60, 49)), ``plain``,
+Scheme names: ``ckks`` (library default, N=4096), ``ckks8192`` (N=8192, primes (60, 60)), ``plain``,
 ``paillier``. Usage::
 
     python bench/gbdt_protocol.py [--trees 100] [--depth 6] [--bins 256] [--banks 5]
