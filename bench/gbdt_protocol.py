@@ -49,9 +49,10 @@ import crypto
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.lockstep import run_lockstep
 from bank_node.federated.params import GBDTParams
 from bank_node.features import MODEL_INPUTS
-from consortium.secure_sum import RoundState, SecureSum
+from consortium.secure_sum import SecureSum
 
 DATA = Path("/work/shared/data/fraud-detection-handbook-simulated/transactions.parquet")
 
@@ -125,110 +126,57 @@ def load_banks(n_banks: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(b.X_train, b.y_train) for b in banks]
 
 
-def run_lockstep(
+def train_scheme(
     name: str,
     banks: Sequence[tuple[np.ndarray, np.ndarray]],
     params: GBDTParams,
     progress: Progress,
     profiler: cProfile.Profile | None = None,
 ) -> tuple[SchemeResult, list[GBDTModel]]:
-    """Train once with every bank's generator driven in lockstep; return timings and models."""
+    """Train once with the shared lockstep driver; return its costs and every bank's model."""
     scheme_name, options = SCHEME_SETTINGS[name]
     secret = crypto.generate(scheme_name, **options)
     public = crypto.load_context(secret.public_context(), require_public=True)
     aggregator = SecureSum(context=public, min_banks=min(3, len(banks)))
     names = [f"bank-{i + 1}" for i in range(len(banks))]
-    participants = frozenset(names)
     scales = scales_for(MODEL_INPUTS)
-    n = len(banks)
+    task = progress.add_task(name, total=params.n_trees)
+    algorithms = {
+        bank: federated_gbdt(X, y, params=params, scales=scales, party_index=i, **scheme_options(secret))
+        for i, (bank, (X, y)) in enumerate(zip(names, banks, strict=True))
+    }
+
+    def on_round(key: str) -> None:
+        if key.endswith("/level-0"):
+            progress.advance(task)
+
+    if profiler is not None:
+        profiler.enable()
+    try:
+        run = run_lockstep(algorithms, contexts=dict.fromkeys(names, secret), aggregator=aggregator, on_round=on_round)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+    costs = run.costs
+    progress.update(task, completed=params.n_trees)
     result = SchemeResult(
         scheme=name,
         parameters=dict(secret.parameters),
         trees=params.n_trees,
-        compute_per_bank_s=[0.0] * n,
-        uploaded_bytes_per_bank=[0] * n,
+        rounds=costs.rounds,
+        wall_s=costs.wall_s,
+        compute_s=costs.outside_he_s,
+        encrypt_s=sum(costs.encrypt_s.values()),
+        aggregate_s=costs.aggregate_s,
+        decrypt_s=sum(costs.decrypt_s.values()),
+        parallel_s=costs.parallel_s,
+        compute_per_bank_s=[costs.compute_s[b] for b in names],
+        uploaded_bytes_per_bank=[costs.uploaded_bytes[b] for b in names],
+        values_per_bank=costs.values_sent[names[0]],
+        ciphertexts_per_bank=costs.ciphertext_slots[names[0]] // max(1, int(secret.slot_count)),
         slot_count=int(secret.slot_count),
     )
-    task = progress.add_task(name, total=params.n_trees)
-    clock = time.perf_counter
-
-    def profiled(call: Any, *args: Any) -> Any:
-        if profiler is None:
-            return call(*args)
-        profiler.enable()
-        try:
-            return call(*args)
-        finally:
-            profiler.disable()
-
-    started = clock()
-    gens = [
-        federated_gbdt(X, y, params=params, scales=scales, party_index=i, **scheme_options(secret))
-        for i, (X, y) in enumerate(banks)
-    ]
-    compute = [0.0] * n
-    requests = []
-    for i, gen in enumerate(gens):
-        t0 = clock()
-        requests.append(profiled(next, gen))
-        compute[i] = clock() - t0
-    models: list[GBDTModel | None] = [None] * n
-    while True:
-        key = requests[0].key
-        if any(r.key != key for r in requests):
-            raise RuntimeError(f"banks out of step at {key!r}: {[r.key for r in requests]}")
-        n_values = len(requests[0].vector)
-        bank_side = list(compute)
-        payloads = []
-        for i, request in enumerate(requests):
-            vector = np.ascontiguousarray(request.vector, dtype=np.float64)
-            t0 = clock()
-            payloads.append(secret.encrypt(vector))
-            spent = clock() - t0
-            result.encrypt_s += spent
-            bank_side[i] += spent
-            result.uploaded_bytes_per_bank[i] += len(payloads[-1])
-        t0 = clock()
-        aggregator.open(key, participants=participants, n_values=n_values)
-        for bank, payload in zip(names, payloads, strict=True):
-            current = aggregator.contribute(key, bank, payload)
-        if current.state is not RoundState.RELEASED or current.aggregate is None:
-            raise RuntimeError(f"round {key!r} was not released")
-        aggregate = current.aggregate
-        agg_s = clock() - t0
-        result.aggregate_s += agg_s
-        sums = []
-        for i in range(n):
-            t0 = clock()
-            sums.append(secret.decrypt(aggregate))
-            spent = clock() - t0
-            result.decrypt_s += spent
-            bank_side[i] += spent
-        result.parallel_s += max(bank_side) + agg_s
-        result.rounds += 1
-        result.values_per_bank += n_values
-        result.ciphertexts_per_bank += math.ceil(n_values / result.slot_count)
-        if key.endswith("/level-0"):
-            progress.advance(task)
-        next_requests = []
-        for i, gen in enumerate(gens):
-            t0 = clock()
-            try:
-                next_requests.append(profiled(gen.send, sums[i]))
-            except StopIteration as done:
-                models[i] = done.value
-            compute[i] = clock() - t0
-            result.compute_per_bank_s[i] += compute[i]
-        if any(m is not None for m in models):
-            if not all(m is not None for m in models):
-                raise RuntimeError("some banks finished before others")
-            result.parallel_s += max(compute)
-            break
-        requests = next_requests
-    result.wall_s = clock() - started
-    result.compute_s = sum(result.compute_per_bank_s)
-    progress.update(task, completed=params.n_trees)
-    return result, [m for m in models if m is not None]
+    return result, [run.results[b] for b in names]
 
 
 def compare_models(a: GBDTModel, b: GBDTModel, X: np.ndarray) -> dict[str, Any]:
@@ -298,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console=err,
     ) as progress:
         for name in schemes:
-            res, bank_models = run_lockstep(name, banks, params, progress, profiler)
+            res, bank_models = train_scheme(name, banks, params, progress, profiler)
             results[name] = res
             models[name] = bank_models[0]
             for other in bank_models[1:]:

@@ -8,7 +8,6 @@ and on each bank alone (the lower bound), and evaluates all of them with the han
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -23,7 +22,7 @@ from bank_node.evaluation import Windows, evaluate, in_test_set, in_train_period
 from bank_node.features import MODEL_INPUTS, FeatureConfig, compute_features
 from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.gbdt import federated_gbdt, scheme_options
-from bank_node.federated.inmemory import run_banks
+from bank_node.federated.lockstep import run_lockstep
 from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from consortium.secure_sum import SecureSum
@@ -300,7 +299,6 @@ def simulate(
 
         progress(f"{model}: federated training under {config.scheme}")
         aggregator = SecureSum(context=public, min_banks=config.min_banks)
-        started = time.perf_counter()
         if model == "logreg":
             factories = {
                 b.name: (lambda b=b: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS))
@@ -318,27 +316,29 @@ def simulate(
                 )
                 for i, b in enumerate(banks)
             }
-        models, runners = run_banks(factories, contexts={n: secret for n in names}, aggregator=aggregator)
-        total_s = time.perf_counter() - started
-        fitted = models[names[0]]
+        run = run_lockstep(
+            {n: factory() for n, factory in factories.items()},
+            contexts={n: secret for n in names},
+            aggregator=aggregator,
+        )
+        costs = run.costs
+        fitted = run.results[names[0]]
         result.models[model] = fitted
         scores_f = {b.name: np.asarray(fitted.predict_proba(b.X_test), dtype=np.float64) for b in banks}
         result.federated[model] = _metrics(banks, ModelScores(scores_f), origin, total_cards)
-        ledgers = [r.ledger for r in runners.values()]
         result.timing[model] = {
-            "total_s": total_s,
-            "encrypt_s": sum(ledger.encrypt_s for ledger in ledgers),
-            "aggregate_s": sum(aggregator.aggregate_seconds.values()),
-            "decrypt_s": sum(ledger.decrypt_s for ledger in ledgers),
-            "compute_s": sum(ledger.compute_s for ledger in ledgers),
-            "rounds": ledgers[0].rounds,
+            "total_s": costs.wall_s,
+            "parallel_banks_s": costs.parallel_s,
+            "encrypt_s": sum(costs.encrypt_s.values()),
+            "aggregate_s": costs.aggregate_s,
+            "decrypt_s": sum(costs.decrypt_s.values()),
+            "compute_s": costs.outside_he_s,
+            "rounds": costs.rounds,
         }
         if model == "xgboost":
-            result.timing[model]["per_tree_s"] = total_s / config.n_trees
-        result.bytes["uploaded_per_bank"][model] = {n: runners[n].ledger.uploaded_bytes for n in names}
-        values = sum(ledger.values_sent for ledger in ledgers)
-        uploaded = sum(ledger.uploaded_bytes for ledger in ledgers)
-        result.bytes.setdefault("per_value_by_model", {})[model] = uploaded / max(values, 1)
+            result.timing[model]["per_tree_s"] = costs.wall_s / config.n_trees
+        result.bytes["uploaded_per_bank"][model] = dict(costs.uploaded_bytes)
+        result.bytes.setdefault("per_value_by_model", {})[model] = costs.bytes_per_value
         result.scores[model] = {
             "centralized": ModelScores(scores_c),
             "federated": ModelScores(scores_f),
