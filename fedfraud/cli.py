@@ -217,5 +217,14 @@ def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
                     report_dir=out_dir)
 
 
+def _mount_subcommands() -> None:
+    """The bank node's and the consortium's command groups, imported lazily by click itself."""
+    from bank_node.agent.cli import bank_cli
+
+    main.add_command(bank_cli, name="bank")
+
+
+_mount_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,213 @@
+"""``fedfraud bank ...``: enrol a bank node, take part in the key ceremony, run the agent.
+
+The group :func:`bank_cli` is mounted on the ``fedfraud`` command. Progress goes to stderr as log
+lines; every expected failure (an unreachable consortium, a refused token, bad input) ends the
+command with one readable line and a non-zero status, never a traceback. The bearer token is
+read from ``FEDFRAUD_BANK_TOKEN`` or a hidden prompt (not the command line, where ``ps`` shows it)
+and is never printed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["bank_cli"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _readable_errors(func: F) -> F:
+    """One line for every expected failure; ``click`` turns it into exit status 1 or 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bank_node.agent.errors import ConsortiumError
+        from crypto.scheme import CryptoError
+        from crypto.signing import SignatureError
+        from schemas.errors import FedfraudInputError
+
+        try:
+            return func(*args, **kwargs)
+        except FedfraudInputError as exc:
+            raise click.UsageError(str(exc)) from None
+        except (ConsortiumError, CryptoError, SignatureError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_dir_option(func: F) -> F:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="FEDFRAUD_STATE_DIR",
+        required=True,
+        help="The bank node's private state (keys, token, HE secret key, models). Env: FEDFRAUD_STATE_DIR.",
+    )(func)
+
+
+def _url_option(required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--url",
+        envvar="FEDFRAUD_CONSORTIUM_URL",
+        required=required,
+        default=None,
+        help="The consortium service root, e.g. https://consortium.example:8443"
+        + ("." if required else " (default: the one stored by `enrol`)."),
+    )
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to whatever ``sys.stderr`` is when they are written (it may be swapped)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        return None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("bank_node")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _new_client(url: str, token: str) -> Any:
+    from bank_node.agent.client import ConsortiumClient
+    from bank_node.agent.retry import RetryPolicy
+
+    options = click.get_current_context().find_root().params
+    retry = RetryPolicy(max_attempts=options["retry_attempts"], total_timeout_s=options["retry_timeout"])
+    return ConsortiumClient(base_url=url, token=token, retry=retry)
+
+
+def _client(state: Any, url: str | None) -> tuple[Any, Any]:
+    config = state.load_config()
+    return _new_client(url or config.url, state.load_token()), config
+
+
+@click.group(name="bank", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log every round on stderr.")
+@click.option("--retry-attempts", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Most tries of one request when the consortium is unreachable or answers 5xx.")
+@click.option("--retry-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds after which a failing request is given up.")
+def bank_cli(verbose: bool, retry_attempts: int, retry_timeout: float) -> None:
+    """The bank node: enrol with the consortium, share the HE key, take part in training runs."""
+    _setup_logging(verbose)
+
+
+@bank_cli.command()
+@_state_dir_option
+@_url_option(required=True)
+@click.option("--bank-id", required=True, help="The id the consortium operator enrolled this bank under.")
+@click.option("--token", envvar="FEDFRAUD_BANK_TOKEN", prompt="Bank token", hide_input=True,
+              help="The bank's token from the operator. Env: FEDFRAUD_BANK_TOKEN (else prompted).")
+@_readable_errors
+def enrol(state_dir: Path, url: str, bank_id: str, token: str) -> None:
+    """Store the consortium URL and token, create this bank's keys, and register them."""
+    from bank_node.agent.enrolment import enrol as run_enrol
+    from bank_node.agent.state import StateDir
+
+    with closing(_new_client(url, token)) as client:
+        identity = run_enrol(StateDir(state_dir), url=url, bank_id=bank_id, token=token, client=client)
+    click.echo(f"bank {bank_id} enrolled at {url}; signing key {identity.signing_key_b64}")
+
+
+@bank_cli.command()
+@_state_dir_option
+@_url_option(required=False)
+@click.option("--generate", is_flag=True,
+              help="This is the designated bank: generate the HE key, publish it, share it with the others.")
+@click.option("--scheme", type=click.Choice(["ckks", "paillier", "plain"]), default="ckks", show_default=True,
+              help="HE scheme to generate (with --generate).")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for the designated bank's share (without --generate).")
+@_readable_errors
+def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float) -> None:
+    """Key ceremony: publish and share the HE key (--generate), or fetch this bank's share."""
+    from bank_node.agent.ceremony import fetch_share, publish_keys
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.state import StateDir
+
+    state = StateDir(state_dir)
+    client, config = _client(state, url)
+    identity = load_identity(state, config.bank_id)
+    with closing(client):
+        if generate:
+            result = publish_keys(client, identity, state, scheme=scheme)
+            shared = ", ".join(result.shared_with) or "no new bank"
+            click.echo(f"HE key {result.key_id} ({result.scheme}) published; shares posted to {shared}")
+        else:
+            result = fetch_share(client, identity, state, wait_s=wait_s)
+            click.echo(f"HE key {result.key_id} ({result.scheme}) received and stored in {state_dir}")
+
+
+@bank_cli.command()
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="This bank's transactions with fraud labels (Parquet or CSV).")
+@click.option("--columns", default="", metavar="FIELD=COLUMN,...",
+              help="Your column names for the canonical fields, where they differ.")
+@click.option("--train-start", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
+              help="First training day (YYYY-MM-DD).")
+@click.option("--train-days", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Days of training data.")
+@_state_dir_option
+@_url_option(required=False)
+@click.option("--once", is_flag=True, help="Take part in the runs open now, then exit.")
+@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between looks at the open runs.")
+@click.option("--round-wait", "round_wait_s", type=click.FloatRange(min=1), default=None,
+              help="Longest wait for one round's sum (default: the run's round timeout + 2 minutes).")
+@_readable_errors
+def agent(data_path: Path, columns: str, train_start: datetime, train_days: int, state_dir: Path,
+          url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None) -> None:
+    """Poll the consortium for training runs and take part in them."""
+    from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
+    from bank_node.agent.state import StateDir
+    from bank_node.agent.training import TransactionSource
+    from schemas.transaction import parse_column_mapping
+
+    state = StateDir(state_dir)
+    client, config = _client(state, url)
+    identity = load_identity(state, config.bank_id)
+    source = TransactionSource(
+        data_path, train_start=date.fromordinal(train_start.toordinal()), train_days=train_days,
+        mapping=parse_column_mapping(columns),
+    )
+    source.rows()  # bad data is reported now, not at the first run
+    with closing(client):
+        check_consortium_key(client, load_secret_scheme(state))
+        node = BankAgent(
+            client=client, identity=identity, state=state, training_rows=source.rows,
+            settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s),
+        )
+        if not once:
+            click.echo(f"bank {config.bank_id}: polling {client.base_url} every {poll_interval_s:g}s", err=True)
+            node.run_forever()
+            return
+        outcomes = node.run_once()
+    for outcome in outcomes:
+        click.echo(f"{outcome.run_id}: {outcome.status}: {outcome.message}")
+    if not outcomes:
+        click.echo("no open run for this bank")
+    if any(o.status == FAILED for o in outcomes):
+        raise click.exceptions.Exit(1)
+

@@ -1,0 +1,280 @@
+"""A typed HTTP client of the consortium API (``docs/consortium-api.md``), bank side.
+
+One method per endpoint the bank uses. Every error answer becomes a
+:class:`~bank_node.agent.errors.ConsortiumError` subclass; network failures and 5xx answers are
+retried with bounded exponential backoff and jitter, other answers never are. Retrying an upload
+is safe because the consortium refuses a second copy with 409, which the callers expect.
+
+The bearer token lives in the session's headers only: it is not an attribute, not in ``repr``,
+and not in any log line or error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+
+from bank_node.agent.errors import (
+    ConsortiumError,
+    UnavailableError,
+    error_from_response,
+)
+from bank_node.agent.resources import (
+    AggregateStatus,
+    BankInfo,
+    ModelInfo,
+    RunInfo,
+    items_of,
+)
+from bank_node.agent.retry import RetryPolicy
+from crypto.signing import SIGNATURE_HEADER
+
+__all__ = ["SIGNATURE_HEADER", "ConsortiumClient"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OCTET_STREAM = "application/octet-stream"
+#: Exceptions of ``requests`` after which the same request may well succeed.
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class ConsortiumClient:
+    """Talk to the consortium aggregator as one bank.
+
+    Parameters
+    ----------
+    base_url
+        The service root, e.g. ``https://consortium.example:8443`` (no ``/v1``).
+    token
+        This bank's bearer token (None for the unauthenticated health check only).
+    timeout
+        Connect and read timeouts of one request, in seconds.
+    retry
+        Backoff for network errors and 5xx answers.
+    session
+        A ``requests.Session`` to use (tests, custom TLS); a new one by default.
+    sleep, clock
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str | None,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"consortium URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = "fedfraud-bank-agent/1"
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+        self._sleep = sleep
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"<ConsortiumClient {self.base_url}>"
+
+    def close(self) -> None:
+        """Release the session's connections."""
+        self._session.close()
+
+    # ------------------------------------------------------------------------ service, banks
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``."""
+        return dict(self._json("GET", "/v1/health"))
+
+    def list_banks(self) -> list[BankInfo]:
+        """``GET /v1/banks``: enrolled banks with their public keys."""
+        document = self._json("GET", "/v1/banks")
+        return _parse("GET /v1/banks", lambda: [BankInfo.from_json(r) for r in items_of(document, "banks")])
+
+    def register_keys(self, bank_id: str, *, signing_key: str, box_key: str) -> None:
+        """``PUT /v1/banks/{bank_id}/keys`` with base64 public keys; 409 if already registered."""
+        self._request("PUT", f"/v1/banks/{_segment(bank_id)}/keys", json={"signing_key": signing_key, "box_key": box_key})
+
+    # ------------------------------------------------------------------------- key ceremony
+
+    def put_public_context(self, context: bytes, *, signature: str) -> None:
+        """``PUT /v1/keys/context``: the HE public context, once per consortium."""
+        self._request("PUT", "/v1/keys/context", data=context, signature=signature)
+
+    def get_public_context(self) -> bytes:
+        """``GET /v1/keys/context``; :class:`NotFoundError` before the ceremony."""
+        return self._request("GET", "/v1/keys/context").content
+
+    def put_share(self, bank_id: str, sealed: bytes, *, signature: str | None = None) -> None:
+        """``PUT /v1/keys/shares/{bank_id}``: the secret context sealed to that bank's box key."""
+        self._request("PUT", f"/v1/keys/shares/{_segment(bank_id)}", data=sealed, signature=signature)
+
+    def get_share(self, bank_id: str) -> bytes:
+        """``GET /v1/keys/shares/{bank_id}``; :class:`NotFoundError` until posted."""
+        return self._request("GET", f"/v1/keys/shares/{_segment(bank_id)}").content
+
+    # ----------------------------------------------------------------------------- runs
+
+    def list_runs(self, state: str | None = "open") -> list[RunInfo]:
+        """``GET /v1/runs?state=...``."""
+        params = {"state": state} if state else None
+        document = self._json("GET", "/v1/runs", params=params)
+        return _parse("GET /v1/runs", lambda: [RunInfo.from_json(r) for r in items_of(document, "runs")])
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """``GET /v1/runs/{run_id}``."""
+        document = self._json("GET", f"/v1/runs/{_segment(run_id)}")
+        return _parse(f"GET /v1/runs/{run_id}", lambda: RunInfo.from_json(document))
+
+    def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str) -> None:
+        """``PUT /v1/runs/{run_id}/contributions/{round_key}``; 409 on a replay or closed round."""
+        path = f"/v1/runs/{_segment(run_id)}/contributions/{_round_path(round_key)}"
+        self._request("PUT", path, data=payload, signature=signature)
+
+    def get_aggregate(self, run_id: str, round_key: str) -> AggregateStatus:
+        """``GET /v1/runs/{run_id}/aggregates/{round_key}``: the sum, or progress while open.
+
+        Raises
+        ------
+        ConflictError
+            409: the round failed.
+        """
+        path = f"/v1/runs/{_segment(run_id)}/aggregates/{_round_path(round_key)}"
+        response = self._request("GET", path)
+        if response.status_code == 202:
+            progress = _json_body(response)
+            return AggregateStatus(
+                payload=None,
+                contributed=int(progress.get("contributed", 0)),
+                participants=int(progress.get("participants", 0)),
+            )
+        return AggregateStatus(payload=response.content)
+
+    def post_proposal(self, run_id: str, model: bytes, *, signature: str) -> dict[str, Any]:
+        """``POST /v1/runs/{run_id}/proposals``: the finished model, signed."""
+        response = self._request("POST", f"/v1/runs/{_segment(run_id)}/proposals", data=model, signature=signature)
+        return _json_body(response)
+
+    # ---------------------------------------------------------------------------- models
+
+    def list_models(self) -> list[ModelInfo]:
+        """``GET /v1/models``: published models."""
+        document = self._json("GET", "/v1/models")
+        return _parse("GET /v1/models", lambda: [ModelInfo.from_json(r) for r in items_of(document, "models")])
+
+    def download_model(self, version: str) -> bytes:
+        """``GET /v1/models/{version}/download``: the model file."""
+        return self._request("GET", f"/v1/models/{_segment(version)}/download").content
+
+    # ---------------------------------------------------------------------------- plumbing
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ConsortiumError(
+                f"{method} {path}: the consortium answered {response.status_code} with a body that is not JSON",
+                status=response.status_code,
+            ) from None
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        signature: str | None = None,
+    ) -> requests.Response:
+        """Send one request, retrying transient failures; return any answer below 400."""
+        headers: dict[str, str] = {}
+        if data is not None:
+            headers["Content-Type"] = OCTET_STREAM
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
+        url = self.base_url + path
+        started = self._clock()
+        failures = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                response = self._session.request(
+                    method, url, data=data, json=json, params=params, headers=headers, timeout=self.timeout
+                )
+            except _TRANSIENT as exc:
+                error: ConsortiumError = UnavailableError(
+                    f"{method} {path}: cannot reach the consortium at {self.base_url} ({type(exc).__name__})"
+                )
+            except requests.RequestException as exc:
+                raise ConsortiumError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            else:
+                if response.status_code < 400:
+                    return response
+                error = error_from_response(response.status_code, response.content, fallback=response.reason)
+                if not error.retryable:
+                    raise error
+                retry_after = _retry_after(response)
+            failures += 1
+            pause = self.retry.delay(failures)
+            if retry_after is not None:
+                pause = max(pause, min(retry_after, self.retry.max_delay_s))
+            elapsed = self._clock() - started
+            if failures >= self.retry.max_attempts or elapsed + pause > self.retry.total_timeout_s:
+                error.message = f"{error.message} (gave up after {failures} attempts in {elapsed:.1f}s)"
+                raise error
+            log.warning(
+                "consortium request failed, retrying: %s %s status=%s attempt=%d pause_s=%.2f",
+                method, path, error.status, failures, pause,
+            )
+            self._sleep(pause)
+
+
+def _parse(what: str, read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ConsortiumError(f"{what}: unexpected answer from the consortium ({exc})") from None
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _round_path(round_key: str) -> str:
+    # A round key's '/' separates its segments in the URL too (``gbdt/tree-0/level-1``).
+    return quote(round_key, safe="/")
+
+
+def _json_body(response: requests.Response) -> dict[str, Any]:
+    if not response.content:
+        return {}
+    try:
+        document = response.json()
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP date: rare from our service; the backoff applies

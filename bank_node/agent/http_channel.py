@@ -1,0 +1,145 @@
+"""The HTTP transport of the secure-sum protocol: a :class:`~bank_node.federated.rounds.Channel`.
+
+``exchange`` signs the payload, uploads it to the round, then polls the round's aggregate with
+growing pauses until the consortium releases the sum. A 409 on upload means the consortium
+already holds this bank's contribution (the agent restarted and re-runs its algorithm from the
+start) or the round is closed; either way the aggregate answers what happened, so the channel
+goes on to poll it. A failed round raises :class:`RoundFailedError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bank_node.agent.client import ConsortiumClient
+from bank_node.agent.errors import (
+    ConflictError,
+    ConsortiumError,
+    RoundFailedError,
+    RoundTimeoutError,
+)
+from bank_node.agent.identity import BankIdentity
+from bank_node.agent.retry import Backoff
+from crypto.scheme import PayloadError, read_header
+
+__all__ = ["ChannelStats", "HttpChannel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChannelStats:
+    """Counts of what the channel did, for progress reports and tests."""
+
+    contributed: int = 0
+    replayed: int = 0
+    polls: int = 0
+    rounds: list[str] = field(default_factory=list)
+
+
+class HttpChannel:
+    """One bank's rounds of one run, over the consortium's HTTP API.
+
+    Parameters
+    ----------
+    client
+        Client authenticated as this bank.
+    identity
+        This bank's keys (signs every contribution).
+    run_id
+        The run the rounds belong to.
+    timeout_s
+        Longest wait for one round's sum before :class:`RoundTimeoutError`.
+    poll_initial_s, poll_max_s
+        First and longest pause between polls of an open round.
+    sleep, clock
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: ConsortiumClient,
+        identity: BankIdentity,
+        run_id: str,
+        timeout_s: float = 900.0,
+        poll_initial_s: float = 0.1,
+        poll_max_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+        self.stats = ChannelStats()
+        self._sleep = sleep
+        self._clock = clock
+
+    def exchange(self, key: str, bank: str, payload: bytes, *, n_values: int) -> bytes:
+        """Contribute ``payload`` to round ``key`` and return the released sum (blocking).
+
+        Raises
+        ------
+        RoundFailedError
+            The round failed (too few banks before its deadline); the run fails with it.
+        RoundTimeoutError
+            No sum within ``timeout_s``.
+        ConsortiumError
+            Any other refusal (bad signature, wrong key or length, not a participant, ...).
+        """
+        if bank != self.identity.bank_id:
+            raise ValueError(f"this channel sends as bank {self.identity.bank_id!r}, not {bank!r}")
+        signature = self.identity.sign_contribution(self.run_id, key, payload)
+        try:
+            self.client.put_contribution(self.run_id, key, payload, signature=signature)
+            self.stats.contributed += 1
+        except ConflictError as exc:
+            # Already contributed (before a restart) or the round is closed: its aggregate says which.
+            self.stats.replayed += 1
+            log.info("contribution not stored, fetching the round's sum: run=%s round=%s reason=%s",
+                     self.run_id, key, exc.message)
+        self.stats.rounds.append(key)
+        aggregate = self._wait_for_sum(key)
+        _check_aggregate(aggregate, key=key, n_values=n_values)
+        return aggregate
+
+    def _wait_for_sum(self, key: str) -> bytes:
+        backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+        started = self._clock()
+        while True:
+            self.stats.polls += 1
+            try:
+                status = self.client.get_aggregate(self.run_id, key)
+            except ConflictError as exc:
+                raise RoundFailedError(
+                    f"round {key!r} of run {self.run_id!r} failed: {exc.message}",
+                    status=exc.status,
+                    code=exc.code,
+                    errors=exc.errors,
+                    document=exc.document,
+                ) from None
+            if status.payload is not None:
+                return status.payload
+            pause = backoff.next()
+            waited = self._clock() - started
+            if waited + pause > self.timeout_s:
+                raise RoundTimeoutError(
+                    f"round {key!r} of run {self.run_id!r}: no sum after {waited:.0f}s "
+                    f"({status.contributed} of {status.participants} banks contributed)"
+                )
+            self._sleep(pause)
+
+
+def _check_aggregate(aggregate: bytes, *, key: str, n_values: int) -> None:
+    try:
+        header = read_header(aggregate)
+    except PayloadError as exc:
+        raise ConsortiumError(f"the sum of round {key!r} is not a payload: {exc}") from None
+    if header.n_values != n_values:
+        raise ConsortiumError(f"the sum of round {key!r} holds {header.n_values} values, expected {n_values}")

@@ -1,0 +1,301 @@
+"""The bank node agent: poll the consortium for open runs, take part, propose, fetch the model.
+
+For each open run that lists this bank as a participant and that this bank has not finished,
+the agent builds the run's algorithm over its own training rows, drives it through an
+:class:`~bank_node.agent.http_channel.HttpChannel` with a
+:class:`~bank_node.federated.rounds.BankRunner` (the secret HE key decrypts the released sums),
+proposes the finished model, signed, and records the run as done in its state directory. Published
+models are downloaded into the state directory.
+
+Restart safety comes from the protocol, not from checkpoints: an agent that stopped half-way
+re-runs the algorithm from the start; the consortium answers 409 to contributions it already
+holds, the channel fetches the released sums instead, and since each step is a deterministic
+function of the sums, the agent arrives where it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bank_node.agent.ceremony import load_secret_scheme
+from bank_node.agent.client import ConsortiumClient
+from bank_node.agent.errors import (
+    AuthError,
+    CeremonyError,
+    ConflictError,
+    ConsortiumError,
+    RoundFailedError,
+)
+from bank_node.agent.http_channel import HttpChannel
+from bank_node.agent.identity import BankIdentity
+from bank_node.agent.resources import ModelInfo, RunInfo
+from bank_node.agent.state import StateDir
+from bank_node.agent.training import TrainingSet, prepare_run
+from bank_node.federated.rounds import BankRunner
+from crypto.scheme import CryptoError
+
+__all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
+
+log = logging.getLogger(__name__)
+
+PROPOSED = "proposed"
+PUBLISHED = "published"
+FAILED = "failed"
+RETRY = "retry"
+_FINISHED = (PROPOSED, PUBLISHED, FAILED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    """How the agent polls and waits.
+
+    Parameters
+    ----------
+    poll_interval_s
+        Pause between two looks at the open runs.
+    round_wait_s
+        Longest wait for one round's sum; by default the run's ``round_timeout_s`` plus
+        ``round_wait_margin_s`` (the consortium decides a round by its deadline).
+    round_wait_margin_s
+        See ``round_wait_s``.
+    sum_poll_initial_s, sum_poll_max_s
+        First and longest pause between polls of an open round.
+    """
+
+    poll_interval_s: float = 30.0
+    round_wait_s: float | None = None
+    round_wait_margin_s: float = 120.0
+    sum_poll_initial_s: float = 0.1
+    sum_poll_max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the agent did with one run.
+
+    Attributes
+    ----------
+    run_id
+        The run.
+    status
+        ``proposed`` (model proposed), ``failed`` (recorded; not retried), or ``retry``
+        (the consortium was unreachable or slow; the next poll resumes it).
+    message
+        A sentence for the operator.
+    digest
+        SHA-256 of the proposed model file, when proposed.
+    """
+
+    run_id: str
+    status: str
+    message: str = ""
+    digest: str = ""
+
+
+class BankAgent:
+    """One bank's node agent.
+
+    Parameters
+    ----------
+    client
+        Client authenticated as this bank.
+    identity
+        This bank's keys.
+    state
+        The state directory (HE secret key, finished runs, models).
+    training_rows
+        Returns the bank's current training rows (called once per run).
+    settings
+        Polling and waiting.
+    sleep, clock
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: ConsortiumClient,
+        identity: BankIdentity,
+        state: StateDir,
+        training_rows: Callable[[], TrainingSet],
+        settings: AgentSettings = AgentSettings(),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.state = state
+        self.training_rows = training_rows
+        self.settings = settings
+        self._sleep = sleep
+        self._clock = clock
+
+    @property
+    def bank_id(self) -> str:
+        """This bank's id."""
+        return self.identity.bank_id
+
+    # ---------------------------------------------------------------------------- loop
+
+    def run_once(self) -> list[RunOutcome]:
+        """Take part in every open run this bank has not finished, then fetch published models."""
+        outcomes = [self.take_part(run) for run in self.pending_runs()]
+        self.sync_models()
+        return outcomes
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Poll until ``stop`` is set; an unreachable consortium is waited out, not fatal.
+
+        Raises
+        ------
+        AuthError, CeremonyError
+            Problems only an operator can fix.
+        """
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except (AuthError, CeremonyError):
+                raise
+            except ConsortiumError as exc:
+                log.warning("polling the consortium failed, will try again: %s", exc)
+            stop.wait(self.settings.poll_interval_s)
+
+    def pending_runs(self) -> list[RunInfo]:
+        """Open runs that list this bank and that it has not finished, oldest first.
+
+        Every bank takes its runs in the same order: two banks waiting for each other in two
+        different runs would otherwise both wait until the rounds' deadlines.
+        """
+        pending = []
+        for run in self.client.list_runs(state="open"):
+            if not run.participants:
+                run = self.client.get_run(run.run_id)
+            record = self.state.run_record(run.run_id) or {}
+            if self.bank_id in run.participants and record.get("status") not in _FINISHED:
+                pending.append(run)
+        return sorted(pending, key=lambda r: (r.created_at, r.run_id))
+
+    # ------------------------------------------------------------------------ one run
+
+    def take_part(self, run: RunInfo) -> RunOutcome:
+        """Train the run's model with the consortium and propose it; record what happened.
+
+        Raises
+        ------
+        AuthError, CeremonyError
+            Problems only an operator can fix; nothing is recorded.
+        """
+        log.info("run %s: taking part (model=%s, %d banks)", run.run_id, run.model, len(run.participants))
+        try:
+            outcome = self._train_and_propose(run)
+        except (AuthError, CeremonyError):
+            raise
+        except RoundFailedError as exc:
+            outcome = self._record_failure(run, exc.message)
+        except ConsortiumError as exc:
+            if exc.retryable:
+                log.warning("run %s: consortium unavailable or slow, resuming on the next poll: %s", run.run_id, exc)
+                return RunOutcome(run.run_id, RETRY, str(exc))
+            outcome = self._record_failure(run, str(exc))
+        except (ValueError, CryptoError) as exc:
+            # Invalid params, unusable data, a sum the key cannot decrypt: retrying gives the same.
+            outcome = self._record_failure(run, str(exc))
+        return outcome
+
+    def _train_and_propose(self, run: RunInfo) -> RunOutcome:
+        context = load_secret_scheme(self.state)
+        prepared = prepare_run(
+            run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id), context=context
+        )
+        channel = HttpChannel(
+            client=self.client,
+            identity=self.identity,
+            run_id=run.run_id,
+            timeout_s=self._round_wait_s(run),
+            poll_initial_s=self.settings.sum_poll_initial_s,
+            poll_max_s=self.settings.sum_poll_max_s,
+            sleep=self._sleep,
+            clock=self._clock,
+        )
+        runner = BankRunner(bank=self.bank_id, context=context, channel=channel)
+        started = self._clock()
+        model = runner.run(prepared.algorithm)
+        body = prepared.serialize(model)
+        digest = prepared.digest(body)
+        try:
+            self.client.post_proposal(run.run_id, body, signature=self.identity.sign_proposal(run.run_id, body))
+        except ConflictError as exc:
+            log.info("run %s: proposal already recorded by the consortium (%s)", run.run_id, exc.message)
+        self.state.update_run(
+            run.run_id,
+            {
+                "status": PROPOSED,
+                "model": run.model,
+                "digest": digest,
+                "rounds": runner.ledger.rounds,
+                "replayed_rounds": channel.stats.replayed,
+                "seconds": round(self._clock() - started, 3),
+            },
+        )
+        log.info(
+            "run %s: proposed %s model sha256=%s after %d rounds (%d replayed)",
+            run.run_id, run.model, digest[:16], runner.ledger.rounds, channel.stats.replayed,
+        )
+        return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
+
+    def _round_wait_s(self, run: RunInfo) -> float:
+        if self.settings.round_wait_s is not None:
+            return self.settings.round_wait_s
+        return run.round_timeout_s + self.settings.round_wait_margin_s
+
+    def _record_failure(self, run: RunInfo, reason: str) -> RunOutcome:
+        log.error("run %s: failed: %s", run.run_id, reason)
+        self.state.update_run(run.run_id, {"status": FAILED, "model": run.model, "reason": reason})
+        return RunOutcome(run.run_id, FAILED, reason)
+
+    # ------------------------------------------------------------------------- models
+
+    def sync_models(self) -> list[Path]:
+        """Download the published models of runs this bank proposed to; note runs that failed."""
+        waiting = {run_id: r for run_id, r in self.state.runs().items() if r.get("status") == PROPOSED}
+        if not waiting:
+            return []
+        published = {m.run_id: m for m in self.client.list_models()}
+        saved = []
+        for run_id, record in waiting.items():
+            info = published.get(run_id)
+            if info is None:
+                self._note_failed_run(run_id)
+                continue
+            saved.append(self._download(run_id, record, info))
+        return saved
+
+    def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path:
+        body = self.client.download_model(info.version)
+        digest = hashlib.sha256(body).hexdigest()
+        expected = info.digest.removeprefix("sha256:")
+        if expected and digest != expected:
+            raise ConsortiumError(
+                f"model {info.version} downloaded with sha256 {digest}, but the consortium lists {expected}"
+            )
+        path = self.state.save_model(info.version, info.model or str(record.get("model", "model")), body)
+        self.state.update_run(
+            run_id,
+            {"status": PUBLISHED, "version": info.version, "model_file": str(path),
+             "matches_proposal": digest == record.get("digest")},
+        )
+        log.info("run %s: published model %s saved to %s", run_id, info.version, path)
+        return path
+
+    def _note_failed_run(self, run_id: str) -> None:
+        run = self.client.get_run(run_id)
+        if run.state == "failed":
+            self._record_failure(run, run.failure_reason or "the run failed after this bank proposed")

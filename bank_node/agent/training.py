@@ -1,0 +1,267 @@
+"""What a bank trains on, and how a run's model family and params become its algorithm.
+
+The training rows follow the simulator's recipe (:func:`fedfraud.simulation.prepare_banks`):
+features computed from the bank's own transactions only, with the history the windows need
+before the training period, then the rows inside the period. The finished model is serialized
+canonically (sorted keys, no spaces) so that every bank proposes byte-identical files, hence the
+same digest, which is what lets the consortium publish it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from bank_node.evaluation import Windows, in_train_period
+from bank_node.features import (
+    LABEL,
+    MODEL_INPUTS,
+    TIMESTAMP,
+    FeatureConfig,
+    compute_features,
+)
+from bank_node.federated.ensemble import GBDTModel
+from bank_node.federated.feature_scales import scales_for
+from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logreg
+from bank_node.federated.params import GBDTParams
+from bank_node.federated.rounds import Algorithm
+from bank_node.federated.xgb_export import to_xgboost_json
+from crypto.scheme import HEScheme
+from schemas.errors import FedfraudInputError
+
+__all__ = [
+    "MODEL_FAMILIES",
+    "PreparedRun",
+    "TrainingSet",
+    "TransactionSource",
+    "canonical_json",
+    "gbdt_params",
+    "logreg_params",
+    "prepare_run",
+    "training_rows",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FAMILIES = ("xgboost", "logreg")
+
+#: Other spellings of GBDT parameters an operator may write in a run's params (XGBoost's own).
+_GBDT_ALIASES = {
+    "num_boost_round": "n_trees",
+    "trees": "n_trees",
+    "learning_rate": "eta",
+    "max_bin": "n_bins",
+    "bins": "n_bins",
+    "lambda": "reg_lambda",
+    "min_split_loss": "gamma",
+}
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A bank's training rows: model inputs and labels."""
+
+    X: npt.NDArray[np.float64]
+    y: npt.NDArray[np.float64]
+
+    @property
+    def n_frauds(self) -> int:
+        """Fraud rows."""
+        return int(self.y.sum())
+
+
+def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: int) -> TrainingSet:
+    """The bank's training rows of a period, features computed from its own transactions.
+
+    Parameters
+    ----------
+    transactions
+        Canonical transactions with labels (``bank_node.data.load_transactions``).
+    train_start
+        First training day.
+    train_days
+        Length of the training period in days.
+
+    Raises
+    ------
+    FedfraudInputError
+        No transaction in the training period.
+    """
+    windows = Windows(train_start=pd.Timestamp(train_start), train_days=train_days)
+    features = FeatureConfig()
+    lookback = pd.Timedelta(days=max(features.windows_days) + features.delay_days + 1)
+    timestamps = transactions[TIMESTAMP]
+    in_scope = (timestamps >= windows.train_start - lookback) & (timestamps < windows.train_end)
+    featured = compute_features(
+        transactions[in_scope.to_numpy()],
+        start=windows.train_start.date().isoformat(),
+        end=(windows.train_end - pd.Timedelta(days=1)).date().isoformat(),
+    )
+    train = featured[in_train_period(featured, windows)]
+    if train.empty:
+        raise FedfraudInputError(
+            f"no transactions from {train_start} for {train_days} days: nothing to train on",
+            {"train_start": ["the training period holds no transaction"]},
+        )
+    rows = TrainingSet(
+        X=train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64),
+        y=train[LABEL].to_numpy(dtype=np.float64),
+    )
+    if rows.n_frauds in (0, len(rows.y)):
+        log.warning("the training period holds one class only: rows=%d frauds=%d", len(rows.y), rows.n_frauds)
+    return rows
+
+
+class TransactionSource:
+    """The bank's transaction file, read again when it changes (a nightly export, say).
+
+    Parameters
+    ----------
+    path
+        Parquet or CSV file with labels.
+    train_start, train_days
+        The training period.
+    mapping
+        The file's names for the canonical fields, where they differ.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        train_start: date,
+        train_days: int,
+        mapping: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.train_start = train_start
+        self.train_days = train_days
+        self.mapping = dict(mapping or {})
+        self._cached: tuple[tuple[float, int], TrainingSet] | None = None
+
+    def rows(self) -> TrainingSet:
+        """The training rows of the file's current content."""
+        from bank_node.data import load_transactions
+
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise FedfraudInputError(f"no such file: {self.path}", {"data": ["does not exist"]}) from None
+        version = (stat.st_mtime, stat.st_size)
+        if self._cached is None or self._cached[0] != version:
+            frame = load_transactions(self.path, self.mapping, require_label=True).frame
+            rows = training_rows(frame, train_start=self.train_start, train_days=self.train_days)
+            log.info("training rows loaded: path=%s rows=%d frauds=%d", self.path, len(rows.y), rows.n_frauds)
+            self._cached = (version, rows)
+        return self._cached[1]
+
+
+def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:
+    """:class:`GBDTParams` from a run's params (unknown keys are ignored, with a warning)."""
+    known = {f.name for f in dataclasses.fields(GBDTParams)}
+    chosen: dict[str, Any] = {}
+    for name, value in params.items():
+        field_name = _GBDT_ALIASES.get(name, name)
+        if field_name in known:
+            chosen[field_name] = value
+        else:
+            log.warning("run parameter not used by xgboost training: %s", name)
+    try:
+        return GBDTParams(**chosen)
+    except (TypeError, ValueError) as exc:
+        raise FedfraudInputError(f"the run's xgboost params are invalid: {exc}", {"params": [str(exc)]}) from None
+
+
+def logreg_params(params: Mapping[str, Any]) -> LogRegParams:
+    """:class:`LogRegParams` from a run's params (unknown keys are ignored, with a warning)."""
+    known = {f.name for f in dataclasses.fields(LogRegParams)}
+    for name in set(params) - known:
+        log.warning("run parameter not used by logreg training: %s", name)
+    try:
+        return LogRegParams(**{k: v for k, v in params.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise FedfraudInputError(f"the run's logreg params are invalid: {exc}", {"params": [str(exc)]}) from None
+
+
+def canonical_json(document: Any) -> bytes:
+    """The one byte string of a JSON document: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's algorithm for this bank, and how its result becomes the proposal file."""
+
+    algorithm: Algorithm[Any]
+    serialize: Callable[[Any], bytes]
+
+    @staticmethod
+    def digest(body: bytes) -> str:
+        """Hex SHA-256 of a proposal, as the consortium compares them."""
+        return hashlib.sha256(body).hexdigest()
+
+
+def prepare_run(
+    model: str,
+    params: Mapping[str, Any],
+    rows: TrainingSet,
+    *,
+    party_index: int,
+    context: HEScheme,
+) -> PreparedRun:
+    """Build this bank's algorithm for a run.
+
+    Parameters
+    ----------
+    model
+        ``"xgboost"`` or ``"logreg"``.
+    params
+        The run's params.
+    rows
+        The bank's training rows.
+    party_index
+        The bank's place among the run's sorted participants.
+    context
+        The HE scheme (its arithmetic sets GBDT options).
+
+    Raises
+    ------
+    FedfraudInputError
+        Unknown model family or invalid params.
+    """
+    if model == "xgboost":
+        tree_params = gbdt_params(params)
+
+        def xgboost_file(fitted: GBDTModel) -> bytes:
+            return canonical_json(to_xgboost_json(fitted, params=tree_params, feature_names=MODEL_INPUTS))
+
+        algorithm = federated_gbdt(
+            rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
+            **scheme_options(context),
+        )
+        return PreparedRun(algorithm=algorithm, serialize=xgboost_file)
+    if model == "logreg":
+        lr_params = logreg_params(params)
+
+        def logreg_file(fitted: LogRegModel) -> bytes:
+            return canonical_json(json.loads(fitted.to_json()))
+
+        algorithm = federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
+        return PreparedRun(algorithm=algorithm, serialize=logreg_file)
+    raise FedfraudInputError(
+        f"run model {model!r} is not one this agent trains ({', '.join(MODEL_FAMILIES)})",
+        {"model": [f"expected one of {', '.join(MODEL_FAMILIES)}"]},
+    )

@@ -1,0 +1,375 @@
+"""A small stand-in for the consortium service, for the agent's unit tests.
+
+It implements the rules of ``docs/consortium-api.md`` for the endpoints a bank uses, in memory:
+bearer tokens bound to banks, one-time key registration, the public context (secret refused),
+opaque sealed shares readable by their recipient only, signed contributions summed by
+:class:`~consortium.secure_sum.SecureSum` (201, 409 on replay or a closed round, 202 while a
+round is open, 409 once it failed), signed proposals published when every participant proposed
+the same digest, and the JSON error shape. Faults can be injected (``fail_next``) and rounds
+failed on demand (``fail_round``). The real service has its own tests; this is a test double.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+import crypto
+from consortium.secure_sum import (
+    InvalidContributionError,
+    NotAParticipantError,
+    ReplayError,
+    RoundClosedError,
+    RoundState,
+    SecureSum,
+    UnknownRoundError,
+)
+from crypto.scheme import CryptoError, PayloadError, read_header
+from crypto.signing import (
+    CEREMONY_RUN_ID,
+    SignatureError,
+    contribution_message,
+    proposal_message,
+    verify,
+)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class FakeRun:
+    run_id: str
+    model: str
+    params: dict[str, Any]
+    participants: list[str]
+    min_banks: int
+    rounds: SecureSum | None = None
+    state: str = "open"
+    failure_reason: str = ""
+    proposals: dict[str, bytes] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        rounds = []
+        if self.rounds is not None:
+            for key, current in self.rounds._rounds.items():
+                rounds.append({"key": key, "state": current.state.value, "contributors": len(current.contributions)})
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "params": self.params,
+            "participants": self.participants,
+            "min_banks": self.min_banks,
+            "round_timeout_s": 600,
+            "state": self.state,
+            "failure_reason": self.failure_reason or None,
+            "rounds": rounds,
+        }
+
+
+@dataclass
+class Fault:
+    method: str
+    path_prefix: str
+    status: int
+    times: int
+    retry_after: float | None = None
+
+
+class FakeConsortium:
+    """The fake service's state and its Flask app."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.tokens: dict[str, str] = {}
+        self.banks: dict[str, dict[str, Any]] = {}
+        self.public_context: bytes | None = None
+        self.context_publisher: str | None = None
+        self.shares: dict[str, bytes] = {}
+        self.runs: dict[str, FakeRun] = {}
+        self.models: list[dict[str, Any]] = []
+        self.model_files: dict[str, bytes] = {}
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str, int]] = []
+        self.app = self._create_app()
+
+    # ------------------------------------------------------------------ test controls
+
+    def enrol(self, bank_id: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = bank_id
+            self.banks[bank_id] = {"bank_id": bank_id, "name": bank_id.title(), "signing_key": None, "box_key": None}
+        return token
+
+    def open_run(self, model: str, params: dict[str, Any], *, participants: list[str] | None = None,
+                 min_banks: int = 3) -> str:
+        with self.lock:
+            run_id = f"run-{len(self.runs) + 1}"
+            members = participants or sorted(b for b, info in self.banks.items() if info["box_key"])
+            self.runs[run_id] = FakeRun(run_id, model, params, members, min_banks)
+            return run_id
+
+    def fail_next(self, method: str, path_prefix: str, status: int, *, times: int = 1,
+                  retry_after: float | None = None) -> None:
+        with self.lock:
+            self.faults.append(Fault(method, path_prefix, status, times, retry_after))
+
+    def fail_round(self, run_id: str, key: str) -> None:
+        """Close a round at its 'deadline' (with too few contributions it fails, and its run)."""
+        with self.lock:
+            run = self.runs[run_id]
+            assert run.rounds is not None
+            closed = run.rounds.close(key)
+            if closed.state is RoundState.FAILED:
+                run.state, run.failure_reason = "failed", f"round {key!r} failed: {closed.reason}"
+
+    def count(self, method: str, path_part: str, status: int) -> int:
+        with self.lock:
+            return sum(1 for m, p, s in self.requests if m == method and path_part in p and s == status)
+
+    # ---------------------------------------------------------------------- the app
+
+    def _create_app(self) -> Flask:
+        app = Flask("fake_consortium")
+        fake = self
+
+        @app.errorhandler(HttpError)
+        def http_error(exc: HttpError) -> tuple[Response, int]:
+            names = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                     409: "Conflict", 422: "Unprocessable Entity", 503: "Service Unavailable"}
+            body = {"code": exc.status, "status": names.get(exc.status, "Error"), "message": exc.message,
+                    "errors": {}, **exc.extra}
+            return jsonify(body), exc.status
+
+        @app.before_request
+        def inject_faults() -> tuple[Response, int] | None:
+            with fake.lock:
+                for fault in fake.faults:
+                    if fault.times > 0 and request.method == fault.method and request.path.startswith(fault.path_prefix):
+                        fault.times -= 1
+                        response = jsonify({"code": fault.status, "status": "Injected", "message": "injected fault",
+                                            "errors": {}})
+                        if fault.retry_after is not None:
+                            response.headers["Retry-After"] = str(fault.retry_after)
+                        return response, fault.status
+            return None
+
+        @app.after_request
+        def record(response: Response) -> Response:
+            with fake.lock:
+                fake.requests.append((request.method, request.path, response.status_code))
+            return response
+
+        def caller() -> str:
+            header = request.headers.get("Authorization", "")
+            token = header.removeprefix("Bearer ").strip()
+            if not header.startswith("Bearer ") or token not in fake.tokens:
+                raise HttpError(401, "missing or unknown token")
+            return fake.tokens[token]
+
+        def check_signature(bank: str, message: bytes) -> None:
+            try:
+                verify(fake.banks[bank]["signing_key"], message, request.headers.get("X-Fedfraud-Signature"))
+            except SignatureError as exc:
+                raise HttpError(400, str(exc)) from None
+
+        def run_of(run_id: str) -> FakeRun:
+            if run_id not in fake.runs:
+                raise HttpError(404, f"no run {run_id!r}")
+            return fake.runs[run_id]
+
+        def participant(run: FakeRun) -> str:
+            bank = caller()
+            if bank not in run.participants:
+                raise HttpError(403, f"bank {bank!r} is not a participant of run {run.run_id!r}")
+            return bank
+
+        @app.get("/v1/health")
+        def health() -> Any:
+            return {"status": "ok", "database": "ok"}
+
+        @app.get("/v1/banks")
+        def list_banks() -> Any:
+            caller()
+            with fake.lock:
+                return jsonify(list(fake.banks.values()))
+
+        @app.put("/v1/banks/<bank_id>/keys")
+        def register_keys(bank_id: str) -> Any:
+            if caller() != bank_id:
+                raise HttpError(403, "a bank registers its own keys only")
+            body = request.get_json()
+            with fake.lock:
+                bank = fake.banks[bank_id]
+                if bank["signing_key"]:
+                    raise HttpError(409, f"bank {bank_id!r} already registered its keys")
+                bank.update(signing_key=body["signing_key"], box_key=body["box_key"])
+                return jsonify(bank), 200
+
+        @app.put("/v1/keys/context")
+        def put_context() -> Any:
+            bank = caller()
+            data = request.get_data()
+            check_signature(bank, proposal_message(CEREMONY_RUN_ID, bank, data))
+            with fake.lock:
+                if fake.public_context is not None:
+                    raise HttpError(409, "the consortium already holds an HE context")
+                try:
+                    crypto.load_context(data, require_public=True)
+                except CryptoError as exc:
+                    raise HttpError(422, f"not a public context: {exc}") from None
+                fake.public_context, fake.context_publisher = data, bank
+            return "", 201
+
+        @app.get("/v1/keys/context")
+        def get_context() -> Any:
+            if fake.public_context is None:
+                raise HttpError(404, "no HE context yet")
+            return Response(fake.public_context, mimetype="application/octet-stream")
+
+        @app.put("/v1/keys/shares/<bank_id>")
+        def put_share(bank_id: str) -> Any:
+            if caller() != fake.context_publisher:
+                raise HttpError(403, "only the bank that published the context posts shares")
+            with fake.lock:
+                if bank_id in fake.shares:
+                    raise HttpError(409, f"a share for {bank_id!r} was already posted")
+                fake.shares[bank_id] = request.get_data()
+            return "", 201
+
+        @app.get("/v1/keys/shares/<bank_id>")
+        def get_share(bank_id: str) -> Any:
+            if caller() != bank_id:
+                raise HttpError(403, "a bank reads its own share only")
+            if bank_id not in fake.shares:
+                raise HttpError(404, f"no share for {bank_id!r} yet")
+            return Response(fake.shares[bank_id], mimetype="application/octet-stream")
+
+        @app.get("/v1/runs")
+        def list_runs() -> Any:
+            caller()
+            wanted = request.args.get("state")
+            with fake.lock:
+                return jsonify([r.to_json() for r in fake.runs.values() if wanted in (None, r.state)])
+
+        @app.get("/v1/runs/<run_id>")
+        def get_run(run_id: str) -> Any:
+            caller()
+            with fake.lock:
+                return jsonify(run_of(run_id).to_json())
+
+        @app.put("/v1/runs/<run_id>/contributions/<path:key>")
+        def contribute(run_id: str, key: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                bank = participant(run)
+                data = request.get_data()
+                check_signature(bank, contribution_message(run_id, key, bank, data))
+                if run.state != "open":
+                    raise HttpError(409, f"run {run_id!r} is {run.state}")
+                if run.rounds is None:
+                    assert fake.public_context is not None
+                    run.rounds = SecureSum(context=crypto.load_context(fake.public_context, require_public=True),
+                                           min_banks=run.min_banks)
+                try:
+                    n_values = read_header(data).n_values
+                except PayloadError as exc:
+                    raise HttpError(422, str(exc)) from None
+                if key not in run.rounds._rounds:
+                    run.rounds.open(key, participants=run.participants, n_values=n_values)
+                try:
+                    run.rounds.contribute(key, bank, data)
+                except (ReplayError, RoundClosedError) as exc:
+                    raise HttpError(409, str(exc)) from None
+                except NotAParticipantError as exc:
+                    raise HttpError(403, str(exc)) from None
+                except InvalidContributionError as exc:
+                    raise HttpError(422, str(exc)) from None
+            return jsonify({"round_key": key, "bank_id": bank}), 201
+
+        @app.get("/v1/runs/<run_id>/aggregates/<path:key>")
+        def aggregate(run_id: str, key: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                participant(run)
+                try:
+                    current = run.rounds.get(key) if run.rounds is not None else None
+                except UnknownRoundError:
+                    current = None
+                if current is None:
+                    raise HttpError(404, f"no round {key!r}")
+                if current.state is RoundState.FAILED:
+                    raise HttpError(409, f"round {key!r} failed: {current.reason}", state="failed",
+                                    dropped=sorted(current.dropped))
+                if current.state is RoundState.OPEN:
+                    return jsonify({"state": "open", "contributed": len(current.contributions),
+                                    "participants": len(current.participants)}), 202
+                return Response(current.aggregate, mimetype="application/octet-stream")
+
+        @app.post("/v1/runs/<run_id>/proposals")
+        def propose(run_id: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                bank = participant(run)
+                data = request.get_data()
+                check_signature(bank, proposal_message(run_id, bank, data))
+                if bank in run.proposals:
+                    raise HttpError(409, f"bank {bank!r} already proposed a model for run {run_id!r}")
+                run.proposals[bank] = data
+                digests = {hashlib.sha256(p).hexdigest() for p in run.proposals.values()}
+                if set(run.proposals) == set(run.participants) and len(digests) == 1:
+                    version = str(len(fake.models) + 1)
+                    digest = digests.pop()
+                    fake.models.append({"version": int(version), "run_id": run_id, "family": run.model,
+                                        "digest": digest, "created_at": "2024-01-01T00:00:00Z",
+                                        "banks": sorted(run.participants)})
+                    fake.model_files[version] = data
+                    run.state = "completed"
+            return jsonify({"run_id": run_id, "bank_id": bank, "digest": hashlib.sha256(data).hexdigest()}), 201
+
+        @app.get("/v1/models")
+        def list_models() -> Any:
+            with fake.lock:
+                return jsonify(list(fake.models))
+
+        @app.get("/v1/models/<version>/download")
+        def download(version: str) -> Any:
+            if version not in fake.model_files:
+                raise HttpError(404, f"no model {version!r}")
+            return Response(fake.model_files[version], mimetype="application/octet-stream")
+
+        return app
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
+@contextmanager
+def serve(fake: FakeConsortium) -> Iterator[str]:
+    """Serve the fake over real HTTP on a free local port; yield its base URL."""
+    server = make_server("127.0.0.1", 0, fake.app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-consortium", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
