@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from crypto.scheme import HEScheme, PayloadError
+from crypto.scheme import HEScheme, PayloadError, PayloadHeader
 
 DEFAULT_MIN_BANKS = 3
 
@@ -93,6 +93,59 @@ class Round:
         return set(self.contributions) >= self.participants
 
 
+def check_contribution(
+    context: HEScheme, payload: bytes, *, round_key: str, n_values: int | None
+) -> PayloadHeader:
+    """Check that ``payload`` is one bank's fresh ciphertext for a round.
+
+    Parameters
+    ----------
+    context
+        The round's (public) HE context.
+    payload
+        The bytes a bank sent.
+    round_key
+        Named in error messages.
+    n_values
+        The vector length the round expects, or ``None`` for the round's first payload (which
+        sets it).
+
+    Returns
+    -------
+    PayloadHeader
+        The payload's verified header.
+
+    Raises
+    ------
+    InvalidContributionError
+        Of another scheme or key, damaged, truncated, of the wrong length, or already a sum.
+    """
+    try:
+        header, _ = context.open_payload(payload)
+    except PayloadError as exc:
+        raise InvalidContributionError(f"contribution to round {round_key!r} refused: {exc}") from None
+    if n_values is not None and header.n_values != n_values:
+        raise InvalidContributionError(
+            f"contribution to round {round_key!r} holds {header.n_values} values; the round expects {n_values}"
+        )
+    if header.n_addends != 1:
+        raise InvalidContributionError(f"contribution to round {round_key!r} is already a sum of {header.n_addends}")
+    return header
+
+
+def quorum_reached(n_contributed: int, min_banks: int) -> bool:
+    """Whether ``n_contributed`` contributions may be summed under a quorum of ``min_banks``."""
+    return n_contributed >= min_banks
+
+
+def quorum_failure_reason(n_contributed: int, n_participants: int, min_banks: int) -> str:
+    """Why a round closed without a quorum, in words."""
+    return (
+        f"{n_contributed} of {n_participants} banks contributed, "
+        f"fewer than the quorum of {min_banks}"
+    )
+
+
 class SecureSum:
     """Open rounds, take contributions, release sums under the quorum rule.
 
@@ -153,16 +206,7 @@ class SecureSum:
             raise RoundClosedError(f"round {key!r} is {current.state.value}; it takes no more contributions")
         if bank in current.contributions:
             raise ReplayError(f"bank {bank!r} already contributed to round {key!r}")
-        try:
-            header, _ = self.context.open_payload(payload)
-        except PayloadError as exc:
-            raise InvalidContributionError(f"contribution to round {key!r} refused: {exc}") from None
-        if header.n_values != current.n_values:
-            raise InvalidContributionError(
-                f"contribution to round {key!r} holds {header.n_values} values; the round expects {current.n_values}"
-            )
-        if header.n_addends != 1:
-            raise InvalidContributionError(f"contribution to round {key!r} is already a sum of {header.n_addends}")
+        check_contribution(self.context, payload, round_key=key, n_values=current.n_values)
         current.contributions[bank] = payload
         if current.complete:
             self._release(current)
@@ -177,13 +221,12 @@ class SecureSum:
         if current.state is not RoundState.OPEN:
             return current
         current.dropped = current.participants - set(current.contributions)
-        if len(current.contributions) >= current.min_banks:
+        if quorum_reached(len(current.contributions), current.min_banks):
             self._release(current)
         else:
             current.state = RoundState.FAILED
-            current.reason = (
-                f"{len(current.contributions)} of {len(current.participants)} banks contributed, "
-                f"fewer than the quorum of {current.min_banks}"
+            current.reason = quorum_failure_reason(
+                len(current.contributions), len(current.participants), current.min_banks
             )
             current.contributions.clear()
         return current

@@ -20,7 +20,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-from nacl.exceptions import BadSignatureError, CryptoError as NaClCryptoError
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import CryptoError as NaClCryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 

@@ -1,0 +1,75 @@
+"""Request bodies: content-type checks (415), readable JSON errors (400), binary body docs."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import request
+
+from consortium.errors import BadRequest, UnsupportedMediaType
+
+__all__ = ["BINARY", "BINARY_REQUEST", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BINARY = "application/octet-stream"
+_BINARY_SCHEMA = {"type": "string", "format": "binary"}
+BINARY_REQUEST = {"required": True, "content": {BINARY: {"schema": _BINARY_SCHEMA}}}
+SIGNATURE_PARAMETER = {
+    "in": "header",
+    "name": "X-Fedfraud-Signature",
+    "required": True,
+    "description": "base64 Ed25519 signature over the canonical message (see docs/consortium-api.md)",
+    "schema": {"type": "string"},
+}
+
+
+def binary_response(description: str) -> dict[str, Any]:
+    """OpenAPI response object of raw bytes."""
+    return {"description": description, "content": {BINARY: {"schema": _BINARY_SCHEMA}}}
+
+
+def json_body(view: F) -> F:
+    """415 unless the body is JSON; 400 naming the problem if it does not parse.
+
+    Runs before flask-smorest's ``@blp.arguments`` (put it above).
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not request.is_json:
+            raise UnsupportedMediaType(
+                f"this endpoint takes application/json, not {request.mimetype or 'a body without content type'}"
+            )
+        raw = request.get_data(cache=True)
+        try:
+            json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"malformed JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def binary_body(view: F) -> F:
+    """415 unless the body is ``application/octet-stream``."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.mimetype != BINARY:
+            raise UnsupportedMediaType(
+                f"this endpoint takes {BINARY} (raw bytes), not {request.mimetype or 'a body without content type'}"
+            )
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def read_binary() -> bytes:
+    """The raw request body (413 if it exceeds MAX_CONTENT_LENGTH)."""
+    return request.get_data(cache=False)

@@ -1,0 +1,229 @@
+"""Runs, and under each run its rounds' contributions and aggregates and the model proposals."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from flask import Response, current_app, request
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from consortium import publishing, rounds, runs
+from consortium.api.bodies import (
+    BINARY,
+    BINARY_REQUEST,
+    SIGNATURE_PARAMETER,
+    binary_body,
+    binary_response,
+    json_body,
+    read_binary,
+)
+from consortium.api.schemas import (
+    ContributionStoredSchema,
+    ProposalOutcomeSchema,
+    RoundStatusSchema,
+    RunOpenSchema,
+    RunQuerySchema,
+    RunSchema,
+)
+from consortium.auth import current_principal, requires
+from consortium.ceremony import get_bank
+from consortium.errors import Conflict, Forbidden, NotFound, Unprocessable
+from consortium.extensions import blob_store
+from consortium.secure_sum import RoundState
+from consortium.storage.blobs import sha256_hex
+from consortium.storage.database import db
+from consortium.storage.models import Role, RoundRow, Run
+
+blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
+
+_SEGMENT: Final = r"[a-z0-9][a-z0-9._-]{0,63}"
+ROUND_KEY_PATTERN: Final = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
+MAX_ROUND_KEY: Final = 200
+
+
+def _check_round_key(round_key: str) -> None:
+    if len(round_key) > MAX_ROUND_KEY or not ROUND_KEY_PATTERN.match(round_key):
+        message = (
+            f"round keys are '/'-separated segments matching ^[a-z0-9][a-z0-9._-]{{0,63}}$, "
+            f"at most {MAX_ROUND_KEY} characters"
+        )
+        raise Unprocessable(f"invalid round key {round_key[:80]!r}", {"round_key": [message]})
+
+
+def round_view(current: RoundRow, run: Run) -> dict[str, Any]:
+    """A round as the API shows it (never its payloads)."""
+    contributors = [row.bank_id for row in rounds.contributions_of(db.session, current.id)]
+    return {
+        "round_key": current.round_key,
+        "state": current.state,
+        "n_values": current.n_values,
+        "contributed": len(contributors),
+        "contributors": contributors,
+        "participants": len(run.participants),
+        "dropped": list(current.dropped or []),
+        "opened_at": current.opened_at,
+        "deadline": current.deadline,
+        "closed_at": current.closed_at,
+        "failure_reason": current.failure_reason,
+    }
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    """A run with its rounds."""
+    round_rows = db.session.execute(select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars()
+    model = publishing.model_for_run(db.session, run.run_id)
+    return {
+        "run_id": run.run_id,
+        "model": run.model,
+        "params": run.params,
+        "min_banks": run.min_banks,
+        "round_timeout_s": run.round_timeout_s,
+        "participants": list(run.participants),
+        "state": run.state,
+        "failure_reason": run.failure_reason,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "rounds": [round_view(row, run) for row in round_rows],
+        "model_version": None if model is None else model.version,
+    }
+
+
+def _participant(run: Run) -> str:
+    principal = current_principal()
+    if principal.bank_id is None or principal.bank_id not in run.participants:
+        raise Forbidden(f"only the participants of run {run.run_id!r} may do this")
+    return principal.bank_id
+
+
+@blp.route("", methods=["POST"])
+@requires(Role.OPERATOR)
+@json_body
+@blp.arguments(RunOpenSchema)
+@blp.response(201, RunSchema)
+@blp.alt_response(409, description="the key ceremony has not happened")
+def open_run(data: dict[str, Any]) -> Any:
+    """Open a training run; participants default to every bank with registered keys."""
+    config = current_app.config
+    run = runs.open_run(
+        db.session,
+        model=data["model"],
+        params=data.get("params") or {},
+        min_banks=data.get("min_banks", config["DEFAULT_MIN_BANKS"]),
+        round_timeout_s=data.get("round_timeout_s", config["DEFAULT_ROUND_TIMEOUT_S"]),
+        participants=data.get("participants"),
+    )
+    return run_view(run)
+
+
+@blp.route("", methods=["GET"])
+@requires()
+@blp.arguments(RunQuerySchema, location="query")
+@blp.response(200, RunSchema(many=True))
+def list_runs(query: dict[str, Any]) -> Any:
+    """Runs, newest first; ``?state=open`` filters."""
+    for run in runs.list_runs(db.session, "open"):
+        rounds.settle_run(db.session, run)
+    return [run_view(run) for run in runs.list_runs(db.session, query.get("state"))]
+
+
+@blp.route("/<string:run_id>", methods=["GET"])
+@requires()
+@blp.response(200, RunSchema)
+def get_run(run_id: str) -> Any:
+    """A run: state, participants, rounds (contributors, dropped banks), failure reason."""
+    run = rounds.settle_run(db.session, rounds.get_run(db.session, run_id))
+    return run_view(run)
+
+
+@blp.route("/<string:run_id>/contributions/<path:round_key>", methods=["PUT"])
+@requires(Role.BANK)
+@binary_body
+@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.response(201, ContributionStoredSchema)
+@blp.alt_response(409, description="replay, or the round or run is closed")
+@blp.alt_response(422, description="a payload of another scheme or key, truncated, corrupted or of the wrong length")
+def contribute(run_id: str, round_key: str) -> Any:
+    """Upload the bank's encrypted payload for a round (signed)."""
+    _check_round_key(round_key)
+    run = rounds.get_run(db.session, run_id)
+    bank_id = _participant(run)
+    payload = read_binary()
+    current = rounds.contribute(
+        db.session,
+        run_id=run_id,
+        round_key=round_key,
+        bank_id=bank_id,
+        payload=payload,
+        signature=request.headers.get("X-Fedfraud-Signature"),
+    )
+    view = round_view(current, run)
+    return {
+        "run_id": run_id,
+        "round_key": round_key,
+        "bank_id": bank_id,
+        "digest": sha256_hex(payload),
+        "size": len(payload),
+        "state": view["state"],
+        "contributed": view["contributed"],
+        "participants": view["participants"],
+    }
+
+
+@blp.route("/<string:run_id>/aggregates/<path:round_key>", methods=["GET"])
+@requires(Role.BANK)
+@blp.doc(responses={"200": binary_response("the released sum (a ciphertext payload)")})
+@blp.alt_response(202, schema=RoundStatusSchema, description="the round is still open")
+@blp.alt_response(409, description="the round failed (no quorum)")
+def get_aggregate(run_id: str, round_key: str) -> Any:
+    """The round's sum once released; 202 while open; 409 if it failed."""
+    run = rounds.get_run(db.session, run_id)
+    _participant(run)
+    current = rounds.find_round(db.session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
+    if current is None:
+        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
+    current = rounds.settle_round(db.session, current)
+    view = round_view(current, run)
+    if current.state == RoundState.RELEASED.value:
+        assert current.aggregate_digest is not None
+        response = Response(blob_store().get(current.aggregate_digest), mimetype=BINARY)
+        response.set_etag(current.aggregate_digest)
+        return response
+    if current.state == RoundState.FAILED.value:
+        raise Conflict(
+            f"round {round_key!r} failed: {current.failure_reason}",
+            state="failed",
+            contributed=view["contributed"],
+            participants=view["participants"],
+            dropped=view["dropped"],
+            reason=current.failure_reason,
+        )
+    status = {"state": current.state, "contributed": view["contributed"], "participants": view["participants"]}
+    return RoundStatusSchema().dump(status), 202
+
+
+@blp.route("/<string:run_id>/proposals", methods=["POST"])
+@requires(Role.BANK)
+@binary_body
+@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.response(201, ProposalOutcomeSchema)
+@blp.alt_response(200, schema=ProposalOutcomeSchema, description="the same proposal again (nothing new recorded)")
+@blp.alt_response(409, description="the run is not open")
+def propose(run_id: str) -> Any:
+    """Propose the finished model (signed); published when every contributing bank agrees."""
+    run = rounds.get_run(db.session, run_id)
+    bank = get_bank(db.session, _participant(run))
+    outcome = publishing.propose(
+        db.session, run_id=run_id, bank=bank, body=read_binary(), signature=request.headers.get("X-Fedfraud-Signature")
+    )
+    body = {
+        "run_id": run_id,
+        "bank_id": bank.bank_id,
+        "digest": outcome.proposal.model_digest,
+        "state": "published" if outcome.model is not None else "waiting",
+        "agreed": outcome.agreed,
+        "required": outcome.required,
+        "model_version": None if outcome.model is None else outcome.model.version,
+    }
+    return body, (201 if outcome.created else 200)

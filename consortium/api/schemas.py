@@ -1,0 +1,160 @@
+"""Marshmallow schemas of the aggregator's JSON bodies: the one validation layer of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from consortium.runs import MODEL_FAMILIES
+
+ID_REGEX = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
+
+
+class StrictSchema(Schema):
+    """Unknown fields are errors (marshmallow's default, stated)."""
+
+    class Meta:
+        unknown = "raise"
+
+
+def _timestamp(**kwargs: Any) -> fields.DateTime:
+    return fields.DateTime(format=TIMESTAMP, **kwargs)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    database = fields.String(required=True)
+
+
+class BankEnrolSchema(StrictSchema):
+    bank_id = fields.String(
+        required=True,
+        validate=validate.Regexp(ID_REGEX, error="bank ids match ^[a-z0-9][a-z0-9._-]{{0,63}}$"),
+        metadata={"example": "bank-1"},
+    )
+    name = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="names may not contain control characters"),
+        ],
+    )
+
+
+class BankEnrolledSchema(Schema):
+    bank_id = fields.String(required=True)
+    name = fields.String(required=True)
+    token = fields.String(required=True, metadata={"description": "bearer token of the bank; shown once"})
+
+
+class BankSchema(Schema):
+    bank_id = fields.String(required=True)
+    name = fields.String(required=True)
+    signing_key = fields.String(allow_none=True, metadata={"description": "Ed25519 public key, base64"})
+    box_key = fields.String(allow_none=True, metadata={"description": "X25519 public key, base64"})
+    enrolled_at = _timestamp()
+    keys_registered_at = _timestamp(allow_none=True)
+
+
+class BankKeysSchema(StrictSchema):
+    signing_key = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    box_key = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class ContextPublishedSchema(Schema):
+    scheme = fields.String(required=True)
+    key_id = fields.String(required=True)
+    digest = fields.String(required=True)
+    size = fields.Integer(required=True)
+    publisher = fields.String(required=True)
+    published_at = _timestamp()
+
+
+class SharePostedSchema(Schema):
+    bank_id = fields.String(required=True)
+    digest = fields.String(required=True)
+    size = fields.Integer(required=True)
+    posted_at = _timestamp()
+
+
+class RunOpenSchema(StrictSchema):
+    model = fields.String(required=True, validate=validate.OneOf(MODEL_FAMILIES))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+    min_banks = fields.Integer(validate=validate.Range(min=2, max=1000))
+    round_timeout_s = fields.Integer(validate=validate.Range(min=1, max=MAX_ROUND_TIMEOUT_S))
+    participants = fields.List(
+        fields.String(validate=validate.Regexp(ID_REGEX)), validate=validate.Length(min=2, max=1000)
+    )
+
+
+class RunQuerySchema(StrictSchema):
+    state = fields.String(validate=validate.OneOf(("open", "completed", "failed")))
+
+
+class RoundSchema(Schema):
+    round_key = fields.String(required=True)
+    state = fields.String(required=True)
+    n_values = fields.Integer(required=True)
+    contributed = fields.Integer(required=True)
+    contributors = fields.List(fields.String())
+    participants = fields.Integer(required=True)
+    dropped = fields.List(fields.String())
+    opened_at = _timestamp()
+    deadline = _timestamp()
+    closed_at = _timestamp(allow_none=True)
+    failure_reason = fields.String(allow_none=True)
+
+
+class RunSchema(Schema):
+    run_id = fields.String(required=True)
+    model = fields.String(required=True)
+    params = fields.Dict()
+    min_banks = fields.Integer()
+    round_timeout_s = fields.Integer()
+    participants = fields.List(fields.String())
+    state = fields.String(required=True)
+    failure_reason = fields.String(allow_none=True)
+    created_at = _timestamp()
+    finished_at = _timestamp(allow_none=True)
+    rounds = fields.List(fields.Nested(RoundSchema))
+    model_version = fields.Integer(allow_none=True)
+
+
+class ContributionStoredSchema(Schema):
+    run_id = fields.String(required=True)
+    round_key = fields.String(required=True)
+    bank_id = fields.String(required=True)
+    digest = fields.String(required=True)
+    size = fields.Integer(required=True)
+    state = fields.String(required=True, metadata={"description": "the round's state after this contribution"})
+    contributed = fields.Integer(required=True)
+    participants = fields.Integer(required=True)
+
+
+class RoundStatusSchema(Schema):
+    state = fields.String(required=True)
+    contributed = fields.Integer(required=True)
+    participants = fields.Integer(required=True)
+
+
+class ProposalOutcomeSchema(Schema):
+    run_id = fields.String(required=True)
+    bank_id = fields.String(required=True)
+    digest = fields.String(required=True)
+    state = fields.String(required=True, metadata={"description": "'waiting' or 'published'"})
+    agreed = fields.Integer(required=True)
+    required = fields.Integer(required=True)
+    model_version = fields.Integer(allow_none=True)
+
+
+class ModelSchema(Schema):
+    version = fields.Integer(required=True)
+    run_id = fields.String(required=True)
+    family = fields.String(required=True)
+    digest = fields.String(required=True)
+    size = fields.Integer(required=True)
+    created_at = _timestamp()
+    banks = fields.List(fields.String())

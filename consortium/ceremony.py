@@ -1,0 +1,225 @@
+"""Enrolment and the key ceremony, as seen by the aggregator.
+
+The aggregator keeps the banks' *public* keys, the *public* HE context and sealed shares of the
+secret context that it cannot open. Anything that would let it decrypt is refused at the door.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from consortium.auth import issue_token
+from consortium.errors import BadRequest, Conflict, NotFound, Unprocessable
+from consortium.extensions import blob_store, now, write_lock
+from consortium.storage.models import Bank, KeyMaterial, KeyShare, Role
+
+__all__ = ["BANK_ID_PATTERN", "enrol_bank", "get_bank", "post_share", "publish_context", "register_keys"]
+
+logger = logging.getLogger("consortium.ceremony")
+
+BANK_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SEALED_BOX_OVERHEAD: Final = 48  # X25519 ephemeral public key + Poly1305 tag
+_HE_MAGIC: Final = b"FFHE"
+_KEY_MATERIAL_ID: Final = 1
+
+
+def get_bank(session: Session, bank_id: str) -> Bank:
+    """The bank ``bank_id``, or 404."""
+    bank = session.get(Bank, bank_id) if BANK_ID_PATTERN.match(bank_id) else None
+    if bank is None:
+        raise NotFound(f"no bank {bank_id!r}")
+    return bank
+
+
+def enrol_bank(session: Session, *, bank_id: str, name: str) -> tuple[Bank, str]:
+    """Enrol a bank and issue its token (returned once, stored as a hash).
+
+    Raises
+    ------
+    Conflict
+        The bank id is taken.
+    """
+    with write_lock():
+        if session.get(Bank, bank_id) is not None:
+            raise Conflict(f"bank {bank_id!r} is already enrolled")
+        bank = Bank(bank_id=bank_id, name=name, enrolled_at=now())
+        session.add(bank)
+        session.flush()
+        token = issue_token(session, Role.BANK, bank_id)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise Conflict(f"bank {bank_id!r} is already enrolled") from None
+    logger.info("bank enrolled", extra={"bank_id": bank_id})
+    return bank, token
+
+
+def register_keys(session: Session, bank: Bank, *, signing_key: str, box_key: str) -> Bank:
+    """Record a bank's Ed25519 and X25519 public keys, once.
+
+    Raises
+    ------
+    Unprocessable
+        A key is not base64 of 32 bytes.
+    Conflict
+        Keys were registered already.
+    """
+    from crypto.signing import SignatureError, load_box_key, load_signing_key
+
+    errors: dict[str, list[str]] = {}
+    for field, loader, value in (("signing_key", load_signing_key, signing_key), ("box_key", load_box_key, box_key)):
+        try:
+            loader(value)
+        except SignatureError as exc:
+            errors[field] = [str(exc)]
+    if errors:
+        raise Unprocessable("the public keys are invalid", errors)
+    with write_lock():
+        session.refresh(bank, with_for_update=True)
+        if bank.signing_key is not None:
+            session.rollback()
+            raise Conflict(f"bank {bank.bank_id!r} registered its keys already; keys are registered once")
+        bank.signing_key = signing_key
+        bank.box_key = box_key
+        bank.keys_registered_at = now()
+        session.commit()
+    logger.info("bank keys registered", extra={"bank_id": bank.bank_id})
+    return bank
+
+
+def key_material(session: Session) -> KeyMaterial | None:
+    """The published public context's record, if the ceremony happened."""
+    return session.get(KeyMaterial, _KEY_MATERIAL_ID)
+
+
+def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str | None) -> KeyMaterial:
+    """Accept the consortium's public HE context from the bank that generated the key.
+
+    Raises
+    ------
+    Conflict
+        The bank has no signing key, or a context was published already.
+    BadRequest
+        Missing or wrong signature (run id ``ceremony``).
+    Unprocessable
+        Not an intact context, or a context holding the secret key.
+    """
+    from crypto.registry import load_context
+    from crypto.scheme import CryptoError, UnexpectedSecretKeyError
+    from crypto.signing import CEREMONY_RUN_ID, SignatureError, proposal_message, verify
+
+    if not bank.signing_key:
+        raise Conflict(f"bank {bank.bank_id!r} must register its keys before publishing a context")
+    try:
+        verify(bank.signing_key, proposal_message(CEREMONY_RUN_ID, bank.bank_id, body), signature)
+    except SignatureError as exc:
+        raise BadRequest(f"context refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
+    if key_material(session) is not None:
+        raise Conflict("the HE context was published already; the key ceremony happens once")
+    try:
+        context = load_context(body, require_public=True)
+    except UnexpectedSecretKeyError:
+        message = "refused: this context holds the secret key; publish the public context only"
+        raise Unprocessable(message, {"body": [message]}) from None
+    except CryptoError as exc:
+        raise Unprocessable(f"not a public HE context: {exc}", {"body": [str(exc)]}) from None
+    if context.has_secret_key:  # pragma: no cover - load_context(require_public=True) refuses it
+        raise Unprocessable("refused: this context holds the secret key")
+
+    store = blob_store()
+    with write_lock():
+        existed = store.exists(_sha256(body))
+        digest = store.put(body)
+        material = KeyMaterial(
+            id=_KEY_MATERIAL_ID,
+            context_digest=digest,
+            context_size=len(body),
+            scheme=context.name,
+            key_id=context.key_id,
+            publisher_bank_id=bank.bank_id,
+            signature=signature or "",
+            published_at=now(),
+        )
+        session.add(material)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            if not existed:
+                store.delete(digest)
+            raise Conflict("the HE context was published already; the key ceremony happens once") from None
+    logger.info("public context published", extra={"bank_id": bank.bank_id, "scheme": context.name, "key_id": context.key_id})
+    return material
+
+
+def post_share(session: Session, publisher: Bank, recipient: Bank, *, body: bytes) -> KeyShare:
+    """Relay the secret context sealed to ``recipient``'s box key (opaque to the aggregator).
+
+    Raises
+    ------
+    Conflict
+        No context yet, the recipient has no box key, or its share was posted already.
+    Unprocessable
+        Too short to be a sealed box, or an *unsealed* HE context (which would hand the
+        aggregator the secret key).
+    """
+    material = key_material(session)
+    if material is None:
+        raise Conflict("no HE context has been published yet")
+    if not recipient.box_key:
+        raise Conflict(f"bank {recipient.bank_id!r} has not registered its box key; nothing can be sealed to it")
+    if body.startswith(_HE_MAGIC):
+        message = "refused: this is an unsealed HE context; seal it to the bank's box key (X25519 sealed box)"
+        raise Unprocessable(message, {"body": [message]})
+    if len(body) <= _SEALED_BOX_OVERHEAD:
+        message = f"a sealed share is longer than {_SEALED_BOX_OVERHEAD} bytes; got {len(body)}"
+        raise Unprocessable(message, {"body": [message]})
+    store = blob_store()
+    with write_lock():
+        if session.get(KeyShare, recipient.bank_id) is not None:
+            raise Conflict(f"the share for bank {recipient.bank_id!r} was posted already")
+        existed = store.exists(_sha256(body))
+        digest = store.put(body)
+        share = KeyShare(
+            bank_id=recipient.bank_id,
+            share_digest=digest,
+            share_size=len(body),
+            posted_by=publisher.bank_id,
+            posted_at=now(),
+        )
+        session.add(share)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            if not existed:
+                store.delete(digest)
+            raise Conflict(f"the share for bank {recipient.bank_id!r} was posted already") from None
+    logger.info("sealed share relayed", extra={"bank_id": recipient.bank_id, "size": len(body)})
+    return share
+
+
+def get_share(session: Session, bank_id: str) -> bytes:
+    """The sealed share posted for ``bank_id``, or 404."""
+    share = session.get(KeyShare, bank_id)
+    if share is None:
+        raise NotFound(f"no sealed share has been posted for bank {bank_id!r} yet")
+    return blob_store().get(share.share_digest)
+
+
+def banks(session: Session) -> list[Bank]:
+    """Every enrolled bank, by id."""
+    return list(session.execute(select(Bank).order_by(Bank.bank_id)).scalars())
+
+
+def _sha256(data: bytes) -> str:
+    from consortium.storage.blobs import sha256_hex
+
+    return sha256_hex(data)

@@ -1,0 +1,114 @@
+"""``fedfraud consortium ...``: run and administer the aggregator.
+
+The lead mounts :data:`consortium_cli` under the ``fedfraud`` command. Each command builds the
+app with :func:`consortium.app.create_app`, so settings come from the instance config file and
+``FEDFRAUD_*`` environment variables (e.g. ``FEDFRAUD_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["consortium_cli"]
+
+
+@click.group("consortium")
+def consortium_cli() -> None:
+    """Run and administer the consortium aggregator."""
+
+
+@consortium_cli.command("init-db")
+def init_db() -> None:
+    """Create or upgrade the database schema (Alembic migrations)."""
+    from consortium.app import create_app
+    from consortium.storage.database import Database
+    from consortium.storage.migrate import upgrade
+
+    app = create_app({"AUTO_MIGRATE": False})
+    upgrade(Database.engine_for(app))
+    click.echo(f"database ready: {Database.engine_for(app).url.render_as_string(hide_password=True)}")
+
+
+@consortium_cli.command("create-token")
+@click.option("--role", type=click.Choice(["operator", "compliance"]), required=True, help="What the token may do.")
+def create_token(role: str) -> None:
+    """Issue an operator or compliance token; it is printed once and stored only as a hash."""
+    from consortium.app import create_app
+    from consortium.auth import issue_token
+    from consortium.storage.database import db
+
+    app = create_app()
+    with app.app_context():
+        token = issue_token(db.session, role)
+        db.session.commit()
+    click.echo(token)
+
+
+@consortium_cli.command("enrol-bank")
+@click.argument("bank_id")
+@click.argument("name")
+def enrol_bank(bank_id: str, name: str) -> None:
+    """Enrol bank BANK_ID called NAME; prints its token once."""
+    from consortium.app import create_app
+    from consortium.ceremony import BANK_ID_PATTERN
+    from consortium.ceremony import enrol_bank as enrol
+    from consortium.errors import ConsortiumError
+    from consortium.storage.database import db
+
+    if not BANK_ID_PATTERN.match(bank_id):
+        raise click.BadParameter("bank ids match ^[a-z0-9][a-z0-9._-]{0,63}$", param_hint="BANK_ID")
+    app = create_app()
+    with app.app_context():
+        try:
+            _, token = enrol(db.session, bank_id=bank_id, name=name)
+        except ConsortiumError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(token)
+
+
+@consortium_cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
+@click.option("--no-sweep", is_flag=True, help="Do not start the background sweep of expired rounds.")
+def serve(host: str, port: int, no_sweep: bool) -> None:
+    """Run the aggregator on werkzeug's server (development; use gunicorn in production)."""
+    from werkzeug.serving import run_simple
+
+    from consortium.app import create_app
+    from consortium.logs import configure_logging
+    from consortium.scheduler import start_sweeper
+
+    app = create_app()
+    configure_logging(app.config["LOG_LEVEL"])
+    scheduler = None if no_sweep else start_sweeper(app)
+    try:
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
+@consortium_cli.command("sweep")
+@click.option("--once", is_flag=True, help="Close expired rounds once and exit (e.g. from cron).")
+def sweep(once: bool) -> None:
+    """Close expired rounds periodically (run beside gunicorn; ``serve`` does it itself)."""
+    import time
+
+    from consortium.app import create_app
+    from consortium.logs import configure_logging
+    from consortium.rounds import sweep_expired
+
+    app = create_app()
+    configure_logging(app.config["LOG_LEVEL"])
+    if once:
+        click.echo(f"closed {sweep_expired(app)} expired round(s)")
+        return
+    interval = int(app.config["SWEEP_INTERVAL_S"])
+    while True:
+        try:
+            sweep_expired(app)
+        except Exception:  # logged; the next tick retries
+            import logging
+
+            logging.getLogger("consortium.scheduler").exception("sweep failed")
+        time.sleep(interval)

@@ -1,0 +1,149 @@
+"""The aggregator's settings, in one place.
+
+Precedence, lowest first: the defaults below, the instance config file
+(``<instance>/consortium.cfg``, a Python file of UPPER_CASE assignments, or the file named by
+``FEDFRAUD_CONFIG``), environment variables ``FEDFRAUD_<KEY>``, and finally the mapping given
+to :func:`consortium.app.create_app` (tests).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FEDFRAUD_"
+INSTANCE_CONFIG_FILE = "consortium.cfg"
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime (how every timestamp is stored)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class ConsortiumConfig:
+    """Every setting of the aggregator service.
+
+    Attributes
+    ----------
+    DATABASE_URL
+        SQLAlchemy URL; default ``sqlite:///<instance>/consortium.db``.
+    BLOB_DIR
+        Directory of the content-addressed payload store; default ``<instance>/blobs``.
+    MAX_CONTENT_LENGTH
+        Largest request body in bytes (64 MiB); larger requests get 413.
+    DEFAULT_MIN_BANKS
+        Quorum of a run opened without ``min_banks``.
+    DEFAULT_ROUND_TIMEOUT_S
+        Round deadline of a run opened without ``round_timeout_s``.
+    SWEEP_INTERVAL_S
+        How often ``serve`` closes expired rounds in the background.
+    AUTO_MIGRATE
+        Apply the database migrations at start-up when the database is empty.
+    KEEP_CONTRIBUTION_BLOBS
+        Keep individual ciphertexts after their round closed (default: delete them).
+    LOG_LEVEL
+        Level of the ``consortium`` loggers.
+    CLOCK
+        Callable returning the naive-UTC time; tests replace it (not settable from env).
+    """
+
+    DATABASE_URL: str = ""
+    BLOB_DIR: str = ""
+    MAX_CONTENT_LENGTH: int = 64 * 1024 * 1024
+    DEFAULT_MIN_BANKS: int = 3
+    DEFAULT_ROUND_TIMEOUT_S: int = 600
+    SWEEP_INTERVAL_S: int = 30
+    AUTO_MIGRATE: bool = True
+    KEEP_CONTRIBUTION_BLOBS: bool = False
+    LOG_LEVEL: str = "INFO"
+    CLOCK: Callable[[], datetime] = field(default=utcnow)
+
+    def as_flask_config(self) -> dict[str, Any]:
+        """The settings as a mapping for ``app.config``."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+_NOT_FROM_ENV = frozenset({"CLOCK"})
+
+
+def _coerce(name: str, raw: str, target: type | str) -> Any:
+    kind = target if isinstance(target, str) else target.__name__
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean (use true or false)")
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
+    return raw
+
+
+def _read_instance_file(path: Path) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - operator's own file
+    return {key: value for key, value in namespace.items() if key.isupper()}
+
+
+def load_config(
+    instance_path: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConsortiumConfig:
+    """Resolve the settings: defaults, instance file, environment, then ``overrides``.
+
+    Parameters
+    ----------
+    instance_path
+        The Flask instance folder (holds the default database, blobs and config file).
+    overrides
+        Highest-precedence values (from ``create_app(config)``).
+    environ
+        Environment to read (default ``os.environ``).
+
+    Returns
+    -------
+    ConsortiumConfig
+        The resolved settings.
+
+    Raises
+    ------
+    ValueError
+        An unknown key in ``overrides`` or a value of the wrong type.
+    """
+    environ = os.environ if environ is None else environ
+    instance = Path(instance_path)
+    known = {item.name: item.type for item in fields(ConsortiumConfig)}
+    values: dict[str, Any] = {}
+
+    config_file = Path(environ[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in environ else None
+    config_file = config_file or instance / INSTANCE_CONFIG_FILE
+    if config_file.is_file():
+        values.update({k: v for k, v in _read_instance_file(config_file).items() if k in known})
+
+    for name, kind in known.items():
+        raw = environ.get(f"{ENV_PREFIX}{name}")
+        if raw is not None and name not in _NOT_FROM_ENV:
+            values[name] = _coerce(name, raw, kind)
+
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            continue  # Flask's own keys (TESTING, ...) pass through create_app untouched
+        values[name] = value
+
+    if not values.get("DATABASE_URL"):
+        values["DATABASE_URL"] = f"sqlite:///{instance / 'consortium.db'}"
+    if not values.get("BLOB_DIR"):
+        values["BLOB_DIR"] = str(instance / "blobs")
+    if int(values.get("DEFAULT_MIN_BANKS", 3)) < 2:
+        raise ValueError("DEFAULT_MIN_BANKS must be at least 2: a sum of one bank is that bank's data")
+    return ConsortiumConfig(**values)

@@ -1,0 +1,79 @@
+"""Per-app resources besides the database: blob store, write lock, clock and the HE public context."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+from consortium.storage.blobs import BlobStore
+from consortium.storage.database import Database
+
+if TYPE_CHECKING:
+    from crypto.scheme import HEScheme
+
+__all__ = ["blob_store", "init_resources", "now", "public_context", "write_lock"]
+
+_KEY = "fedfraud_resources"
+
+
+def init_resources(app: Flask) -> None:
+    """Attach the blob store, the write lock and the context cache to ``app``."""
+    store = BlobStore(app.config["BLOB_DIR"])
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries()
+    sqlite = Database.engine_for(app).dialect.name == "sqlite"
+    app.extensions[_KEY] = {
+        "blobs": store,
+        # SQLite has one writer at a time and turns contention into errors rather than waits:
+        # serialize this process's state changes. PostgreSQL relies on row locks instead.
+        "write_lock": threading.RLock() if sqlite else None,
+        "contexts": {},
+        "context_lock": threading.Lock(),
+    }
+
+
+def _resources(app: Flask | None = None) -> dict[str, Any]:
+    return (app or current_app).extensions[_KEY]  # type: ignore[no-any-return]
+
+
+def blob_store(app: Flask | None = None) -> BlobStore:
+    """The app's content-addressed blob store."""
+    return _resources(app)["blobs"]  # type: ignore[no-any-return]
+
+
+def write_lock(app: Flask | None = None) -> AbstractContextManager[Any]:
+    """Hold while changing round, run or proposal state (a no-op on PostgreSQL)."""
+    lock = _resources(app)["write_lock"]
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def now(app: Flask | None = None) -> datetime:
+    """The current naive-UTC time by the app's clock."""
+    clock: Callable[[], datetime] = (app or current_app).config["CLOCK"]
+    return clock()
+
+
+def public_context(digest: str, app: Flask | None = None) -> HEScheme:
+    """The public HE context stored under ``digest``, loaded once per process.
+
+    The loaded object is shared by request threads, so callers use it under
+    :func:`context_guard`.
+    """
+    from crypto.registry import load_context
+
+    resources = _resources(app)
+    cache: dict[str, HEScheme] = resources["contexts"]
+    if digest not in cache:
+        cache[digest] = load_context(blob_store(app).get(digest), require_public=True)
+    return cache[digest]
+
+
+def context_guard(app: Flask | None = None) -> threading.Lock:
+    """Lock serializing use of the shared HE context objects (TenSEAL is not thread-safe)."""
+    return _resources(app)["context_lock"]  # type: ignore[no-any-return]

@@ -1,0 +1,407 @@
+"""Persisted secure-sum rounds: the rules of :mod:`consortium.secure_sum` over database rows and blobs.
+
+Every state change is one committed transaction, and a contribution's row is committed only
+after its ciphertext is durably in the blob store. A release that was interrupted (process
+killed between storing the sum and marking the round) leaves the round open and complete, so
+the next request touching it, or the sweep, simply does it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from consortium.extensions import (
+    blob_store,
+    context_guard,
+    now,
+    public_context,
+    write_lock,
+)
+from consortium.secure_sum import (
+    InvalidContributionError,
+    RoundState,
+    check_contribution,
+    quorum_failure_reason,
+    quorum_reached,
+)
+from consortium.storage.database import db
+from consortium.storage.models import (
+    Bank,
+    Contribution,
+    KeyMaterial,
+    RoundRow,
+    Run,
+    RunState,
+)
+
+__all__ = [
+    "contribute",
+    "contributions_of",
+    "find_round",
+    "get_run",
+    "purge_closed_payloads",
+    "settle_round",
+    "settle_run",
+    "sweep_expired",
+]
+
+logger = logging.getLogger("consortium.rounds")
+
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ATTEMPTS = 3  # concurrent first contributions race to open the round; the losers retry
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    """The run ``run_id``, or 404."""
+    run = session.get(Run, run_id) if RUN_ID_PATTERN.match(run_id) else None
+    if run is None:
+        raise NotFound(f"no run {run_id!r}")
+    return run
+
+
+def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:
+    """The round ``round_key`` of a run, optionally locked for update, freshly read."""
+    query = select(RoundRow).where(RoundRow.run_id == run_id, RoundRow.round_key == round_key)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def _verify_contribution_signature(bank: Bank, run_id: str, round_key: str, payload: bytes, signature: str | None) -> None:
+    from crypto.signing import SignatureError, contribution_message, verify
+
+    if not bank.signing_key:
+        raise Conflict(f"bank {bank.bank_id!r} has not registered its signing key")
+    try:
+        verify(bank.signing_key, contribution_message(run_id, round_key, bank.bank_id, payload), signature)
+    except SignatureError as exc:
+        raise BadRequest(f"contribution refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
+
+
+def contribute(
+    session: Session, *, run_id: str, round_key: str, bank_id: str, payload: bytes, signature: str | None
+) -> RoundRow:
+    """Store one bank's signed ciphertext for a round, opening the round if it is the first.
+
+    Parameters
+    ----------
+    session
+        Database session.
+    run_id, round_key, bank_id
+        Where the payload goes and who sends it (the authenticated bank).
+    payload
+        The ciphertext payload.
+    signature
+        Base64 Ed25519 signature over the contribution message.
+
+    Returns
+    -------
+    RoundRow
+        The round after the contribution (released if it completed the round).
+
+    Raises
+    ------
+    NotFound, Forbidden, BadRequest, Conflict, Unprocessable
+        With nothing stored.
+    """
+    run = get_run(session, run_id)
+    if bank_id not in run.participants:
+        raise Forbidden(f"bank {bank_id!r} is not a participant of run {run_id!r}")
+    bank = session.get(Bank, bank_id)
+    if bank is None:  # pragma: no cover - participants are enrolled banks
+        raise NotFound(f"no bank {bank_id!r}")
+    _verify_contribution_signature(bank, run_id, round_key, payload, signature)
+
+    with write_lock():
+        existing = find_round(session, run_id, round_key)
+        if existing is not None:
+            settle_round(session, existing)
+        for attempt in range(_ATTEMPTS):
+            try:
+                current = _store_contribution(session, run, round_key, bank, payload, signature or "")
+                break
+            except IntegrityError:
+                session.rollback()
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        settle_round(session, current)
+    return current
+
+
+def _store_contribution(
+    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str
+) -> RoundRow:
+    session.refresh(run)
+    if run.state != RunState.OPEN.value:
+        raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
+    current = find_round(session, run.run_id, round_key, lock=True)
+    if current is not None:
+        if current.state != RoundState.OPEN.value:
+            raise Conflict(
+                f"round {round_key!r} of run {run.run_id!r} is {current.state}; it takes no more contributions",
+                state=current.state,
+            )
+        already = session.execute(
+            select(Contribution.id).where(Contribution.round_id == current.id, Contribution.bank_id == bank.bank_id)
+        ).first()
+        if already is not None:
+            raise Conflict(f"bank {bank.bank_id!r} already contributed to round {round_key!r}", state=current.state)
+
+    material = session.get(KeyMaterial, 1)
+    if material is None:  # pragma: no cover - a run cannot be opened before the ceremony
+        raise Conflict("no HE context has been published yet")
+    context = public_context(material.context_digest)
+    try:
+        header = check_contribution(
+            context, payload, round_key=round_key, n_values=None if current is None else current.n_values
+        )
+    except InvalidContributionError as exc:
+        raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
+
+    store = blob_store()
+    referenced_before = store.exists(_digest(payload))
+    digest = store.put(payload)
+    try:
+        if current is None:
+            opened = now()
+            current = RoundRow(
+                run_id=run.run_id,
+                round_key=round_key,
+                n_values=header.n_values,
+                state=RoundState.OPEN.value,
+                opened_at=opened,
+                deadline=opened + timedelta(seconds=run.round_timeout_s),
+                dropped=[],
+            )
+            session.add(current)
+            session.flush()
+        session.add(
+            Contribution(
+                run_id=run.run_id,
+                round_id=current.id,
+                bank_id=bank.bank_id,
+                payload_digest=digest,
+                payload_size=len(payload),
+                signature=signature,
+                received_at=now(),
+                payload_kept=True,
+            )
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if not referenced_before and not _digest_referenced(session, digest):
+            store.delete(digest)
+        raise
+    logger.info(
+        "contribution stored",
+        extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
+    )
+    return current
+
+
+def contributions_of(session: Session, round_id: int) -> list[Contribution]:
+    """The contributions to a round, ordered by bank id (the order they are summed in)."""
+    return list(
+        session.execute(
+            select(Contribution).where(Contribution.round_id == round_id).order_by(Contribution.bank_id)
+        ).scalars()
+    )
+
+
+def _digest(data: bytes) -> str:
+    from consortium.storage.blobs import sha256_hex
+
+    return sha256_hex(data)
+
+
+def _digest_referenced(session: Session, digest: str) -> bool:
+    count = session.execute(
+        select(func.count()).select_from(Contribution).where(
+            Contribution.payload_digest == digest, Contribution.payload_kept.is_(True)
+        )
+    ).scalar_one()
+    return bool(count)
+
+
+def settle_round(session: Session, current: RoundRow, *, at: datetime | None = None) -> RoundRow:
+    """Release or fail a round if its time has come; otherwise leave it open.
+
+    A round is released once every participant contributed, or at its deadline with a quorum;
+    at its deadline without a quorum it fails, and so does its run. A round of a run that is no
+    longer open is failed. Safe to call repeatedly and concurrently.
+    """
+    if current.state != RoundState.OPEN.value:
+        return current
+    moment = at or now()
+    with write_lock():
+        locked = find_round(session, current.run_id, current.round_key, lock=True)
+        if locked is None or locked.state != RoundState.OPEN.value:
+            session.commit()
+            return locked or current
+        run = locked.run
+        session.refresh(run)
+        contributed = {row.bank_id for row in contributions_of(session, locked.id)}
+        participants = set(run.participants)
+        if run.state != RunState.OPEN.value:
+            _fail(session, locked, run, f"run {run.run_id!r} is {run.state}", fail_run=False)
+        elif contributed >= participants:
+            _release(session, locked, participants - contributed)
+        elif moment >= locked.deadline:
+            if quorum_reached(len(contributed), run.min_banks):
+                _release(session, locked, participants - contributed)
+            else:
+                reason = quorum_failure_reason(len(contributed), len(participants), run.min_banks)
+                _fail(session, locked, run, reason, fail_run=True)
+        else:
+            session.commit()  # nothing to do; end the locking transaction
+            return locked
+    purge_closed_payloads(session, round_id=locked.id)
+    return locked
+
+
+def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
+    store = blob_store()
+    material = session.get(KeyMaterial, 1)
+    assert material is not None  # rounds exist only after the ceremony
+    context = public_context(material.context_digest)
+    ordered = contributions_of(session, current.id)
+    payloads = [store.get(row.payload_digest) for row in ordered]
+    with context_guard():
+        total = context.aggregate(payloads)
+    digest = store.put(total)
+    current.state = RoundState.RELEASED.value
+    current.aggregate_digest = digest
+    current.aggregate_size = len(total)
+    current.n_addends = len(ordered)
+    current.dropped = sorted(dropped)
+    current.closed_at = now()
+    session.commit()
+    logger.info(
+        "round released",
+        extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(ordered), "dropped": sorted(dropped)},
+    )
+
+
+def _fail(session: Session, current: RoundRow, run: Run, reason: str, *, fail_run: bool) -> None:
+    contributed = {row.bank_id for row in contributions_of(session, current.id)}
+    current.state = RoundState.FAILED.value
+    current.failure_reason = reason
+    current.dropped = sorted(set(run.participants) - contributed)
+    current.closed_at = now()
+    if fail_run and run.state == RunState.OPEN.value:
+        run.state = RunState.FAILED.value
+        run.failure_reason = f"round {current.round_key!r} failed: {reason}"
+        run.finished_at = current.closed_at
+        # The run's other open rounds can never be used now: close them too.
+        others = session.execute(
+            select(RoundRow).where(
+                RoundRow.run_id == run.run_id, RoundRow.id != current.id, RoundRow.state == RoundState.OPEN.value
+            )
+        ).scalars().all()
+        for other in others:
+            other.state = RoundState.FAILED.value
+            other.failure_reason = f"run {run.run_id!r} failed"
+            other.dropped = sorted(set(run.participants) - {row.bank_id for row in contributions_of(session, other.id)})
+            other.closed_at = current.closed_at
+    session.commit()
+    logger.warning(
+        "round failed",
+        extra={"run_id": run.run_id, "round_key": current.round_key, "reason": reason, "dropped": current.dropped},
+    )
+
+
+def purge_closed_payloads(session: Session, *, round_id: int | None = None, app: Flask | None = None) -> int:
+    """Delete the individual ciphertexts of closed rounds (their digests and signatures stay).
+
+    Parameters
+    ----------
+    session
+        Database session.
+    round_id
+        Only this round; all closed rounds when ``None`` (the sweep's crash recovery).
+
+    Returns
+    -------
+    int
+        How many payload files were deleted.
+    """
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.config["KEEP_CONTRIBUTION_BLOBS"]:
+        return 0
+    query = (
+        select(Contribution)
+        .join(RoundRow, Contribution.round_id == RoundRow.id)
+        .where(Contribution.payload_kept.is_(True), RoundRow.state != RoundState.OPEN.value)
+    )
+    if round_id is not None:
+        query = query.where(Contribution.round_id == round_id)
+    rows = list(session.execute(query).scalars())
+    if not rows:
+        return 0
+    batch = {row.id for row in rows}
+    store = blob_store(app)
+    deleted = 0
+    # Files first, then the flags: a crash in between leaves flags that a later purge redoes.
+    for digest in sorted({row.payload_digest for row in rows}):
+        still_needed = session.execute(
+            select(func.count()).select_from(Contribution).where(
+                Contribution.payload_digest == digest,
+                Contribution.payload_kept.is_(True),
+                Contribution.id.not_in(batch),
+            )
+        ).scalar_one()
+        if not still_needed:
+            deleted += int(store.delete(digest))
+    for row in rows:
+        row.payload_kept = False
+    session.commit()
+    return deleted
+
+
+def settle_run(session: Session, run: Run) -> Run:
+    """Settle the run's open rounds whose deadline passed (or that are complete)."""
+    open_rounds = session.execute(
+        select(RoundRow).where(RoundRow.run_id == run.run_id, RoundRow.state == RoundState.OPEN.value)
+    ).scalars()
+    for current in list(open_rounds):
+        settle_round(session, current)
+    session.refresh(run)
+    return run
+
+
+def sweep_expired(app: Flask) -> int:
+    """Close every open round past its deadline; return how many were closed.
+
+    Run periodically by ``serve``'s scheduler; also removes payload files of closed rounds that
+    a crash left behind.
+    """
+    closed = 0
+    with app.app_context():
+        session = db.session
+        moment = now(app)
+        expired = list(
+            session.execute(
+                select(RoundRow).where(RoundRow.state == RoundState.OPEN.value, RoundRow.deadline <= moment)
+            ).scalars()
+        )
+        for current in expired:
+            try:
+                settled = settle_round(session, current, at=moment)
+            except Exception:  # one broken round must not stop the sweep of the others
+                session.rollback()
+                logger.exception("sweep could not close round", extra={"round_key": current.round_key})
+                continue
+            closed += int(settled.state != RoundState.OPEN.value)
+        purge_closed_payloads(session, app=app)
+        if closed:
+            logger.info("sweep closed expired rounds", extra={"closed": closed})
+    return closed

@@ -1,0 +1,1 @@
+"""Persistence of the aggregator: SQLAlchemy models, the database extension, the blob store."""

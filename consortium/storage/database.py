@@ -1,0 +1,77 @@
+"""The database extension: one engine per app, one session per app context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["Database", "db"]
+
+_EXTENSION = "fedfraud_db"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith(("postgresql://", "postgres://")):
+        # psycopg 3 is the driver we ship; SQLAlchemy would otherwise look for psycopg2.
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """Flask extension holding the engine; ``db.session`` is the current app context's session."""
+
+    def init_app(self, app: Flask) -> None:
+        """Create the engine from ``DATABASE_URL`` and close sessions at teardown."""
+        engine = make_engine(app.config["DATABASE_URL"])
+        app.extensions[_EXTENSION] = {
+            "engine": engine,
+            "sessionmaker": sessionmaker(bind=engine),
+        }
+        app.teardown_appcontext(self._close_session)
+
+    @staticmethod
+    def engine_for(app: Flask) -> Engine:
+        """The engine of ``app``."""
+        return app.extensions[_EXTENSION]["engine"]  # type: ignore[no-any-return]
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the current app."""
+        return self.engine_for(current_app)
+
+    @property
+    def session(self) -> Session:
+        """The session of the current app context, created on first use."""
+        if "fedfraud_session" not in g:
+            g.fedfraud_session = current_app.extensions[_EXTENSION]["sessionmaker"]()
+        return g.fedfraud_session  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("fedfraud_session", None)
+        if session is not None:
+            session.close()
+
+    @staticmethod
+    def is_empty(engine: Engine) -> bool:
+        """Whether the database holds none of our tables yet."""
+        return not inspect(engine).has_table("alembic_version")
+
+
+db = Database()

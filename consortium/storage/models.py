@@ -1,0 +1,194 @@
+"""The aggregator's tables.
+
+Ciphertexts, contexts, sealed shares and model files are never stored in the database: rows hold
+their SHA-256 (the file name in the :class:`~consortium.storage.blobs.BlobStore`) and size.
+Timestamps are naive UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from consortium.config import utcnow
+
+ID_LENGTH = 64
+ROUND_KEY_LENGTH = 200
+DIGEST_LENGTH = 64
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Role(str, enum.Enum):
+    """What a token may do."""
+
+    OPERATOR = "operator"
+    BANK = "bank"
+    COMPLIANCE = "compliance"
+
+
+class RunState(str, enum.Enum):
+    """Where a training run stands."""
+
+    OPEN = "open"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Bank(Base):
+    """An enrolled bank and its public keys (registered once)."""
+
+    __tablename__ = "banks"
+
+    bank_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    signing_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    box_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    keys_registered_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class Token(Base):
+    """A bearer token, stored only as its SHA-256."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(DIGEST_LENGTH), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    bank_id: Mapped[str | None] = mapped_column(ForeignKey("banks.bank_id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class KeyMaterial(Base):
+    """The consortium's public HE context (one row: the key ceremony happens once)."""
+
+    __tablename__ = "key_material"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    context_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    context_size: Mapped[int] = mapped_column(BigInteger)
+    scheme: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str] = mapped_column(String(32))
+    publisher_bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    signature: Mapped[str] = mapped_column(String(128))
+    published_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class KeyShare(Base):
+    """The secret context sealed to one bank's box key: opaque bytes the aggregator relays."""
+
+    __tablename__ = "key_shares"
+
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"), primary_key=True)
+    share_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    share_size: Mapped[int] = mapped_column(BigInteger)
+    posted_by: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    posted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Run(Base):
+    """A training run: a sequence of secure-sum rounds, ended by agreeing proposals."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    model: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    min_banks: Mapped[int] = mapped_column(Integer)
+    round_timeout_s: Mapped[int] = mapped_column(Integer)
+    participants: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=RunState.OPEN.value, index=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+    rounds: Mapped[list[RoundRow]] = relationship(back_populates="run", order_by="RoundRow.id")
+
+
+class RoundRow(Base):
+    """One secure sum of a run (the first contribution opens it)."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "round_key", name="uq_rounds_run_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"))
+    round_key: Mapped[str] = mapped_column(String(ROUND_KEY_LENGTH))
+    n_values: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    opened_at: Mapped[datetime] = mapped_column(DateTime)
+    deadline: Mapped[datetime] = mapped_column(DateTime, index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    aggregate_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH), default=None)
+    aggregate_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    n_addends: Mapped[int | None] = mapped_column(Integer, default=None)
+    dropped: Mapped[list[str]] = mapped_column(JSON, default=list)
+    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    run: Mapped[Run] = relationship(back_populates="rounds")
+    contributions: Mapped[list[Contribution]] = relationship(back_populates="round", order_by="Contribution.bank_id")
+
+
+class Contribution(Base):
+    """One bank's encrypted payload for one round: its digest, size and signature."""
+
+    __tablename__ = "contributions"
+    __table_args__ = (UniqueConstraint("round_id", "bank_id", name="uq_contributions_round_bank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    payload_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH), index=True)
+    payload_size: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    payload_kept: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    round: Mapped[RoundRow] = relationship(back_populates="contributions")
+
+
+class Proposal(Base):
+    """A bank's proposed final model for a run (every proposal is kept; the latest counts)."""
+
+    __tablename__ = "proposals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    model_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    model_size: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PublishedModel(Base):
+    """A model the banks agreed on, downloadable by version."""
+
+    __tablename__ = "models"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), unique=True)
+    model_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    model_size: Mapped[int] = mapped_column(BigInteger)
+    family: Mapped[str] = mapped_column(String(16))
+    banks: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

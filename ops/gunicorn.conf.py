@@ -1,0 +1,44 @@
+"""gunicorn settings for the consortium aggregator (production).
+
+Run:  gunicorn -c ops/gunicorn.conf.py
+
+Every setting can be overridden from the environment (values below are the defaults):
+FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2, FEDFRAUD_TIMEOUT_S=120, FEDFRAUD_LOG_LEVEL=INFO.
+The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consortium/config.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+wsgi_app = "consortium.app:create_app()"
+
+bind = os.environ.get("FEDFRAUD_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("FEDFRAUD_WORKERS", "2"))
+worker_class = "sync"
+# Summing a round of large CKKS payloads takes seconds, uploads can be tens of MiB.
+timeout = int(os.environ.get("FEDFRAUD_TIMEOUT_S", "120"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then (bounded memory growth of the HE library).
+max_requests = 2000
+max_requests_jitter = 200
+limit_request_line = 4096
+limit_request_fields = 50
+
+loglevel = os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO").lower()
+accesslog = "-"
+errorlog = "-"
+# One JSON object per request: who, what, outcome, size, time. Never bodies or headers
+# (so never the Authorization token or the signature).
+access_log_format = (
+    '{"type": "access", "remote": "%(h)s", "time": "%(t)s", "method": "%(m)s", "path": "%(U)s", '
+    '"status": %(s)s, "bytes": "%(B)s", "duration_us": %(D)s}'
+)
+
+
+def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
+    """Structured logs for the app's own loggers in every worker."""
+    from consortium.logs import configure_logging
+
+    configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"))

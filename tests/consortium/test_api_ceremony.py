@@ -1,0 +1,172 @@
+"""The key ceremony through the aggregator, which never holds anything that decrypts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from nacl.public import PrivateKey
+from sqlalchemy import LargeBinary, select
+
+import crypto
+from consortium.storage.database import db
+from consortium.storage.models import Base
+from crypto.scheme import CryptoError, PayloadKind, read_header
+from crypto.signing import SignatureError, open_sealed, seal_to
+
+BINARY = "application/octet-stream"
+
+
+def test_context_is_published_once_and_served_to_every_role(
+    consortium: Any, client: FlaskClient, he_key: crypto.HEScheme, compliance_token: str, snapshot: Any
+) -> None:
+    served = client.get("/v1/keys/context", headers={"Authorization": f"Bearer {compliance_token}"})
+    assert served.status_code == 200
+    assert served.data == he_key.public_context()
+    before = snapshot()
+    again = consortium.bank("bank-2").publish_context(he_key.public_context())
+    assert again.status_code == 409
+    assert snapshot() == before
+
+
+def test_context_is_404_before_the_ceremony(client: FlaskClient, operator_token: str) -> None:
+    response = client.get("/v1/keys/context", headers={"Authorization": f"Bearer {operator_token}"})
+    assert response.status_code == 404
+
+
+def _ready_bank(client: FlaskClient, operator_token: str, bank_factory: Any) -> Any:
+    bank = bank_factory(client, operator_token, "bank-1")
+    assert bank.register_keys().status_code == 200
+    return bank
+
+
+def test_a_context_holding_the_secret_key_is_refused(
+    client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
+) -> None:
+    bank = _ready_bank(client, operator_token, bank_factory)
+    before = snapshot()
+    response = bank.publish_context(he_key.secret_context())
+    assert response.status_code == 422
+    assert "secret key" in response.get_json()["message"]
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("kind", ["garbage", "ciphertext", "truncated"])
+def test_a_body_that_is_not_a_public_context_is_422(
+    client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any, kind: str
+) -> None:
+    bank = _ready_bank(client, operator_token, bank_factory)
+    body = {
+        "garbage": b"hello",
+        "ciphertext": he_key.encrypt(np.ones(3)),
+        "truncated": he_key.public_context()[:-10],
+    }[kind]
+    before = snapshot()
+    assert bank.publish_context(body).status_code == 422
+    assert snapshot() == before
+
+
+def test_an_unsigned_or_missigned_context_is_400(
+    client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
+) -> None:
+    bank = _ready_bank(client, operator_token, bank_factory)
+    before = snapshot()
+    unsigned = client.put(
+        "/v1/keys/context", data=he_key.public_context(), headers=bank.auth, content_type=BINARY
+    )
+    assert unsigned.status_code == 400
+    assert "signature" in unsigned.get_json()["message"]
+    wrong = bank.publish_context(he_key.public_context(), signature="A" * 86 + "==")
+    assert wrong.status_code == 400
+    assert snapshot() == before
+
+
+def test_bytes_endpoint_given_json_is_415(client: FlaskClient, operator_token: str, bank_factory: Any) -> None:
+    bank = _ready_bank(client, operator_token, bank_factory)
+    response = client.put("/v1/keys/context", json={"context": "abc"}, headers=bank.auth)
+    assert response.status_code == 415
+    assert "application/octet-stream" in response.get_json()["message"]
+
+
+def test_shares_are_relayed_only_by_the_publisher_and_only_to_their_bank(
+    consortium: Any, client: FlaskClient, he_key: crypto.HEScheme
+) -> None:
+    two, three = consortium.bank("bank-2"), consortium.bank("bank-3")
+    response = client.get("/v1/keys/shares/bank-2", headers=two.auth)
+    assert response.status_code == 200
+    opened = crypto.load_context(open_sealed(two.keys.box, response.data))
+    assert opened.has_secret_key and opened.key_id == he_key.key_id
+    assert client.get("/v1/keys/shares/bank-2", headers=three.auth).status_code == 403
+    assert client.get("/v1/keys/shares/bank-1", headers=consortium.bank("bank-1").auth).status_code == 404
+    not_publisher = client.put(
+        "/v1/keys/shares/bank-3", data=seal_to(three.keys.box_public_b64, b"x" * 100), headers=two.auth, content_type=BINARY
+    )
+    assert not_publisher.status_code == 403
+    replaced = client.put(
+        "/v1/keys/shares/bank-2",
+        data=seal_to(two.keys.box_public_b64, b"x" * 100),
+        headers=consortium.bank("bank-1").auth,
+        content_type=BINARY,
+    )
+    assert replaced.status_code == 409
+    unknown = client.put(
+        "/v1/keys/shares/bank-9", data=b"x" * 100, headers=consortium.bank("bank-1").auth, content_type=BINARY
+    )
+    assert unknown.status_code == 404
+
+
+def test_an_unsealed_secret_context_is_never_accepted_as_a_share(
+    client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
+) -> None:
+    one = _ready_bank(client, operator_token, bank_factory)
+    two = bank_factory(client, operator_token, "bank-2")
+    assert two.register_keys().status_code == 200
+    assert one.publish_context(he_key.public_context()).status_code == 201
+    before = snapshot()
+    response = client.put("/v1/keys/shares/bank-2", data=he_key.secret_context(), headers=one.auth, content_type=BINARY)
+    assert response.status_code == 422
+    assert "unsealed" in response.get_json()["message"]
+    assert snapshot() == before
+
+
+def test_the_service_stores_nothing_that_decrypts(
+    consortium: Any, app: Flask, he_key: crypto.HEScheme
+) -> None:
+    """After a ceremony and a released round, no stored byte lets the aggregator decrypt."""
+    run = consortium.open_run()
+    for index, bank in enumerate(consortium.banks.values()):
+        payload = he_key.encrypt(np.full(4, float(index)))
+        assert bank.contribute(run["run_id"], "r", payload).status_code == 201
+    assert consortium.bank("bank-1").aggregate(run["run_id"], "r").status_code == 200
+
+    # No table has a binary column, and no stored text is long enough to hold key material.
+    for table in Base.metadata.sorted_tables:
+        assert not any(isinstance(column.type, LargeBinary) for column in table.columns), table.name
+    with app.app_context():
+        for table in Base.metadata.sorted_tables:
+            for row in db.session.execute(select(table)):
+                for value in row:
+                    assert not isinstance(value, bytes | bytearray)
+                    assert len(str(value)) < 1024, (table.name, str(value)[:80])
+
+    blobs = [path for path in Path(app.config["BLOB_DIR"]).rglob("*") if path.is_file()]
+    assert blobs
+    contexts = 0
+    for path in blobs:
+        data = path.read_bytes()
+        try:
+            header = read_header(data)
+        except CryptoError:
+            # Not our format: must be a sealed share that no key the service could have opens.
+            with pytest.raises(SignatureError):
+                open_sealed(PrivateKey.generate(), data)
+            continue
+        assert header.kind is not PayloadKind.SECRET_CONTEXT, path
+        if header.kind is PayloadKind.PUBLIC_CONTEXT:
+            contexts += 1
+            assert crypto.load_context(data).has_secret_key is False
+    assert contexts == 1

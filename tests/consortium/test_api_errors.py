@@ -1,0 +1,117 @@
+"""One JSON error shape for every error, and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from consortium.app import create_app
+
+ERROR_KEYS = {"code", "status", "message", "errors"}
+
+
+def assert_error(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert ERROR_KEYS <= set(body), body
+    assert body["code"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body  # type: ignore[no-any-return]
+
+
+def test_openapi_document_is_served_at_openapi_json(client: FlaskClient) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    contribution = spec["paths"]["/v1/runs/{run_id}/contributions/{round_key}"]["put"]
+    assert contribution["requestBody"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
+    assert "bearerAuth" in spec["components"]["securitySchemes"]
+
+
+def test_health_needs_no_token(client: FlaskClient) -> None:
+    response = client.get("/v1/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_unknown_url_is_a_json_404(client: FlaskClient) -> None:
+    assert_error(client.get("/v1/nothing-here"), 404)
+
+
+def test_wrong_method_is_a_json_405_with_allow(client: FlaskClient) -> None:
+    response = client.delete("/v1/health")
+    assert_error(response, 405)
+    assert "GET" in response.headers["Allow"]
+
+
+def test_malformed_json_is_a_400_naming_the_problem(client: FlaskClient, operator_token: str) -> None:
+    response = client.post(
+        "/v1/banks",
+        data='{"bank_id": "bank-1", "name": ',
+        headers={"Authorization": f"Bearer {operator_token}"},
+        content_type="application/json",
+    )
+    body = assert_error(response, 400)
+    assert "malformed JSON" in body["message"] and "line 1" in body["message"]
+
+
+def test_json_endpoint_given_text_is_415(client: FlaskClient, operator_token: str) -> None:
+    response = client.post(
+        "/v1/banks", data="bank-1", headers={"Authorization": f"Bearer {operator_token}"}, content_type="text/plain"
+    )
+    body = assert_error(response, 415)
+    assert "application/json" in body["message"]
+
+
+def test_validation_errors_are_422_with_field_names(client: FlaskClient, operator_token: str) -> None:
+    response = client.post(
+        "/v1/banks", json={"bank_id": "Bank One!", "extra": 1}, headers={"Authorization": f"Bearer {operator_token}"}
+    )
+    body = assert_error(response, 422)
+    assert set(body["errors"]) == {"bank_id", "name", "extra"}
+
+
+def test_oversized_body_is_a_json_413(client: FlaskClient, operator_token: str, app: Flask) -> None:
+    too_big = b"x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    response = client.post(
+        "/v1/banks", data=too_big, headers={"Authorization": f"Bearer {operator_token}"}, content_type="application/json"
+    )
+    assert_error(response, 413)
+
+
+def test_unexpected_error_is_a_json_500_without_details(app_config: dict[str, Any]) -> None:
+    app = create_app(app_config)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    response = app.test_client().get("/boom")
+    body = assert_error(response, 500)
+    assert "secret internal detail" not in response.get_data(as_text=True)
+    assert body["errors"] == {}
+
+
+PROTECTED = [
+    ("get", "/v1/banks"),
+    ("post", "/v1/banks"),
+    ("get", "/v1/runs"),
+    ("post", "/v1/runs"),
+    ("get", "/v1/keys/context"),
+    ("get", "/v1/models"),
+]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer not-a-token", "Basic abc"])
+def test_missing_or_unknown_token_is_401(client: FlaskClient, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    for method, path in PROTECTED:
+        response = getattr(client, method)(path, headers=headers)
+        assert_error(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")

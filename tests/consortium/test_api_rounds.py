@@ -1,0 +1,343 @@
+"""Runs and rounds over HTTP: signed contributions, quorum, deadlines, refusals that store nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+import crypto
+from consortium.app import create_app
+from consortium.rounds import sweep_expired
+from consortium.storage.database import Database
+from crypto.signing import contribution_message, generate_bank_keys, sign
+
+N = 20
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1000, 1000, N)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_three_banks_contribute_and_every_bank_decrypts_the_sum(consortium: Any, he_key: crypto.HEScheme) -> None:
+    run = consortium.open_run()
+    assert run["state"] == "open" and run["participants"] == ["bank-1", "bank-2", "bank-3"]
+    assert run["min_banks"] == 3
+    key = "gbdt/tree-0/level-1"
+    vectors = {bank_id: vec(i) for i, bank_id in enumerate(consortium.banks)}
+    for index, (bank_id, bank) in enumerate(consortium.banks.items()):
+        response = bank.contribute(run["run_id"], key, he_key.encrypt(vectors[bank_id]))
+        assert response.status_code == 201, response.get_json()
+        assert response.get_json()["contributed"] == index + 1
+        if index < 2:
+            pending = bank.aggregate(run["run_id"], key)
+            assert pending.status_code == 202
+            assert pending.get_json() == {"state": "open", "contributed": index + 1, "participants": 3}
+    assert response.get_json()["state"] == "released"
+    for bank in consortium.banks.values():
+        released = bank.aggregate(run["run_id"], key)
+        assert released.status_code == 200
+        assert released.mimetype == "application/octet-stream"
+        total = he_key.decrypt(released.data)
+        np.testing.assert_allclose(total, sum(vectors.values()), atol=1e-3)
+        assert crypto.read_header(released.data).n_addends == 3
+    detail = consortium.run(run["run_id"])
+    assert detail["rounds"][0]["state"] == "released"
+    assert detail["rounds"][0]["contributors"] == ["bank-1", "bank-2", "bank-3"]
+
+
+def test_two_of_three_with_the_deadline_passed_never_release_a_sum(
+    consortium: Any, he_key: crypto.HEScheme, clock: Any, app: Flask
+) -> None:
+    run = consortium.open_run(round_timeout_s=60)
+    run_id = run["run_id"]
+    for bank_id in ("bank-1", "bank-2"):
+        assert consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vec(1))).status_code == 201
+    assert consortium.bank("bank-1").aggregate(run_id, "r").status_code == 202
+    clock.advance(61)
+    failed = consortium.bank("bank-1").aggregate(run_id, "r")
+    assert failed.status_code == 409
+    body = failed.get_json()
+    assert body["state"] == "failed" and body["code"] == 409 and body["dropped"] == ["bank-3"]
+    assert "quorum" in body["message"]
+    detail = consortium.run(run_id)
+    assert detail["state"] == "failed"
+    assert "quorum" in detail["failure_reason"]
+    assert detail["rounds"][0]["dropped"] == ["bank-3"]
+    late = consortium.bank("bank-3").contribute(run_id, "r", he_key.encrypt(vec(1)))
+    assert late.status_code == 409
+    # The two refused-to-sum ciphertexts are gone; no aggregate was ever stored.
+    with app.app_context():
+        from consortium.extensions import blob_store
+        from consortium.storage.database import db
+        from consortium.storage.models import Contribution, RoundRow
+
+        round_row = db.session.query(RoundRow).one()
+        assert round_row.aggregate_digest is None
+        for row in db.session.query(Contribution):
+            assert not blob_store().exists(row.payload_digest)
+
+
+def test_the_sweep_closes_expired_rounds_without_any_request(
+    consortium: Any, he_key: crypto.HEScheme, clock: Any, app: Flask
+) -> None:
+    run = consortium.open_run(min_banks=2, round_timeout_s=30)
+    run_id = run["run_id"]
+    for bank_id in ("bank-1", "bank-2"):
+        consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vec(2)))
+    assert sweep_expired(app) == 0
+    clock.advance(31)
+    assert sweep_expired(app) == 1
+    detail = consortium.run(run_id)
+    assert detail["state"] == "open"  # released with the quorum of 2
+    assert detail["rounds"][0]["state"] == "released"
+    assert detail["rounds"][0]["dropped"] == ["bank-3"]
+    total = consortium.bank("bank-3").aggregate(run_id, "r")
+    assert total.status_code == 200
+    np.testing.assert_allclose(he_key.decrypt(total.data), 2 * vec(2), atol=1e-3)
+
+
+def test_replay_and_closed_round_are_409_and_store_nothing(
+    consortium: Any, he_key: crypto.HEScheme, snapshot: Any
+) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    assert one.contribute(run_id, "r", he_key.encrypt(vec(3))).status_code == 201
+    before = snapshot()
+    replay = one.contribute(run_id, "r", he_key.encrypt(vec(4)))
+    assert replay.status_code == 409
+    assert "already contributed" in replay.get_json()["message"]
+    assert snapshot() == before
+    for bank_id in ("bank-2", "bank-3"):
+        consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vec(3)))
+    before = snapshot()
+    closed = one.contribute(run_id, "r", he_key.encrypt(vec(3)))
+    assert closed.status_code == 409
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown-run",
+        "not-participant",
+        "operator",
+        "unsigned",
+        "bad-signature",
+        "signed-for-another-round",
+        "other-key",
+        "truncated",
+        "corrupted",
+        "wrong-length",
+        "already-a-sum",
+        "plain-scheme",
+        "json-body",
+        "bad-round-key",
+        "oversized",
+    ],
+)
+def test_refused_contributions_store_nothing(
+    consortium: Any,
+    he_key: crypto.HEScheme,
+    other_he_key: crypto.HEScheme,
+    client: FlaskClient,
+    app: Flask,
+    snapshot: Any,
+    bank_factory: Any,
+    case: str,
+) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    assert consortium.bank("bank-2").contribute(run_id, "r", he_key.encrypt(vec(5))).status_code == 201
+    good = he_key.encrypt(vec(6))
+    outsider = bank_factory(client, consortium.operator, "bank-9") if case == "not-participant" else None
+    before = snapshot()
+    if case == "unknown-run":
+        response, status = one.contribute("run-nope", "r", good), 404
+    elif case == "not-participant":
+        assert outsider is not None and outsider.register_keys().status_code == 200
+        response, status = outsider.contribute(run_id, "r", good), 403
+    elif case == "operator":
+        response = client.put(
+            f"/v1/runs/{run_id}/contributions/r", data=good, headers=auth(consortium.operator),
+            content_type="application/octet-stream",
+        )
+        status = 403
+    elif case == "unsigned":
+        response, status = one.contribute(run_id, "r", good, signed=False), 400
+    elif case == "bad-signature":
+        forged = sign(generate_bank_keys().signing, contribution_message(run_id, "r", "bank-1", good))
+        response, status = one.contribute(run_id, "r", good, signature=forged), 400
+    elif case == "signed-for-another-round":
+        other_round = sign(one.keys.signing, contribution_message(run_id, "r2", "bank-1", good))
+        response, status = one.contribute(run_id, "r", good, signature=other_round), 400
+    elif case == "other-key":
+        response, status = one.contribute(run_id, "r", other_he_key.encrypt(vec(6))), 422
+    elif case == "truncated":
+        response, status = one.contribute(run_id, "r", good[: len(good) // 2]), 422
+    elif case == "corrupted":
+        flipped = bytearray(good)
+        flipped[-100] ^= 0x01
+        response, status = one.contribute(run_id, "r", bytes(flipped)), 422
+    elif case == "wrong-length":
+        response, status = one.contribute(run_id, "r", he_key.encrypt(np.ones(N + 1))), 422
+    elif case == "already-a-sum":
+        response, status = one.contribute(run_id, "r", he_key.aggregate([good, he_key.encrypt(vec(7))])), 422
+    elif case == "plain-scheme":
+        response, status = one.contribute(run_id, "r", crypto.generate("plain").encrypt(vec(6))), 422
+    elif case == "json-body":
+        response, status = one.contribute(run_id, "r", b'{"a": 1}', content_type="application/json"), 415
+    elif case == "bad-round-key":
+        response, status = one.contribute(run_id, "Bad Key!", good), 422
+    else:
+        big = b"\x00" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+        response, status = one.contribute(run_id, "r", big), 413
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert {"code", "status", "message", "errors"} <= set(body)
+    assert snapshot() == before
+    # The bank can still contribute properly afterwards.
+    if case not in {"unknown-run", "not-participant", "operator"}:
+        assert one.contribute(run_id, "r", good).status_code == 201
+
+
+def test_payload_errors_name_the_problem(consortium: Any, he_key: crypto.HEScheme, other_he_key: crypto.HEScheme) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    assert one.contribute(run_id, "r", he_key.encrypt(vec(1))).status_code == 201
+    two = consortium.bank("bank-2")
+    assert "key" in two.contribute(run_id, "r", other_he_key.encrypt(vec(1))).get_json()["message"]
+    assert "truncated" in two.contribute(run_id, "r", he_key.encrypt(vec(1))[:100]).get_json()["message"]
+    assert "expects 20" in two.contribute(run_id, "r", he_key.encrypt(np.ones(3))).get_json()["message"]
+
+
+def test_unknown_run_and_round_are_404_and_roles_are_checked(
+    consortium: Any, client: FlaskClient, compliance_token: str
+) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    assert client.get("/v1/runs/run-nope", headers=one.auth).status_code == 404
+    assert one.aggregate(run_id, "never-opened").status_code == 404
+    assert one.aggregate("run-nope", "r").status_code == 404
+    assert client.get(f"/v1/runs/{run_id}/aggregates/r", headers=auth(compliance_token)).status_code == 403
+    assert client.post("/v1/runs", json={"model": "logreg"}, headers=one.auth).status_code == 403
+    assert client.get(f"/v1/runs/{run_id}", headers=auth(compliance_token)).status_code == 200
+
+
+def test_opening_runs_validates_participants_and_quorum(consortium: Any, client: FlaskClient, bank_factory: Any) -> None:
+    headers = auth(consortium.operator)
+    unknown = client.post("/v1/runs", json={"model": "xgboost", "participants": ["bank-1", "bank-7"]}, headers=headers)
+    assert unknown.status_code == 422 and "participants" in unknown.get_json()["errors"]
+    bank_factory(client, consortium.operator, "bank-4")  # enrolled, no keys
+    keyless = client.post(
+        "/v1/runs", json={"model": "xgboost", "participants": ["bank-1", "bank-2", "bank-4"]}, headers=headers
+    )
+    assert keyless.status_code == 422
+    small = client.post("/v1/runs", json={"model": "xgboost", "participants": ["bank-1", "bank-2"]}, headers=headers)
+    assert small.status_code == 422 and "quorum" in small.get_json()["message"]
+    bad = client.post("/v1/runs", json={"model": "forest", "min_banks": 1}, headers=headers)
+    assert bad.status_code == 422 and set(bad.get_json()["errors"]) == {"model", "min_banks"}
+    listed = client.get("/v1/runs?state=open", headers=headers)
+    assert listed.status_code == 200 and listed.get_json() == []
+    assert client.get("/v1/runs?state=sideways", headers=headers).status_code == 422
+
+
+def test_runs_need_the_ceremony_first(client: FlaskClient, operator_token: str) -> None:
+    response = client.post("/v1/runs", json={"model": "logreg"}, headers=auth(operator_token))
+    assert response.status_code == 409
+    assert "ceremony" in response.get_json()["message"]
+
+
+def test_concurrent_duplicate_uploads_exactly_one_wins(consortium: Any, he_key: crypto.HEScheme, app: Flask) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    payloads = [he_key.encrypt(vec(10 + i)) for i in range(4)]
+    statuses: list[int] = []
+    barrier = threading.Barrier(len(payloads))
+
+    def upload(payload: bytes) -> None:
+        bank = type(one)(bank_id=one.bank_id, token=one.token, client=app.test_client(), keys=one.keys)
+        barrier.wait()
+        statuses.append(bank.contribute(run_id, "r", payload).status_code)
+
+    threads = [threading.Thread(target=upload, args=(payload,)) for payload in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201, 409, 409, 409]
+    detail = consortium.run(run_id)
+    assert detail["rounds"][0]["contributed"] == 1
+    files = [path for path in Path(app.config["BLOB_DIR"]).rglob("*") if path.is_file()]
+    assert len(files) == 4  # the context, two sealed shares and the one payload; no temporaries
+
+
+def test_a_restarted_service_finishes_the_round(
+    consortium: Any, he_key: crypto.HEScheme, app_config: dict[str, Any], app: Flask
+) -> None:
+    run_id = consortium.open_run()["run_id"]
+    vectors = [vec(20 + i) for i in range(3)]
+    for bank_id, vector in zip(("bank-1", "bank-2"), vectors, strict=False):
+        assert consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+    Database.engine_for(app).dispose()  # the old process is gone
+
+    restarted = create_app(app_config)
+    try:
+        client = restarted.test_client()
+        three = consortium.bank("bank-3")
+        three.client = client
+        assert three.aggregate(run_id, "r").get_json()["contributed"] == 2
+        replay = consortium.bank("bank-1")
+        replay.client = client
+        assert replay.contribute(run_id, "r", he_key.encrypt(vectors[0])).status_code == 409
+        assert three.contribute(run_id, "r", he_key.encrypt(vectors[2])).status_code == 201
+        released = three.aggregate(run_id, "r")
+        assert released.status_code == 200
+        np.testing.assert_allclose(he_key.decrypt(released.data), sum(vectors), atol=1e-3)
+    finally:
+        Database.engine_for(restarted).dispose()
+
+
+def test_an_interrupted_release_is_redone_on_the_next_request(
+    consortium: Any, he_key: crypto.HEScheme, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import consortium.rounds as rounds_module
+
+    run_id = consortium.open_run()["run_id"]
+    vectors = [vec(30 + i) for i in range(3)]
+    for bank_id, vector in zip(("bank-1", "bank-2"), vectors, strict=False):
+        consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vector))
+
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise SystemExit("killed mid-release")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rounds_module, "_release", killed)
+        with pytest.raises(SystemExit):
+            consortium.bank("bank-3").contribute(run_id, "r", he_key.encrypt(vectors[2]))
+    # The contribution was committed before the release started; the round is complete but open.
+    detail = consortium.run(run_id)
+    assert detail["rounds"][0]["state"] == "released"
+    released = consortium.bank("bank-1").aggregate(run_id, "r")
+    np.testing.assert_allclose(he_key.decrypt(released.data), sum(vectors), atol=1e-3)
+
+
+def test_a_failed_run_closes_its_other_rounds(consortium: Any, he_key: crypto.HEScheme, clock: Any) -> None:
+    run_id = consortium.open_run(round_timeout_s=10)["run_id"]
+    consortium.bank("bank-1").contribute(run_id, "a", he_key.encrypt(vec(1)))
+    clock.advance(5)
+    consortium.bank("bank-1").contribute(run_id, "b", he_key.encrypt(vec(1)))
+    clock.advance(6)  # round a expired, round b not yet
+    detail = consortium.run(run_id)
+    assert detail["state"] == "failed"
+    assert [r["state"] for r in detail["rounds"]] == ["failed", "failed"]
+    assert consortium.bank("bank-2").contribute(run_id, "b", he_key.encrypt(vec(1))).status_code == 409
