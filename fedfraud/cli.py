@@ -220,8 +220,10 @@ def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
 def _mount_subcommands() -> None:
     """The bank node's and the consortium's command groups, imported lazily by click itself."""
     from bank_node.agent.cli import bank_cli
+    from consortium.cli import consortium_cli
 
     main.add_command(bank_cli, name="bank")
+    main.add_command(consortium_cli, name="consortium")
 
 
 _mount_subcommands()

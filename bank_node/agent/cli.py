@@ -87,11 +87,14 @@ def _setup_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+_RETRY_META = "fedfraud.bank.retry"
+
+
 def _new_client(url: str, token: str) -> Any:
     from bank_node.agent.client import ConsortiumClient
     from bank_node.agent.retry import RetryPolicy
 
-    options = click.get_current_context().find_root().params
+    options = click.get_current_context().meta[_RETRY_META]
     retry = RetryPolicy(max_attempts=options["retry_attempts"], total_timeout_s=options["retry_timeout"])
     return ConsortiumClient(base_url=url, token=token, retry=retry)
 
@@ -110,6 +113,9 @@ def _client(state: Any, url: str | None) -> tuple[Any, Any]:
 def bank_cli(verbose: bool, retry_attempts: int, retry_timeout: float) -> None:
     """The bank node: enrol with the consortium, share the HE key, take part in training runs."""
     _setup_logging(verbose)
+    # Kept in the context's meta, which every subcommand sees whether this group is the root
+    # command or mounted under ``fedfraud``.
+    click.get_current_context().meta[_RETRY_META] = {"retry_attempts": retry_attempts, "retry_timeout": retry_timeout}
 
 
 @bank_cli.command()

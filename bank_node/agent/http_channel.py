@@ -66,8 +66,8 @@ class HttpChannel:
         identity: BankIdentity,
         run_id: str,
         timeout_s: float = 900.0,
-        poll_initial_s: float = 0.1,
-        poll_max_s: float = 5.0,
+        poll_initial_s: float = 0.02,
+        poll_max_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -72,8 +72,8 @@ class AgentSettings:
     poll_interval_s: float = 30.0
     round_wait_s: float | None = None
     round_wait_margin_s: float = 120.0
-    sum_poll_initial_s: float = 0.1
-    sum_poll_max_s: float = 5.0
+    sum_poll_initial_s: float = 0.02
+    sum_poll_max_s: float = 2.0
 
 
 @dataclass(frozen=True)
