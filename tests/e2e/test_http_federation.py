@@ -1,0 +1,165 @@
+"""Federated training over HTTP between real processes, including crashes of either side.
+
+One aggregator (``fedfraud consortium serve``) and three bank agents (``fedfraud bank agent``),
+each bank holding only its own cards' transactions from the handbook data. The published
+models must be the ones the in-process simulator trains on the same split and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import crypto
+from bank_node.data import load_transactions
+from bank_node.features import MODEL_INPUTS
+from bank_node.federated.feature_scales import scales_for
+from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.lockstep import run_lockstep
+from bank_node.federated.logreg import LogRegModel, federated_logreg
+from bank_node.federated.params import GBDTParams
+from bank_node.federated.xgb_export import from_xgboost_json
+from consortium.secure_sum import SecureSum
+from fedfraud.localnet import LocalConsortium, wait_for
+from fedfraud.simulation import SimulationConfig, partition_customers, prepare_banks
+
+BANKS = ("bank-1", "bank-2", "bank-3")  # as enrolled by the consortium fixture (see bank_ids)
+
+pytestmark = pytest.mark.slow
+
+TRAIN_START = "2018-07-25"
+XGB_PARAMS = {"n_trees": 12, "max_depth": 3, "eta": 0.3, "n_bins": 64, "seed": 0}
+SCHEME = "plain"  # exact sums: HTTP and in-process runs must agree to the last bit
+
+
+@pytest.fixture(scope="module")
+def bank_files(
+    handbook_dir: Path, tmp_path_factory: pytest.TempPathFactory, bank_ids: tuple[str, ...]
+) -> dict[str, Path]:
+    """Each bank's own transactions (its cards only), for the training week and its history."""
+    assert bank_ids == BANKS
+    raw = pd.read_parquet(handbook_dir / "transactions.parquet")
+    config = SimulationConfig(n_banks=len(BANKS))
+    # The same cards per bank as the simulator: partition all cards, then keep the weeks needed.
+    owner = partition_customers(raw["CUSTOMER_ID"], config.shares, seed=config.seed)
+    start = pd.Timestamp(TRAIN_START)
+    needed = ((raw["TX_DATETIME"] >= start - pd.Timedelta(days=38)) & (raw["TX_DATETIME"] < start + pd.Timedelta(days=7)))
+    raw, owner = raw[needed.to_numpy()], owner[needed.to_numpy()]
+    folder = tmp_path_factory.mktemp("banks")
+    files = {}
+    for i, bank in enumerate(BANKS):
+        files[bank] = folder / f"{bank}.parquet"
+        raw[owner == i].to_parquet(files[bank], index=False)
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(handbook_dir: Path) -> dict[str, Any]:
+    """The in-process simulator's models on the same split, seed and scheme."""
+    frame = load_transactions(handbook_dir / "transactions.parquet", require_label=True).frame
+    banks = prepare_banks(frame, SimulationConfig(n_banks=len(BANKS), train_start=TRAIN_START))
+    secret = crypto.generate(SCHEME)
+    aggregator = lambda: SecureSum(context=crypto.load_context(secret.public_context()))  # noqa: E731
+    contexts = {b.name: secret for b in banks}
+    params = GBDTParams(**XGB_PARAMS)
+    xgb = run_lockstep(
+        {b.name: federated_gbdt(b.X_train, b.y_train, params=params, scales=scales_for(MODEL_INPUTS),
+                                party_index=i, **scheme_options(secret)) for i, b in enumerate(banks)},
+        contexts=contexts, aggregator=aggregator(),
+    ).results["bank-1"]
+    logreg = run_lockstep(
+        {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks},
+        contexts=contexts, aggregator=aggregator(),
+    ).results["bank-1"]
+    X = np.vstack([b.X_train for b in banks])
+    return {"xgboost": xgb, "logreg": logreg, "X": X}
+
+
+def set_up(consortium: LocalConsortium) -> None:
+    consortium.set_up_banks(BANKS, scheme=SCHEME)
+
+
+def start_agents(consortium: LocalConsortium, files: dict[str, Path]) -> dict[str, subprocess.Popen[bytes]]:
+    return {b: consortium.start_agent(b, files[b], train_start=TRAIN_START) for b in BANKS}
+
+
+def finish(consortium: LocalConsortium, agents: dict[str, subprocess.Popen[bytes]]) -> None:
+    for agent in agents.values():
+        try:
+            code = agent.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            raise
+        assert code == 0, f"an agent failed:\n{consortium.agent_logs()}"
+
+
+def assert_same_gbdt(published: bytes, reference: Any, X: np.ndarray) -> None:
+    model = from_xgboost_json(json.loads(published))
+    assert len(model.trees) == len(reference.trees)
+    for ours, theirs in zip(model.trees, reference.trees, strict=True):
+        np.testing.assert_array_equal(ours.feature, theirs.feature)
+        np.testing.assert_array_equal(ours.threshold, theirs.threshold)
+        np.testing.assert_allclose(ours.value, theirs.value, atol=1e-6)
+    np.testing.assert_allclose(model.predict_proba(X), reference.predict_proba(X), atol=1e-6)
+
+
+def test_http_training_publishes_the_simulators_models(
+    consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
+) -> None:
+    set_up(consortium)
+    xgb_run = consortium.open_run("xgboost", XGB_PARAMS)
+    lr_run = consortium.open_run("logreg", {})
+    finish(consortium, start_agents(consortium, bank_files))
+    assert_same_gbdt(consortium.published_model(xgb_run), reference["xgboost"], reference["X"])
+    published = LogRegModel.from_json(consortium.published_model(lr_run).decode())
+    expected: LogRegModel = reference["logreg"]
+    np.testing.assert_allclose(published.coef, expected.coef, atol=1e-6)
+    assert abs(published.intercept - expected.intercept) < 1e-6
+    for run_id in (xgb_run, lr_run):
+        assert consortium.run(run_id)["state"] == "completed"
+
+
+def test_aggregator_killed_mid_run_recovers_with_the_same_model(
+    consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
+) -> None:
+    set_up(consortium)
+    run_id = consortium.open_run("xgboost", XGB_PARAMS)
+    agents = start_agents(consortium, bank_files)
+    wait_for(lambda: consortium.released_rounds(run_id) >= 8, 300, "a few released rounds")
+    consortium.kill()
+    time.sleep(1.0)
+    consortium.start()
+    finish(consortium, agents)
+    assert_same_gbdt(consortium.published_model(run_id), reference["xgboost"], reference["X"])
+
+
+def test_bank_agent_killed_mid_run_resumes_with_the_same_model(
+    consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
+) -> None:
+    set_up(consortium)
+    run_id = consortium.open_run("xgboost", XGB_PARAMS)
+    agents = start_agents(consortium, bank_files)
+    wait_for(lambda: consortium.released_rounds(run_id) >= 8, 300, "a few released rounds")
+    agents["bank-2"].send_signal(signal.SIGKILL)
+    agents["bank-2"].wait(timeout=30)
+    agents["bank-2"] = consortium.start_agent("bank-2", bank_files["bank-2"], train_start=TRAIN_START)
+    finish(consortium, agents)
+    assert_same_gbdt(consortium.published_model(run_id), reference["xgboost"], reference["X"])
+
+
+def test_two_banks_alone_never_get_a_sum(consortium: LocalConsortium, bank_files: dict[str, Path]) -> None:
+    set_up(consortium)
+    run_id = consortium.open_run("logreg", {}, round_timeout_s=3)
+    for bank in BANKS[:2]:
+        consortium.start_agent(bank, bank_files[bank], train_start=TRAIN_START).wait(timeout=300)
+    run = wait_for(lambda: (r := consortium.run(run_id))["state"] == "failed" and r, 60, "the run to fail")
+    assert all(r.get("state") != "released" for r in run["rounds"])
+    assert "bank-3" in json.dumps(run)  # the bank that dropped out is recorded
