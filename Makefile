@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/fedfraud demo --out $(OUT)/demo
 
 test: $(STAMP)
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)

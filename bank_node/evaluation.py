@@ -59,7 +59,8 @@ class Windows:
 
 def day_index(timestamps: pd.Series, origin: pd.Timestamp) -> npt.NDArray[np.int64]:
     """Whole days since ``origin`` (midnight), for each timestamp."""
-    return np.floor((timestamps - origin) / pd.Timedelta(days=1)).to_numpy(dtype=np.int64)
+    days = (timestamps - origin) // pd.Timedelta(days=1)
+    return np.asarray(days.to_numpy(), dtype=np.int64)
 
 
 def in_train_period(frame: pd.DataFrame, windows: Windows) -> npt.NDArray[np.bool_]:

@@ -235,7 +235,8 @@ def simulate(
     terminal = reach[reach_start[customer] + pick]
 
     order = np.lexsort((customer, second, day))
-    customer, terminal, day, second, amount = (a[order] for a in (customer, terminal, day, second, amount))
+    customer, terminal, day, second = customer[order], terminal[order], day[order], second[order]
+    amount = amount[order]
 
     fraud_scenario = np.zeros(len(customer), dtype=np.int64)
     fraud_scenario[amount > config.fraud_amount_threshold] = 1

@@ -38,7 +38,7 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 300) -> str:
     return done.stdout
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.3) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.3) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from bank_node.federated.gbdt import federated_gbdt, scheme_options
 from bank_node.federated.lockstep import run_lockstep
 from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
+from bank_node.federated.rounds import Algorithm
 from consortium.secure_sum import SecureSum
 from schemas.errors import FedfraudInputError
 
@@ -299,25 +300,20 @@ def simulate(
 
         progress(f"{model}: federated training under {config.scheme}")
         aggregator = SecureSum(context=public, min_banks=config.min_banks)
+        algorithms: dict[str, Algorithm[Any]]
         if model == "logreg":
-            factories = {
-                b.name: (lambda b=b: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS))
-                for b in banks
-            }
+            algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks}
         else:
             scales = scales_for(MODEL_INPUTS)
             options = scheme_options(secret)
-            factories = {
-                b.name: (
-                    lambda b=b, i=i: federated_gbdt(
-                        b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i,
-                        **options,
-                    )
+            algorithms = {
+                b.name: federated_gbdt(
+                    b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i, **options
                 )
                 for i, b in enumerate(banks)
             }
         run = run_lockstep(
-            {n: factory() for n, factory in factories.items()},
+            algorithms,
             contexts={n: secret for n in names},
             aggregator=aggregator,
         )

@@ -248,19 +248,21 @@ def prepare_run(
         def xgboost_file(fitted: GBDTModel) -> bytes:
             return canonical_json(to_xgboost_json(fitted, params=tree_params, feature_names=MODEL_INPUTS))
 
-        algorithm = federated_gbdt(
+        trees: Algorithm[GBDTModel] = federated_gbdt(
             rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
             **scheme_options(context),
         )
-        return PreparedRun(algorithm=algorithm, serialize=xgboost_file)
+        return PreparedRun(algorithm=trees, serialize=xgboost_file)
     if model == "logreg":
         lr_params = logreg_params(params)
 
         def logreg_file(fitted: LogRegModel) -> bytes:
             return canonical_json(json.loads(fitted.to_json()))
 
-        algorithm = federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
-        return PreparedRun(algorithm=algorithm, serialize=logreg_file)
+        regression: Algorithm[LogRegModel] = federated_logreg(
+            rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS
+        )
+        return PreparedRun(algorithm=regression, serialize=logreg_file)
     raise FedfraudInputError(
         f"run model {model!r} is not one this agent trains ({', '.join(MODEL_FAMILIES)})",
         {"model": [f"expected one of {', '.join(MODEL_FAMILIES)}"]},

@@ -12,7 +12,7 @@ The result is the same :class:`~bank_node.federated.ensemble.GBDTModel` on every
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -35,16 +35,23 @@ if TYPE_CHECKING:
 CKKS_TIE_TOLERANCE = 1e-6
 
 
-def scheme_options(context: HEScheme) -> dict[str, float]:
+class SchemeOptions(TypedDict):
+    """Keyword arguments of :func:`federated_gbdt` that depend on the HE scheme."""
+
+    tie_tolerance: float
+    max_abs_value: float
+
+
+def scheme_options(context: HEScheme) -> SchemeOptions:
     """The options of :func:`federated_gbdt` that follow from the HE scheme's arithmetic.
 
     Approximate arithmetic (CKKS) needs a tie tolerance; every scheme bounds the values it takes.
     """
     approximate = context.name == "ckks"
-    return {
-        "tie_tolerance": CKKS_TIE_TOLERANCE if approximate else 0.0,
-        "max_abs_value": context.max_abs_value,
-    }
+    return SchemeOptions(
+        tie_tolerance=CKKS_TIE_TOLERANCE if approximate else 0.0,
+        max_abs_value=context.max_abs_value,
+    )
 
 
 #: Most the histograms are scaled up by (beyond it no scheme here gains precision).
@@ -145,4 +152,4 @@ def federated_gbdt(
         tree = grower.tree()
         margin = update_margin(margin, tree, positions)
         trees.append(tree)
-    return GBDTModel(trees=trees, base_score=params.base_score, n_features=X.shape[1], cuts=cuts)
+    return GBDTModel(trees=tuple(trees), base_score=params.base_score, n_features=X.shape[1], cuts=tuple(cuts))

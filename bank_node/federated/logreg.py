@@ -161,7 +161,7 @@ def newton_step(grad_sum: FloatArray, hess_sum: FloatArray, weights: FloatArray,
     grad = C * grad_sum + penalty
     hess = C * hess_sum
     hess[np.arange(d), np.arange(d)] += 1.0
-    return np.linalg.solve(hess, grad)  # type: ignore[no-any-return]
+    return np.asarray(np.linalg.solve(hess, grad), dtype=np.float64)
 
 
 def federated_logreg(
