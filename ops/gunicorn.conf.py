@@ -42,3 +42,20 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     from consortium.logs import configure_logging
 
     configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"))
+
+
+def on_starting(server) -> None:  # type: ignore[no-untyped-def]
+    """Migrate the database once, in the master, before any worker starts.
+
+    Workers would otherwise each see an empty database at their first start and race to
+    create the same tables (one of them then fails to boot).
+    """
+    from consortium.app import create_app
+    from consortium.storage.database import Database
+    from consortium.storage.migrate import upgrade
+
+    engine = Database.engine_for(create_app({"AUTO_MIGRATE": False}))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
