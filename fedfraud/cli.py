@@ -6,7 +6,6 @@ input problem reaches the user as one readable line (exit status 2), never a tra
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -16,26 +15,9 @@ import click
 
 from fedfraud import __version__
 from fedfraud.progress import status as _status
+from schemas.cli import readable_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def readable_errors(func: F) -> F:
-    """Turn fedfraud's input and crypto errors into a one-line CLI error."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from crypto.scheme import CryptoError
-        from schemas.errors import FedfraudInputError
-
-        try:
-            return func(*args, **kwargs)
-        except FedfraudInputError as exc:
-            raise click.UsageError(str(exc)) from None
-        except CryptoError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class _Date(click.ParamType):

@@ -9,7 +9,6 @@ and is never printed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -20,29 +19,13 @@ from typing import Any, TypeVar
 
 import click
 
+from schemas.cli import readable_errors
+
 __all__ = ["bank_cli"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _readable_errors(func: F) -> F:
-    """One line for every expected failure; ``click`` turns it into exit status 1 or 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from bank_node.agent.errors import ConsortiumError
-        from crypto.scheme import CryptoError
-        from crypto.signing import SignatureError
-        from schemas.errors import FedfraudInputError
-
-        try:
-            return func(*args, **kwargs)
-        except FedfraudInputError as exc:
-            raise click.UsageError(str(exc)) from None
-        except (ConsortiumError, CryptoError, SignatureError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _state_dir_option(func: F) -> F:
@@ -124,7 +107,7 @@ def bank_cli(verbose: bool, retry_attempts: int, retry_timeout: float) -> None:
 @click.option("--bank-id", required=True, help="The id the consortium operator enrolled this bank under.")
 @click.option("--token", envvar="FEDFRAUD_BANK_TOKEN", prompt="Bank token", hide_input=True,
               help="The bank's token from the operator. Env: FEDFRAUD_BANK_TOKEN (else prompted).")
-@_readable_errors
+@readable_errors
 def enrol(state_dir: Path, url: str, bank_id: str, token: str) -> None:
     """Store the consortium URL and token, create this bank's keys, and register them."""
     from bank_node.agent.enrolment import enrol as run_enrol
@@ -144,7 +127,7 @@ def enrol(state_dir: Path, url: str, bank_id: str, token: str) -> None:
               help="HE scheme to generate (with --generate).")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for the designated bank's share (without --generate).")
-@_readable_errors
+@readable_errors
 def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float) -> None:
     """Key ceremony: publish and share the HE key (--generate), or fetch this bank's share."""
     from bank_node.agent.ceremony import fetch_share, publish_keys
@@ -180,7 +163,7 @@ def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait
               help="Seconds between looks at the open runs.")
 @click.option("--round-wait", "round_wait_s", type=click.FloatRange(min=1), default=None,
               help="Longest wait for one round's sum (default: the run's round timeout + 2 minutes).")
-@_readable_errors
+@readable_errors
 def agent(data_path: Path, columns: str, train_start: datetime, train_days: int, state_dir: Path,
           url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None) -> None:
     """Poll the consortium for training runs and take part in them."""

@@ -17,12 +17,23 @@ from typing import TYPE_CHECKING, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from bank_node.federated.binning import FeatureScale, bin_index, fine_grid, global_cuts, local_grid_counts
+from bank_node.federated.binning import (
+    FeatureScale,
+    bin_index,
+    fine_grid,
+    global_cuts,
+    local_grid_counts,
+)
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.grower import TreeGrower
 from bank_node.federated.objective import base_margin
 from bank_node.federated.params import GBDTParams
-from bank_node.federated.party import advance_positions, make_level_payload, tree_gradients, update_margin
+from bank_node.federated.party import (
+    advance_positions,
+    make_level_payload,
+    tree_gradients,
+    update_margin,
+)
 from bank_node.federated.rounds import Algorithm, SumRequest
 from bank_node.federated.sampling import column_sample
 

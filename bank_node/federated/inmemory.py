@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from bank_node.federated.rounds import Algorithm, BankRunner
 from consortium.secure_sum import RoundState, SecureSum
 from crypto.scheme import HEScheme
-
-from bank_node.federated.rounds import Algorithm, BankRunner
 
 R = TypeVar("R")
 
