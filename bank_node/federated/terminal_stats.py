@@ -1,0 +1,405 @@
+"""Consortium-wide terminal features: every bank sees a terminal's traffic over all banks' cards.
+
+A compromised terminal is hit through cards of many banks; each bank alone sees only its cards'
+share of that terminal's transactions and frauds. Here every bank obtains the terminal windows
+of the handbook (count and fraud share over ``(t - delay - w, t - delay]``) computed over *all*
+banks' transactions, while each bank's own events stay encrypted.
+
+The protocol, as secure sums (:mod:`.rounds`):
+
+1. **Sizes.** Each bank sends how many distinct keys it will put in each table; the sum sizes
+   the tables (:func:`.iblt.cells_for`).
+2. **Presence.** Each bank adds one key per terminal it saw in the run's days, so the decoded
+   table gives, per terminal, the number of banks that saw it. Terminals seen by fewer than
+   ``threshold`` banks are dropped by every bank's node before any feature is computed: their
+   sums would let a bank subtract its own counts and learn one other bank's.
+3. **Events, day by day.** Each bank adds one key per transaction of the day with its fraud
+   label (labels are only used once ``delay`` days old): ``(terminal tag, second of the day,
+   fraud)``. The decoded table is the consortium's multiset of events of that day, with neither
+   card, amount nor bank. From these the windows are exact to the second, as on pooled data.
+
+Terminals are identified by a keyed hash (HMAC-SHA256, 48 bits) under a key the banks share and
+the aggregator never holds, and every table position is keyed too; the aggregator only ever
+sees ciphertexts of whole tables. Tables are split into chunks of at most ``chunk_values``
+values, one secure sum each, so payloads stay bounded however many terminals there are; a
+bank's work is proportional to its own transactions, not to the number of terminals.
+
+Noise for differential privacy goes in before encryption: ``noise`` may add or remove events of
+a bank's day (e.g. randomized response on the fraud flag, dummy events) before they are encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from bank_node.features import (
+    LABEL,
+    TERMINAL_ID,
+    TIMESTAMP,
+    FeatureConfig,
+    terminal_window_features,
+)
+from bank_node.federated.iblt import (
+    DecodedTable,
+    TableDecodeError,
+    TableLayout,
+    cells_for,
+    decode,
+    encode,
+    join_limbs,
+    split_limbs,
+)
+from bank_node.federated.rounds import Algorithm, SumRequest
+
+IntArray = npt.NDArray[np.int64]
+
+TAG_BITS: Final = 48
+LIMB_BITS: Final = 12
+TAG_LIMBS: Final = TAG_BITS // LIMB_BITS
+#: ``second_of_day * 2 + fraud`` < 2**18: two limbs.
+EVENT_VALUE_LIMBS: Final = 2
+CHECK_LIMBS: Final = 2
+NS_PER_SECOND: Final = 10**9
+SECONDS_PER_DAY: Final = 86_400
+NS_PER_DAY: Final = SECONDS_PER_DAY * NS_PER_SECOND
+ROUND_PREFIX: Final = "terminals"
+
+
+@dataclass(frozen=True)
+class TerminalStatsConfig:
+    """Settings every bank of a run must share.
+
+    Attributes
+    ----------
+    threshold
+        Fewest banks that must have seen a terminal for it to get consortium values.
+    load
+        Table cells per distinct key (peeling needs more than about 1.22).
+    max_attempts
+        Table sizes tried (each 1.5 times the last) before a day is given up.
+    chunk_values
+        Most values per secure sum.
+    features
+        Window lengths and label delay.
+    """
+
+    threshold: int = 3
+    load: float = 1.3
+    max_attempts: int = 4
+    chunk_values: int = 1 << 20
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ValueError(f"threshold must be at least 1 bank, got {self.threshold}")
+        if self.load <= 1.0:
+            raise ValueError(f"load must exceed 1 cell per key, got {self.load}")
+        if self.max_attempts < 1 or self.chunk_values < 1:
+            raise ValueError("max_attempts and chunk_values must be positive")
+
+
+def terminal_tags(terminal_ids: npt.ArrayLike, key: bytes) -> IntArray:
+    """The 48-bit keyed tag of each terminal id (HMAC-SHA256 under the banks' shared key)."""
+    if len(key) < 16:
+        raise ValueError("the terminal key must hold at least 16 bytes")
+    ids = np.asarray(terminal_ids, dtype=np.int64)
+    distinct, inverse = np.unique(ids, return_inverse=True)
+    tags = np.fromiter(
+        (
+            int.from_bytes(hmac.new(key, int(t).to_bytes(8, "little", signed=True), hashlib.sha256).digest()[:6], "little")
+            for t in distinct
+        ),
+        dtype=np.int64,
+        count=len(distinct),
+    )
+    return tags[inverse.reshape(-1)]
+
+
+@dataclass(frozen=True)
+class DayEvents:
+    """One bank's transactions of one day, as the consortium tables see them."""
+
+    tag: IntArray
+    second: IntArray
+    fraud: IntArray
+
+    def __len__(self) -> int:
+        return len(self.tag)
+
+    def keys(self) -> tuple[IntArray, IntArray]:
+        """Distinct ``(tag, second, fraud)`` keys as limbs, and how often each occurs."""
+        value = self.second * 2 + self.fraud
+        stacked = np.stack([self.tag, value], axis=1)
+        distinct, counts = np.unique(stacked, axis=0, return_counts=True)
+        limbs = np.concatenate(
+            [
+                split_limbs(distinct[:, 0], n_limbs=TAG_LIMBS, limb_bits=LIMB_BITS),
+                split_limbs(distinct[:, 1], n_limbs=EVENT_VALUE_LIMBS, limb_bits=LIMB_BITS),
+            ],
+            axis=1,
+        )
+        return limbs, counts.astype(np.int64)
+
+
+#: A bank's privacy noise: its events of a day in, the events to encode out.
+EventNoise = Callable[[int, DayEvents], DayEvents]
+
+
+def events_by_day(transactions: pd.DataFrame, key: bytes, days: Sequence[int]) -> dict[int, DayEvents]:
+    """A bank's labelled transactions, keyed and split by day (days since 1970-01-01).
+
+    Times are kept to the second (anything finer is dropped).
+    """
+    time_ns = transactions[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    seconds = time_ns // NS_PER_SECOND
+    day = seconds // SECONDS_PER_DAY
+    wanted = np.isin(day, np.asarray(days, dtype=np.int64))
+    tag = terminal_tags(transactions[TERMINAL_ID].to_numpy()[wanted], key) if wanted.any() else np.empty(0, np.int64)
+    second = (seconds % SECONDS_PER_DAY)[wanted]
+    fraud = transactions[LABEL].to_numpy(dtype=np.int64)[wanted]
+    day = day[wanted]
+    out = {}
+    for d in days:
+        rows = day == d
+        out[int(d)] = DayEvents(tag=tag[rows], second=second[rows], fraud=fraud[rows])
+    return out
+
+
+@dataclass(frozen=True)
+class ConsortiumHistory:
+    """The consortium's terminal events that passed the threshold, as every bank decoded them.
+
+    Attributes
+    ----------
+    tag, time_ns, count, frauds
+        One row per distinct event: terminal tag, time (to the second), how many transactions
+        of the consortium had it, and how many of those were fraud.
+    banks_per_tag
+        Every terminal of the presence table (sorted tags) and how many banks saw it, over the
+        run's days, threshold or not.
+    days
+        The days whose events the history holds.
+    threshold
+        The threshold applied.
+    """
+
+    tag: IntArray
+    time_ns: IntArray
+    count: IntArray
+    frauds: IntArray
+    presence_tags: IntArray
+    presence_banks: IntArray
+    days: tuple[int, ...]
+    threshold: int
+
+    def banks_seen(self, tags: npt.ArrayLike) -> IntArray:
+        """How many banks saw each terminal (0 for a terminal no bank reported)."""
+        tags = np.asarray(tags, dtype=np.int64)
+        where = np.searchsorted(self.presence_tags, tags)
+        where = np.minimum(where, max(len(self.presence_tags) - 1, 0))
+        found = (len(self.presence_tags) > 0) & (self.presence_tags[where] == tags)
+        return np.where(found, self.presence_banks[where] if len(self.presence_tags) else 0, 0)
+
+    def eligible(self, tags: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Whether each terminal gets consortium values (seen by at least ``threshold`` banks)."""
+        return self.banks_seen(tags) >= self.threshold
+
+
+def _table_seed(key: bytes, label: str) -> bytes:
+    return hmac.new(key, f"fedfraud/terminal-table/{label}".encode(), hashlib.sha256).digest()
+
+
+def _table_rounds(
+    label: str,
+    keys: IntArray,
+    multiplicity: IntArray,
+    *,
+    pooled_keys: int,
+    key_limbs: int,
+    secret: bytes,
+    config: TerminalStatsConfig,
+) -> Generator[SumRequest, npt.NDArray[np.float64], DecodedTable]:
+    """Sum one table over the banks in chunks and decode it, growing it until it decodes.
+
+    Every bank decodes the same sum, so every bank fails, and retries, in step.
+    """
+    failure = ""
+    for attempt in range(config.max_attempts):
+        layout = TableLayout(
+            n_cells=cells_for(pooled_keys, load=config.load, attempt=attempt),
+            key_limbs=key_limbs,
+            limb_bits=LIMB_BITS,
+            check_limbs=CHECK_LIMBS,
+            seed=_table_seed(secret, f"{label}/{attempt}"),
+        )
+        vector = encode(layout, keys, multiplicity)
+        parts = []
+        for chunk, start in enumerate(range(0, layout.n_values, config.chunk_values)):
+            request = SumRequest(f"{ROUND_PREFIX}/{label}/a{attempt}/c{chunk}", vector[start : start + config.chunk_values])
+            parts.append((yield request))
+        try:
+            return decode(layout, np.concatenate(parts))
+        except TableDecodeError as exc:
+            failure = str(exc)
+    raise TableDecodeError(f"table {label!r} did not decode after {config.max_attempts} sizes: {failure}")
+
+
+def day_label(day: int) -> str:
+    """The round label of a day: its ISO date."""
+    return (np.datetime64(0, "D") + np.timedelta64(int(day), "D")).astype(str)
+
+
+def consortium_history(
+    events: Mapping[int, DayEvents],
+    *,
+    secret: bytes,
+    config: TerminalStatsConfig = TerminalStatsConfig(),
+    noise: EventNoise | None = None,
+) -> Algorithm[ConsortiumHistory]:
+    """One bank's side of the protocol: its events in, the consortium's (above threshold) out.
+
+    Parameters
+    ----------
+    events
+        This bank's events per day; every bank must pass the same days.
+    secret
+        The terminal key the banks share (the aggregator never holds it).
+    config
+        Shared settings.
+    noise
+        Optional privacy noise, applied to each day's events before they are encoded.
+    """
+    days = tuple(sorted(events))
+    if noise is not None:
+        events = {d: noise(d, events[d]) for d in days}
+    presence = np.unique(np.concatenate([events[d].tag for d in days])) if days else np.empty(0, np.int64)
+    day_keys = {d: events[d].keys() for d in days}
+    own_sizes = np.array([len(presence)] + [len(day_keys[d][0]) for d in days], dtype=np.float64)
+    pooled_sizes = yield SumRequest(f"{ROUND_PREFIX}/sizes", own_sizes)
+    pooled = np.rint(pooled_sizes).astype(np.int64)
+
+    seen = yield from _table_rounds(
+        "presence",
+        split_limbs(presence, n_limbs=TAG_LIMBS, limb_bits=LIMB_BITS),
+        np.ones(len(presence), dtype=np.int64),
+        pooled_keys=int(pooled[0]),
+        key_limbs=TAG_LIMBS,
+        secret=secret,
+        config=config,
+    )
+    presence_tags = join_limbs(seen.keys, limb_bits=LIMB_BITS)
+    order = np.argsort(presence_tags)
+    presence_tags, presence_banks = presence_tags[order], seen.multiplicity[order]
+    kept = presence_tags[presence_banks >= config.threshold]
+
+    tags, times, counts, frauds = [], [], [], []
+    for d, n_pooled in zip(days, pooled[1:]):
+        limbs, multiplicity = day_keys[d]
+        table = yield from _table_rounds(
+            day_label(d),
+            limbs,
+            multiplicity,
+            pooled_keys=int(n_pooled),
+            key_limbs=TAG_LIMBS + EVENT_VALUE_LIMBS,
+            secret=secret,
+            config=config,
+        )
+        tag = join_limbs(table.keys[:, :TAG_LIMBS], limb_bits=LIMB_BITS)
+        value = join_limbs(table.keys[:, TAG_LIMBS:], limb_bits=LIMB_BITS)
+        keep = np.isin(tag, kept)
+        tags.append(tag[keep])
+        times.append(d * NS_PER_DAY + (value[keep] >> 1) * NS_PER_SECOND)
+        counts.append(table.multiplicity[keep])
+        frauds.append(table.multiplicity[keep] * (value[keep] & 1))
+    empty = np.empty(0, dtype=np.int64)
+    return ConsortiumHistory(
+        tag=np.concatenate(tags) if tags else empty,
+        time_ns=np.concatenate(times) if times else empty,
+        count=np.concatenate(counts) if counts else empty,
+        frauds=np.concatenate(frauds) if frauds else empty,
+        presence_tags=presence_tags,
+        presence_banks=presence_banks,
+        days=days,
+        threshold=config.threshold,
+    )
+
+
+def history_days(first_described: np.datetime64 | str, last_described: np.datetime64 | str,
+                 config: FeatureConfig = FeatureConfig()) -> list[int]:
+    """The days whose events the terminal windows of ``[first, last]`` (inclusive days) reach."""
+    first = int(np.datetime64(first_described, "D").astype(np.int64))
+    last = int(np.datetime64(last_described, "D").astype(np.int64))
+    if first > last:
+        raise ValueError(f"first day {first_described} is after last day {last_described}")
+    return list(range(first - config.lookback_days, last - config.delay_days + 1))
+
+
+def with_consortium_terminal_features(
+    featured: pd.DataFrame,
+    history: ConsortiumHistory,
+    *,
+    secret: bytes,
+    config: FeatureConfig = FeatureConfig(),
+) -> tuple[pd.DataFrame, npt.NDArray[np.bool_]]:
+    """Replace the terminal features of eligible terminals by their consortium-wide values.
+
+    Parameters
+    ----------
+    featured
+        Rows with the handbook's features (as from :func:`bank_node.features.compute_features`).
+    history
+        The decoded consortium events.
+
+    Returns
+    -------
+    frame, covered
+        A copy with the ``TERMINAL_ID_*`` columns replaced on covered rows, and which rows are
+        covered (their terminal passed the threshold). Other rows keep the bank's own values.
+    """
+    days = set(history.days)
+    described = featured[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) // NS_PER_DAY
+    needed = {int(d) - k for d in np.unique(described) for k in range(config.delay_days, config.lookback_days + 1)}
+    if not needed <= days:
+        missing = sorted(needed - days)
+        raise ValueError(
+            f"the consortium history lacks {len(missing)} day(s) these rows' windows reach, "
+            f"from {day_label(missing[0])} to {day_label(missing[-1])}"
+        )
+    tags = terminal_tags(featured[TERMINAL_ID].to_numpy(), secret)
+    covered = history.eligible(tags)
+    out = featured.copy()
+    if covered.any():
+        values = terminal_window_features(
+            tags[covered],
+            featured[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)[covered],
+            history.tag,
+            history.time_ns,
+            history.frauds,
+            history.count,
+            config=config,
+        )
+        for name, column in values.items():
+            out.loc[covered, name] = column
+    return out, covered
+
+
+__all__ = [
+    "ConsortiumHistory",
+    "DayEvents",
+    "EventNoise",
+    "TerminalStatsConfig",
+    "consortium_history",
+    "day_label",
+    "events_by_day",
+    "history_days",
+    "terminal_tags",
+    "with_consortium_terminal_features",
+]

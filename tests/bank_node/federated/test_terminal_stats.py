@@ -1,0 +1,221 @@
+"""Consortium terminal features: exact pooled windows for terminals above the threshold, nothing else."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import crypto
+from bank_node.data import load_transactions
+from bank_node.features import FEATURE_COLUMNS, compute_features
+from bank_node.federated.lockstep import LockstepResult, run_lockstep
+from bank_node.federated.terminal_stats import (
+    ConsortiumHistory,
+    DayEvents,
+    TerminalStatsConfig,
+    consortium_history,
+    events_by_day,
+    history_days,
+    terminal_tags,
+    with_consortium_terminal_features,
+)
+from bank_node.generator import generate_transactions
+from consortium.secure_sum import SecureSum
+from fedfraud.simulation import partition_customers
+from schemas.transaction import to_canonical
+
+TERMINAL_COLUMNS = [c for c in FEATURE_COLUMNS if c.startswith("TERMINAL_ID_")]
+FIRST, LAST = "2018-05-20", "2018-05-31"
+
+
+@pytest.fixture(scope="module")
+def generated() -> pd.DataFrame:
+    raw = generate_transactions(n_customers=500, n_terminals=300, days=61, seed=5, start_date="2018-04-01")
+    return to_canonical(raw, require_label=True)
+
+
+def split_banks(tx: pd.DataFrame, n_banks: int, seed: int = 0) -> list[pd.DataFrame]:
+    bank = partition_customers(tx["customer_id"], [1 / n_banks] * n_banks, seed=seed)
+    return [tx[bank == i] for i in range(n_banks)]
+
+
+def run_protocol(
+    banks: list[pd.DataFrame],
+    key: bytes,
+    *,
+    scheme: str = "plain",
+    config: TerminalStatsConfig = TerminalStatsConfig(),
+    noise: Mapping[int, object] | None = None,
+    days: list[int] | None = None,
+) -> LockstepResult[ConsortiumHistory]:
+    days = history_days(FIRST, LAST) if days is None else days
+    secret = crypto.generate(scheme)
+    public = crypto.load_context(secret.public_context(), require_public=True)
+    names = [f"bank-{i}" for i in range(len(banks))]
+    algorithms = {
+        name: consortium_history(
+            events_by_day(own, key, days), secret=key, config=config,
+            noise=None if noise is None else noise.get(i),  # type: ignore[arg-type]
+        )
+        for i, (name, own) in enumerate(zip(names, banks))
+    }
+    return run_lockstep(algorithms, contexts=dict.fromkeys(names, secret), aggregator=SecureSum(context=public))
+
+
+def banks_per_terminal(banks: list[pd.DataFrame], days: list[int]) -> pd.Series:
+    seen = []
+    for i, own in enumerate(banks):
+        day = own["timestamp"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+        seen.append(pd.Series(own["terminal_id"].to_numpy()[np.isin(day, days)]).drop_duplicates().to_frame().assign(bank=i))
+    return pd.concat(seen).groupby(0)["bank"].nunique()
+
+
+@pytest.mark.parametrize("scheme", ["plain", "ckks"])
+def test_consortium_windows_equal_pooled_features_above_threshold(generated: pd.DataFrame, scheme: str) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 4)
+    run = run_protocol(banks, key, scheme=scheme)
+    histories = list(run.results.values())
+    # Every bank decodes the very same history.
+    assert all(np.array_equal(h.tag, histories[0].tag) and np.array_equal(h.count, histories[0].count) for h in histories)
+
+    pooled = compute_features(generated, start=FIRST, end=LAST).set_index("transaction_id")
+    seen = banks_per_terminal(banks, history_days(FIRST, LAST))
+    compared = 0
+    for own in banks:
+        local = compute_features(own, start=FIRST, end=LAST)
+        shared, covered = with_consortium_terminal_features(local, histories[0], secret=key)
+        expected_covered = (seen.reindex(local["terminal_id"]).fillna(0).to_numpy() >= 3)
+        assert np.array_equal(covered, expected_covered)
+        truth = pooled.loc[shared["transaction_id"]]
+        for column in TERMINAL_COLUMNS:
+            got, want = shared[column].to_numpy(), truth[column].to_numpy()
+            if "NB_TX" in column:
+                assert np.array_equal(got[covered], want[covered]), column
+            else:
+                np.testing.assert_allclose(got[covered], want[covered], rtol=0, atol=1e-12, err_msg=column)
+            # Rows of terminals under the threshold keep the bank's own values.
+            assert np.array_equal(got[~covered], local[column].to_numpy()[~covered]), column
+        # The bank's own features really were local: on covered rows the consortium adds traffic.
+        assert (shared.loc[covered, "TERMINAL_ID_NB_TX_30DAY_WINDOW"] >= local.loc[covered, "TERMINAL_ID_NB_TX_30DAY_WINDOW"]).all()
+        assert (shared.loc[covered, "TERMINAL_ID_NB_TX_30DAY_WINDOW"] > local.loc[covered, "TERMINAL_ID_NB_TX_30DAY_WINDOW"]).any()
+        compared += int(covered.sum())
+    assert compared > 0.5 * sum(len(compute_features(b, start=FIRST, end=LAST)) for b in banks)
+
+
+def test_terminals_seen_by_too_few_banks_are_withheld(generated: pd.DataFrame) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 4)
+    days = history_days(FIRST, LAST)
+    # Terminal 7 is used by bank 0 and bank 1 only: the others' transactions there are dropped.
+    lonely = 7
+    banks = [b if i < 2 else b[b["terminal_id"] != lonely] for i, b in enumerate(banks)]
+    config = TerminalStatsConfig(threshold=3)
+    history = run_protocol(banks, key, config=config).results["bank-0"]
+    tag = terminal_tags([lonely], key)
+    assert history.banks_seen(tag)[0] == 2
+    assert not history.eligible(tag)[0]
+    assert not np.isin(tag, history.tag).any()  # its events are not kept
+    seen = banks_per_terminal(banks, days)
+    assert np.array_equal(history.banks_seen(terminal_tags(seen.index, key)), seen.to_numpy())
+    # With a threshold of 2 it is shared.
+    relaxed = run_protocol(banks, key, config=TerminalStatsConfig(threshold=2)).results["bank-0"]
+    assert np.isin(tag, relaxed.tag).any()
+
+
+def test_a_table_too_small_is_retried_larger_in_step(generated: pd.DataFrame) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 3)
+    days = history_days(FIRST, FIRST)
+    normal = run_protocol(banks, key, days=days)
+    squeezed = run_protocol(banks, key, days=days, config=TerminalStatsConfig(load=1.01))
+    assert squeezed.costs.rounds > normal.costs.rounds
+    a, b = normal.results["bank-0"], squeezed.results["bank-0"]
+    order_a, order_b = np.lexsort((a.time_ns, a.tag)), np.lexsort((b.time_ns, b.tag))
+    assert np.array_equal(a.tag[order_a], b.tag[order_b]) and np.array_equal(a.count[order_a], b.count[order_b])
+
+
+def test_tables_are_sent_in_bounded_chunks(generated: pd.DataFrame) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 3)
+    days = history_days(FIRST, FIRST)
+    whole = run_protocol(banks, key, days=days)
+    chunked = run_protocol(banks, key, days=days, config=TerminalStatsConfig(chunk_values=500))
+    assert chunked.costs.rounds > whole.costs.rounds
+    assert chunked.results["bank-0"].count.sum() == whole.results["bank-0"].count.sum()
+
+
+def test_noise_is_applied_before_encryption(generated: pd.DataFrame) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 3)
+    days = history_days(FIRST, FIRST)
+    terminal = int(generated["terminal_id"].mode()[0])
+    fake_tag = terminal_tags([terminal], key)[0]
+
+    def one_dummy_fraud(day: int, events: DayEvents) -> DayEvents:
+        return DayEvents(
+            tag=np.append(events.tag, fake_tag), second=np.append(events.second, 3_600), fraud=np.append(events.fraud, 1)
+        )
+
+    plain = run_protocol(banks, key, days=days, config=TerminalStatsConfig(threshold=1)).results["bank-0"]
+    noisy = run_protocol(banks, key, days=days, config=TerminalStatsConfig(threshold=1),
+                         noise={0: one_dummy_fraud}).results["bank-1"]
+    assert noisy.count.sum() == plain.count.sum() + len(days)
+    assert noisy.frauds.sum() == plain.frauds.sum() + len(days)
+
+
+def test_terminal_tags_are_keyed() -> None:
+    ids = np.arange(1_000)
+    one, other = terminal_tags(ids, b"k" * 32), terminal_tags(ids, b"j" * 32)
+    assert len(np.unique(one)) == 1_000 and not np.array_equal(one, other)
+    assert one.max() < 1 << 48 and one.min() >= 0
+    assert np.array_equal(terminal_tags(ids[::-1], b"k" * 32), one[::-1])
+    with pytest.raises(ValueError, match="16 bytes"):
+        terminal_tags(ids, b"short")
+
+
+def test_rows_whose_windows_reach_missing_days_are_refused(generated: pd.DataFrame) -> None:
+    key = secrets.token_bytes(32)
+    banks = split_banks(generated, 3)
+    history = run_protocol(banks, key, days=history_days(FIRST, FIRST)).results["bank-0"]
+    local = compute_features(banks[0], start=FIRST, end=LAST)
+    with pytest.raises(ValueError, match="lacks 11 day"):
+        with_consortium_terminal_features(local, history, secret=key)
+
+
+@pytest.mark.slow
+def test_handbook_consortium_features_equal_the_reference_file(handbook_dir: Path) -> None:
+    """Five banks, the handbook's 1.6M transactions: the full-data features of the reference file."""
+    tx = load_transactions(handbook_dir / "transactions.parquet", require_label=True).frame
+    reference = pd.read_parquet(handbook_dir / "features_reference_2018-07-25_2018-08-14.parquet")
+    reference = reference.set_index("TRANSACTION_ID")
+    shares = 0.7 ** np.arange(5)
+    bank = partition_customers(tx["customer_id"], shares / shares.sum(), seed=0)
+    banks = [tx[bank == i] for i in range(5)]
+    key = secrets.token_bytes(32)
+    first, last = "2018-07-25", "2018-08-14"
+    days = history_days(first, last)
+    secret = crypto.generate("plain")
+    public = crypto.load_context(secret.public_context(), require_public=True)
+    algorithms = {f"bank-{i}": consortium_history(events_by_day(own, key, days), secret=key) for i, own in enumerate(banks)}
+    history = run_lockstep(algorithms, contexts=dict.fromkeys(algorithms, secret),
+                           aggregator=SecureSum(context=public)).results["bank-0"]
+    rows = covered_rows = 0
+    for own in banks:
+        shared, covered = with_consortium_terminal_features(compute_features(own, start=first, end=last), history, secret=key)
+        truth = reference.loc[shared["transaction_id"]]
+        for column in TERMINAL_COLUMNS:
+            got, want = shared[column].to_numpy()[covered], truth[column].to_numpy()[covered]
+            if "NB_TX" in column:
+                assert np.array_equal(got, want), column
+            else:
+                assert np.max(np.abs(got - want)) <= 1e-12, column
+        rows += len(shared)
+        covered_rows += int(covered.sum())
+    assert rows == len(reference)
+    assert covered_rows / rows > 0.999
