@@ -126,6 +126,11 @@ def _comma_list(value: str) -> tuple[str, ...]:
 @click.option("--max-depth", type=click.IntRange(min=1, max=12), default=3, show_default=True)
 @click.option("--eta", type=click.FloatRange(min=0, min_open=True, max=1), default=0.1, show_default=True)
 @click.option("--bins", type=click.IntRange(min=2, max=1024), default=256, show_default=True)
+@click.option("--consortium-features", is_flag=True,
+              help="Also train with consortium-wide terminal features (encrypted per-terminal event tables), "
+                   "against a centralized model on full-data features.")
+@click.option("--terminal-threshold", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Fewest banks that must have seen a terminal for it to get consortium values.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results as JSON here.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -133,7 +138,8 @@ def _comma_list(value: str) -> tuple[str, ...]:
 @readable_errors
 def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start: date, train_days: int,
              delay_days: int, test_days: int, models: str, scheme: str, seed: int, trees: int, max_depth: int,
-             eta: float, bins: int, json_path: Path | None, report_dir: Path | None) -> None:
+             eta: float, bins: int, consortium_features: bool, terminal_threshold: int, json_path: Path | None,
+             report_dir: Path | None) -> None:
     """Federated vs local-only vs centralized training of N simulated banks, in one process."""
     from bank_node.data import load_transactions
     from schemas.transaction import parse_column_mapping
@@ -143,7 +149,8 @@ def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start:
     _run_simulation(frame, _simulation_config(
         n_banks=banks, sizes=sizes, train_start=train_start, train_days=train_days, delay_days=delay_days,
         test_days=test_days, models=models, scheme=scheme, seed=seed, n_trees=trees, max_depth=max_depth,
-        eta=eta, n_bins=bins), json_path=json_path, report_dir=report_dir)
+        eta=eta, n_bins=bins, consortium_features=consortium_features, terminal_threshold=terminal_threshold),
+        json_path=json_path, report_dir=report_dir)
 
 
 def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: Any) -> Any:
@@ -194,7 +201,7 @@ def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
     click.echo(f"generated {len(raw):,} transactions ({int(raw['TX_FRAUD'].sum()):,} frauds) "
                f"in {out_dir / 'transactions.parquet'}")
     config = _simulation_config(n_banks=banks, sizes="", models="xgboost,logreg", scheme=scheme, seed=seed,
-                                train_start=date(2018, 6, 1), n_trees=100, max_depth=3)
+                                train_start=date(2018, 6, 1), n_trees=100, max_depth=3, consortium_features=True)
     _run_simulation(to_canonical(raw, require_label=True), config, json_path=out_dir / "results.json",
                     report_dir=out_dir)
 

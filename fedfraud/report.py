@@ -10,21 +10,61 @@ import numpy as np
 from fedfraud.simulation import SimulationResult
 
 SETTINGS = ("local", "federated", "centralized")
+#: With consortium terminal features: the same settings on shared features, and the full-data bound.
+CONSORTIUM_SETTINGS = ("local_consortium", "federated_consortium", "centralized_full_data")
+LABELS = {
+    "local": "local",
+    "federated": "federated",
+    "centralized": "centralized",
+    "local_consortium": "local + consortium terminals",
+    "federated_consortium": "federated + consortium terminals",
+    "centralized_full_data": "centralized, full-data features",
+}
+
+
+def settings_of(result: SimulationResult) -> tuple[str, ...]:
+    """The settings a result holds, in display order."""
+    return SETTINGS + CONSORTIUM_SETTINGS if result.consortium else SETTINGS
+
+
+def _mean(per_bank: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {m: float(np.mean([v[m] for v in per_bank.values()])) for m in ("auc", "ap", "cp100")}
 
 
 def _local_mean(result: SimulationResult, model: str) -> dict[str, float]:
     """Local-only models, averaged over banks (each bank's own model on its own test rows)."""
-    per_bank = result.local[model]
-    return {m: float(np.mean([v[m] for v in per_bank.values()])) for m in ("auc", "ap", "cp100")}
+    return _mean(result.local[model])
+
+
+def metrics_of(result: SimulationResult, model: str, setting: str) -> dict[str, Any]:
+    """Pooled test metrics of one setting (local ones: the mean over banks)."""
+    if setting == "local":
+        return _local_mean(result, model)
+    if setting == "local_consortium":
+        return _mean(result.consortium["local"][model])
+    if setting == "federated_consortium":
+        return dict(result.consortium["federated"][model])
+    if setting == "centralized_full_data":
+        return dict(result.consortium["centralized_full_data"][model])
+    return dict(getattr(result, setting)[model])
+
+
+def per_bank_ap(result: SimulationResult, model: str, setting: str, bank: str) -> float:
+    """One bank's AP on its own test rows in one setting."""
+    if setting == "local":
+        return float(result.local[model][bank]["ap"])
+    if setting == "local_consortium":
+        return float(result.consortium["local"][model][bank]["ap"])
+    return float(metrics_of(result, model, setting)["per_bank"][bank]["ap"])
 
 
 def summary_rows(result: SimulationResult) -> list[tuple[str, str, float, float, float]]:
     """(model, setting, auc, ap, cp100) rows; local is the mean over banks."""
     rows = []
     for model in result.federated:
-        for setting in SETTINGS:
-            metrics = _local_mean(result, model) if setting == "local" else getattr(result, setting)[model]
-            rows.append((model, setting, metrics["auc"], metrics["ap"], metrics["cp100"]))
+        for setting in settings_of(result):
+            metrics = metrics_of(result, model, setting)
+            rows.append((model, LABELS[setting], metrics["auc"], metrics["ap"], metrics["cp100"]))
     return rows
 
 
@@ -42,17 +82,13 @@ def print_summary(result: SimulationResult) -> None:
     console.print(table)
 
     banks = Table(title="Average precision per bank (each on its own test transactions)")
-    banks.add_column("bank")
+    bank_names = list(result.local[next(iter(result.local))])
+    for column in ("model", "trained", *bank_names):
+        banks.add_column(column, justify="left" if column in ("model", "trained") else "right")
     for model in result.federated:
-        for setting in SETTINGS:
-            banks.add_column(f"{model} {setting}", justify="right")
-    for bank in result.local[next(iter(result.local))]:
-        cells = []
-        for model in result.federated:
-            cells.append(f"{result.local[model][bank]['ap']:.3f}")
-            cells.append(f"{result.federated[model]['per_bank'][bank]['ap']:.3f}")
-            cells.append(f"{result.centralized[model]['per_bank'][bank]['ap']:.3f}")
-        banks.add_row(bank, *cells)
+        for setting in settings_of(result):
+            banks.add_row(model, LABELS[setting],
+                          *(f"{per_bank_ap(result, model, setting, bank):.3f}" for bank in bank_names))
     console.print(banks)
 
     cost = Table(title=f"Cost of federated training ({result.config['scheme']})")
@@ -69,7 +105,26 @@ def print_summary(result: SimulationResult) -> None:
             f"{timing['decrypt_s']:.2f}",
             f"{max(uploaded.values()) / 1e6:.2f}",
         )
+    if result.consortium:
+        stats = result.consortium["terminal_stats"]
+        uploaded = stats["uploaded_per_bank_per_day_bytes"]
+        cost.add_row(
+            "terminal stats",
+            str(stats["rounds"]),
+            f"{stats['total_s']:.2f}",
+            "", "", "",
+            f"{max(uploaded.values()) * stats['days'] / 1e6:.2f}",
+        )
     console.print(cost)
+    if result.consortium:
+        stats = result.consortium["terminal_stats"]
+        same = stats["equal_to_full_data"]
+        console.print(
+            f"consortium terminal features: {stats['days']} days, {stats['consortium_events']:,} events; "
+            f"{stats['rows_covered']:,} of {stats['rows']:,} rows on terminals seen by >= {stats['threshold']} banks; "
+            f"against full-data features: {same['count_mismatches']} count mismatches, "
+            f"max risk difference {same['max_abs_risk_difference']:.2g}"
+        )
 
 
 def plot_report(result: SimulationResult, out_dir: Path) -> Path:
@@ -86,31 +141,28 @@ def plot_report(result: SimulationResult, out_dir: Path) -> Path:
     labels = np.concatenate([result.test_sets[b]["label"].to_numpy() for b in bank_names])
     for row, model in enumerate(models):
         roc_ax, pr_ax, bar_ax = axes[row]
-        for setting in SETTINGS:
+        settings = settings_of(result)
+        for setting in settings:
             scores = np.concatenate([result.scores[model][setting].per_bank[b] for b in bank_names])
             fpr, tpr, _ = roc_curve(labels, scores)
             precision, recall, _ = precision_recall_curve(labels, scores)
-            metrics: dict[str, Any] = (
-                _local_mean(result, model) if setting == "local" else getattr(result, setting)[model]
-            )
-            roc_ax.plot(fpr, tpr, label=f"{setting} (AUC {metrics['auc']:.3f})")
-            pr_ax.plot(recall, precision, label=f"{setting} (AP {metrics['ap']:.3f})")
+            metrics = metrics_of(result, model, setting)
+            style = "--" if setting in CONSORTIUM_SETTINGS else "-"
+            roc_ax.plot(fpr, tpr, style, label=f"{LABELS[setting]} (AUC {metrics['auc']:.3f})")
+            pr_ax.plot(recall, precision, style, label=f"{LABELS[setting]} (AP {metrics['ap']:.3f})")
         roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         roc_ax.set(title=f"{model}: ROC", xlabel="false positive rate", ylabel="true positive rate")
         pr_ax.set(title=f"{model}: precision-recall", xlabel="recall", ylabel="precision")
-        roc_ax.legend(loc="lower right")
-        pr_ax.legend(loc="upper right")
+        roc_ax.legend(loc="lower right", fontsize="small")
+        pr_ax.legend(loc="upper right", fontsize="small")
         x = np.arange(len(bank_names))
-        width = 0.27
-        for i, setting in enumerate(SETTINGS):
-            if setting == "local":
-                values = [result.local[model][b]["ap"] for b in bank_names]
-            else:
-                values = [getattr(result, setting)[model]["per_bank"][b]["ap"] for b in bank_names]
-            bar_ax.bar(x + (i - 1) * width, values, width, label=setting)
+        width = 0.8 / len(settings)
+        for i, setting in enumerate(settings):
+            values = [per_bank_ap(result, model, setting, b) for b in bank_names]
+            bar_ax.bar(x + (i - (len(settings) - 1) / 2) * width, values, width, label=LABELS[setting])
         bar_ax.set_xticks(x, bank_names)
         bar_ax.set(title=f"{model}: average precision per bank", ylabel="AP on the bank's own test set")
-        bar_ax.legend()
+        bar_ax.legend(fontsize="small")
     fig.suptitle(f"fedfraud simulation: {len(bank_names)} banks, scheme {result.config['scheme']}")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,23 +13,33 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
+import secrets
+
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 import crypto
 from bank_node.evaluation import Windows, evaluate, in_test_set, in_train_period
-from bank_node.features import MODEL_INPUTS, FeatureConfig, compute_features
+from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features
 from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.gbdt import federated_gbdt, scheme_options
-from bank_node.federated.lockstep import run_lockstep
+from bank_node.federated.lockstep import LockstepCosts, run_lockstep
 from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
+from bank_node.federated.terminal_stats import (
+    TerminalStatsConfig,
+    consortium_history,
+    events_by_day,
+    history_days,
+    with_consortium_terminal_features,
+)
 from consortium.secure_sum import SecureSum
 from schemas.errors import FedfraudInputError
 
 MODELS = ("xgboost", "logreg")
+TERMINAL_FEATURES = tuple(c for c in FEATURE_COLUMNS if c.startswith("TERMINAL_ID_"))
 
 Progress = Callable[[str], None]
 
@@ -56,6 +66,8 @@ class SimulationConfig:
     eta: float = 0.1
     n_bins: int = 256
     min_banks: int = 3
+    consortium_features: bool = False
+    terminal_threshold: int = 3
 
     def __post_init__(self) -> None:
         if self.n_banks < self.min_banks:
@@ -69,6 +81,8 @@ class SimulationConfig:
             raise FedfraudInputError(f"--models must be a subset of {','.join(MODELS)}, got {','.join(self.models)}")
         if self.scheme not in crypto.SCHEMES:
             raise FedfraudInputError(f"--scheme must be one of {', '.join(crypto.SCHEMES)}")
+        if self.terminal_threshold < 1:
+            raise FedfraudInputError(f"--terminal-threshold must be at least 1 bank, got {self.terminal_threshold}")
 
     @property
     def shares(self) -> tuple[float, ...]:
@@ -122,6 +136,11 @@ class BankData:
     train: pd.DataFrame
     test: pd.DataFrame
     n_cards: int
+    transactions: pd.DataFrame | None = None
+
+    def with_rows(self, train: pd.DataFrame, test: pd.DataFrame) -> BankData:
+        """The same bank with other feature values for the same rows."""
+        return BankData(name=self.name, train=train, test=test, n_cards=self.n_cards, transactions=self.transactions)
 
     @cached_property
     def X_train(self) -> npt.NDArray[np.float64]:
@@ -166,7 +185,9 @@ def prepare_banks(transactions: pd.DataFrame, config: SimulationConfig, progress
             raise FedfraudInputError(
                 f"{name} has no fraud (or only fraud) in its training period: give it a larger share"
             )
-        banks.append(BankData(name=name, train=train, test=test, n_cards=int(own["customer_id"].nunique())))
+        banks.append(
+            BankData(name=name, train=train, test=test, n_cards=int(own["customer_id"].nunique()), transactions=own)
+        )
     return banks
 
 
@@ -190,10 +211,11 @@ class SimulationResult:
     scores: dict[str, dict[str, ModelScores]] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     test_sets: dict[str, pd.DataFrame] = field(default_factory=dict)
+    consortium: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (scores left out)."""
-        return {
+        out = {
             "config": self.config,
             "centralized": self.centralized,
             "federated": self.federated,
@@ -201,6 +223,9 @@ class SimulationResult:
             "timing": self.timing,
             "bytes": self.bytes,
         }
+        if self.consortium:
+            out["consortium_features"] = self.consortium
+        return out
 
 
 def _metrics(banks: Sequence[BankData], scores: ModelScores, origin: pd.Timestamp, total_cards: int) -> dict[str, Any]:
@@ -257,6 +282,64 @@ def train_logreg(X: npt.NDArray[np.float64], y: npt.NDArray[np.float64], params:
     return make_pipeline(StandardScaler(), model).fit(X, y)
 
 
+def _baselines(
+    banks: Sequence[BankData], model: str, config: SimulationConfig
+) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]]]:
+    """Test scores of the model trained on all banks' rows pooled, and of each bank's own model."""
+    X_all = np.vstack([b.X_train for b in banks])
+    y_all = np.concatenate([b.y_train for b in banks])
+    central_scores: dict[str, npt.NDArray[np.float64]] = {}
+    local_scores: dict[str, npt.NDArray[np.float64]] = {}
+    if model == "xgboost":
+        central = train_xgboost(X_all, y_all, config)
+        for b in banks:
+            central_scores[b.name] = predict_xgboost(central, b.X_test)
+            local_scores[b.name] = predict_xgboost(train_xgboost(b.X_train, b.y_train, config), b.X_test)
+    else:
+        lr_params = LogRegParams()
+        fitted = train_logreg(X_all, y_all, lr_params)
+        for b in banks:
+            central_scores[b.name] = fitted.predict_proba(b.X_test)[:, 1]
+            local_scores[b.name] = train_logreg(b.X_train, b.y_train, lr_params).predict_proba(b.X_test)[:, 1]
+    return central_scores, local_scores
+
+
+def _federated(
+    banks: Sequence[BankData], model: str, config: SimulationConfig, secret: crypto.HEScheme, public: crypto.HEScheme
+) -> tuple[Any, LockstepCosts]:
+    """Train one model family through secure sums; every bank ends with the same model."""
+    algorithms: dict[str, Algorithm[Any]]
+    if model == "logreg":
+        algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks}
+    else:
+        scales = scales_for(MODEL_INPUTS)
+        options = scheme_options(secret)
+        algorithms = {
+            b.name: federated_gbdt(
+                b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i, **options
+            )
+            for i, b in enumerate(banks)
+        }
+    run = run_lockstep(
+        algorithms,
+        contexts={b.name: secret for b in banks},
+        aggregator=SecureSum(context=public, min_banks=config.min_banks),
+    )
+    return run.results[banks[0].name], run.costs
+
+
+def _local_metrics(
+    banks: Sequence[BankData], scores: dict[str, npt.NDArray[np.float64]], origin: pd.Timestamp, total_cards: int
+) -> dict[str, dict[str, Any]]:
+    return {
+        b.name: evaluate(b.test, scores[b.name], origin=origin, k=b.top_k(total_cards)).as_dict() for b in banks
+    }
+
+
+def _predict(fitted: Any, banks: Sequence[BankData]) -> dict[str, npt.NDArray[np.float64]]:
+    return {b.name: np.asarray(fitted.predict_proba(b.X_test), dtype=np.float64) for b in banks}
+
+
 def simulate(
     transactions: pd.DataFrame,
     config: SimulationConfig,
@@ -265,11 +348,8 @@ def simulate(
 ) -> SimulationResult:
     """Run the whole comparison on canonical transactions with labels."""
     banks = prepare_banks(transactions, config, progress)
-    names = [b.name for b in banks]
     origin = config.windows.train_start
     total_cards = sum(b.n_cards for b in banks)
-    X_all = np.vstack([b.X_train for b in banks])
-    y_all = np.concatenate([b.y_train for b in banks])
     result = SimulationResult(config={**asdict(config), "shares": list(config.shares)})
     result.bytes = {"uploaded_per_bank": {}, "per_value": None}
 
@@ -279,48 +359,14 @@ def simulate(
 
     for model in config.models:
         progress(f"{model}: centralized and local baselines")
-        scores_c: dict[str, npt.NDArray[np.float64]] = {}
-        scores_l: dict[str, npt.NDArray[np.float64]] = {}
-        if model == "xgboost":
-            central = train_xgboost(X_all, y_all, config)
-            for b in banks:
-                scores_c[b.name] = predict_xgboost(central, b.X_test)
-                scores_l[b.name] = predict_xgboost(train_xgboost(b.X_train, b.y_train, config), b.X_test)
-        else:
-            lr_params = LogRegParams()
-            central = train_logreg(X_all, y_all, lr_params)
-            for b in banks:
-                scores_c[b.name] = central.predict_proba(b.X_test)[:, 1]
-                scores_l[b.name] = train_logreg(b.X_train, b.y_train, lr_params).predict_proba(b.X_test)[:, 1]
+        scores_c, scores_l = _baselines(banks, model, config)
         result.centralized[model] = _metrics(banks, ModelScores(scores_c), origin, total_cards)
-        result.local[model] = {
-            b.name: evaluate(b.test, scores_l[b.name], origin=origin, k=b.top_k(total_cards)).as_dict()
-            for b in banks
-        }
+        result.local[model] = _local_metrics(banks, scores_l, origin, total_cards)
 
         progress(f"{model}: federated training under {config.scheme}")
-        aggregator = SecureSum(context=public, min_banks=config.min_banks)
-        algorithms: dict[str, Algorithm[Any]]
-        if model == "logreg":
-            algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks}
-        else:
-            scales = scales_for(MODEL_INPUTS)
-            options = scheme_options(secret)
-            algorithms = {
-                b.name: federated_gbdt(
-                    b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i, **options
-                )
-                for i, b in enumerate(banks)
-            }
-        run = run_lockstep(
-            algorithms,
-            contexts={n: secret for n in names},
-            aggregator=aggregator,
-        )
-        costs = run.costs
-        fitted = run.results[names[0]]
+        fitted, costs = _federated(banks, model, config, secret, public)
         result.models[model] = fitted
-        scores_f = {b.name: np.asarray(fitted.predict_proba(b.X_test), dtype=np.float64) for b in banks}
+        scores_f = _predict(fitted, banks)
         result.federated[model] = _metrics(banks, ModelScores(scores_f), origin, total_cards)
         result.timing[model] = {
             "total_s": costs.wall_s,
@@ -342,10 +388,138 @@ def simulate(
         }
     per_value = result.bytes.get("per_value_by_model", {})
     result.bytes["per_value"] = per_value.get("xgboost", next(iter(per_value.values()), None))
+    if config.consortium_features:
+        _consortium_comparison(transactions, banks, config, secret, public, result, progress)
     result.test_sets = {b.name: b.test for b in banks}
     result.config["banks"] = {b.name: {"cards": b.n_cards, "train_rows": len(b.train), "test_rows": len(b.test)}
                               for b in banks}
     return result
+
+
+def _consortium_comparison(
+    transactions: pd.DataFrame,
+    banks: Sequence[BankData],
+    config: SimulationConfig,
+    secret: crypto.HEScheme,
+    public: crypto.HEScheme,
+    result: SimulationResult,
+    progress: Progress,
+) -> None:
+    """Each model again with consortium terminal features, against the full-data upper bound."""
+    windows = config.windows
+    first, last = windows.train_start, windows.test_end - pd.Timedelta(days=1)
+    days = history_days(first, last)
+    # The banks share this key as they share the HE secret key; the aggregator never holds it.
+    terminal_key = secrets.token_bytes(32)
+    stats_config = TerminalStatsConfig(threshold=config.terminal_threshold)
+    progress(f"consortium terminal statistics: {len(days)} days under {config.scheme}")
+    algorithms = {
+        b.name: consortium_history(events_by_day(_own(b), terminal_key, days), secret=terminal_key, config=stats_config)
+        for b in banks
+    }
+    run = run_lockstep(
+        algorithms,
+        contexts={b.name: secret for b in banks},
+        aggregator=SecureSum(context=public, min_banks=config.min_banks),
+    )
+    shared_banks, covered = [], {}
+    for b in banks:
+        history = run.results[b.name]
+        train, covered_train = with_consortium_terminal_features(b.train, history, secret=terminal_key)
+        test, covered_test = with_consortium_terminal_features(b.test, history, secret=terminal_key)
+        shared_banks.append(b.with_rows(train, test))
+        covered[b.name] = (covered_train, covered_test)
+
+    progress("full-data features (the centralized upper bound)")
+    full_banks = _full_data_banks(transactions, banks, config)
+    exactness = _compare_terminal_features(shared_banks, full_banks, covered)
+    costs = run.costs
+    n_banks, n_days = len(banks), len(days)
+    section: dict[str, Any] = {
+        "terminal_stats": {
+            "days": n_days,
+            "threshold": config.terminal_threshold,
+            "rounds": costs.rounds,
+            "rows_covered": exactness.pop("rows_covered"),
+            "rows": exactness.pop("rows"),
+            "terminals_by_banks_seen": np.bincount(
+                run.results[banks[0].name].presence_banks, minlength=n_banks + 1
+            ).tolist(),
+            "consortium_events": int(run.results[banks[0].name].count.sum()),
+            "equal_to_full_data": exactness,
+            "total_s": costs.wall_s,
+            "per_bank_per_day_s": (
+                sum(costs.encrypt_s.values()) + sum(costs.decrypt_s.values()) + sum(costs.compute_s.values())
+            ) / (n_banks * n_days),
+            "aggregate_per_day_s": costs.aggregate_s / n_days,
+            "uploaded_per_bank_per_day_bytes": {name: v / n_days for name, v in costs.uploaded_bytes.items()},
+        },
+        "federated": {},
+        "local": {},
+        "centralized_full_data": {},
+    }
+    origin = windows.train_start
+    total_cards = sum(b.n_cards for b in banks)
+    for model in config.models:
+        progress(f"{model}: full-data centralized, and local-only with consortium terminal features")
+        scores_full, _ = _baselines(full_banks, model, config)
+        _, scores_l = _baselines(shared_banks, model, config)
+        section["centralized_full_data"][model] = _metrics(full_banks, ModelScores(scores_full), origin, total_cards)
+        section["local"][model] = _local_metrics(shared_banks, scores_l, origin, total_cards)
+        progress(f"{model}: federated training with consortium terminal features")
+        fitted, _ = _federated(shared_banks, model, config, secret, public)
+        scores_f = _predict(fitted, shared_banks)
+        section["federated"][model] = _metrics(shared_banks, ModelScores(scores_f), origin, total_cards)
+        result.scores[model].update(
+            {
+                "federated_consortium": ModelScores(scores_f),
+                "local_consortium": ModelScores(scores_l),
+                "centralized_full_data": ModelScores(scores_full),
+            }
+        )
+    result.consortium = section
+
+
+def _own(bank: BankData) -> pd.DataFrame:
+    if bank.transactions is None:
+        raise ValueError(f"{bank.name} was prepared without its transactions")
+    return bank.transactions
+
+
+def _full_data_banks(transactions: pd.DataFrame, banks: Sequence[BankData], config: SimulationConfig) -> list[BankData]:
+    """The banks' same rows with features computed on every bank's transactions pooled."""
+    windows = config.windows
+    pooled = compute_features(
+        pd.concat([_own(b) for b in banks], ignore_index=True),
+        start=windows.train_start.date().isoformat(),
+        end=(windows.test_end - pd.Timedelta(days=1)).date().isoformat(),
+    ).set_index("transaction_id")
+    out = []
+    for b in banks:
+        train = pooled.loc[b.train["transaction_id"]].reset_index()[b.train.columns]
+        test = pooled.loc[b.test["transaction_id"]].reset_index()[b.test.columns]
+        out.append(b.with_rows(train, test))
+    return out
+
+
+def _compare_terminal_features(
+    shared: Sequence[BankData],
+    full: Sequence[BankData],
+    covered: dict[str, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]],
+) -> dict[str, Any]:
+    """How the consortium terminal features of covered rows compare with the full-data ones."""
+    out: dict[str, Any] = {"rows": 0, "rows_covered": 0, "count_mismatches": 0, "max_abs_risk_difference": 0.0}
+    for s, f in zip(shared, full):
+        for (ours, theirs), mask in zip(((s.train, f.train), (s.test, f.test)), covered[s.name]):
+            out["rows"] += len(ours)
+            out["rows_covered"] += int(mask.sum())
+            for column in TERMINAL_FEATURES:
+                a, b = ours[column].to_numpy()[mask], theirs[column].to_numpy()[mask]
+                if "NB_TX" in column:
+                    out["count_mismatches"] += int(np.count_nonzero(a != b))
+                elif len(a):
+                    out["max_abs_risk_difference"] = max(out["max_abs_risk_difference"], float(np.max(np.abs(a - b))))
+    return out
 
 
 __all__ = [

@@ -332,11 +332,11 @@ def consortium_history(
     )
 
 
-def history_days(first_described: np.datetime64 | str, last_described: np.datetime64 | str,
+def history_days(first_described: str | pd.Timestamp, last_described: str | pd.Timestamp,
                  config: FeatureConfig = FeatureConfig()) -> list[int]:
     """The days whose events the terminal windows of ``[first, last]`` (inclusive days) reach."""
-    first = int(np.datetime64(first_described, "D").astype(np.int64))
-    last = int(np.datetime64(last_described, "D").astype(np.int64))
+    first = int(pd.Timestamp(first_described).normalize().value // NS_PER_DAY)
+    last = int(pd.Timestamp(last_described).normalize().value // NS_PER_DAY)
     if first > last:
         raise ValueError(f"first day {first_described} is after last day {last_described}")
     return list(range(first - config.lookback_days, last - config.delay_days + 1))

@@ -63,6 +63,37 @@ def test_simulate_end_to_end_writes_json_and_png(generated: Path, tmp_path: Path
     assert (tmp_path / "report" / "simulation.png").stat().st_size > 10_000
 
 
+def test_simulate_with_consortium_terminal_features(generated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, [
+        "simulate", "--data", str(generated), "--banks", "4", "--train-start", "2018-05-20", "--trees", "20",
+        "--scheme", "plain", "--consortium-features", "--terminal-threshold", "2", "--json", str(out),
+        "--report", str(tmp_path / "report"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "federated + consortium terminals" in result.output
+    assert "0 count mismatches" in result.output
+    doc = json.loads(out.read_text())
+    section = doc["consortium_features"]
+    stats = section["terminal_stats"]
+    # 2018-05-20 + 7 train + 7 delay + 7 test days: 21 described days reach back 37 days, up to 7 days before.
+    assert stats["days"] == 21 + 37 - 7
+    assert stats["equal_to_full_data"] == {"count_mismatches": 0, "max_abs_risk_difference": 0.0}
+    seen = stats["terminals_by_banks_seen"]  # terminals by how many banks saw them: 0, 1, ..., 4
+    assert stats["threshold"] == 2 and seen[0] == 0 and seen[1] > 0
+    assert 0.9 * stats["rows"] < stats["rows_covered"] < stats["rows"]
+    assert all(v > 0 for v in stats["uploaded_per_bank_per_day_bytes"].values())
+    for model in ("xgboost", "logreg"):
+        for setting in ("federated", "centralized_full_data"):
+            assert 0.5 < section[setting][model]["auc"] <= 1.0
+        assert sorted(section["local"][model]) == ["bank-1", "bank-2", "bank-3", "bank-4"]
+        # Consortium features carry what no single bank sees: better than the bank-local ones.
+        assert section["federated"][model]["ap"] > doc["federated"][model]["ap"]
+    # Nearly the full-data pooled fit (rows of terminals seen by one bank keep that bank's own values).
+    assert abs(section["federated"]["logreg"]["ap"] - section["centralized_full_data"]["logreg"]["ap"]) < 0.02
+    assert (tmp_path / "report" / "simulation.png").stat().st_size > 10_000
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -74,6 +105,7 @@ def test_simulate_end_to_end_writes_json_and_png(generated: Path, tmp_path: Path
         (["simulate", "--data", "{data}", "--banks", "2"], "at least min_banks=3"),
         (["simulate", "--data", "{data}", "--sizes", "0.5,0.5"], "shares for 5 banks"),
         (["simulate", "--data", "{data}", "--models", "forest"], "--models must be a subset"),
+        (["simulate", "--data", "{data}", "--terminal-threshold", "0"], "0 is not in the range"),
     ],
 )
 def test_bad_input_gives_a_readable_error(generated: Path, args: list[str], message: str) -> None:
