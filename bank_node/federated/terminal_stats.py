@@ -8,7 +8,8 @@ banks' transactions, while each bank's own events stay encrypted.
 The protocol, as secure sums (:mod:`.rounds`):
 
 1. **Sizes.** Each bank sends how many distinct keys it will put in each table; the sum sizes
-   the tables (:func:`.iblt.cells_for`).
+   the day tables (:func:`.iblt.cells_for`). For the presence table, where banks' keys mostly
+   coincide, a summed occupancy bitmap estimates the distinct terminals (linear counting).
 2. **Presence.** Each bank adds one key per terminal it saw in the run's days, so the decoded
    table gives, per terminal, the number of banks that saw it. Terminals seen by fewer than
    ``threshold`` banks are dropped by every bank's node before any feature is computed: their
@@ -217,6 +218,19 @@ def _table_seed(key: bytes, label: str) -> bytes:
     return hmac.new(key, f"fedfraud/terminal-table/{label}".encode(), hashlib.sha256).digest()
 
 
+def table_layout(
+    label: str, pooled_keys: int, *, key_limbs: int, secret: bytes, config: TerminalStatsConfig, attempt: int = 0
+) -> TableLayout:
+    """The layout every bank uses for table ``label`` holding ``pooled_keys`` keys at most."""
+    return TableLayout(
+        n_cells=cells_for(pooled_keys, load=config.load, attempt=attempt),
+        key_limbs=key_limbs,
+        limb_bits=LIMB_BITS,
+        check_limbs=CHECK_LIMBS,
+        seed=_table_seed(secret, f"{label}/{attempt}"),
+    )
+
+
 def _table_rounds(
     label: str,
     keys: IntArray,
@@ -233,13 +247,7 @@ def _table_rounds(
     """
     failure = ""
     for attempt in range(config.max_attempts):
-        layout = TableLayout(
-            n_cells=cells_for(pooled_keys, load=config.load, attempt=attempt),
-            key_limbs=key_limbs,
-            limb_bits=LIMB_BITS,
-            check_limbs=CHECK_LIMBS,
-            seed=_table_seed(secret, f"{label}/{attempt}"),
-        )
+        layout = table_layout(label, pooled_keys, key_limbs=key_limbs, secret=secret, config=config, attempt=attempt)
         vector = encode(layout, keys, multiplicity)
         parts = []
         for chunk, start in enumerate(range(0, layout.n_values, config.chunk_values)):
@@ -250,6 +258,26 @@ def _table_rounds(
         except TableDecodeError as exc:
             failure = str(exc)
     raise TableDecodeError(f"table {label!r} did not decode after {config.max_attempts} sizes: {failure}")
+
+
+def sketch_slots(pooled_keys: int) -> int:
+    """Bitmap slots for estimating the distinct keys among ``pooled_keys``: a power of two,
+    at least an eighth of them, so the estimate stays within a fraction of a percent."""
+    return 1 << max(10, (max(pooled_keys, 1) // 8).bit_length())
+
+
+def estimate_distinct(occupancy: npt.ArrayLike, *, margin: float = 1.05) -> int:
+    """Distinct keys behind a summed occupancy bitmap (linear counting), with a safety margin.
+
+    A key set of ``n`` distinct tags leaves a slot empty with probability ``exp(-n / m)``, so
+    ``n = -m ln(empty / m)``. An underestimate only costs a retry with a larger table.
+    """
+    counts = np.rint(np.asarray(occupancy, dtype=np.float64))
+    slots = len(counts)
+    empty = int(np.count_nonzero(counts == 0))
+    if empty == 0:
+        return slots * 64
+    return int(np.ceil(-slots * np.log(empty / slots) * margin)) + 16
 
 
 def day_label(day: int) -> str:
@@ -285,12 +313,19 @@ def consortium_history(
     own_sizes = np.array([len(presence)] + [len(day_keys[d][0]) for d in days], dtype=np.float64)
     pooled_sizes = yield SumRequest(f"{ROUND_PREFIX}/sizes", own_sizes)
     pooled = np.rint(pooled_sizes).astype(np.int64)
+    # Banks share most terminals, so the presence table is sized for the distinct terminals,
+    # estimated from a summed occupancy bitmap, rather than for the sum of the banks' counts.
+    slots = sketch_slots(int(pooled[0]))
+    sketch = np.zeros(slots, dtype=np.float64)
+    sketch[presence % slots] = 1.0
+    occupancy = yield SumRequest(f"{ROUND_PREFIX}/presence-sketch", sketch)
+    distinct = min(int(pooled[0]), estimate_distinct(occupancy))
 
     seen = yield from _table_rounds(
         "presence",
         split_limbs(presence, n_limbs=TAG_LIMBS, limb_bits=LIMB_BITS),
         np.ones(len(presence), dtype=np.int64),
-        pooled_keys=int(pooled[0]),
+        pooled_keys=distinct,
         key_limbs=TAG_LIMBS,
         secret=secret,
         config=config,
@@ -398,8 +433,11 @@ __all__ = [
     "TerminalStatsConfig",
     "consortium_history",
     "day_label",
+    "estimate_distinct",
     "events_by_day",
     "history_days",
+    "sketch_slots",
+    "table_layout",
     "terminal_tags",
     "with_consortium_terminal_features",
 ]

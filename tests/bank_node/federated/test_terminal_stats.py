@@ -219,3 +219,21 @@ def test_handbook_consortium_features_equal_the_reference_file(handbook_dir: Pat
         covered_rows += int(covered.sum())
     assert rows == len(reference)
     assert covered_rows / rows > 0.999
+
+
+@pytest.mark.parametrize("n_distinct", [0, 50, 10_000, 200_000])
+def test_distinct_terminals_are_estimated_from_summed_bitmaps_a_little_high(n_distinct: int) -> None:
+    from bank_node.federated.terminal_stats import estimate_distinct, sketch_slots
+
+    rng = np.random.default_rng(n_distinct)
+    tags = terminal_tags(np.arange(n_distinct), b"k" * 32)
+    banks = [tags[rng.random(n_distinct) < 0.7] for _ in range(5)]  # most terminals seen by several banks
+    slots = sketch_slots(sum(len(b) for b in banks))
+    summed = np.zeros(slots)
+    for own in banks:
+        bitmap = np.zeros(slots)
+        bitmap[own % slots] = 1
+        summed += bitmap
+    estimate = estimate_distinct(summed)
+    true = len(np.unique(np.concatenate(banks)))
+    assert true <= estimate <= 1.08 * true + 16
