@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/he_throughput.py
 	$(BIN)/python bench/features_speed.py
+	$(BIN)/python bench/terminal_stats.py --scenarios 10k,1m-sparse
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
