@@ -162,7 +162,7 @@ def plot_report(result: SimulationResult, out_dir: Path) -> Path:
             bar_ax.bar(x + (i - (len(settings) - 1) / 2) * width, values, width, label=LABELS[setting])
         bar_ax.set_xticks(x, bank_names)
         bar_ax.set(title=f"{model}: average precision per bank", ylabel="AP on the bank's own test set")
-        bar_ax.legend(fontsize="small")
+        bar_ax.legend(fontsize="x-small", ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(f"fedfraud simulation: {len(bank_names)} banks, scheme {result.config['scheme']}")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
