@@ -56,6 +56,11 @@ class Windows:
         """First instant after the test period."""
         return self.test_start + pd.Timedelta(days=self.test_days)
 
+    @property
+    def last_day(self) -> pd.Timestamp:
+        """Midnight of the test period's last day: train to test are ``[train_start, last_day]``."""
+        return self.test_end - pd.Timedelta(days=1)
+
 
 def day_index(timestamps: pd.Series, origin: pd.Timestamp) -> npt.NDArray[np.int64]:
     """Whole days since ``origin`` (midnight), for each timestamp."""

@@ -39,6 +39,7 @@ __all__ = [
     "FeatureConfig",
     "LABEL",
     "MODEL_INPUTS",
+    "NS_PER_DAY",
     "REQUIRED_COLUMNS",
     "TERMINAL_ID",
     "TIMESTAMP",
@@ -48,6 +49,7 @@ __all__ = [
     "customer_window_features",
     "feature_columns",
     "terminal_window_features",
+    "timestamps_ns",
     "window_risk",
 ]
 
@@ -57,7 +59,7 @@ LABEL = LABEL_FIELD
 REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_FIELDS
 
 _NS_PER_HOUR = 3_600 * 10**9
-_NS_PER_DAY = 24 * _NS_PER_HOUR
+NS_PER_DAY = 24 * _NS_PER_HOUR
 # 1970-01-01, day 0 of datetime64, was a Thursday (Monday = 0).
 _EPOCH_WEEKDAY = 3
 
@@ -269,7 +271,7 @@ def calendar_features(
         ``TX_DURING_WEEKEND`` and ``TX_DURING_NIGHT``, 0/1.
     """
     time_ns = np.asarray(time_ns, dtype=np.int64)
-    day, time_of_day = np.divmod(time_ns, _NS_PER_DAY)
+    day, time_of_day = np.divmod(time_ns, NS_PER_DAY)
     weekday = (day + _EPOCH_WEEKDAY) % 7
     hour = time_of_day // _NS_PER_HOUR
     return {
@@ -315,7 +317,7 @@ def customer_window_features(
     if not len(customer_id) == len(time_ns) == len(amount):
         raise ValueError("customer_window_features: input arrays differ in length")
 
-    offsets = [w * _NS_PER_DAY for w in config.windows_days]
+    offsets = [w * NS_PER_DAY for w in config.windows_days]
     order, starts = _rows_at_or_before(customer_id, time_ns, customer_id, time_ns, offsets)
     sorted_card = customer_id[order]
     sorted_rows = np.arange(len(order), dtype=np.int64)
@@ -391,8 +393,8 @@ def terminal_window_features(
     if len(query_terminal_id) != len(query_time_ns):
         raise ValueError("terminal_window_features: query arrays differ in length")
 
-    delay = config.delay_days * _NS_PER_DAY
-    offsets = [delay] + [delay + w * _NS_PER_DAY for w in config.windows_days]
+    delay = config.delay_days * NS_PER_DAY
+    offsets = [delay] + [delay + w * NS_PER_DAY for w in config.windows_days]
     order, (end, *starts) = _rows_at_or_before(
         history_terminal_id, history_time_ns, query_terminal_id, query_time_ns, offsets
     )
@@ -476,11 +478,11 @@ def compute_features(
     _check_transactions(tx)
     first_day, after_last_day = _day_bounds(start, end)
 
-    time_ns = _timestamps_ns(tx[TIMESTAMP])
+    time_ns = timestamps_ns(tx[TIMESTAMP])
     keep = np.ones(len(tx), dtype=bool)
     if first_day is not None:
         # Rows this far back fall outside every window of every described row.
-        keep &= time_ns > first_day - config.lookback_days * _NS_PER_DAY
+        keep &= time_ns > first_day - config.lookback_days * NS_PER_DAY
     if after_last_day is not None:
         keep &= time_ns < after_last_day
     rows = np.flatnonzero(keep)
@@ -536,14 +538,15 @@ def _check_transactions(tx: pd.DataFrame) -> None:
         raise ValueError(f"compute_features: column {TRANSACTION_ID!r} has duplicate values")
 
 
-def _timestamps_ns(timestamps: pd.Series) -> IntArray:
+def timestamps_ns(timestamps: pd.Series) -> IntArray:
+    """Naive timestamps as int64 nanoseconds since 1970-01-01."""
     return timestamps.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
 def _day_bounds(start: DateLike | None, end: DateLike | None) -> tuple[int | None, int | None]:
     """Nanosecond bounds ``[first_day, after_last_day)`` of the inclusive day range."""
     first_day = None if start is None else _midnight(start, "start")
-    after_last_day = None if end is None else _midnight(end, "end") + _NS_PER_DAY
+    after_last_day = None if end is None else _midnight(end, "end") + NS_PER_DAY
     if first_day is not None and after_last_day is not None and first_day >= after_last_day:
         raise ValueError(f"compute_features: start {start!r} is after end {end!r}")
     return first_day, after_last_day

@@ -49,6 +49,7 @@ from bank_node.federated.terminal_stats import (
     DayEvents,
     TerminalStatsConfig,
     estimate_distinct,
+    presence_bitmap,
     sketch_slots,
     table_layout,
     terminal_tags,
@@ -208,9 +209,7 @@ def run_scenario(name: str, *, scheme_name: str, n_banks: int, seed: int, consol
     payloads = []
     for b, (limbs, _) in enumerate(presence_keys):
         t0 = time.perf_counter()
-        bitmap = np.zeros(slots)
-        bitmap[join_limbs(limbs, limb_bits=LIMB_BITS) % slots] = 1.0
-        payloads.append(scheme.encrypt(bitmap))
+        payloads.append(scheme.encrypt(presence_bitmap(join_limbs(limbs, limb_bits=LIMB_BITS), slots)))
         sketch_s[b] += time.perf_counter() - t0
         sketch_up = max(sketch_up, len(payloads[-1]))
     summed = public.aggregate(payloads)

@@ -27,35 +27,31 @@ def settings_of(result: SimulationResult) -> tuple[str, ...]:
     return SETTINGS + CONSORTIUM_SETTINGS if result.consortium else SETTINGS
 
 
-def _mean(per_bank: dict[str, dict[str, Any]]) -> dict[str, float]:
-    return {m: float(np.mean([v[m] for v in per_bank.values()])) for m in ("auc", "ap", "cp100")}
+def _results(result: SimulationResult, model: str, setting: str) -> dict[str, Any]:
+    """Where a setting's metrics live: per bank for local settings, pooled with ``per_bank`` otherwise."""
+    if setting in CONSORTIUM_SETTINGS:
+        section = result.consortium[setting.removesuffix("_consortium")]
+    else:
+        section = getattr(result, setting)
+    return dict(section[model])
 
 
-def _local_mean(result: SimulationResult, model: str) -> dict[str, float]:
-    """Local-only models, averaged over banks (each bank's own model on its own test rows)."""
-    return _mean(result.local[model])
+def _is_local(setting: str) -> bool:
+    return setting.startswith("local")
 
 
 def metrics_of(result: SimulationResult, model: str, setting: str) -> dict[str, Any]:
     """Pooled test metrics of one setting (local ones: the mean over banks)."""
-    if setting == "local":
-        return _local_mean(result, model)
-    if setting == "local_consortium":
-        return _mean(result.consortium["local"][model])
-    if setting == "federated_consortium":
-        return dict(result.consortium["federated"][model])
-    if setting == "centralized_full_data":
-        return dict(result.consortium["centralized_full_data"][model])
-    return dict(getattr(result, setting)[model])
+    found = _results(result, model, setting)
+    if _is_local(setting):
+        return {m: float(np.mean([v[m] for v in found.values()])) for m in ("auc", "ap", "cp100")}
+    return found
 
 
 def per_bank_ap(result: SimulationResult, model: str, setting: str, bank: str) -> float:
     """One bank's AP on its own test rows in one setting."""
-    if setting == "local":
-        return float(result.local[model][bank]["ap"])
-    if setting == "local_consortium":
-        return float(result.consortium["local"][model][bank]["ap"])
-    return float(metrics_of(result, model, setting)["per_bank"][bank]["ap"])
+    found = _results(result, model, setting)
+    return float((found if _is_local(setting) else found["per_bank"])[bank]["ap"])
 
 
 def summary_rows(result: SimulationResult) -> list[tuple[str, str, float, float, float]]:

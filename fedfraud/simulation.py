@@ -8,12 +8,11 @@ and on each bank alone (the lower bound), and evaluates all of them with the han
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
-
-import secrets
 
 import numpy as np
 import numpy.typing as npt
@@ -176,8 +175,8 @@ def prepare_banks(transactions: pd.DataFrame, config: SimulationConfig, progress
         progress(f"features for {name} ({len(own):,} transactions)")
         featured = compute_features(
             own,
-            start=windows.train_start.date().isoformat(),
-            end=(windows.test_end - pd.Timedelta(days=1)).date().isoformat(),
+            start=windows.train_start,
+            end=windows.last_day,
         )
         train = featured[in_train_period(featured, windows)].reset_index(drop=True)
         test = featured[in_test_set(featured, windows)].reset_index(drop=True)
@@ -282,26 +281,29 @@ def train_logreg(X: npt.NDArray[np.float64], y: npt.NDArray[np.float64], params:
     return make_pipeline(StandardScaler(), model).fit(X, y)
 
 
-def _baselines(
+def _pooled(banks: Sequence[BankData]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    return np.vstack([b.X_train for b in banks]), np.concatenate([b.y_train for b in banks])
+
+
+def _centralized_scores(
     banks: Sequence[BankData], model: str, config: SimulationConfig
-) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]]]:
-    """Test scores of the model trained on all banks' rows pooled, and of each bank's own model."""
-    X_all = np.vstack([b.X_train for b in banks])
-    y_all = np.concatenate([b.y_train for b in banks])
-    central_scores: dict[str, npt.NDArray[np.float64]] = {}
-    local_scores: dict[str, npt.NDArray[np.float64]] = {}
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Test scores of the model trained on all banks' training rows pooled."""
+    X_all, y_all = _pooled(banks)
     if model == "xgboost":
         central = train_xgboost(X_all, y_all, config)
-        for b in banks:
-            central_scores[b.name] = predict_xgboost(central, b.X_test)
-            local_scores[b.name] = predict_xgboost(train_xgboost(b.X_train, b.y_train, config), b.X_test)
-    else:
-        lr_params = LogRegParams()
-        fitted = train_logreg(X_all, y_all, lr_params)
-        for b in banks:
-            central_scores[b.name] = fitted.predict_proba(b.X_test)[:, 1]
-            local_scores[b.name] = train_logreg(b.X_train, b.y_train, lr_params).predict_proba(b.X_test)[:, 1]
-    return central_scores, local_scores
+        return {b.name: predict_xgboost(central, b.X_test) for b in banks}
+    fitted = train_logreg(X_all, y_all, LogRegParams())
+    return {b.name: fitted.predict_proba(b.X_test)[:, 1] for b in banks}
+
+
+def _local_scores(
+    banks: Sequence[BankData], model: str, config: SimulationConfig
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Test scores of each bank's model trained on its own rows alone."""
+    if model == "xgboost":
+        return {b.name: predict_xgboost(train_xgboost(b.X_train, b.y_train, config), b.X_test) for b in banks}
+    return {b.name: train_logreg(b.X_train, b.y_train, LogRegParams()).predict_proba(b.X_test)[:, 1] for b in banks}
 
 
 def _federated(
@@ -359,7 +361,8 @@ def simulate(
 
     for model in config.models:
         progress(f"{model}: centralized and local baselines")
-        scores_c, scores_l = _baselines(banks, model, config)
+        scores_c = _centralized_scores(banks, model, config)
+        scores_l = _local_scores(banks, model, config)
         result.centralized[model] = _metrics(banks, ModelScores(scores_c), origin, total_cards)
         result.local[model] = _local_metrics(banks, scores_l, origin, total_cards)
 
@@ -389,7 +392,7 @@ def simulate(
     per_value = result.bytes.get("per_value_by_model", {})
     result.bytes["per_value"] = per_value.get("xgboost", next(iter(per_value.values()), None))
     if config.consortium_features:
-        _consortium_comparison(transactions, banks, config, secret, public, result, progress)
+        _consortium_comparison(banks, config, secret, public, result, progress)
     result.test_sets = {b.name: b.test for b in banks}
     result.config["banks"] = {b.name: {"cards": b.n_cards, "train_rows": len(b.train), "test_rows": len(b.test)}
                               for b in banks}
@@ -397,7 +400,6 @@ def simulate(
 
 
 def _consortium_comparison(
-    transactions: pd.DataFrame,
     banks: Sequence[BankData],
     config: SimulationConfig,
     secret: crypto.HEScheme,
@@ -407,8 +409,7 @@ def _consortium_comparison(
 ) -> None:
     """Each model again with consortium terminal features, against the full-data upper bound."""
     windows = config.windows
-    first, last = windows.train_start, windows.test_end - pd.Timedelta(days=1)
-    days = history_days(first, last)
+    days = history_days(windows.train_start, windows.last_day)
     # The banks share this key as they share the HE secret key; the aggregator never holds it.
     terminal_key = secrets.token_bytes(32)
     stats_config = TerminalStatsConfig(threshold=config.terminal_threshold)
@@ -431,7 +432,7 @@ def _consortium_comparison(
         covered[b.name] = (covered_train, covered_test)
 
     progress("full-data features (the centralized upper bound)")
-    full_banks = _full_data_banks(transactions, banks, config)
+    full_banks = _full_data_banks(banks, config)
     exactness = _compare_terminal_features(shared_banks, full_banks, covered)
     costs = run.costs
     n_banks, n_days = len(banks), len(days)
@@ -462,8 +463,8 @@ def _consortium_comparison(
     total_cards = sum(b.n_cards for b in banks)
     for model in config.models:
         progress(f"{model}: full-data centralized, and local-only with consortium terminal features")
-        scores_full, _ = _baselines(full_banks, model, config)
-        _, scores_l = _baselines(shared_banks, model, config)
+        scores_full = _centralized_scores(full_banks, model, config)
+        scores_l = _local_scores(shared_banks, model, config)
         section["centralized_full_data"][model] = _metrics(full_banks, ModelScores(scores_full), origin, total_cards)
         section["local"][model] = _local_metrics(shared_banks, scores_l, origin, total_cards)
         progress(f"{model}: federated training with consortium terminal features")
@@ -486,13 +487,13 @@ def _own(bank: BankData) -> pd.DataFrame:
     return bank.transactions
 
 
-def _full_data_banks(transactions: pd.DataFrame, banks: Sequence[BankData], config: SimulationConfig) -> list[BankData]:
+def _full_data_banks(banks: Sequence[BankData], config: SimulationConfig) -> list[BankData]:
     """The banks' same rows with features computed on every bank's transactions pooled."""
     windows = config.windows
     pooled = compute_features(
         pd.concat([_own(b) for b in banks], ignore_index=True),
-        start=windows.train_start.date().isoformat(),
-        end=(windows.test_end - pd.Timedelta(days=1)).date().isoformat(),
+        start=windows.train_start,
+        end=windows.last_day,
     ).set_index("transaction_id")
     out = []
     for b in banks:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -43,10 +43,12 @@ import pandas as pd
 
 from bank_node.features import (
     LABEL,
+    NS_PER_DAY,
     TERMINAL_ID,
     TIMESTAMP,
     FeatureConfig,
     terminal_window_features,
+    timestamps_ns,
 )
 from bank_node.federated.iblt import (
     DecodedTable,
@@ -69,8 +71,7 @@ TAG_LIMBS: Final = TAG_BITS // LIMB_BITS
 EVENT_VALUE_LIMBS: Final = 2
 CHECK_LIMBS: Final = 2
 NS_PER_SECOND: Final = 10**9
-SECONDS_PER_DAY: Final = 86_400
-NS_PER_DAY: Final = SECONDS_PER_DAY * NS_PER_SECOND
+SECONDS_PER_DAY: Final = NS_PER_DAY // NS_PER_SECOND
 ROUND_PREFIX: Final = "terminals"
 
 
@@ -88,15 +89,12 @@ class TerminalStatsConfig:
         Table sizes tried (each 1.5 times the last) before a day is given up.
     chunk_values
         Most values per secure sum.
-    features
-        Window lengths and label delay.
     """
 
     threshold: int = 3
     load: float = 1.3
     max_attempts: int = 4
     chunk_values: int = 1 << 20
-    features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -159,8 +157,7 @@ def events_by_day(transactions: pd.DataFrame, key: bytes, days: Sequence[int]) -
 
     Times are kept to the second (anything finer is dropped).
     """
-    time_ns = transactions[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    seconds = time_ns // NS_PER_SECOND
+    seconds = timestamps_ns(transactions[TIMESTAMP]) // NS_PER_SECOND
     day = seconds // SECONDS_PER_DAY
     wanted = np.isin(day, np.asarray(days, dtype=np.int64))
     tag = terminal_tags(transactions[TERMINAL_ID].to_numpy()[wanted], key) if wanted.any() else np.empty(0, np.int64)
@@ -183,8 +180,8 @@ class ConsortiumHistory:
     tag, time_ns, count, frauds
         One row per distinct event: terminal tag, time (to the second), how many transactions
         of the consortium had it, and how many of those were fraud.
-    banks_per_tag
-        Every terminal of the presence table (sorted tags) and how many banks saw it, over the
+    presence_tags, presence_banks
+        Every terminal of the presence table (sorted tags) and how many banks saw it over the
         run's days, threshold or not.
     days
         The days whose events the history holds.
@@ -205,9 +202,11 @@ class ConsortiumHistory:
         """How many banks saw each terminal (0 for a terminal no bank reported)."""
         tags = np.asarray(tags, dtype=np.int64)
         where = np.searchsorted(self.presence_tags, tags)
-        where = np.minimum(where, max(len(self.presence_tags) - 1, 0))
-        found = (len(self.presence_tags) > 0) & (self.presence_tags[where] == tags)
-        return np.where(found, self.presence_banks[where] if len(self.presence_tags) else 0, 0)
+        found = where < len(self.presence_tags)
+        found[found] = self.presence_tags[where[found]] == tags[found]
+        banks = np.zeros(len(tags), dtype=np.int64)
+        banks[found] = self.presence_banks[where[found]]
+        return banks
 
     def eligible(self, tags: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Whether each terminal gets consortium values (seen by at least ``threshold`` banks)."""
@@ -266,6 +265,13 @@ def sketch_slots(pooled_keys: int) -> int:
     return 1 << max(10, (max(pooled_keys, 1) // 8).bit_length())
 
 
+def presence_bitmap(tags: IntArray, slots: int) -> npt.NDArray[np.float64]:
+    """One bank's occupancy bitmap: 1 in the slot of each of its terminal tags (already keyed)."""
+    bitmap = np.zeros(slots, dtype=np.float64)
+    bitmap[np.asarray(tags, dtype=np.int64) % slots] = 1.0
+    return bitmap
+
+
 def estimate_distinct(occupancy: npt.ArrayLike, *, margin: float = 1.05) -> int:
     """Distinct keys behind a summed occupancy bitmap (linear counting), with a safety margin.
 
@@ -315,9 +321,7 @@ def consortium_history(
     pooled = np.rint(pooled_sizes).astype(np.int64)
     # Banks share most terminals, so the presence table is sized for the distinct terminals,
     # estimated from a summed occupancy bitmap, rather than for the sum of the banks' counts.
-    slots = sketch_slots(int(pooled[0]))
-    sketch = np.zeros(slots, dtype=np.float64)
-    sketch[presence % slots] = 1.0
+    sketch = presence_bitmap(presence, sketch_slots(int(pooled[0])))
     occupancy = yield SumRequest(f"{ROUND_PREFIX}/presence-sketch", sketch)
     distinct = min(int(pooled[0]), estimate_distinct(occupancy))
 
@@ -400,7 +404,8 @@ def with_consortium_terminal_features(
         covered (their terminal passed the threshold). Other rows keep the bank's own values.
     """
     days = set(history.days)
-    described = featured[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) // NS_PER_DAY
+    time_ns = timestamps_ns(featured[TIMESTAMP])
+    described = time_ns // NS_PER_DAY
     needed = {int(d) - k for d in np.unique(described) for k in range(config.delay_days, config.lookback_days + 1)}
     if not needed <= days:
         missing = sorted(needed - days)
@@ -414,7 +419,7 @@ def with_consortium_terminal_features(
     if covered.any():
         values = terminal_window_features(
             tags[covered],
-            featured[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)[covered],
+            time_ns[covered],
             history.tag,
             history.time_ns,
             history.frauds,
@@ -436,6 +441,7 @@ __all__ = [
     "estimate_distinct",
     "events_by_day",
     "history_days",
+    "presence_bitmap",
     "sketch_slots",
     "table_layout",
     "terminal_tags",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import pytest
 import crypto
 from bank_node.data import load_transactions
 from bank_node.features import FEATURE_COLUMNS, compute_features
+from bank_node.federated.iblt import TableDecodeError
 from bank_node.federated.lockstep import LockstepResult, run_lockstep
 from bank_node.federated.terminal_stats import (
     ConsortiumHistory,
@@ -20,7 +23,10 @@ from bank_node.federated.terminal_stats import (
     TerminalStatsConfig,
     consortium_history,
     events_by_day,
+    estimate_distinct,
     history_days,
+    presence_bitmap,
+    sketch_slots,
     terminal_tags,
     with_consortium_terminal_features,
 )
@@ -52,6 +58,7 @@ def run_protocol(
     config: TerminalStatsConfig = TerminalStatsConfig(),
     noise: Mapping[int, object] | None = None,
     days: list[int] | None = None,
+    round_sizes: dict[str, int] | None = None,
 ) -> LockstepResult[ConsortiumHistory]:
     days = history_days(FIRST, LAST) if days is None else days
     secret = crypto.generate(scheme)
@@ -64,7 +71,20 @@ def run_protocol(
         )
         for i, (name, own) in enumerate(zip(names, banks))
     }
-    return run_lockstep(algorithms, contexts=dict.fromkeys(names, secret), aggregator=SecureSum(context=public))
+    aggregator = SecureSum(context=public) if round_sizes is None else RecordingSum(public, round_sizes)
+    return run_lockstep(algorithms, contexts=dict.fromkeys(names, secret), aggregator=aggregator)
+
+
+class RecordingSum(SecureSum):
+    """A secure sum that records how many values each round carries."""
+
+    def __init__(self, public: crypto.HEScheme, sizes: dict[str, int]) -> None:
+        super().__init__(context=public)
+        self.sizes = sizes
+
+    def open(self, key: str, **kwargs: Any) -> Any:
+        self.sizes[key] = kwargs["n_values"]
+        return super().open(key, **kwargs)
 
 
 def banks_per_terminal(banks: list[pd.DataFrame], days: list[int]) -> pd.Series:
@@ -128,26 +148,61 @@ def test_terminals_seen_by_too_few_banks_are_withheld(generated: pd.DataFrame) -
     assert np.isin(tag, relaxed.tag).any()
 
 
-def test_a_table_too_small_is_retried_larger_in_step(generated: pd.DataFrame) -> None:
+@dataclass(frozen=True)
+class OneDay:
+    """Three banks' one day of history under one key, with the default settings' run."""
+
+    key: bytes
+    banks: list[pd.DataFrame]
+    days: list[int]
+    run: LockstepResult[ConsortiumHistory]
+
+    def again(self, config: TerminalStatsConfig) -> LockstepResult[ConsortiumHistory]:
+        return run_protocol(self.banks, self.key, days=self.days, config=config)
+
+
+@pytest.fixture(scope="module")
+def one_day(generated: pd.DataFrame) -> OneDay:
     key = secrets.token_bytes(32)
     banks = split_banks(generated, 3)
     days = history_days(FIRST, FIRST)
-    normal = run_protocol(banks, key, days=days)
-    squeezed = run_protocol(banks, key, days=days, config=TerminalStatsConfig(load=1.01))
-    assert squeezed.costs.rounds > normal.costs.rounds
-    a, b = normal.results["bank-0"], squeezed.results["bank-0"]
-    order_a, order_b = np.lexsort((a.time_ns, a.tag)), np.lexsort((b.time_ns, b.tag))
-    assert np.array_equal(a.tag[order_a], b.tag[order_b]) and np.array_equal(a.count[order_a], b.count[order_b])
+    return OneDay(key, banks, days, run_protocol(banks, key, days=days))
 
 
-def test_tables_are_sent_in_bounded_chunks(generated: pd.DataFrame) -> None:
-    key = secrets.token_bytes(32)
-    banks = split_banks(generated, 3)
-    days = history_days(FIRST, FIRST)
-    whole = run_protocol(banks, key, days=days)
-    chunked = run_protocol(banks, key, days=days, config=TerminalStatsConfig(chunk_values=500))
-    assert chunked.costs.rounds > whole.costs.rounds
-    assert chunked.results["bank-0"].count.sum() == whole.results["bank-0"].count.sum()
+def sorted_events(history: ConsortiumHistory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.lexsort((history.time_ns, history.tag))
+    return history.tag[order], history.time_ns[order], history.count[order]
+
+
+def test_a_table_too_small_is_retried_larger_in_step(one_day: OneDay) -> None:
+    squeezed = one_day.again(TerminalStatsConfig(load=1.01))
+    assert squeezed.costs.rounds > one_day.run.costs.rounds
+    for got, want in zip(sorted_events(squeezed.results["bank-0"]), sorted_events(one_day.run.results["bank-0"])):
+        assert np.array_equal(got, want)
+
+
+def test_a_table_that_never_decodes_fails_the_run_on_every_bank(one_day: OneDay) -> None:
+    with pytest.raises(TableDecodeError, match="did not decode after 1 sizes"):
+        one_day.again(TerminalStatsConfig(load=1.01, max_attempts=1))
+
+
+def test_tables_are_sent_in_bounded_chunks(one_day: OneDay) -> None:
+    chunked = one_day.again(TerminalStatsConfig(chunk_values=500))
+    assert chunked.costs.rounds > one_day.run.costs.rounds
+    assert chunked.results["bank-0"].count.sum() == one_day.run.results["bank-0"].count.sum()
+
+
+def test_cost_follows_the_traffic_not_the_number_of_terminals(one_day: OneDay) -> None:
+    # The same transactions, on terminal ids spread a thousand times sparser.
+    dense: dict[str, int] = {}
+    sparse: dict[str, int] = {}
+    run_protocol(one_day.banks, one_day.key, days=one_day.days, round_sizes=dense)
+    spread = [b.assign(terminal_id=b["terminal_id"] * 1_000 + 7) for b in one_day.banks]
+    run_protocol(spread, one_day.key, days=one_day.days, round_sizes=sparse)
+    # Every day's table has the same size: it follows the events, not the terminal ids.
+    first_tries = [k for k in dense if k.endswith("/a0/c0") and "presence" not in k]
+    assert len(first_tries) == len(one_day.days)
+    assert all(sparse[k] == dense[k] for k in first_tries)
 
 
 def test_noise_is_applied_before_encryption(generated: pd.DataFrame) -> None:
@@ -223,17 +278,11 @@ def test_handbook_consortium_features_equal_the_reference_file(handbook_dir: Pat
 
 @pytest.mark.parametrize("n_distinct", [0, 50, 10_000, 200_000])
 def test_distinct_terminals_are_estimated_from_summed_bitmaps_a_little_high(n_distinct: int) -> None:
-    from bank_node.federated.terminal_stats import estimate_distinct, sketch_slots
-
     rng = np.random.default_rng(n_distinct)
     tags = terminal_tags(np.arange(n_distinct), b"k" * 32)
     banks = [tags[rng.random(n_distinct) < 0.7] for _ in range(5)]  # most terminals seen by several banks
     slots = sketch_slots(sum(len(b) for b in banks))
-    summed = np.zeros(slots)
-    for own in banks:
-        bitmap = np.zeros(slots)
-        bitmap[own % slots] = 1
-        summed += bitmap
+    summed = sum(presence_bitmap(own, slots) for own in banks)
     estimate = estimate_distinct(summed)
     true = len(np.unique(np.concatenate(banks)))
     assert true <= estimate <= 1.08 * true + 16
