@@ -133,10 +133,8 @@ def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str
     if context.has_secret_key:  # pragma: no cover - load_context(require_public=True) refuses it
         raise Unprocessable("refused: this context holds the secret key")
 
-    store = blob_store()
     with write_lock():
-        existed = store.exists(_sha256(body))
-        digest = store.put(body)
+        digest = blob_store().put(body)
         material = KeyMaterial(
             id=_KEY_MATERIAL_ID,
             context_digest=digest,
@@ -147,14 +145,7 @@ def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str
             signature=signature or "",
             published_at=now(),
         )
-        session.add(material)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if not existed:
-                store.delete(digest)
-            raise Conflict("the HE context was published already; the key ceremony happens once") from None
+        _commit_with_blob(session, material, digest, "the HE context was published already; the key ceremony happens once")
     logger.info("public context published", extra={"bank_id": bank.bank_id, "scheme": context.name, "key_id": context.key_id})
     return material
 
@@ -181,12 +172,10 @@ def post_share(session: Session, publisher: Bank, recipient: Bank, *, body: byte
     if len(body) <= _SEALED_BOX_OVERHEAD:
         message = f"a sealed share is longer than {_SEALED_BOX_OVERHEAD} bytes; got {len(body)}"
         raise Unprocessable(message, {"body": [message]})
-    store = blob_store()
     with write_lock():
         if session.get(KeyShare, recipient.bank_id) is not None:
             raise Conflict(f"the share for bank {recipient.bank_id!r} was posted already")
-        existed = store.exists(_sha256(body))
-        digest = store.put(body)
+        digest = blob_store().put(body)
         share = KeyShare(
             bank_id=recipient.bank_id,
             share_digest=digest,
@@ -194,14 +183,7 @@ def post_share(session: Session, publisher: Bank, recipient: Bank, *, body: byte
             posted_by=publisher.bank_id,
             posted_at=now(),
         )
-        session.add(share)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if not existed:
-                store.delete(digest)
-            raise Conflict(f"the share for bank {recipient.bank_id!r} was posted already") from None
+        _commit_with_blob(session, share, digest, f"the share for bank {recipient.bank_id!r} was posted already")
     logger.info("sealed share relayed", extra={"bank_id": recipient.bank_id, "size": len(body)})
     return share
 
@@ -219,7 +201,20 @@ def banks(session: Session) -> list[Bank]:
     return list(session.execute(select(Bank).order_by(Bank.bank_id)).scalars())
 
 
-def _sha256(data: bytes) -> str:
-    from consortium.storage.blobs import sha256_hex
+def _commit_with_blob(session: Session, row: KeyMaterial | KeyShare, digest: str, conflict: str) -> None:
+    """Commit the row that refers to a stored blob; if another request won the race, drop the
+    blob unless some committed row uses the same bytes (a concurrent identical upload)."""
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if not _blob_referenced(session, digest):
+            blob_store().delete(digest)
+        raise Conflict(conflict) from None
 
-    return sha256_hex(data)
+
+def _blob_referenced(session: Session, digest: str) -> bool:
+    as_context = select(KeyMaterial.id).where(KeyMaterial.context_digest == digest)
+    as_share = select(KeyShare.bank_id).where(KeyShare.share_digest == digest)
+    return session.execute(as_context).first() is not None or session.execute(as_share).first() is not None

@@ -8,10 +8,12 @@ Reads check the digest, so a damaged file is reported, never served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -128,11 +130,19 @@ class BlobStore:
             if _DIGEST.match(path.name):
                 yield path.name
 
-    def remove_stale_temporaries(self) -> int:
-        """Delete temporary files left by a crash mid-write; return how many."""
+    def remove_stale_temporaries(self, *, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files left by a crash mid-write; return how many.
+
+        Only files untouched for ``older_than_s`` go: every process (each gunicorn worker, each
+        CLI command beside a live server) calls this at start-up, and must not delete a write
+        another process has in flight.
+        """
         removed = 0
         if self.root.is_dir():
+            cutoff = time.time() - older_than_s
             for path in self.root.glob(f"??/{_TEMP_PREFIX}*"):
-                path.unlink(missing_ok=True)
-                removed += 1
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime <= cutoff:
+                        path.unlink()
+                        removed += 1
         return removed

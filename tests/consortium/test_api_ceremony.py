@@ -33,6 +33,34 @@ def test_context_is_published_once_and_served_to_every_role(
     assert snapshot() == before
 
 
+def test_losing_a_publish_race_keeps_the_winners_blob(consortium: Any, app: Flask, he_key: crypto.HEScheme) -> None:
+    """Two identical uploads at once (an agent retrying): the loser must not delete the bytes
+    the winner committed; a loser with other bytes leaves nothing behind."""
+    from datetime import datetime
+
+    from consortium.ceremony import _commit_with_blob
+    from consortium.errors import Conflict
+    from consortium.extensions import blob_store
+    from consortium.storage.models import KeyMaterial
+
+    def late_publisher(digest: str) -> KeyMaterial:
+        return KeyMaterial(id=1, context_digest=digest, context_size=1, scheme="ckks", key_id="x",
+                           publisher_bank_id="bank-2", signature="", published_at=datetime(2026, 1, 1))
+
+    with app.app_context():
+        store = blob_store()
+        same = store.put(he_key.public_context())  # the very bytes already published
+        with pytest.raises(Conflict):
+            _commit_with_blob(db.session, late_publisher(same), same, "published already")
+        assert store.exists(same)
+        other = store.put(b"another context")
+        with pytest.raises(Conflict):
+            _commit_with_blob(db.session, late_publisher(other), other, "published already")
+        assert not store.exists(other)
+    served = consortium.client.get("/v1/keys/context", headers=consortium.bank("bank-1").auth)
+    assert served.status_code == 200 and served.data == he_key.public_context()
+
+
 def test_context_is_404_before_the_ceremony(client: FlaskClient, operator_token: str) -> None:
     response = client.get("/v1/keys/context", headers={"Authorization": f"Bearer {operator_token}"})
     assert response.status_code == 404

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,11 @@ def test_no_temporary_file_is_left_and_stale_ones_are_cleaned(tmp_path: Path) ->
     store = BlobStore(tmp_path)
     digest = store.put(b"x" * 1000)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [digest]
-    (tmp_path / digest[:2] / ".incoming-abc").write_bytes(b"half")
+    stale = tmp_path / digest[:2] / ".incoming-abc"
+    stale.write_bytes(b"half")
+    # Another process may be writing it right now: a fresh temporary file is left alone.
+    assert store.remove_stale_temporaries() == 0 and stale.exists()
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
     assert store.remove_stale_temporaries() == 1
     assert list(store.digests()) == [digest]
