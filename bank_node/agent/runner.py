@@ -271,11 +271,18 @@ class BankAgent:
         published = {m.run_id: m for m in self.client.list_models()}
         saved = []
         for run_id, record in waiting.items():
-            info = published.get(run_id)
-            if info is None:
-                self._note_failed_run(run_id)
-                continue
-            saved.append(self._download(run_id, record, info))
+            # One model that cannot be fetched now must not hold up the others (nor lose the
+            # outcomes of the runs just taken part in): it is tried again on the next poll.
+            try:
+                info = published.get(run_id)
+                if info is None:
+                    self._note_failed_run(run_id)
+                    continue
+                saved.append(self._download(run_id, record, info))
+            except AuthError:
+                raise
+            except ConsortiumError as exc:
+                log.warning("run %s: model not fetched yet: %s", run_id, exc)
         return saved
 
     def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path:

@@ -223,3 +223,19 @@ def test_the_loop_waits_out_an_unavailable_consortium(
     thread.join(5)
 
     assert not thread.is_alive()
+
+
+def test_a_model_that_cannot_be_fetched_now_is_fetched_on_a_later_poll(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
+) -> None:
+    run_id = fake.open_run("logreg", LOGREG_PARAMS)
+    agents = {b.bank_id: agent_for(b, bank_rows[b.bank_id]) for b in keyed_banks}
+    fake.fail_next("GET", "/v1/models/", 404, times=1000)
+    outcomes = run_concurrently({name: agent.run_once for name, agent in agents.items()})
+    # The runs' outcomes are kept although no model could be downloaded.
+    assert all(o.status == "proposed" for name in BANK_IDS for o in outcomes[name])
+    bank = keyed_banks[0]
+    assert (bank.state.run_record(run_id) or {})["status"] == "proposed"
+    fake.faults.clear()
+    assert len(agents["bank-1"].sync_models()) == 1
+    assert (bank.state.run_record(run_id) or {})["status"] == "published"
