@@ -14,8 +14,6 @@ import numpy.typing as npt
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-DAY = np.timedelta64(1, "D")
-
 
 @dataclass(frozen=True)
 class Windows:

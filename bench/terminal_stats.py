@@ -55,6 +55,7 @@ from bank_node.federated.terminal_stats import (
     terminal_tags,
 )
 from crypto.scheme import HEScheme
+from fedfraud.simulation import SimulationConfig
 
 SCENARIOS = {"10k": (10_000, 9_700), "1m-sparse": (1_000_000, 9_700), "1m": (1_000_000, 970_000)}
 PRESENCE_DAYS = 37
@@ -80,11 +81,6 @@ class TableCost:
     def bank_s(self) -> float:
         """The busiest bank's seconds: encode, encrypt, decrypt and decode."""
         return self.encode_s + self.encrypt_s + self.decrypt_s + self.decode_s
-
-
-def bank_shares(n_banks: int) -> np.ndarray:
-    raw = 0.7 ** np.arange(n_banks)
-    return raw / raw.sum()
 
 
 def secure_table(
@@ -151,7 +147,7 @@ def secure_table(
 def run_scenario(name: str, *, scheme_name: str, n_banks: int, seed: int, console: Console) -> dict[str, object]:
     n_terminals, per_day = SCENARIOS[name]
     rng = np.random.default_rng(seed)
-    shares = bank_shares(n_banks)
+    shares = np.array(SimulationConfig(n_banks=n_banks).shares)
     secret_key = secrets.token_bytes(32)
     config = TerminalStatsConfig()
     scheme = crypto.generate(scheme_name)

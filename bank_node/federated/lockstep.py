@@ -40,9 +40,9 @@ class LockstepCosts:
     ciphertext_slots: dict[str, int] = field(default_factory=dict)
 
     @property
-    def he_s(self) -> float:
-        """Time inside HE operations (all banks' encrypt and decrypt, and the aggregation)."""
-        return sum(self.encrypt_s.values()) + sum(self.decrypt_s.values()) + self.aggregate_s
+    def bank_s(self) -> float:
+        """All banks' own time: their computation, encryption and decryption."""
+        return sum(self.compute_s.values()) + sum(self.encrypt_s.values()) + sum(self.decrypt_s.values())
 
     @property
     def outside_he_s(self) -> float:

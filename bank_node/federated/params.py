@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 __all__ = ["GBDTParams"]
 
@@ -71,10 +70,6 @@ class GBDTParams:
         _check_float(self, "scale_pos_weight", low=0.0, low_open=True)
         _check_float(self, "subsample", low=0.0, high=1.0, low_open=True)
         _check_float(self, "colsample_bytree", low=0.0, high=1.0, low_open=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the parameters as a plain ``{name: value}`` dictionary."""
-        return asdict(self)
 
 
 def _check_int(params: GBDTParams, name: str, *, low: int, high: int | None = None) -> None:

@@ -22,8 +22,9 @@ The protocol, as secure sums (:mod:`.rounds`):
 Terminals are identified by a keyed hash (HMAC-SHA256, 48 bits) under a key the banks share and
 the aggregator never holds, and every table position is keyed too; the aggregator only ever
 sees ciphertexts of whole tables. Tables are split into chunks of at most ``chunk_values``
-values, one secure sum each, so payloads stay bounded however many terminals there are; a
-bank's work is proportional to its own transactions, not to the number of terminals.
+values, one secure sum each, so payloads stay bounded however many terminals there are. Every
+bank's tables are sized for the consortium's events of the day (equal sizes hide each bank's
+volume), so the cost follows the traffic, not the number of terminals.
 
 Noise for differential privacy goes in before encryption: ``noise`` may add or remove events of
 a bank's day (e.g. randomized response on the fraud flag, dummy events) before they are encoded.
@@ -160,7 +161,7 @@ def events_by_day(transactions: pd.DataFrame, key: bytes, days: Sequence[int]) -
     seconds = timestamps_ns(transactions[TIMESTAMP]) // NS_PER_SECOND
     day = seconds // SECONDS_PER_DAY
     wanted = np.isin(day, np.asarray(days, dtype=np.int64))
-    tag = terminal_tags(transactions[TERMINAL_ID].to_numpy()[wanted], key) if wanted.any() else np.empty(0, np.int64)
+    tag = terminal_tags(transactions[TERMINAL_ID].to_numpy()[wanted], key)
     second = (seconds % SECONDS_PER_DAY)[wanted]
     fraud = transactions[LABEL].to_numpy(dtype=np.int64)[wanted]
     day = day[wanted]

@@ -72,7 +72,7 @@ def test_simulate_with_consortium_terminal_features(generated: Path, tmp_path: P
     ])
     assert result.exit_code == 0, result.output
     assert "federated + consortium terminals" in result.output
-    assert "0 count mismatches" in result.output
+    assert ": 0 count mismatches" in result.output
     doc = json.loads(out.read_text())
     section = doc["consortium_features"]
     stats = section["terminal_stats"]

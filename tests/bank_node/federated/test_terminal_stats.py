@@ -32,7 +32,7 @@ from bank_node.federated.terminal_stats import (
 )
 from bank_node.generator import generate_transactions
 from consortium.secure_sum import SecureSum
-from fedfraud.simulation import partition_customers
+from fedfraud.simulation import SimulationConfig, partition_customers
 from schemas.transaction import to_canonical
 
 TERMINAL_COLUMNS = [c for c in FEATURE_COLUMNS if c.startswith("TERMINAL_ID_")]
@@ -205,10 +205,8 @@ def test_cost_follows_the_traffic_not_the_number_of_terminals(one_day: OneDay) -
     assert all(sparse[k] == dense[k] for k in first_tries)
 
 
-def test_noise_is_applied_before_encryption(generated: pd.DataFrame) -> None:
-    key = secrets.token_bytes(32)
-    banks = split_banks(generated, 3)
-    days = history_days(FIRST, FIRST)
+def test_noise_is_applied_before_encryption(generated: pd.DataFrame, one_day: OneDay) -> None:
+    key, banks, days = one_day.key, one_day.banks, one_day.days
     terminal = int(generated["terminal_id"].mode()[0])
     fake_tag = terminal_tags([terminal], key)[0]
 
@@ -234,13 +232,10 @@ def test_terminal_tags_are_keyed() -> None:
         terminal_tags(ids, b"short")
 
 
-def test_rows_whose_windows_reach_missing_days_are_refused(generated: pd.DataFrame) -> None:
-    key = secrets.token_bytes(32)
-    banks = split_banks(generated, 3)
-    history = run_protocol(banks, key, days=history_days(FIRST, FIRST)).results["bank-0"]
-    local = compute_features(banks[0], start=FIRST, end=LAST)
+def test_rows_whose_windows_reach_missing_days_are_refused(one_day: OneDay) -> None:
+    local = compute_features(one_day.banks[0], start=FIRST, end=LAST)
     with pytest.raises(ValueError, match="lacks 11 day"):
-        with_consortium_terminal_features(local, history, secret=key)
+        with_consortium_terminal_features(local, one_day.run.results["bank-0"], secret=one_day.key)
 
 
 @pytest.mark.slow
@@ -249,8 +244,7 @@ def test_handbook_consortium_features_equal_the_reference_file(handbook_dir: Pat
     tx = load_transactions(handbook_dir / "transactions.parquet", require_label=True).frame
     reference = pd.read_parquet(handbook_dir / "features_reference_2018-07-25_2018-08-14.parquet")
     reference = reference.set_index("TRANSACTION_ID")
-    shares = 0.7 ** np.arange(5)
-    bank = partition_customers(tx["customer_id"], shares / shares.sum(), seed=0)
+    bank = partition_customers(tx["customer_id"], SimulationConfig(n_banks=5).shares, seed=0)
     banks = [tx[bank == i] for i in range(5)]
     key = secrets.token_bytes(32)
     first, last = "2018-07-25", "2018-08-14"
