@@ -200,10 +200,10 @@ class CKKSScheme(HEScheme):
     def generate(
         cls,
         *,
-        poly_modulus_degree: int = 4096,
-        coeff_mod_bit_sizes: Sequence[int] = (60, 49),
-        scale_bits: int = 30,
-        max_addends: int = 64,
+        poly_modulus_degree: int = CKKSParameters.poly_modulus_degree,
+        coeff_mod_bit_sizes: Sequence[int] = CKKSParameters.coeff_mod_bit_sizes,
+        scale_bits: int = CKKSParameters.scale_bits,
+        max_addends: int = CKKSParameters.max_addends,
     ) -> Self:
         """Create a new CKKS key pair.
 

@@ -266,10 +266,10 @@ class PaillierScheme(HEScheme):
     def generate(
         cls,
         *,
-        key_bits: int = 2048,
-        frac_bits: int = 20,
-        value_bound: float = 1e6,
-        max_addends: int = 64,
+        key_bits: int = PaillierParameters.key_bits,
+        frac_bits: int = PaillierParameters.frac_bits,
+        value_bound: float = PaillierParameters.value_bound,
+        max_addends: int = PaillierParameters.max_addends,
     ) -> Self:
         """Create a new Paillier key pair.
 
@@ -360,10 +360,9 @@ class PaillierScheme(HEScheme):
     def _nth_power_public(self, r: Any) -> Any:
         return gmpy2.powmod(r, self._n, self._n_square)
 
-    def _encrypt_integer(self, plaintext: int, *, r: int | None = None) -> Any:
-        """Paillier-encrypt ``0 <= plaintext < n`` with randomness ``r`` (fresh if ``None``)."""
-        if r is None:
-            r = secrets.randbelow(self._public_key.n - 1) + 1
+    def _encrypt_integer(self, plaintext: int) -> Any:
+        """Paillier-encrypt ``0 <= plaintext < n`` with fresh randomness."""
+        r = secrets.randbelow(self._public_key.n - 1) + 1
         nude = (1 + gmpy2.mpz(plaintext) * self._n) % self._n_square
         return nude * self._nth_power(gmpy2.mpz(r)) % self._n_square
 

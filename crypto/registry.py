@@ -8,7 +8,7 @@ from typing import Any, Final
 from crypto.ckks import CKKSScheme
 from crypto.paillier import PaillierScheme
 from crypto.plain import PlainScheme
-from crypto.scheme import HEScheme, PayloadKind, PayloadKindError, UnknownSchemeError, read_header
+from crypto.scheme import HEScheme, UnknownSchemeError, read_header
 
 __all__ = ["DEFAULT_SCHEME", "SCHEMES", "generate", "load_context", "scheme_class"]
 
@@ -98,7 +98,5 @@ def load_context(data: bytes, *, require_public: bool = False) -> HEScheme:
     UnexpectedSecretKeyError
         ``require_public`` is set and the bytes hold a secret key.
     """
-    header = read_header(data)
-    if header.kind is PayloadKind.CIPHERTEXT:
-        raise PayloadKindError("expected a context but got a ciphertext payload")
-    return scheme_class(header.scheme).load(data, require_public=require_public)
+    # The header names the scheme; the scheme's loader checks everything else, the kind included.
+    return scheme_class(read_header(data).scheme).load(data, require_public=require_public)

