@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,16 @@ def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
         refused = requests.get(f"http://127.0.0.1:{port}/v1/runs", timeout=5)
         assert refused.status_code == 401 and refused.json()["code"] == 401
         assert requests.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()["openapi"].startswith("3.")
+        odd = requests.get(f"http://127.0.0.1:{port}/v1/runs/a%22b%5Cc?q=1", timeout=5,
+                           headers={"Authorization": "Bearer not-a-real-token-0123456789"})
+        assert odd.status_code == 401
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+    # The access log is one JSON object a line, even for a path with a quote and a backslash, and
+    # never holds the Authorization header.
+    text = (tmp_path / "gunicorn.log").read_text()
+    access = [json.loads(line) for line in text.splitlines() if line.startswith('{"type": "access"')]
+    assert {entry["path"] for entry in access} >= {"/v1/health", "/v1/runs", '/v1/runs/a"b\\c'}
+    assert "not-a-real-token" not in text
