@@ -97,6 +97,7 @@ def sweep(once: bool) -> None:
     from consortium.app import create_app
     from consortium.logs import configure_logging
     from consortium.rounds import sweep_expired
+    from consortium.scheduler import sweep_once
 
     app = create_app()
     configure_logging(app.config["LOG_LEVEL"])
@@ -105,10 +106,5 @@ def sweep(once: bool) -> None:
         return
     interval = int(app.config["SWEEP_INTERVAL_S"])
     while True:
-        try:
-            sweep_expired(app)
-        except Exception:  # logged; the next tick retries
-            import logging
-
-            logging.getLogger("consortium.scheduler").exception("sweep failed")
+        sweep_once(app)
         time.sleep(interval)

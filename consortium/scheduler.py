@@ -9,12 +9,13 @@ from flask import Flask
 
 from consortium.rounds import sweep_expired
 
-__all__ = ["start_sweeper"]
+__all__ = ["start_sweeper", "sweep_once"]
 
 logger = logging.getLogger("consortium.scheduler")
 
 
-def _sweep(app: Flask) -> None:
+def sweep_once(app: Flask) -> None:
+    """One sweep; a failure is logged and left to the next tick (it must not end the loop)."""
     try:
         sweep_expired(app)
     except Exception:  # a failed sweep is retried at the next tick; it must not kill the thread
@@ -25,7 +26,7 @@ def start_sweeper(app: Flask) -> BackgroundScheduler:
     """Start a daemon scheduler running :func:`sweep_expired` every ``SWEEP_INTERVAL_S`` seconds."""
     scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
     scheduler.add_job(
-        _sweep,
+        sweep_once,
         "interval",
         args=[app],
         seconds=int(app.config["SWEEP_INTERVAL_S"]),

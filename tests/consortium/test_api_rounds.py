@@ -55,6 +55,33 @@ def test_three_banks_contribute_and_every_bank_decrypts_the_sum(consortium: Any,
     assert detail["rounds"][0]["contributors"] == ["bank-1", "bank-2", "bank-3"]
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_individual_ciphertexts_are_deleted_once_summed_unless_kept(
+    app_config: dict[str, Any], he_key: crypto.HEScheme, keep: bool
+) -> None:
+    from consortium.auth import issue_token
+    from consortium.extensions import blob_store
+    from consortium.storage.database import db
+    from consortium.storage.models import Contribution
+    from tests.consortium.conftest import set_up_consortium
+
+    app = create_app({**app_config, "KEEP_CONTRIBUTION_BLOBS": keep})
+    with app.app_context():
+        operator = issue_token(db.session, "operator")
+        db.session.commit()
+    consortium = set_up_consortium(app.test_client(), operator, he_key)
+    run_id = consortium.open_run()["run_id"]
+    for i, bank in enumerate(consortium.banks.values()):
+        assert bank.contribute(run_id, "r", he_key.encrypt(vec(i))).status_code == 201
+    assert consortium.bank("bank-1").aggregate(run_id, "r").status_code == 200
+    with app.app_context():
+        rows = db.session.query(Contribution).all()
+        assert len(rows) == 3
+        assert [blob_store().exists(row.payload_digest) for row in rows] == [keep] * 3
+        assert [row.payload_kept for row in rows] == [keep] * 3
+    assert consortium.bank("bank-2").aggregate(run_id, "r").status_code == 200  # the sum itself stays
+
+
 def test_two_of_three_with_the_deadline_passed_never_release_a_sum(
     consortium: Any, he_key: crypto.HEScheme, clock: Any, app: Flask
 ) -> None:
@@ -104,6 +131,25 @@ def test_the_sweep_closes_expired_rounds_without_any_request(
     total = consortium.bank("bank-3").aggregate(run_id, "r")
     assert total.status_code == 200
     np.testing.assert_allclose(he_key.decrypt(total.data), 2 * vec(2), atol=1e-3)
+
+
+def test_sweep_once_from_the_command_line_closes_expired_rounds(
+    consortium: Any, he_key: crypto.HEScheme, app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from consortium.cli import consortium_cli
+
+    run_id = consortium.open_run(min_banks=2, round_timeout_s=30)["run_id"]
+    for bank_id in ("bank-1", "bank-2"):
+        consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vec(2)))
+    # The command runs on the real clock, long after the test clock's deadline.
+    monkeypatch.setenv("FEDFRAUD_DATABASE_URL", app_config["DATABASE_URL"])
+    monkeypatch.setenv("FEDFRAUD_BLOB_DIR", app_config["BLOB_DIR"])
+    swept = CliRunner().invoke(consortium_cli, ["sweep", "--once"])
+    assert swept.exit_code == 0, swept.output
+    assert "closed 1 expired round(s)" in swept.output
+    assert consortium.run(run_id)["rounds"][0]["state"] == "released"
 
 
 def test_replay_and_closed_round_are_409_and_store_nothing(

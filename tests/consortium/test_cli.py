@@ -47,9 +47,10 @@ def test_cli_errors_are_one_readable_line(env: dict[str, str]) -> None:
 
 def test_settings_come_from_the_environment(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDFRAUD_DEFAULT_MIN_BANKS", "4")
-    monkeypatch.setenv("FEDFRAUD_AUTO_MIGRATE", "true")
+    monkeypatch.setenv("FEDFRAUD_AUTO_MIGRATE", "false")
     app = create_app({"SWEEP_INTERVAL_S": 5})
     assert app.config["DEFAULT_MIN_BANKS"] == 4 and app.config["SWEEP_INTERVAL_S"] == 5
+    assert app.config["AUTO_MIGRATE"] is False
     monkeypatch.setenv("FEDFRAUD_DEFAULT_MIN_BANKS", "many")
     with pytest.raises(ValueError, match="FEDFRAUD_DEFAULT_MIN_BANKS"):
         create_app()
