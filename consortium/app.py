@@ -66,7 +66,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(_OPENAPI_SETTINGS)
     app.config.update(settings.as_flask_config())
     app.config.update({key: value for key, value in (config or {}).items() if key.isupper()})
-    app.config["JSON_SORT_KEYS"] = False
     if settings.DATABASE_URL.startswith(f"sqlite:///{app.instance_path}") or settings.BLOB_DIR.startswith(
         app.instance_path
     ):

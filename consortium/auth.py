@@ -60,7 +60,6 @@ class Principal:
 
     role: Role
     bank_id: str | None
-    token_id: int
 
 
 def _authenticate() -> Principal:
@@ -75,7 +74,7 @@ def _authenticate() -> Principal:
     # The lookup is by hash already; compare again in constant time for good measure.
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_sha256, digest):
         raise Unauthorized("unknown or revoked token")
-    return Principal(role=Role(row.role), bank_id=row.bank_id, token_id=row.id)
+    return Principal(role=Role(row.role), bank_id=row.bank_id)
 
 
 def current_principal() -> Principal:

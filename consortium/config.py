@@ -71,8 +71,8 @@ class ConsortiumConfig:
 _NOT_FROM_ENV = frozenset({"CLOCK"})
 
 
-def _coerce(name: str, raw: str, target: type | str) -> Any:
-    kind = target if isinstance(target, str) else target.__name__
+def _coerce(name: str, raw: str, kind: str) -> Any:
+    """An environment value as the field's annotated kind (annotations are strings here)."""
     if kind == "bool":
         lowered = raw.strip().lower()
         if lowered in {"1", "true", "yes", "on"}:
@@ -133,7 +133,7 @@ def load_config(
     for name, kind in known.items():
         raw = environ.get(f"{ENV_PREFIX}{name}")
         if raw is not None and name not in _NOT_FROM_ENV:
-            values[name] = _coerce(name, raw, kind)
+            values[name] = _coerce(name, raw, str(kind))
 
     for name, value in (overrides or {}).items():
         if name not in known:

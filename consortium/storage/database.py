@@ -51,11 +51,6 @@ class Database:
         return app.extensions[_EXTENSION]["engine"]  # type: ignore[no-any-return]
 
     @property
-    def engine(self) -> Engine:
-        """The engine of the current app."""
-        return self.engine_for(current_app)
-
-    @property
     def session(self) -> Session:
         """The session of the current app context, created on first use."""
         if "fedfraud_session" not in g:

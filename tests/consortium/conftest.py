@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -260,10 +259,6 @@ def state_snapshot(app: Flask) -> tuple[dict[str, int], list[str]]:
     return counts, files
 
 
-def vector(seed: int, n: int = 20) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1000, 1000, n)
-
-
 @pytest.fixture
 def snapshot(app: Flask) -> Any:
     """``snapshot()``: the state to compare before and after a refused request."""
@@ -276,7 +271,3 @@ def bank_factory() -> Any:
     return enrol
 
 
-@pytest.fixture
-def consortium_factory() -> Any:
-    """``make(client, operator_token, he_key, n_banks=3)``: banks, keys and ceremony done."""
-    return set_up_consortium

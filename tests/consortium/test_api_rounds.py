@@ -110,7 +110,9 @@ def test_two_of_three_with_the_deadline_passed_never_release_a_sum(
 
         round_row = db.session.query(RoundRow).one()
         assert round_row.aggregate_digest is None
-        for row in db.session.query(Contribution):
+        rows = db.session.query(Contribution).all()
+        assert len(rows) == 2
+        for row in rows:
             assert not blob_store().exists(row.payload_digest)
 
 
