@@ -52,7 +52,7 @@ class ConsortiumClient:
     base_url
         The service root, e.g. ``https://consortium.example:8443`` (no ``/v1``).
     token
-        This bank's bearer token (None for the unauthenticated health check only).
+        This bank's bearer token.
     timeout
         Connect and read timeouts of one request, in seconds.
     retry
@@ -94,10 +94,6 @@ class ConsortiumClient:
         self._session.close()
 
     # ------------------------------------------------------------------------ service, banks
-
-    def health(self) -> dict[str, Any]:
-        """``GET /v1/health``."""
-        return dict(self._json("GET", "/v1/health"))
 
     def list_banks(self) -> list[BankInfo]:
         """``GET /v1/banks``: enrolled banks with their public keys."""

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bank_node.federated.inmemory import RoundFailedError as _ProtocolRoundFailed
+from bank_node.federated.rounds import RoundFailedError as _ProtocolRoundFailed
 
 __all__ = [
     "AuthError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import (
@@ -37,7 +37,6 @@ class ChannelStats:
     contributed: int = 0
     replayed: int = 0
     polls: int = 0
-    rounds: list[str] = field(default_factory=list)
 
 
 class HttpChannel:
@@ -104,7 +103,6 @@ class HttpChannel:
             self.stats.replayed += 1
             log.info("contribution not stored, fetching the round's sum: run=%s round=%s reason=%s",
                      self.run_id, key, exc.message)
-        self.stats.rounds.append(key)
         aggregate = self._wait_for_sum(key)
         _check_aggregate(aggregate, key=key, n_values=n_values)
         return aggregate

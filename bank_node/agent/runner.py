@@ -174,13 +174,12 @@ class BankAgent:
         Every bank takes its runs in the same order: two banks waiting for each other in two
         different runs would otherwise both wait until the rounds' deadlines.
         """
-        pending = []
-        for run in self.client.list_runs(state="open"):
-            if not run.participants:
-                run = self.client.get_run(run.run_id)
-            record = self.state.run_record(run.run_id) or {}
-            if self.bank_id in run.participants and record.get("status") not in _FINISHED:
-                pending.append(run)
+        records = self.state.runs()
+        pending = [
+            run
+            for run in self.client.list_runs(state="open")
+            if self.bank_id in run.participants and records.get(run.run_id, {}).get("status") not in _FINISHED
+        ]
         return sorted(pending, key=lambda r: (r.created_at, r.run_id))
 
     # ------------------------------------------------------------------------ one run

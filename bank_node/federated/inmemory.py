@@ -1,8 +1,9 @@
 """An in-memory channel: every bank in one process, each in its own thread, one aggregator.
 
-This is the simulator's transport. It moves the same serialized payloads the HTTP path moves,
-through the same :class:`~consortium.secure_sum.SecureSum` rounds, so what the simulator proves
-about the protocol holds for the service too.
+It moves the same serialized payloads the HTTP path moves, through the same
+:class:`~consortium.secure_sum.SecureSum` rounds, with the banks concurrent as in a deployment;
+the tests of the channel contract use it (the simulator drives banks in lockstep instead, see
+:mod:`.lockstep`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from bank_node.federated.rounds import Algorithm, BankRunner
+from bank_node.federated.rounds import Algorithm, BankRunner, RoundFailedError
 from consortium.secure_sum import RoundState, SecureSum
 from crypto.scheme import HEScheme
 
 R = TypeVar("R")
-
-
-class RoundFailedError(RuntimeError):
-    """A secure-sum round ended without a released sum."""
 
 
 class InMemoryChannel:

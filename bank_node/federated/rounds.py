@@ -4,7 +4,7 @@ Every federated algorithm here is written as a generator that yields :class:`Sum
 (``"I need the consortium-wide sum of this vector, under this round key"``) and is sent back the
 decrypted sum. It never sees ciphertexts or sockets. A :class:`BankRunner` drives it: it encrypts
 each request with the bank's HE context, passes the payload through a :class:`Channel`
-(in memory for the simulator, HTTP for the agent), decrypts the released sum and resumes the
+(HTTP for the agent, in memory for tests), decrypts the released sum and resumes the
 algorithm. Because every bank decrypts the same sum with the same key, every bank derives the
 same next step.
 """
@@ -44,11 +44,18 @@ class SumRequest:
 Algorithm = Generator[SumRequest, npt.NDArray[np.float64], R]
 
 
+class RoundFailedError(RuntimeError):
+    """A secure-sum round ended without a released sum (raised by any channel)."""
+
+
 class Channel(Protocol):
     """The transport between one bank and the aggregator."""
 
     def exchange(self, key: str, bank: str, payload: bytes, *, n_values: int) -> bytes:
-        """Upload this bank's payload for round ``key`` and return the released sum (blocking)."""
+        """Upload this bank's payload for round ``key`` and return the released sum (blocking).
+
+        Raises :class:`RoundFailedError` if the round ends without a sum.
+        """
         ...
 
 

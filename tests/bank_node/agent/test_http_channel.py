@@ -11,7 +11,7 @@ import pytest
 from bank_node.agent.ceremony import load_secret_scheme
 from bank_node.agent.errors import RoundFailedError, RoundTimeoutError
 from bank_node.agent.http_channel import HttpChannel
-from bank_node.federated.inmemory import RoundFailedError as ProtocolRoundFailed
+from bank_node.federated.rounds import RoundFailedError as ProtocolRoundFailed
 from tests.bank_node.agent.conftest import Bank
 from tests.bank_node.agent.fake_consortium import FakeConsortium
 
