@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto.registry import load_context
-from crypto.scheme import MissingSecretKeyError, unframe, unpack_sections
+from crypto.scheme import unframe, unpack_sections
 
 
 def attempt(action: Callable[[], object]) -> str | None:
@@ -60,7 +60,6 @@ def main(workdir: Path) -> None:
             "decrypt_bank_payload": attempt(lambda: scheme.decrypt(payloads[0])),
             "export_secret_context": attempt(scheme.secret_context),
         },
-        "missing_secret_key_error": MissingSecretKeyError.__name__,
     }
     if scheme.name == "ckks":
         report["tenseal"] = inspect_tenseal(public, payloads[0])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from crypto.registry import SCHEMES, load_context
-from crypto.scheme import HEScheme, PayloadKind, read_header, unframe, unpack_sections
+from crypto.scheme import HEScheme, MissingSecretKeyError, PayloadKind, read_header, unframe, unpack_sections
 
 WORKER = Path(__file__).with_name("aggregator_process.py")
 N_BANKS = 4
@@ -54,7 +54,7 @@ def test_aggregation_in_a_process_holding_only_the_public_context(
     assert report["payloads_summed"] == N_BANKS
     for action, outcome in report["refusals"].items():
         assert outcome is not None, f"the aggregator managed to {action}"
-        assert outcome.startswith("MissingSecretKeyError: "), outcome
+        assert outcome.startswith(f"{MissingSecretKeyError.__name__}: "), outcome
 
     total = (tmp_path / "aggregate.bin").read_bytes()
     assert read_header(total).n_addends == N_BANKS
