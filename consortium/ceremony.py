@@ -7,7 +7,6 @@ secret context that it cannot open. Anything that would let it decrypt is refuse
 from __future__ import annotations
 
 import logging
-import re
 from typing import Final
 
 from sqlalchemy import select
@@ -17,13 +16,13 @@ from sqlalchemy.orm import Session
 from consortium.auth import issue_token
 from consortium.errors import BadRequest, Conflict, NotFound, Unprocessable
 from consortium.extensions import blob_store, now, write_lock
-from consortium.storage.models import Bank, KeyMaterial, KeyShare, Role
+from consortium.storage.models import ID_PATTERN, Bank, KeyMaterial, KeyShare, Role
 
 __all__ = ["BANK_ID_PATTERN", "enrol_bank", "get_bank", "post_share", "publish_context", "register_keys"]
 
 logger = logging.getLogger("consortium.ceremony")
 
-BANK_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+BANK_ID_PATTERN: Final = ID_PATTERN
 _SEALED_BOX_OVERHEAD: Final = 48  # X25519 ephemeral public key + Poly1305 tag
 _HE_MAGIC: Final = b"FFHE"
 _KEY_MATERIAL_ID: Final = 1

@@ -56,7 +56,7 @@ def enrol_bank(bank_id: str, name: str) -> None:
     from consortium.storage.database import db
 
     if not BANK_ID_PATTERN.match(bank_id):
-        raise click.BadParameter("bank ids match ^[a-z0-9][a-z0-9._-]{0,63}$", param_hint="BANK_ID")
+        raise click.BadParameter(f"bank ids match {BANK_ID_PATTERN.pattern}", param_hint="BANK_ID")
     app = create_app()
     with app.app_context():
         try:

@@ -9,7 +9,6 @@ the next request touching it, or the sweep, simply does it again.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
@@ -34,6 +33,7 @@ from consortium.secure_sum import (
 )
 from consortium.storage.database import db
 from consortium.storage.models import (
+    ID_PATTERN,
     Bank,
     Contribution,
     KeyMaterial,
@@ -55,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger("consortium.rounds")
 
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+RUN_ID_PATTERN = ID_PATTERN
 _ATTEMPTS = 3  # concurrent first contributions race to open the round; the losers retry
 
 

@@ -34,19 +34,18 @@ from consortium.extensions import blob_store
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
-from consortium.storage.models import Role, RoundRow, Run
+from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundRow, Run
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
 
-_SEGMENT: Final = r"[a-z0-9][a-z0-9._-]{0,63}"
-ROUND_KEY_PATTERN: Final = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
-MAX_ROUND_KEY: Final = 200
+ROUND_KEY_PATTERN: Final = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
+MAX_ROUND_KEY: Final = ROUND_KEY_LENGTH
 
 
 def _check_round_key(round_key: str) -> None:
     if len(round_key) > MAX_ROUND_KEY or not ROUND_KEY_PATTERN.match(round_key):
         message = (
-            f"round keys are '/'-separated segments matching ^[a-z0-9][a-z0-9._-]{{0,63}}$, "
+            f"round keys are '/'-separated segments matching ^{ID_SEGMENT}$, "
             f"at most {MAX_ROUND_KEY} characters"
         )
         raise Unprocessable(f"invalid round key {round_key[:80]!r}", {"round_key": [message]})

@@ -7,8 +7,9 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from consortium.runs import MODEL_FAMILIES
+from consortium.storage.models import ID_PATTERN
 
-ID_REGEX = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+ID_REGEX = ID_PATTERN.pattern
 TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
 
@@ -32,7 +33,7 @@ class HealthSchema(Schema):
 class BankEnrolSchema(StrictSchema):
     bank_id = fields.String(
         required=True,
-        validate=validate.Regexp(ID_REGEX, error="bank ids match ^[a-z0-9][a-z0-9._-]{{0,63}}$"),
+        validate=validate.Regexp(ID_REGEX, error="bank ids match {regex}"),
         metadata={"example": "bank-1"},
     )
     name = fields.String(

@@ -7,6 +7,8 @@ Timestamps are naive UTC.
 
 from __future__ import annotations
 
+import re
+
 import enum
 from datetime import datetime
 from typing import Any
@@ -27,6 +29,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from consortium.config import utcnow
 
 ID_LENGTH = 64
+#: Bank and run ids, and each '/'-separated segment of a round key.
+ID_SEGMENT = rf"[a-z0-9][a-z0-9._-]{{0,{ID_LENGTH - 1}}}"
+ID_PATTERN = re.compile(rf"^{ID_SEGMENT}$")
 ROUND_KEY_LENGTH = 200
 DIGEST_LENGTH = 64
 
