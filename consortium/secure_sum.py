@@ -2,11 +2,19 @@
 
 A round collects at most one encrypted payload per participating bank under a round key, and
 releases their sum once every participant contributed, or once its deadline passed with at
-least ``min_banks`` contributions. Fewer than ``min_banks`` contributions are never summed, so
-no bank can subtract its own share from a released sum to learn another bank's.
+least ``min_banks`` contributions. Fewer than ``min_banks`` contributions are never summed, and
+``min_banks`` is never below :data:`MIN_BANKS` (3): with two, either bank subtracts itself.
 
-This module is transport-free and storage-free: the Flask service and the in-process
-simulator both drive it. It needs only a *public* HE context.
+A round that fails fails alone: a bank that opens a round nobody else joins (a bogus key, a
+bogus length) wastes only its own round; the other banks' rounds and the run go on.
+
+After a release, each bank summed posts a small *note* to the round (its self-mask seed,
+:mod:`crypto.masking`); the aggregator keeps one per bank and shows them to the round's banks.
+It never reads them.
+
+The rules (:func:`decide`, :func:`check_contribution`, :func:`check_note`) are written once,
+here, transport-free and storage-free: the Flask service (:mod:`consortium.rounds`) and the
+in-process simulator both apply them. Everything here needs only a *public* HE context.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ from dataclasses import dataclass, field
 
 from crypto.scheme import HEScheme, PayloadError, PayloadHeader
 
-DEFAULT_MIN_BANKS = 3
+MIN_BANKS = 3
+"""The quorum floor: no configuration, request or round may ask for fewer."""
+DEFAULT_MIN_BANKS = MIN_BANKS
+MAX_NOTE_BYTES = 1024
+"""Largest note a bank may post to a round (a self-mask seed is 32 bytes)."""
 
 
 class RoundError(Exception):
@@ -43,6 +55,10 @@ class ReplayError(RoundError):
 
 class InvalidContributionError(RoundError):
     """The payload is not a ciphertext for this round's context or length."""
+
+
+class NoteError(RoundError):
+    """A note the round refuses: not released, not a contributor, posted twice, or too long."""
 
 
 class RoundState(enum.Enum):
@@ -86,6 +102,8 @@ class Round:
     aggregate: bytes | None = None
     dropped: frozenset[str] = frozenset()
     reason: str = ""
+    summed: frozenset[str] = frozenset()
+    notes: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -133,9 +151,65 @@ def check_contribution(
     return header
 
 
+def check_quorum(min_banks: int) -> int:
+    """``min_banks`` if it is a quorum the consortium allows, else :class:`ValueError`."""
+    if isinstance(min_banks, bool) or not isinstance(min_banks, int) or min_banks < MIN_BANKS:
+        raise ValueError(f"min_banks must be at least {MIN_BANKS}: with two banks, either one subtracts itself from the sum")
+    return min_banks
+
+
 def quorum_reached(n_contributed: int, min_banks: int) -> bool:
     """Whether ``n_contributed`` contributions may be summed under a quorum of ``min_banks``."""
-    return n_contributed >= min_banks
+    return n_contributed >= max(min_banks, MIN_BANKS)
+
+
+class Decision(enum.Enum):
+    """What to do with an open round now."""
+
+    WAIT = "wait"
+    RELEASE = "release"
+    FAIL = "fail"
+
+
+def decide(*, contributed: frozenset[str] | set[str], participants: frozenset[str] | set[str],
+           min_banks: int, past_deadline: bool) -> Decision:
+    """The one release rule: every participant in, or the deadline passed with a quorum.
+
+    Parameters
+    ----------
+    contributed
+        Banks whose payload the round holds.
+    participants
+        Banks the round expects.
+    min_banks
+        The run's quorum (never below :data:`MIN_BANKS`).
+    past_deadline
+        Whether the round's deadline has passed.
+    """
+    if contributed >= participants and quorum_reached(len(contributed), min_banks):
+        return Decision.RELEASE
+    if not past_deadline:
+        return Decision.WAIT
+    return Decision.RELEASE if quorum_reached(len(contributed), min_banks) else Decision.FAIL
+
+
+def check_note(note: bytes, *, bank: str, round_key: str, state: str, summed: frozenset[str] | set[str],
+               posted: frozenset[str] | set[str]) -> None:
+    """Refuse a note unless the round was released with ``bank`` in its sum, once per bank.
+
+    Raises
+    ------
+    NoteError
+        Why the note is refused.
+    """
+    if state != RoundState.RELEASED.value:
+        raise NoteError(f"round {round_key!r} is {state}; notes are posted to released rounds")
+    if bank not in summed:
+        raise NoteError(f"bank {bank!r} is not in the sum of round {round_key!r}")
+    if bank in posted:
+        raise NoteError(f"bank {bank!r} already posted its note to round {round_key!r}")
+    if not 0 < len(note) <= MAX_NOTE_BYTES:
+        raise NoteError(f"a note holds 1 to {MAX_NOTE_BYTES} bytes, got {len(note)}")
 
 
 def quorum_failure_reason(n_contributed: int, n_participants: int, min_banks: int) -> str:
@@ -160,8 +234,7 @@ class SecureSum:
     def __init__(self, *, context: HEScheme, min_banks: int = DEFAULT_MIN_BANKS) -> None:
         if context.has_secret_key:
             raise ValueError("the aggregator must be given the public context only, not the secret key")
-        if min_banks < 2:
-            raise ValueError("min_banks must be at least 2: a sum of one bank is that bank's data")
+        check_quorum(min_banks)
         self.context = context
         self.min_banks = min_banks
         self._rounds: dict[str, Round] = {}
@@ -169,10 +242,8 @@ class SecureSum:
 
     def open(self, key: str, *, participants: Iterable[str], n_values: int, min_banks: int | None = None) -> Round:
         """Open a round; reopening an identical round is a no-op, a conflicting one an error."""
-        quorum = self.min_banks if min_banks is None else min_banks
+        quorum = check_quorum(self.min_banks if min_banks is None else min_banks)
         members = frozenset(participants)
-        if quorum < 2:
-            raise ValueError("min_banks must be at least 2")
         if len(members) < quorum:
             raise ValueError(f"round {key!r} has {len(members)} participants, fewer than the quorum of {quorum}")
         existing = self._rounds.get(key)
@@ -208,8 +279,7 @@ class SecureSum:
             raise ReplayError(f"bank {bank!r} already contributed to round {key!r}")
         check_contribution(self.context, payload, round_key=key, n_values=current.n_values)
         current.contributions[bank] = payload
-        if current.complete:
-            self._release(current)
+        self._settle(current, past_deadline=False)
         return current
 
     def close(self, key: str) -> Round:
@@ -218,18 +288,40 @@ class SecureSum:
         Failure is a value, not an exception: the returned round says which banks dropped out.
         """
         current = self.get(key)
-        if current.state is not RoundState.OPEN:
-            return current
-        current.dropped = current.participants - set(current.contributions)
-        if quorum_reached(len(current.contributions), current.min_banks):
-            self._release(current)
-        else:
-            current.state = RoundState.FAILED
-            current.reason = quorum_failure_reason(
-                len(current.contributions), len(current.participants), current.min_banks
-            )
-            current.contributions.clear()
+        if current.state is RoundState.OPEN:
+            self._settle(current, past_deadline=True)
         return current
+
+    def post_note(self, key: str, bank: str, note: bytes) -> Round:
+        """Keep ``bank``'s note to a released round it is summed in (once).
+
+        Raises
+        ------
+        UnknownRoundError, NoteError
+            With nothing kept.
+        """
+        current = self.get(key)
+        check_note(note, bank=bank, round_key=key, state=current.state.value, summed=current.summed,
+                   posted=set(current.notes))
+        current.notes[bank] = bytes(note)
+        return current
+
+    def notes(self, key: str) -> dict[str, bytes]:
+        """The notes posted to round ``key`` so far, by bank."""
+        return dict(self.get(key).notes)
+
+    def _settle(self, current: Round, *, past_deadline: bool) -> None:
+        decision = decide(contributed=set(current.contributions), participants=current.participants,
+                          min_banks=current.min_banks, past_deadline=past_deadline)
+        if decision is Decision.WAIT:
+            return
+        current.dropped = current.participants - set(current.contributions)
+        if decision is Decision.RELEASE:
+            self._release(current)
+            return
+        current.state = RoundState.FAILED
+        current.reason = quorum_failure_reason(len(current.contributions), len(current.participants), current.min_banks)
+        current.contributions.clear()
 
     def released(self, key: str) -> bytes | None:
         """The sum of round ``key`` if it was released, else None."""
@@ -244,5 +336,6 @@ class SecureSum:
         current.aggregate = self.context.aggregate(ordered)
         self.aggregate_seconds[current.key] = time.perf_counter() - started
         current.state = RoundState.RELEASED
+        current.summed = frozenset(current.contributions)
         # Individual ciphertexts are not needed once summed; keep only the sum.
         current.contributions = {bank: b"" for bank in current.contributions}

@@ -11,9 +11,10 @@ headroom for ``max_addends`` contributions, and ``s = (key_bits - 1) // w`` slot
 one plaintext ``sum_j u_j * 2^(w*j) < 2^(key_bits - 1) <= n``: the packed sum never wraps
 modulo ``n``.
 
-With the defaults (``value_bound = 1e6``, ``frac_bits = 20``, ``max_addends = 64``):
-``B < 2^40``, ``2B`` needs 41 bits, ``+ 6`` bits for 64 addends gives ``w = 47``; a 2048-bit key packs
-``s = 43`` values into each 4096-bit ciphertext, about 12 bytes per value on the wire.
+The protocol sends masked integers below ``2^31`` (:mod:`crypto.masking`), so the defaults are
+``value_bound = 2^31``, ``frac_bits = 0``, ``max_addends = 64``: ``B = 2^31``, ``2B`` needs 32 bits,
+``+ 6`` bits for 64 addends gives ``w = 39``; a 2048-bit key packs ``s = 52`` values into each
+4096-bit ciphertext, about 10 bytes per value on the wire.
 
 Exactness: decoding divides an integer of magnitude at most ``max_addends * B`` by a power of two.
 We require ``max_addends * B <= 2^53``, so the result is exactly representable in float64, and the
@@ -90,8 +91,8 @@ class PaillierParameters:
     """
 
     key_bits: int = 2048
-    frac_bits: int = 20
-    value_bound: float = 1e6
+    frac_bits: int = 0
+    value_bound: float = float(2**31)
     max_addends: int = 64
 
     def __post_init__(self) -> None:

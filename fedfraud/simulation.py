@@ -22,7 +22,7 @@ import crypto
 from bank_node.evaluation import Windows, evaluate, in_test_set, in_train_period
 from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.lockstep import LockstepCosts, run_lockstep
 from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
@@ -312,10 +312,9 @@ def _federated(
         algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks}
     else:
         scales = scales_for(MODEL_INPUTS)
-        options = scheme_options(secret)
         algorithms = {
             b.name: federated_gbdt(
-                b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i, **options
+                b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i
             )
             for i, b in enumerate(banks)
         }

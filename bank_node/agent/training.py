@@ -34,7 +34,7 @@ from bank_node.features import (
 )
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
@@ -250,7 +250,6 @@ def prepare_run(
 
         trees: Algorithm[GBDTModel] = federated_gbdt(
             rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
-            **scheme_options(context),
         )
         return PreparedRun(algorithm=trees, serialize=xgboost_file)
     if model == "logreg":

@@ -12,7 +12,6 @@ The result is the same :class:`~bank_node.federated.ensemble.GBDTModel` on every
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -34,43 +33,15 @@ from bank_node.federated.party import (
     tree_gradients,
     update_margin,
 )
-from bank_node.federated.rounds import Algorithm, SumRequest
+from bank_node.federated.rounds import SUM_LIMIT, Algorithm, SumRequest
 from bank_node.federated.sampling import column_sample
-
-if TYPE_CHECKING:
-    from crypto.scheme import HEScheme
-
-#: Relative gain difference under which two candidate splits count as tied (then the lower
-#: feature and bin win, as in XGBoost). Approximate HE (CKKS) perturbs sums by ~1e-9 relative;
-#: without a tolerance two features that split the rows identically could swap.
-CKKS_TIE_TOLERANCE = 1e-6
-
-
-class SchemeOptions(TypedDict):
-    """Keyword arguments of :func:`federated_gbdt` that depend on the HE scheme."""
-
-    tie_tolerance: float
-    max_abs_value: float
-
-
-def scheme_options(context: HEScheme) -> SchemeOptions:
-    """The options of :func:`federated_gbdt` that follow from the HE scheme's arithmetic.
-
-    Approximate arithmetic (CKKS) needs a tie tolerance; every scheme bounds the values it takes.
-    """
-    approximate = context.name == "ckks"
-    return SchemeOptions(
-        tie_tolerance=CKKS_TIE_TOLERANCE if approximate else 0.0,
-        max_abs_value=context.max_abs_value,
-    )
-
 
 #: Most the histograms are scaled up by (beyond it no scheme here gains precision).
 MAX_HISTOGRAM_SCALE = 2.0**20
 
 
 def histogram_scale(max_abs_value: float, n_rows: float, scale_pos_weight: float) -> float:
-    """The power of two that brings the largest possible histogram cell up to the scheme's range.
+    """The fixed-point factor (a power of two) that brings the largest possible cell up to ``max_abs_value``.
 
     A cell sums at most every row's gradient, and a logistic gradient or hessian is at most
     ``max(1, scale_pos_weight)`` in magnitude, so ``n_rows * that`` bounds every value sent.
@@ -95,8 +66,7 @@ def federated_gbdt(
     params: GBDTParams,
     scales: Sequence[FeatureScale],
     party_index: int,
-    tie_tolerance: float = 0.0,
-    max_abs_value: float = float("inf"),
+    sum_limit: float = SUM_LIMIT,
     prefix: str = "gbdt",
 ) -> Algorithm[GBDTModel]:
     """One bank's side of federated histogram GBDT.
@@ -113,12 +83,10 @@ def federated_gbdt(
         The consortium's declared scale of each feature (fixes the fine grid without data).
     party_index
         The bank's stable number (seeds its row subsample, when subsampling).
-    tie_tolerance
-        See :data:`CKKS_TIE_TOLERANCE`.
-    max_abs_value
-        Largest value the HE scheme takes (``HEScheme.max_abs_value``); histograms are scaled by
-        a power of two to use that range, which keeps the scheme's absolute error (CKKS) or
-        fixed-point step (Paillier) far below the gradients' resolution.
+    sum_limit
+        Largest magnitude a secure sum carries exactly (:data:`~.rounds.SUM_LIMIT`); histograms
+        are summed as fixed-point numbers whose factor (a power of two) uses that range, so sums
+        are exact and the same under every HE scheme: no tie between two splits is broken by noise.
     prefix
         Round-key prefix.
 
@@ -139,7 +107,7 @@ def federated_gbdt(
     bins = bin_index(X, cuts)
     n_bins = np.array([len(c) + 1 for c in cuts], dtype=np.int64)
     n_rows_global = float(np.rint(grid.feature_counts(summed_counts, 0).sum()))
-    factor = histogram_scale(max_abs_value, n_rows_global, params.scale_pos_weight)
+    factor = histogram_scale(sum_limit, n_rows_global, params.scale_pos_weight)
 
     margin = np.full(len(labels), base_margin(params.base_score), dtype=np.float32)
     trees = []
@@ -149,15 +117,14 @@ def federated_gbdt(
             bins_per_feature=n_bins,
             features=column_sample(X.shape[1], params, t),
             cuts=cuts,
-            tie_tolerance=tie_tolerance,
         )
         grad, hess = tree_gradients(margin, labels, params, tree_index=t, party_index=party_index)
         positions = np.zeros(len(labels), dtype=np.int32)
         depth = 0
         while (request := grower.request) is not None:
             payload = make_level_payload(bins, grad, hess, positions, request)
-            summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload * factor)
-            result = grower.apply_level_sum(summed / factor)
+            summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload, scale=factor)
+            result = grower.apply_level_sum(summed)
             positions = advance_positions(bins, positions, result.splits)
             depth += 1
         tree = grower.tree()

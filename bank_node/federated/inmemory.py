@@ -13,8 +13,15 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from bank_node.federated.rounds import Algorithm, BankRunner, RoundFailedError
-from consortium.secure_sum import RoundState, SecureSum
+from bank_node.federated.rounds import (
+    Algorithm,
+    BankRunner,
+    Released,
+    RoundFailedError,
+    simulated_mask_sessions,
+)
+from consortium.secure_sum import RoundError, RoundState, SecureSum
+from crypto.masking import MaskSession
 from crypto.scheme import HEScheme
 
 R = TypeVar("R")
@@ -46,13 +53,18 @@ class InMemoryChannel:
             self._aborted = reason
             self._lock.notify_all()
 
-    def exchange(self, key: str, bank: str, payload: bytes, *, n_values: int) -> bytes:
+    def exchange(
+        self, key: str, bank: str, payload: bytes, *, n_values: int, participants: frozenset[str]
+    ) -> Released:
         """Contribute ``payload`` to round ``key`` and wait for the released sum."""
         with self._lock:
             if self._aborted is not None:
                 raise RoundFailedError(f"run aborted: {self._aborted}")
-            self.aggregator.open(key, participants=self.participants, n_values=n_values)
-            current = self.aggregator.contribute(key, bank, payload)
+            try:
+                self.aggregator.open(key, participants=participants & self.participants, n_values=n_values)
+                current = self.aggregator.contribute(key, bank, payload)
+            except (RoundError, ValueError) as exc:
+                raise RoundFailedError(str(exc)) from None
             if current.state is not RoundState.OPEN:
                 self._lock.notify_all()
             released = self._lock.wait_for(
@@ -65,7 +77,21 @@ class InMemoryChannel:
                 self._lock.notify_all()
             if current.aggregate is None:
                 raise RoundFailedError(f"round {key!r} failed: {current.reason or current.state.value}")
-            return current.aggregate
+            return Released(payload=current.aggregate, contributors=current.summed)
+
+    def reveal(self, key: str, bank: str, seed: bytes, *, expected: frozenset[str]) -> dict[str, bytes]:
+        """Post this bank's seed; wait for every expected bank's, or the deadline."""
+        with self._lock:
+            try:
+                self.aggregator.post_note(key, bank, seed)
+            except RoundError as exc:
+                raise RoundFailedError(str(exc)) from None
+            self._lock.notify_all()
+            self._lock.wait_for(
+                lambda: set(self.aggregator.notes(key)) >= expected or self._aborted is not None,
+                timeout=self.timeout_s,
+            )
+            return self.aggregator.notes(key)
 
 
 def run_banks(
@@ -74,6 +100,8 @@ def run_banks(
     contexts: Mapping[str, HEScheme],
     aggregator: SecureSum,
     timeout_s: float = 600.0,
+    masks: Mapping[str, MaskSession] | None = None,
+    run_id: str = "simulated-run",
 ) -> tuple[dict[str, R], dict[str, BankRunner]]:
     """Run one algorithm per bank concurrently through an in-memory channel.
 
@@ -87,6 +115,10 @@ def run_banks(
         The secure-sum rounds, built on the public context.
     timeout_s
         Deadline of each round.
+    masks
+        Each bank's mask session; fresh simulated keys by default.
+    run_id
+        Binds the default masks.
 
     Returns
     -------
@@ -94,11 +126,18 @@ def run_banks(
         Each bank's algorithm result, and its runner (with the time and bytes it spent).
     """
     channel = InMemoryChannel(aggregator=aggregator, participants=algorithms, timeout_s=timeout_s)
-    runners = {bank: BankRunner(bank=bank, context=contexts[bank], channel=channel) for bank in algorithms}
+    sessions = masks or simulated_mask_sessions(algorithms, run_id)
+    runners = {
+        bank: BankRunner(
+            bank=bank, context=contexts[bank], channel=channel, masks=sessions[bank],
+            participants=algorithms, quorum=aggregator.min_banks,
+        )
+        for bank in algorithms
+    }
 
     def run_one(bank: str) -> R:
         try:
-            return runners[bank].run(algorithms[bank]())
+            return runners[bank].run(algorithms[bank])
         except BaseException as exc:
             channel.abort(f"bank {bank!r} failed: {exc}")
             raise

@@ -13,9 +13,8 @@ From the summed gradient and Hessian every bank takes the same Newton step on th
 objective, so the weights converge to those of one logistic regression fitted on all banks' rows
 pooled (the objective is scikit-learn's: ``C * sum_i s_i * logloss_i + ||coef||^2 / 2``, intercept
 not penalised). Contributions are divided by the global row count so that every encrypted value
-stays an average, well inside the HE scheme's value range, whatever the banks' sizes; averages
-of derivatives are then multiplied by :data:`DERIVATIVE_RESOLUTION` to stay well above the
-scheme's absolute error.
+stays an average, well inside the secure sum's range, whatever the banks' sizes; each sum is exact
+at the fixed-point resolution its request declares (:data:`DERIVATIVE_RESOLUTION`).
 """
 
 from __future__ import annotations
@@ -32,11 +31,13 @@ from bank_node.federated.rounds import Algorithm, SumRequest
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Averaged gradients and Hessians are multiplied by this before encryption. HE schemes add an
-#: absolute error (CKKS about 1e-5 per value at its default scale) while averages of standardised
-#: features are of order one, so the factor keeps the relative error near 1e-9; the HE value range
-#: (about 2e6 for CKKS) still leaves room for averages up to ~128.
-DERIVATIVE_RESOLUTION = 2.0**14
+#: Fixed-point factor of the averaged gradients and Hessians: secure sums are exact at a resolution
+#: of ``1 / DERIVATIVE_RESOLUTION`` and carry magnitudes up to ``2^30 / DERIVATIVE_RESOLUTION``
+#: (256: averages of standardised features' derivatives are of order one).
+DERIVATIVE_RESOLUTION = 2.0**22
+#: Fixed-point factors of the feature means and variances (magnitudes up to 16384 and 1e6).
+MEAN_RESOLUTION = 2.0**16
+VARIANCE_RESOLUTION = 2.0**10
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,9 @@ def federated_logreg(
     n_rows, n_frauds = float(np.rint(counts[0])), float(np.rint(counts[1]))
     if n_rows < 1:
         raise ValueError("the consortium has no training rows")
-    mean = yield SumRequest(f"{prefix}/mean", X.sum(axis=0) / n_rows)
-    var = yield SumRequest(f"{prefix}/var", ((X - mean) ** 2).sum(axis=0) / n_rows)
-    var = np.maximum(var, 0.0)  # HE noise can push an exact zero slightly below it
+    mean = yield SumRequest(f"{prefix}/mean", X.sum(axis=0) / n_rows, scale=MEAN_RESOLUTION)
+    var = yield SumRequest(f"{prefix}/var", ((X - mean) ** 2).sum(axis=0) / n_rows, scale=VARIANCE_RESOLUTION)
+    var = np.maximum(var, 0.0)  # fixed-point rounding can push an exact zero slightly below it
     scale = np.sqrt(var)
     scale[scale < 1e-12] = 1.0  # constant feature: leave it unscaled, as StandardScaler does
 
@@ -221,9 +222,9 @@ def federated_logreg(
     for rounds in range(1, params.max_rounds + 1):
         grad, hess = loss_derivatives(Zb, y, sample_weight, weights)
         size = n_features + 1
-        share = np.concatenate([grad, hess.ravel()]) * (DERIVATIVE_RESOLUTION / n_rows)
-        summed = yield SumRequest(f"{prefix}/round-{rounds}", share)
-        summed = summed * (n_rows / DERIVATIVE_RESOLUTION)
+        share = np.concatenate([grad, hess.ravel()]) / n_rows
+        summed = yield SumRequest(f"{prefix}/round-{rounds}", share, scale=DERIVATIVE_RESOLUTION)
+        summed = summed * n_rows
         grad_sum = summed[:size]
         hess_sum = summed[size:].reshape(size, size)
         hess_sum = 0.5 * (hess_sum + hess_sum.T)

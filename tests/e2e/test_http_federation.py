@@ -22,7 +22,7 @@ import crypto
 from bank_node.data import load_transactions
 from bank_node.features import MODEL_INPUTS
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.lockstep import run_lockstep
 from bank_node.federated.logreg import LogRegModel, federated_logreg
 from bank_node.federated.params import GBDTParams
@@ -72,7 +72,7 @@ def reference(handbook_dir: Path) -> dict[str, Any]:
     params = GBDTParams(**XGB_PARAMS)
     xgb = run_lockstep(
         {b.name: federated_gbdt(b.X_train, b.y_train, params=params, scales=scales_for(MODEL_INPUTS),
-                                party_index=i, **scheme_options(secret)) for i, b in enumerate(banks)},
+                                party_index=i) for i, b in enumerate(banks)},
         contexts=contexts, aggregator=aggregator(),
     ).results["bank-1"]
     logreg = run_lockstep(

@@ -11,7 +11,7 @@ import xgboost as xgb
 import crypto
 from bank_node.federated.binning import bin_index
 from bank_node.federated.ensemble import GBDTModel
-from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.inmemory import run_banks
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.xgb_export import save_xgboost_json
@@ -27,7 +27,6 @@ def run_protocol(data, scheme: str, params: GBDTParams = PARAMS) -> tuple[GBDTMo
         f"bank-{i}": (
             lambda rows=rows, i=i: federated_gbdt(
                 data.X[rows], data.y[rows], params=params, scales=data.scales, party_index=i,
-                **scheme_options(secret),
             )
         )
         for i, rows in enumerate(data.parties)
@@ -71,18 +70,20 @@ def test_plaintext_protocol_grows_xgboost_hist_trees_on_global_bins(  # type: ig
         assert [int(ours.feature[n]) for n in inner] == [theirs["split_indices"][n] for n in inner], f"tree {t}"
         assert [int(ours.split_bin[n]) + 1 for n in inner] == [int(theirs["split_conditions"][n]) for n in inner]
         leaves = [n for n in range(ours.n_nodes) if ours.left[n] < 0]
-        np.testing.assert_allclose(ours.value[leaves], [theirs["split_conditions"][n] for n in leaves], atol=1e-6)
+        # Secure sums are exact over fixed-point cells (2^-19 here, each bank rounding its own),
+        # XGBoost's over float rows: leaf weights agree to the fixed-point resolution.
+        np.testing.assert_allclose(ours.value[leaves], [theirs["split_conditions"][n] for n in leaves], atol=2e-5)
     ours_margin = model.predict_margin(gbdt_data.X)
-    np.testing.assert_allclose(ours_margin, booster.predict(xgb.DMatrix(bins), output_margin=True), atol=1e-5)
+    np.testing.assert_allclose(ours_margin, booster.predict(xgb.DMatrix(bins), output_margin=True), atol=1e-4)
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "paillier"])
 def test_encrypted_schemes_grow_the_same_trees(gbdt_data, plain_model, scheme: str) -> None:  # type: ignore[no-untyped-def]
     model, _ = run_protocol(gbdt_data, scheme)
     reference, _ = plain_model
+    # Masked fixed-point sums are exact: every scheme grows bit-identical trees.
     assert tree_signature(model) == tree_signature(reference)
-    np.testing.assert_allclose(leaf_values(model), leaf_values(reference), atol=1e-6)
-    np.testing.assert_allclose(model.predict_proba(gbdt_data.X), reference.predict_proba(gbdt_data.X), atol=1e-4)
+    np.testing.assert_array_equal(leaf_values(model), leaf_values(reference))
 
 
 def test_exported_model_scores_alike_in_xgboost(gbdt_data, plain_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
