@@ -49,6 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         :class:`consortium.config.ConsortiumConfig` (``DATABASE_URL``, ``BLOB_DIR``,
         ``MAX_CONTENT_LENGTH``, ``DEFAULT_MIN_BANKS``, ``DEFAULT_ROUND_TIMEOUT_S``,
         ``SWEEP_INTERVAL_S``, ``AUTO_MIGRATE``, ``KEEP_CONTRIBUTION_BLOBS``, ``LOG_LEVEL``,
+        ``DEVELOPMENT_MODE``,
         ``CLOCK``) and Flask's own keys (``TESTING``, ...).
 
     Returns
@@ -78,6 +79,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.info("empty database: applying migrations")
         upgrade(Database.engine_for(app))
     init_resources(app)
+    if app.config["DEVELOPMENT_MODE"]:
+        logger.warning("DEVELOPMENT MODE: the unencrypted 'plain' HE scheme is accepted; never run this in production")
 
     api = Api(app)
     register_blueprints(api)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -131,6 +132,12 @@ def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str
         raise Unprocessable(f"not a public HE context: {exc}", {"body": [str(exc)]}) from None
     if context.has_secret_key:  # pragma: no cover - load_context(require_public=True) refuses it
         raise Unprocessable("refused: this context holds the secret key")
+    if context.name == "plain" and not current_app.config["DEVELOPMENT_MODE"]:
+        message = (
+            "refused: the 'plain' scheme encrypts nothing; use ckks or paillier, or start the "
+            "service in development mode (FEDFRAUD_DEVELOPMENT_MODE=true) for tests only"
+        )
+        raise Unprocessable(message, {"body": [message]})
 
     with write_lock():
         digest = blob_store().put(body)

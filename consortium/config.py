@@ -48,6 +48,9 @@ class ConsortiumConfig:
         Keep individual ciphertexts after their round closed (default: delete them).
     LOG_LEVEL
         Level of the ``consortium`` loggers.
+    DEVELOPMENT_MODE
+        Accept the ``plain`` (unencrypted) HE scheme; logged as a warning at start-up. Never in
+        production: with ``plain`` the aggregator reads every sum.
     CLOCK
         Callable returning the naive-UTC time; tests replace it (not settable from env).
     """
@@ -61,6 +64,7 @@ class ConsortiumConfig:
     AUTO_MIGRATE: bool = True
     KEEP_CONTRIBUTION_BLOBS: bool = False
     LOG_LEVEL: str = "INFO"
+    DEVELOPMENT_MODE: bool = False
     CLOCK: Callable[[], datetime] = field(default=utcnow)
 
     def as_flask_config(self) -> dict[str, Any]:
@@ -144,6 +148,6 @@ def load_config(
         values["DATABASE_URL"] = f"sqlite:///{instance / 'consortium.db'}"
     if not values.get("BLOB_DIR"):
         values["BLOB_DIR"] = str(instance / "blobs")
-    if int(values.get("DEFAULT_MIN_BANKS", 3)) < 2:
-        raise ValueError("DEFAULT_MIN_BANKS must be at least 2: a sum of one bank is that bank's data")
+    if int(values.get("DEFAULT_MIN_BANKS", 3)) < 3:
+        raise ValueError("DEFAULT_MIN_BANKS must be at least 3: with two banks either one subtracts itself from the sum")
     return ConsortiumConfig(**values)

@@ -1,4 +1,10 @@
-"""Proposals of finished models, and publication once every contributing bank agrees."""
+"""Proposals of finished models, and publication once a quorum of full contributors agrees.
+
+A model is published when at least the run's quorum of banks that contributed to *every*
+released round of the run, and more than half of those banks, signed proposals of the same
+digest. A bank that took part in no round, or skipped one, is not counted; a run with no
+released round publishes nothing. Every proposal's signature is kept, so banks can check them.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,18 @@ from sqlalchemy.orm import Session
 from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from consortium.extensions import blob_store, now, write_lock
 from consortium.rounds import get_run
+from consortium.secure_sum import MIN_BANKS, RoundState
 from consortium.storage.models import (
     Bank,
     Contribution,
     Proposal,
     PublishedModel,
+    RoundRow,
     Run,
     RunState,
 )
 
-__all__ = ["ProposalOutcome", "contributors", "get_model", "list_models", "propose"]
+__all__ = ["ProposalOutcome", "contributors", "get_model", "list_models", "proposals_for", "propose", "publication_reached"]
 
 logger = logging.getLogger("consortium.publishing")
 
@@ -40,9 +48,9 @@ class ProposalOutcome:
     created
         False when it repeated the bank's latest proposal (nothing new recorded).
     agreed
-        Contributing banks whose latest proposal has this digest.
+        Full contributors whose latest proposal has this digest.
     required
-        Contributing banks (all must agree).
+        Full contributors: banks summed in every released round.
     model
         The published model, once published.
     """
@@ -55,11 +63,26 @@ class ProposalOutcome:
 
 
 def contributors(session: Session, run_id: str) -> list[str]:
-    """Banks that contributed to at least one round of the run."""
-    rows = session.execute(
-        select(Contribution.bank_id).where(Contribution.run_id == run_id).distinct().order_by(Contribution.bank_id)
+    """Banks summed in every released round of the run (none if no round was released)."""
+    released = list(
+        session.execute(
+            select(RoundRow.id).where(RoundRow.run_id == run_id, RoundRow.state == RoundState.RELEASED.value)
+        ).scalars()
     )
-    return [bank_id for (bank_id,) in rows]
+    if not released:
+        return []
+    counts: dict[str, int] = {}
+    rows = session.execute(
+        select(Contribution.bank_id).where(Contribution.round_id.in_(released))
+    )
+    for (bank_id,) in rows:
+        counts[bank_id] = counts.get(bank_id, 0) + 1
+    return sorted(bank for bank, n in counts.items() if n == len(released))
+
+
+def publication_reached(agreed: int, eligible: int, min_banks: int) -> bool:
+    """Whether ``agreed`` of ``eligible`` full contributors suffice to publish under ``min_banks``."""
+    return agreed >= max(min_banks, MIN_BANKS) and 2 * agreed > eligible
 
 
 def _latest_proposals(session: Session, run_id: str) -> dict[str, Proposal]:
@@ -81,7 +104,7 @@ def _check_model_file(body: bytes) -> None:
 
 
 def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature: str | None) -> ProposalOutcome:
-    """Record a bank's proposed model for a run and publish it if the contributors agree.
+    """Record a bank's proposed model for a run and publish it once a quorum of full contributors agrees.
 
     Raises
     ------
@@ -128,10 +151,11 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
             assert previous is not None
             proposal = previous
         required = contributors(session, run_id)
-        agreed = sum(1 for bank_id in required if bank_id in latest and latest[bank_id].model_digest == digest)
+        agreeing = [bank_id for bank_id in required if bank_id in latest and latest[bank_id].model_digest == digest]
+        agreed = len(agreeing)
         model = None
-        if required and agreed == len(required):
-            model = _publish(session, run, digest, len(body), required)
+        if publication_reached(agreed, len(required), run.min_banks):
+            model = _publish(session, run, digest, len(body), agreeing)
         try:
             session.commit()
         except IntegrityError:
@@ -174,6 +198,12 @@ def get_model(session: Session, version: int) -> PublishedModel:
     if model is None:
         raise NotFound(f"no published model version {version}")
     return model
+
+
+def proposals_for(session: Session, model: PublishedModel) -> list[Proposal]:
+    """The signed proposals of the banks that published ``model`` (their latest, of its digest)."""
+    latest = _latest_proposals(session, model.run_id)
+    return [latest[bank] for bank in model.banks if bank in latest and latest[bank].model_digest == model.model_digest]
 
 
 def model_for_run(session: Session, run_id: str) -> PublishedModel | None:

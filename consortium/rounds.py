@@ -25,11 +25,15 @@ from consortium.extensions import (
     write_lock,
 )
 from consortium.secure_sum import (
+    MAX_NOTE_BYTES,
+    Decision,
     InvalidContributionError,
+    NoteError,
     RoundState,
     check_contribution,
+    check_note,
+    decide,
     quorum_failure_reason,
-    quorum_reached,
 )
 from consortium.storage.database import db
 from consortium.storage.models import (
@@ -37,6 +41,7 @@ from consortium.storage.models import (
     Bank,
     Contribution,
     KeyMaterial,
+    RoundNote,
     RoundRow,
     Run,
     RunState,
@@ -44,6 +49,8 @@ from consortium.storage.models import (
 
 __all__ = [
     "contribute",
+    "notes_of",
+    "post_note",
     "contributions_of",
     "find_round",
     "get_run",
@@ -235,9 +242,10 @@ def _digest_referenced(session: Session, digest: str) -> bool:
 def settle_round(session: Session, current: RoundRow, *, at: datetime | None = None) -> RoundRow:
     """Release or fail a round if its time has come; otherwise leave it open.
 
-    A round is released once every participant contributed, or at its deadline with a quorum;
-    at its deadline without a quorum it fails, and so does its run. A round of a run that is no
-    longer open is failed. Safe to call repeatedly and concurrently.
+    The rule is :func:`consortium.secure_sum.decide`: released once every participant contributed,
+    or at its deadline with a quorum; at its deadline without a quorum it fails alone (a bank that
+    opened a round nobody joined cannot fail the others' run). A round of a run that is no longer
+    open is failed. Safe to call repeatedly and concurrently.
     """
     if current.state != RoundState.OPEN.value:
         return current
@@ -251,16 +259,14 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
         session.refresh(run)
         contributed = {row.bank_id for row in contributions_of(session, locked.id)}
         participants = set(run.participants)
+        decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
+                          past_deadline=moment >= locked.deadline)
         if run.state != RunState.OPEN.value:
-            _fail(session, locked, run, f"run {run.run_id!r} is {run.state}", fail_run=False)
-        elif contributed >= participants:
+            _fail(session, locked, run, f"run {run.run_id!r} is {run.state}")
+        elif decision is Decision.RELEASE:
             _release(session, locked, participants - contributed)
-        elif moment >= locked.deadline:
-            if quorum_reached(len(contributed), run.min_banks):
-                _release(session, locked, participants - contributed)
-            else:
-                reason = quorum_failure_reason(len(contributed), len(participants), run.min_banks)
-                _fail(session, locked, run, reason, fail_run=True)
+        elif decision is Decision.FAIL:
+            _fail(session, locked, run, quorum_failure_reason(len(contributed), len(participants), run.min_banks))
         else:
             session.commit()  # nothing to do; end the locking transaction
             return locked
@@ -291,31 +297,66 @@ def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     )
 
 
-def _fail(session: Session, current: RoundRow, run: Run, reason: str, *, fail_run: bool) -> None:
+def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     contributed = {row.bank_id for row in contributions_of(session, current.id)}
     current.state = RoundState.FAILED.value
     current.failure_reason = reason
     current.dropped = sorted(set(run.participants) - contributed)
     current.closed_at = now()
-    if fail_run and run.state == RunState.OPEN.value:
-        run.state = RunState.FAILED.value
-        run.failure_reason = f"round {current.round_key!r} failed: {reason}"
-        run.finished_at = current.closed_at
-        # The run's other open rounds can never be used now: close them too.
-        others = session.execute(
-            select(RoundRow).where(
-                RoundRow.run_id == run.run_id, RoundRow.id != current.id, RoundRow.state == RoundState.OPEN.value
-            )
-        ).scalars().all()
-        for other in others:
-            other.state = RoundState.FAILED.value
-            other.failure_reason = f"run {run.run_id!r} failed"
-            other.dropped = sorted(set(run.participants) - {row.bank_id for row in contributions_of(session, other.id)})
-            other.closed_at = current.closed_at
     session.commit()
     logger.warning(
         "round failed",
         extra={"run_id": run.run_id, "round_key": current.round_key, "reason": reason, "dropped": current.dropped},
+    )
+
+
+def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note: bytes, signature: str | None) -> RoundNote:
+    """Keep a summed bank's signed note to a released round (once per bank).
+
+    Raises
+    ------
+    NotFound, BadRequest, Conflict, Unprocessable
+        With nothing stored.
+    """
+    import base64
+
+    from crypto.signing import SignatureError, note_message, verify
+
+    get_run(session, run_id)
+    current = find_round(session, run_id, round_key)
+    if current is None:
+        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
+    current = settle_round(session, current)
+    if not bank.signing_key:  # pragma: no cover - participants have keys
+        raise Conflict(f"bank {bank.bank_id!r} has not registered its signing key")
+    try:
+        verify(bank.signing_key, note_message(run_id, round_key, bank.bank_id, note), signature)
+    except SignatureError as exc:
+        raise BadRequest(f"note refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
+    with write_lock():
+        summed = {row.bank_id for row in contributions_of(session, current.id)}
+        posted = {row.bank_id for row in notes_of(session, current.id)}
+        try:
+            check_note(note, bank=bank.bank_id, round_key=round_key, state=current.state, summed=summed, posted=posted)
+        except NoteError as exc:
+            if not 0 < len(note) <= MAX_NOTE_BYTES:
+                raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
+            raise Conflict(str(exc), state=current.state) from None
+        row = RoundNote(round_id=current.id, bank_id=bank.bank_id, note=base64.b64encode(note).decode("ascii"),
+                        signature=signature or "", posted_at=now())
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise Conflict(f"bank {bank.bank_id!r} already posted its note to round {round_key!r}") from None
+    return row
+
+
+def notes_of(session: Session, round_id: int) -> list[RoundNote]:
+    """The notes posted to a round, by bank id."""
+    return list(
+        session.execute(select(RoundNote).where(RoundNote.round_id == round_id).order_by(RoundNote.bank_id)).scalars()
     )
 
 

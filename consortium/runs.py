@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from consortium.ceremony import key_material
 from consortium.errors import Conflict, Unprocessable
 from consortium.extensions import now, write_lock
+from consortium.secure_sum import check_quorum
 from consortium.storage.models import Bank, Run, RunState
 
 __all__ = ["MODEL_FAMILIES", "list_runs", "open_run"]
@@ -58,6 +59,10 @@ def open_run(
     Unprocessable
         Unknown participants, banks without keys, or fewer participants than the quorum.
     """
+    try:
+        check_quorum(min_banks)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), {"min_banks": [str(exc)]}) from None
     if key_material(session) is None:
         raise Conflict("no HE context has been published yet: the key ceremony comes before any run")
     with_keys = {

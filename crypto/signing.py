@@ -8,6 +8,7 @@ The canonical messages are those of ``docs/consortium-api.md``::
 
     fedfraud-contribution-v1\\n{run_id}\\n{round_key}\\n{bank_id}\\n{sha256 hex of the body}
     fedfraud-proposal-v1\\n{run_id}\\n{bank_id}\\n{sha256 hex of the body}
+    fedfraud-note-v1\\n{run_id}\\n{round_key}\\n{bank_id}\\n{sha256 hex of the body}
 
 The publication of the public HE context is signed as a proposal of run ``"ceremony"``.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "load_box_key",
     "load_signing_key",
     "open_sealed",
+    "note_message",
     "proposal_message",
     "seal_to",
     "sign",
@@ -48,6 +50,7 @@ __all__ = [
 
 CONTRIBUTION_PREFIX: Final = "fedfraud-contribution-v1"
 PROPOSAL_PREFIX: Final = "fedfraud-proposal-v1"
+NOTE_PREFIX: Final = "fedfraud-note-v1"
 CEREMONY_RUN_ID: Final = "ceremony"
 """The run id under which the public HE context is signed (as a proposal)."""
 SIGNATURE_HEADER: Final = "X-Fedfraud-Signature"
@@ -88,6 +91,11 @@ def contribution_message(run_id: str, round_key: str, bank_id: str, body: bytes)
         UTF-8 of ``fedfraud-contribution-v1\\n{run_id}\\n{round_key}\\n{bank_id}\\n{sha256 hex}``.
     """
     return _message(CONTRIBUTION_PREFIX, run_id, round_key, bank_id, body_sha256(body))
+
+
+def note_message(run_id: str, round_key: str, bank_id: str, body: bytes) -> bytes:
+    """The bytes a bank signs when it posts a note (its self-mask seed) to a released round."""
+    return _message(NOTE_PREFIX, run_id, round_key, bank_id, body_sha256(body))
 
 
 def proposal_message(run_id: str, bank_id: str, body: bytes) -> bytes:

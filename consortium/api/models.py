@@ -28,6 +28,10 @@ def model_view(model: PublishedModel) -> dict[str, Any]:
         "size": model.model_size,
         "created_at": model.created_at,
         "banks": list(model.banks),
+        "proposals": [
+            {"bank_id": row.bank_id, "signature": row.signature}
+            for row in publishing.proposals_for(db.session, model)
+        ],
     }
 
 

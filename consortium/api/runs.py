@@ -21,6 +21,8 @@ from consortium.api.bodies import (
 )
 from consortium.api.schemas import (
     ContributionStoredSchema,
+    NotePostedSchema,
+    NotesSchema,
     ProposalOutcomeSchema,
     RoundStatusSchema,
     RunOpenSchema,
@@ -38,6 +40,8 @@ from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundR
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
 
+CONTRIBUTORS_HEADER: Final = "X-Fedfraud-Contributors"
+"""Header of a released sum: the comma-separated ids of the banks summed in it."""
 ROUND_KEY_PATTERN: Final = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
 MAX_ROUND_KEY: Final = ROUND_KEY_LENGTH
 
@@ -188,6 +192,7 @@ def get_aggregate(run_id: str, round_key: str) -> Any:
         assert current.aggregate_digest is not None
         response = Response(blob_store().get(current.aggregate_digest), mimetype=BINARY)
         response.set_etag(current.aggregate_digest)
+        response.headers[CONTRIBUTORS_HEADER] = ",".join(view["contributors"])
         return response
     if current.state == RoundState.FAILED.value:
         raise Conflict(
@@ -200,6 +205,44 @@ def get_aggregate(run_id: str, round_key: str) -> Any:
         )
     status = {"state": current.state, "contributed": view["contributed"], "participants": view["participants"]}
     return RoundStatusSchema().dump(status), 202
+
+
+@blp.route("/<string:run_id>/notes/<path:round_key>", methods=["PUT"])
+@requires(Role.BANK)
+@binary_body
+@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.response(201, NotePostedSchema)
+@blp.alt_response(409, description="the round is not released, the bank is not in its sum, or it posted already")
+def post_note(run_id: str, round_key: str) -> Any:
+    """Post the bank's signed note (its self-mask seed) to a released round it is summed in."""
+    _check_round_key(round_key)
+    run = rounds.get_run(db.session, run_id)
+    bank = get_bank(db.session, _participant(run))
+    row = rounds.post_note(db.session, run_id=run_id, round_key=round_key, bank=bank, note=read_binary(),
+                           signature=request.headers.get("X-Fedfraud-Signature"))
+    return {"run_id": run_id, "round_key": round_key, "bank_id": row.bank_id, "posted_at": row.posted_at}
+
+
+@blp.route("/<string:run_id>/notes/<path:round_key>", methods=["GET"])
+@requires(Role.BANK)
+@blp.response(200, NotesSchema)
+def get_notes(run_id: str, round_key: str) -> Any:
+    """The notes posted to a round so far, each with its bank's signature, and the banks summed."""
+    run = rounds.get_run(db.session, run_id)
+    _participant(run)
+    current = rounds.find_round(db.session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
+    if current is None:
+        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
+    current = rounds.settle_round(db.session, current)
+    return {
+        "round_key": round_key,
+        "state": current.state,
+        "summed": [row.bank_id for row in rounds.contributions_of(db.session, current.id)],
+        "notes": [
+            {"bank_id": row.bank_id, "note": row.note, "signature": row.signature}
+            for row in rounds.notes_of(db.session, current.id)
+        ],
+    }
 
 
 @blp.route("/<string:run_id>/proposals", methods=["POST"])

@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from consortium.runs import MODEL_FAMILIES
+from consortium.secure_sum import MIN_BANKS
 from consortium.storage.models import ID_PATTERN
 
 ID_REGEX = ID_PATTERN.pattern
@@ -84,10 +85,12 @@ class SharePostedSchema(Schema):
 class RunOpenSchema(StrictSchema):
     model = fields.String(required=True, validate=validate.OneOf(MODEL_FAMILIES))
     params = fields.Dict(keys=fields.String(), load_default=dict)
-    min_banks = fields.Integer(validate=validate.Range(min=2, max=1000))
+    min_banks = fields.Integer(
+        validate=validate.Range(min=MIN_BANKS, max=1000, error=f"min_banks must be from {MIN_BANKS} to 1000: with two banks either one subtracts itself from the sum"),
+    )
     round_timeout_s = fields.Integer(validate=validate.Range(min=1, max=MAX_ROUND_TIMEOUT_S))
     participants = fields.List(
-        fields.String(validate=validate.Regexp(ID_REGEX)), validate=validate.Length(min=2, max=1000)
+        fields.String(validate=validate.Regexp(ID_REGEX)), validate=validate.Length(min=MIN_BANKS, max=1000)
     )
 
 
@@ -135,6 +138,26 @@ class ContributionStoredSchema(Schema):
     participants = fields.Integer(required=True)
 
 
+class NotePostedSchema(Schema):
+    run_id = fields.String(required=True)
+    round_key = fields.String(required=True)
+    bank_id = fields.String(required=True)
+    posted_at = _timestamp()
+
+
+class NoteSchema(Schema):
+    bank_id = fields.String(required=True)
+    note = fields.String(required=True, metadata={"description": "the note, base64"})
+    signature = fields.String(required=True, metadata={"description": "Ed25519 over fedfraud-note-v1, base64"})
+
+
+class NotesSchema(Schema):
+    round_key = fields.String(required=True)
+    state = fields.String(required=True)
+    summed = fields.List(fields.String(), metadata={"description": "banks whose contributions the sum adds"})
+    notes = fields.List(fields.Nested(NoteSchema))
+
+
 class RoundStatusSchema(Schema):
     state = fields.String(required=True)
     contributed = fields.Integer(required=True)
@@ -159,3 +182,7 @@ class ModelSchema(Schema):
     size = fields.Integer(required=True)
     created_at = _timestamp()
     banks = fields.List(fields.String())
+    proposals = fields.List(
+        fields.Dict(keys=fields.String(), values=fields.String()),
+        metadata={"description": "each publishing bank's Ed25519 signature over fedfraud-proposal-v1 of the file"},
+    )

@@ -171,6 +171,20 @@ class Contribution(Base):
     round: Mapped[RoundRow] = relationship(back_populates="contributions")
 
 
+class RoundNote(Base):
+    """A summed bank's signed note to a released round (base64; the aggregator never reads it)."""
+
+    __tablename__ = "round_notes"
+    __table_args__ = (UniqueConstraint("round_id", "bank_id", name="uq_round_notes_round_bank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    note: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(128))
+    posted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Proposal(Base):
     """A bank's proposed final model for a run (every proposal is kept; the latest counts)."""
 

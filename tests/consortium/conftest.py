@@ -130,14 +130,16 @@ def compliance_token(app: Flask) -> str:
 
 @pytest.fixture(scope="session")
 def he_key() -> crypto.HEScheme:
-    """The banks' shared CKKS key (with the secret), generated once per session."""
-    return crypto.generate("ckks")
+    """The banks' shared CKKS key (with the secret), generated once per session.
+
+    These tests encrypt raw floats, not masked integers, so they take the finer scale."""
+    return crypto.generate("ckks", scale_bits=30)
 
 
 @pytest.fixture(scope="session")
 def other_he_key() -> crypto.HEScheme:
     """A key from another ceremony, for payloads the consortium must refuse."""
-    return crypto.generate("ckks")
+    return crypto.generate("ckks", scale_bits=30)
 
 
 @dataclass
@@ -245,6 +247,12 @@ def set_up_consortium(client: FlaskClient, operator: str, he: crypto.HEScheme, n
 @pytest.fixture
 def consortium(client: FlaskClient, operator_token: str, he_key: crypto.HEScheme) -> Consortium:
     return set_up_consortium(client, operator_token, he_key)
+
+
+@pytest.fixture
+def consortium4(client: FlaskClient, operator_token: str, he_key: crypto.HEScheme) -> Consortium:
+    """Four banks: room for one to drop out above the quorum of three."""
+    return set_up_consortium(client, operator_token, he_key, n_banks=4)
 
 
 def state_snapshot(app: Flask) -> tuple[dict[str, int], list[str]]:

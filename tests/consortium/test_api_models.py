@@ -56,15 +56,22 @@ def test_model_is_published_when_every_contributor_proposes_the_same_digest(
     assert late.status_code == 409
 
 
-def test_only_banks_that_took_part_must_agree(consortium: Any, he_key: crypto.HEScheme, clock: Any) -> None:
-    run_id = consortium.open_run(min_banks=2, round_timeout_s=10)["run_id"]
-    for bank_id in ("bank-1", "bank-2"):
+def test_only_banks_that_took_part_must_agree(consortium4: Any, he_key: crypto.HEScheme, clock: Any) -> None:
+    consortium = consortium4
+    run_id = consortium.open_run(min_banks=3, round_timeout_s=10)["run_id"]
+    for bank_id in ("bank-1", "bank-2", "bank-3"):
         consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(np.ones(3)))
     clock.advance(11)
     assert consortium.bank("bank-1").aggregate(run_id, "r").status_code == 200
-    assert consortium.bank("bank-1").propose(run_id, MODEL).get_json()["state"] == "waiting"
-    published = consortium.bank("bank-2").propose(run_id, MODEL).get_json()
-    assert published["state"] == "published" and published["required"] == 2
+    # bank-4 took part in no round: its proposal counts for nothing
+    assert consortium.bank("bank-4").propose(run_id, MODEL).get_json()["state"] == "waiting"
+    for bank_id in ("bank-1", "bank-2"):
+        assert consortium.bank(bank_id).propose(run_id, MODEL).get_json()["state"] == "waiting"
+    published = consortium.bank("bank-3").propose(run_id, MODEL).get_json()
+    assert published["state"] == "published" and published["required"] == 3
+    model = consortium.client.get(f"/v1/models/{published['model_version']}", headers={"Authorization": f"Bearer {consortium.operator}"}).get_json()
+    assert model["banks"] == ["bank-1", "bank-2", "bank-3"]
+    assert {p["bank_id"] for p in model["proposals"]} == {"bank-1", "bank-2", "bank-3"}
 
 
 def test_repeating_a_proposal_records_nothing_new(consortium: Any, he_key: crypto.HEScheme, snapshot: Any) -> None:

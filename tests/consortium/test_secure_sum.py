@@ -21,7 +21,7 @@ BANKS = ("bank-1", "bank-2", "bank-3", "bank-4")
 
 @pytest.fixture(scope="module")
 def secret() -> crypto.HEScheme:
-    return crypto.generate("ckks")
+    return crypto.generate("ckks", scale_bits=30)
 
 
 @pytest.fixture()
@@ -91,9 +91,12 @@ def test_bad_contributions_are_refused_and_not_stored(secret: crypto.HEScheme, a
         aggregator.contribute("r", "bank-1", good)
 
 
-def test_quorum_below_two_is_refused(secret: crypto.HEScheme) -> None:
+def test_quorum_below_three_is_refused(secret: crypto.HEScheme) -> None:
     public = crypto.load_context(secret.public_context())
-    with pytest.raises(ValueError, match="at least 2"):
-        SecureSum(context=public, min_banks=1)
+    for quorum in (1, 2):
+        with pytest.raises(ValueError, match="at least 3"):
+            SecureSum(context=public, min_banks=quorum)
+        with pytest.raises(ValueError, match="at least 3"):
+            SecureSum(context=public).open("r", participants=BANKS, n_values=1, min_banks=quorum)
     with pytest.raises(ValueError, match="fewer than the quorum"):
         SecureSum(context=public).open("r", participants=BANKS[:2], n_values=1)

@@ -11,10 +11,12 @@ import pytest
 from crypto.registry import SCHEMES, generate, load_context
 from crypto.scheme import HEScheme
 
-# 1024-bit Paillier keys keep the suite fast; production uses 2048 (the default).
+# 1024-bit Paillier keys keep the suite fast; production uses 2048 (the default). These tests
+# exercise the schemes on raw floats, so CKKS takes the finer scale and Paillier 20 fractional
+# bits; the protocol's defaults (integers below 2^31) are tested in test_he_precision.py.
 FAST_PARAMS: dict[str, dict[str, Any]] = {
-    "ckks": {},
-    "paillier": {"key_bits": 1024},
+    "ckks": {"scale_bits": 30},
+    "paillier": {"key_bits": 1024, "frac_bits": 20, "value_bound": 1e6},
     "plain": {},
 }
 

@@ -86,3 +86,17 @@ def test_plain_flat_sum_is_the_float64_sum(
     for vector in vectors:
         expected = expected + vector
     assert np.array_equal(consortium_sum(scheme, vectors), expected)
+
+
+@pytest.mark.parametrize("name", ["ckks", "paillier"])
+def test_default_contexts_sum_64_masked_words_exactly(name: str, rng: np.random.Generator) -> None:
+    """The protocol's payloads: integers below 2^31 from 64 banks, recovered exactly after rounding."""
+    from crypto.masking import FixedPoint
+    from crypto.registry import generate
+
+    scheme = generate(name, **({"key_bits": 1024} if name == "paillier" else {}))
+    codec = FixedPoint()
+    vectors = [rng.integers(0, codec.modulus, 300).astype(np.float64) for _ in range(64)]
+    total = scheme.decrypt(scheme.aggregate([scheme.encrypt(v) for v in vectors]))
+    np.testing.assert_array_equal(np.rint(total), np.sum(vectors, axis=0))
+    assert np.abs(total - np.rint(total)).max() < 0.25  # what FixedPoint.from_decrypted accepts

@@ -47,12 +47,12 @@ def test_fixed_point_round_trip_is_within_half_a_step(values: list[float], frac_
 
 
 def test_default_bit_budget_is_the_documented_one() -> None:
-    """The module docstring's figures: B < 2^40, 47-bit slots, 43 values a ciphertext, ~12 B a value."""
+    """The module docstring's figures: B = 2^31, 39-bit slots, 52 values a ciphertext, ~10 B a value."""
     params = PaillierParameters()
-    assert params.fixed_bound < 2**40
-    assert params.slot_bits == 47
-    assert params.slots_per_ciphertext == 43
-    assert 11.5 < params.ciphertext_bytes / params.slots_per_ciphertext < 12.5
+    assert params.fixed_bound == 2**31
+    assert params.slot_bits == 39
+    assert params.slots_per_ciphertext == 52
+    assert 9.5 < params.ciphertext_bytes / params.slots_per_ciphertext < 10.5
 
 
 def test_crt_nth_power_equals_public_key_formula() -> None:

@@ -1,0 +1,85 @@
+"""A bank that drops out after uploading masked contributions costs the others a restart, and
+they end with the model they would have trained without it from the start."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import crypto
+from bank_node.federated.gbdt import federated_gbdt
+from bank_node.federated.inmemory import InMemoryChannel, run_banks
+from bank_node.federated.params import GBDTParams
+from bank_node.federated.rounds import BankRunner, simulated_mask_sessions
+from consortium.secure_sum import SecureSum
+
+BANKS = ("bank-1", "bank-2", "bank-3", "bank-4")
+
+
+class _Vanished(Exception):
+    """The dropping bank's process is gone."""
+
+
+class _DropAfterUpload:
+    """Bank-4's transport: its first contribution reaches the aggregator, then the bank is gone."""
+
+    def __init__(self, channel: InMemoryChannel) -> None:
+        self.channel = channel
+
+    def exchange(self, key, bank, payload, *, n_values, participants):  # type: ignore[no-untyped-def]
+        threading.Thread(
+            target=lambda: self.channel.exchange(key, bank, payload, n_values=n_values, participants=participants),
+            daemon=True,
+        ).start()
+        raise _Vanished
+
+    def reveal(self, key, bank, seed, *, expected):  # type: ignore[no-untyped-def]
+        raise AssertionError("a vanished bank reveals nothing")
+
+
+def test_a_bank_that_drops_after_uploading_leaves_the_model_of_a_run_without_it(gbdt_data) -> None:  # type: ignore[no-untyped-def]
+    secret = crypto.generate("ckks")
+    params = GBDTParams(n_trees=3, max_depth=3, eta=0.3, n_bins=32)
+    public = crypto.load_context(secret.public_context(), require_public=True)
+
+    def factory(i: int):  # type: ignore[no-untyped-def]
+        rows = gbdt_data.parties[i]
+        return lambda: federated_gbdt(gbdt_data.X[rows], gbdt_data.y[rows], params=params, scales=gbdt_data.scales, party_index=i)
+
+    without, _ = run_banks({bank: factory(i) for i, bank in enumerate(BANKS[:3])},
+                           contexts=dict.fromkeys(BANKS[:3], secret), aggregator=SecureSum(context=public))
+
+    aggregator = SecureSum(context=public)
+    channel = InMemoryChannel(aggregator=aggregator, participants=BANKS, timeout_s=2.0)
+    sessions = simulated_mask_sessions(BANKS, "run-dropout")
+    results: dict[str, object] = {}
+    runners = {
+        bank: BankRunner(bank=bank, context=secret, channel=channel if bank != "bank-4" else _DropAfterUpload(channel),
+                         masks=sessions[bank], participants=BANKS)
+        for bank in BANKS
+    }
+
+    def run(i: int, bank: str) -> None:
+        try:
+            results[bank] = runners[bank].run(factory(i))
+        except _Vanished:
+            results[bank] = None
+
+    threads = [threading.Thread(target=run, args=(i, bank)) for i, bank in enumerate(BANKS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    first = aggregator.get("gbdt/bins")
+    assert first.summed == frozenset(BANKS)  # bank-4's masked counts were in the released sum
+    assert set(first.notes) == set(BANKS[:3])  # ... but it never revealed its self mask
+    assert results["bank-4"] is None
+    for bank in BANKS[:3]:
+        model = results[bank]
+        assert runners[bank].ledger.epochs == 2
+        reference = without["bank-1"]
+        assert [t.feature.tolist() for t in model.trees] == [t.feature.tolist() for t in reference.trees]  # type: ignore[attr-defined]
+        for ours, theirs in zip(model.trees, reference.trees, strict=True):  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(ours.threshold, theirs.threshold)
+            np.testing.assert_array_equal(ours.value, theirs.value)
