@@ -157,7 +157,20 @@ class ConsortiumClient:
                 contributed=int(progress.get("contributed", 0)),
                 participants=int(progress.get("participants", 0)),
             )
-        return AggregateStatus(payload=response.content)
+        named = response.headers.get("X-Fedfraud-Contributors", "")
+        return AggregateStatus(
+            payload=response.content, contributors=frozenset(name for name in named.split(",") if name)
+        )
+
+    def put_note(self, run_id: str, round_key: str, note: bytes, *, signature: str) -> None:
+        """``PUT /v1/runs/{run_id}/notes/{round_key}``: this bank's signed note to a released round."""
+        path = f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}"
+        self._request("PUT", path, data=note, signature=signature)
+
+    def get_notes(self, run_id: str, round_key: str) -> list[dict[str, Any]]:
+        """``GET /v1/runs/{run_id}/notes/{round_key}``: the notes posted so far (base64, signed)."""
+        document = self._json("GET", f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}")
+        return _parse("GET notes", lambda: [dict(item) for item in items_of(document, "notes")])
 
     def post_proposal(self, run_id: str, model: bytes, *, signature: str) -> dict[str, Any]:
         """``POST /v1/runs/{run_id}/proposals``: the finished model, signed."""

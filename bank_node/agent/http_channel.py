@@ -5,13 +5,19 @@ growing pauses until the consortium releases the sum. A 409 on upload means the 
 already holds this bank's contribution (the agent restarted and re-runs its algorithm from the
 start) or the round is closed; either way the aggregate answers what happened, so the channel
 goes on to poll it. A failed round raises :class:`RoundFailedError`.
+
+``reveal`` posts the bank's signed note (its self-mask seed) to the released round, then polls the
+round's notes until every expected bank posted one, or the wait runs out; notes whose signature
+does not verify against the bank's registered key are ignored.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bank_node.agent.client import ConsortiumClient
@@ -22,8 +28,11 @@ from bank_node.agent.errors import (
     RoundTimeoutError,
 )
 from bank_node.agent.identity import BankIdentity
+from bank_node.agent.resources import AggregateStatus
 from bank_node.agent.retry import Backoff
+from bank_node.federated.rounds import Released
 from crypto.scheme import PayloadError, read_header
+from crypto.signing import SignatureError, note_message, verify
 
 __all__ = ["ChannelStats", "HttpChannel"]
 
@@ -54,6 +63,8 @@ class HttpChannel:
         Longest wait for one round's sum before :class:`RoundTimeoutError`.
     poll_initial_s, poll_max_s
         First and longest pause between polls of an open round.
+    signing_keys
+        Bank id to base64 Ed25519 key: notes are accepted only with a valid signature by it.
     sleep, clock
         Injected for tests.
     """
@@ -69,7 +80,9 @@ class HttpChannel:
         poll_max_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        signing_keys: Mapping[str, str] | None = None,
     ) -> None:
+        self.signing_keys = dict(signing_keys or {})
         self.client = client
         self.identity = identity
         self.run_id = run_id
@@ -80,7 +93,9 @@ class HttpChannel:
         self._sleep = sleep
         self._clock = clock
 
-    def exchange(self, key: str, bank: str, payload: bytes, *, n_values: int) -> bytes:
+    def exchange(
+        self, key: str, bank: str, payload: bytes, *, n_values: int, participants: frozenset[str]
+    ) -> Released:
         """Contribute ``payload`` to round ``key`` and return the released sum (blocking).
 
         Raises
@@ -103,11 +118,45 @@ class HttpChannel:
             self.stats.replayed += 1
             log.info("contribution not stored, fetching the round's sum: run=%s round=%s reason=%s",
                      self.run_id, key, exc.message)
-        aggregate = self._wait_for_sum(key)
-        _check_aggregate(aggregate, key=key, n_values=n_values)
-        return aggregate
+        status = self._wait_for_sum(key)
+        assert status.payload is not None
+        _check_aggregate(status.payload, key=key, n_values=n_values)
+        return Released(payload=status.payload, contributors=status.contributors)
 
-    def _wait_for_sum(self, key: str) -> bytes:
+    def reveal(self, key: str, bank: str, seed: bytes, *, expected: frozenset[str]) -> dict[str, bytes]:
+        """Post this bank's signed seed to round ``key``; collect every expected bank's, or stop waiting."""
+        try:
+            self.client.put_note(self.run_id, key, seed, signature=self.identity.sign_note(self.run_id, key, seed))
+        except ConflictError as exc:  # posted before a restart: the notes say what the round holds
+            log.info("note not stored: run=%s round=%s reason=%s", self.run_id, key, exc.message)
+        backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+        started = self._clock()
+        while True:
+            self.stats.polls += 1
+            notes = self._verified_notes(key)
+            pause = backoff.next()
+            if set(notes) >= expected or self._clock() - started + pause > self.timeout_s:
+                return notes
+            self._sleep(pause)
+
+    def _verified_notes(self, key: str) -> dict[str, bytes]:
+        notes: dict[str, bytes] = {}
+        for item in self.client.get_notes(self.run_id, key):
+            bank_id, note_b64, signature = (str(item.get(name, "")) for name in ("bank_id", "note", "signature"))
+            signing_key = self.signing_keys.get(bank_id)
+            try:
+                note = base64.b64decode(note_b64, validate=True)
+                if signing_key is None:
+                    raise SignatureError(f"no signing key for bank {bank_id!r}")
+                verify(signing_key, note_message(self.run_id, key, bank_id, note), signature)
+            except (binascii.Error, SignatureError) as exc:
+                log.warning("ignoring a note that does not verify: run=%s round=%s bank=%s reason=%s",
+                            self.run_id, key, bank_id, exc)
+                continue
+            notes[bank_id] = note
+        return notes
+
+    def _wait_for_sum(self, key: str) -> AggregateStatus:
         backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
         started = self._clock()
         while True:
@@ -123,7 +172,7 @@ class HttpChannel:
                     document=exc.document,
                 ) from None
             if status.payload is not None:
-                return status.payload
+                return status
             pause = backoff.next()
             waited = self._clock() - started
             if waited + pause > self.timeout_s:

@@ -14,6 +14,7 @@ from crypto.signing import (
     BankKeys,
     contribution_message,
     generate_bank_keys,
+    note_message,
     open_sealed,
     proposal_message,
     sign,
@@ -55,6 +56,10 @@ class BankIdentity:
     def sign_contribution(self, run_id: str, round_key: str, body: bytes) -> str:
         """Base64 signature of a contribution to ``round_key`` of ``run_id``."""
         return sign(self.keys.signing, contribution_message(run_id, round_key, self.bank_id, body))
+
+    def sign_note(self, run_id: str, round_key: str, body: bytes) -> str:
+        """Base64 signature of a note (a self-mask seed) to ``round_key`` of ``run_id``."""
+        return sign(self.keys.signing, note_message(run_id, round_key, self.bank_id, body))
 
     def sign_proposal(self, run_id: str, body: bytes) -> str:
         """Base64 signature of a proposal (a model, or the public context with run ``ceremony``)."""

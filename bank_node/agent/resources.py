@@ -97,6 +97,7 @@ class AggregateStatus:
     payload: bytes | None
     contributed: int = 0
     participants: int = 0
+    contributors: frozenset[str] = frozenset()
 
     @property
     def released(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ from bank_node.agent.identity import BankIdentity
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.training import TrainingSet, prepare_run
-from bank_node.federated.rounds import BankRunner
+from bank_node.federated.rounds import MIN_QUORUM, BankRunner
+from crypto.masking import MaskSession
+from crypto.signing import SignatureError, b64decode_key
 from crypto.scheme import CryptoError
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
@@ -67,6 +70,9 @@ class AgentSettings:
         See ``round_wait_s``.
     sum_poll_initial_s, sum_poll_max_s
         First and longest pause between polls of an open round.
+    quorum
+        The fewest banks this bank accepts in a sum (its own setting, at least 3; the server's
+        is not trusted).
     """
 
     poll_interval_s: float = 30.0
@@ -74,6 +80,7 @@ class AgentSettings:
     round_wait_margin_s: float = 120.0
     sum_poll_initial_s: float = 0.02
     sum_poll_max_s: float = 2.0
+    quorum: int = MIN_QUORUM
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,9 @@ class BankAgent:
         prepared = prepare_run(
             run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id), context=context
         )
+        banks = {bank.bank_id: bank for bank in self.client.list_banks()}
         channel = HttpChannel(
+            signing_keys={b: info.signing_key for b, info in banks.items() if b in run.participants and info.signing_key},
             client=self.client,
             identity=self.identity,
             run_id=run.run_id,
@@ -224,7 +233,10 @@ class BankAgent:
             sleep=self._sleep,
             clock=self._clock,
         )
-        runner = BankRunner(bank=self.bank_id, context=context, channel=channel)
+        runner = BankRunner(
+            bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, banks),
+            participants=run.participants, quorum=self.settings.quorum,
+        )
         started = self._clock()
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
@@ -249,6 +261,26 @@ class BankAgent:
             run.run_id, run.model, digest[:16], runner.ledger.rounds, channel.stats.replayed,
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
+
+    def _mask_session(self, run: RunInfo, banks: dict[str, Any]) -> MaskSession:
+        """This bank's masks for the run: agreed with the participants' box keys, and a self-mask
+        secret kept in the state directory so that a restarted agent masks as it did before."""
+        peers = {}
+        for bank_id in run.participants:
+            if bank_id == self.bank_id:
+                continue
+            info = banks.get(bank_id)
+            try:
+                peers[bank_id] = b64decode_key(info.box_key if info and info.box_key else "", what=f"{bank_id}'s box key")
+            except SignatureError as exc:
+                raise CeremonyError(f"run {run.run_id}: cannot agree masks with {bank_id}: {exc}") from None
+        record = self.state.run_record(run.run_id) or {}
+        secret_hex = record.get("mask_secret")
+        if not secret_hex:
+            secret_hex = secrets.token_hex(32)
+            self.state.update_run(run.run_id, {"mask_secret": secret_hex})
+        return MaskSession(bank_id=self.bank_id, box_key=self.identity.keys.box, peers=peers, run_id=run.run_id,
+                           self_secret=bytes.fromhex(secret_hex))
 
     def _round_wait_s(self, run: RunInfo) -> float:
         if self.settings.round_wait_s is not None:

@@ -11,6 +11,7 @@ failed on demand (``fail_round``). The real service has its own tests; this is a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import threading
@@ -25,6 +26,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 import crypto
 from consortium.secure_sum import (
     InvalidContributionError,
+    NoteError,
     NotAParticipantError,
     ReplayError,
     RoundClosedError,
@@ -37,6 +39,7 @@ from crypto.signing import (
     CEREMONY_RUN_ID,
     SignatureError,
     contribution_message,
+    note_message,
     proposal_message,
     verify,
 )
@@ -99,6 +102,7 @@ class FakeConsortium:
         self.public_context: bytes | None = None
         self.context_publisher: str | None = None
         self.shares: dict[str, bytes] = {}
+        self.note_signatures: dict[tuple[str, str, str], str] = {}
         self.runs: dict[str, FakeRun] = {}
         self.models: list[dict[str, Any]] = []
         self.model_files: dict[str, bytes] = {}
@@ -318,7 +322,41 @@ class FakeConsortium:
                 if current.state is RoundState.OPEN:
                     return jsonify({"state": "open", "contributed": len(current.contributions),
                                     "participants": len(current.participants)}), 202
-                return Response(current.aggregate, mimetype="application/octet-stream")
+                response = Response(current.aggregate, mimetype="application/octet-stream")
+                response.headers["X-Fedfraud-Contributors"] = ",".join(sorted(current.summed))
+                return response
+
+        @app.put("/v1/runs/<run_id>/notes/<path:key>")
+        def post_note(run_id: str, key: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                bank = participant(run)
+                data = request.get_data()
+                check_signature(bank, note_message(run_id, key, bank, data))
+                try:
+                    assert run.rounds is not None
+                    run.rounds.post_note(key, bank, data)
+                    fake.note_signatures[(run_id, key, bank)] = request.headers.get("X-Fedfraud-Signature", "")
+                except (UnknownRoundError, AssertionError):
+                    raise HttpError(404, f"no round {key!r}") from None
+                except NoteError as exc:
+                    raise HttpError(409, str(exc)) from None
+            return jsonify({"round_key": key, "bank_id": bank}), 201
+
+        @app.get("/v1/runs/<run_id>/notes/<path:key>")
+        def get_notes(run_id: str, key: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                participant(run)
+                try:
+                    assert run.rounds is not None
+                    notes = run.rounds.notes(key)
+                except (UnknownRoundError, AssertionError):
+                    raise HttpError(404, f"no round {key!r}") from None
+                return jsonify({"notes": [
+                    {"bank_id": bank, "note": base64.b64encode(note).decode(), "signature": fake.note_signatures.get((run_id, key, bank), "")}
+                    for bank, note in sorted(notes.items())
+                ]})
 
         @app.post("/v1/runs/<run_id>/proposals")
         def propose(run_id: str) -> Any:

@@ -23,6 +23,9 @@ def channel(bank: Bank, run_id: str, **kwargs: object) -> HttpChannel:
     return HttpChannel(client=bank.client, identity=bank.identity, run_id=run_id, **options)  # type: ignore[arg-type]
 
 
+PARTICIPANTS = frozenset({"bank-1", "bank-2", "bank-3"})
+
+
 def encrypt(bank: Bank, values: list[float]) -> bytes:
     return load_secret_scheme(bank.state).encrypt(np.array(values))
 
@@ -32,7 +35,7 @@ def exchange_in_thread(bank: Bank, chan: HttpChannel, payload: bytes) -> tuple[t
 
     def work() -> None:
         try:
-            out["sum"] = chan.exchange(KEY, bank.bank_id, payload, n_values=2)
+            out["sum"] = chan.exchange(KEY, bank.bank_id, payload, n_values=2, participants=PARTICIPANTS)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             out["error"] = exc
 
@@ -62,7 +65,7 @@ def test_waits_while_the_round_is_open_then_returns_the_sum(fake: FakeConsortium
     thread.join(10)
 
     assert "error" not in out
-    assert list(load_secret_scheme(first.state).decrypt(out["sum"])) == [111.0, 222.0]  # type: ignore[arg-type]
+    assert list(load_secret_scheme(first.state).decrypt(out["sum"].payload)) == [111.0, 222.0]  # type: ignore[arg-type]
     assert waiting.stats.polls >= 3 and waiting.stats.contributed == 1
 
 
@@ -80,10 +83,10 @@ def test_a_restarted_bank_gets_the_released_sum_of_a_round_it_already_fed(
     # The agent restarts: new process, new client, a fresh encryption of the same vector.
     first.client = first.new_client(url)
     again = channel(first, run_id)
-    replayed = again.exchange(KEY, first.bank_id, encrypt(first, [0.0, 1.0]), n_values=2)
+    replayed = again.exchange(KEY, first.bank_id, encrypt(first, [0.0, 1.0]), n_values=2, participants=PARTICIPANTS)
 
     assert replayed == sums[0] == sums[1] == sums[2]
-    assert list(load_secret_scheme(first.state).decrypt(replayed)) == [3.0, 3.0]
+    assert list(load_secret_scheme(first.state).decrypt(replayed.payload)) == [3.0, 3.0]
     assert again.stats.replayed == 1 and again.stats.contributed == 0
     assert fake.count("PUT", "/contributions/", 409) == 1
 
@@ -102,7 +105,7 @@ def test_503_while_contributing_and_polling_is_retried(fake: FakeConsortium, key
         thread.join(20)
 
     assert all("error" not in out for out in results), results
-    assert {bytes(out["sum"]) for out in results} == {bytes(results[0]["sum"])}  # type: ignore[arg-type]
+    assert {out["sum"].payload for out in results} == {results[0]["sum"].payload}  # type: ignore[arg-type]
     assert fake.count("PUT", "/contributions/", 503) == 2 and fake.count("GET", "/aggregates/", 503) == 2
 
 
@@ -130,10 +133,10 @@ def test_the_wait_for_a_sum_is_bounded(fake: FakeConsortium, keyed_banks: list[B
                         clock=lambda: now[0])
 
     with pytest.raises(RoundTimeoutError, match=r"1 of 3 banks contributed") as caught:
-        impatient.exchange(KEY, first.bank_id, encrypt(first, [1.0, 2.0]), n_values=2)
+        impatient.exchange(KEY, first.bank_id, encrypt(first, [1.0, 2.0]), n_values=2, participants=PARTICIPANTS)
     assert caught.value.retryable and now[0] <= 1.0
 
 
 def test_a_channel_only_sends_as_its_own_bank(fake: FakeConsortium, keyed_banks: list[Bank]) -> None:
     with pytest.raises(ValueError, match="sends as bank 'bank-1'"):
-        channel(keyed_banks[0], "run-1").exchange(KEY, "bank-2", b"", n_values=0)
+        channel(keyed_banks[0], "run-1").exchange(KEY, "bank-2", b"", n_values=0, participants=PARTICIPANTS)

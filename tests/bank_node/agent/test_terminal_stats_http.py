@@ -12,6 +12,7 @@ from bank_node.agent.ceremony import load_secret_scheme
 from bank_node.agent.http_channel import HttpChannel
 from bank_node.features import compute_features
 from bank_node.federated.rounds import BankRunner
+from crypto.masking import MaskSession
 from bank_node.federated.terminal_stats import (
     ConsortiumHistory,
     TerminalStatsConfig,
@@ -41,9 +42,15 @@ def test_three_banks_decode_the_same_history_over_http(
 
     def take_part(bank: Bank) -> None:
         try:
+            others = [b for b in keyed_banks if b.bank_id != bank.bank_id]
             chan = HttpChannel(client=bank.client, identity=bank.identity, run_id=run_id, timeout_s=60.0,
-                               poll_initial_s=0.005, poll_max_s=0.05)
-            runner = BankRunner(bank=bank.bank_id, context=load_secret_scheme(bank.state), channel=chan)
+                               poll_initial_s=0.005, poll_max_s=0.05,
+                               signing_keys={b.bank_id: b.identity.signing_key_b64 for b in keyed_banks})
+            masks = MaskSession(bank_id=bank.bank_id, box_key=bank.identity.keys.box, run_id=run_id,
+                                peers={b.bank_id: bytes(b.identity.keys.box.public_key) for b in others},
+                                self_secret=secrets.token_bytes(32))
+            runner = BankRunner(bank=bank.bank_id, context=load_secret_scheme(bank.state), channel=chan, masks=masks,
+                                participants=[b.bank_id for b in keyed_banks])
             events = events_by_day(bank_transactions[bank.bank_id], key, days)
             results[bank.bank_id] = runner.run(consortium_history(events, secret=key, config=config))
         except BaseException as exc:  # noqa: BLE001 - reported to the test
