@@ -48,7 +48,7 @@ from rich.table import Table
 import crypto
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import federated_gbdt, scheme_options
+from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.lockstep import run_lockstep
 from bank_node.federated.params import GBDTParams
 from bank_node.features import MODEL_INPUTS
@@ -142,7 +142,7 @@ def train_scheme(
     scales = scales_for(MODEL_INPUTS)
     task = progress.add_task(name, total=params.n_trees)
     algorithms = {
-        bank: federated_gbdt(X, y, params=params, scales=scales, party_index=i, **scheme_options(secret))
+        bank: federated_gbdt(X, y, params=params, scales=scales, party_index=i)
         for i, (bank, (X, y)) in enumerate(zip(names, banks, strict=True))
     }
 

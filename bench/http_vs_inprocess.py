@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 import crypto  # noqa: E402
 from bank_node.data import load_transactions  # noqa: E402
 from bank_node.federated.feature_scales import scales_for  # noqa: E402
-from bank_node.federated.gbdt import federated_gbdt, scheme_options  # noqa: E402
+from bank_node.federated.gbdt import federated_gbdt  # noqa: E402
 from bank_node.federated.lockstep import run_lockstep  # noqa: E402
 from bank_node.federated.params import GBDTParams  # noqa: E402
 from bank_node.federated.xgb_export import from_xgboost_json  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     t0 = time.perf_counter()
     local = run_lockstep(
         {b.name: federated_gbdt(b.X_train, b.y_train, params=GBDTParams(**params), scales=scales_for(MODEL_INPUTS),
-                                party_index=i, **scheme_options(secret)) for i, b in enumerate(prepared)},
+                                party_index=i) for i, b in enumerate(prepared)},
         contexts={b.name: secret for b in prepared}, aggregator=aggregator,
     )
     inprocess_s = time.perf_counter() - t0

@@ -201,3 +201,17 @@ def test_the_service_stores_nothing_that_decrypts(
             contexts += 1
             assert crypto.load_context(data).has_secret_key is False
     assert contexts == 1
+
+
+def test_plain_is_refused_outside_development_mode(
+    app: Flask, client: FlaskClient, operator_token: str, bank_factory: Any, snapshot: Any
+) -> None:
+    bank = bank_factory(client, operator_token, "bank-1")
+    assert bank.register_keys().status_code == 200
+    plain = crypto.generate("plain").public_context()
+    before = snapshot()
+    refused = bank.publish_context(plain)
+    assert refused.status_code == 422 and "plain" in refused.get_json()["message"]
+    assert snapshot() == before
+    app.config["DEVELOPMENT_MODE"] = True
+    assert bank.publish_context(plain).status_code == 201
