@@ -162,7 +162,10 @@ def test_two_banks_alone_never_get_a_sum(consortium: LocalConsortium, bank_files
     agents = [consortium.start_agent(bank, bank_files[bank], train_start=TRAIN_START) for bank in BANKS[:2]]
     for agent in agents:
         agent.wait(timeout=300)
-    run = wait_for(lambda: (r := consortium.run(run_id))["state"] == "failed" and r, 60, "the run to fail")
+    # A round that fails fails alone: the run publishes nothing and no sum was ever released.
+    run = wait_for(lambda: (r := consortium.run(run_id))["rounds"] and all(x["state"] == "failed" for x in r["rounds"]) and r,
+                   60, "the rounds to fail")
+    assert run["state"] != "completed" and run["model_version"] is None
     assert all(r.get("state") != "released" for r in run["rounds"])
     failed = [r for r in run["rounds"] if r.get("state") == "failed"]
     assert failed and all(r["dropped"] == ["bank-3"] for r in failed), run["rounds"]
