@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from consortium.secure_sum import MIN_BANKS, check_quorum
+
 ENV_PREFIX = "FEDFRAUD_"
 INSTANCE_CONFIG_FILE = "consortium.cfg"
 
@@ -58,7 +60,7 @@ class ConsortiumConfig:
     DATABASE_URL: str = ""
     BLOB_DIR: str = ""
     MAX_CONTENT_LENGTH: int = 64 * 1024 * 1024
-    DEFAULT_MIN_BANKS: int = 3
+    DEFAULT_MIN_BANKS: int = MIN_BANKS
     DEFAULT_ROUND_TIMEOUT_S: int = 600
     SWEEP_INTERVAL_S: int = 30
     AUTO_MIGRATE: bool = True
@@ -148,6 +150,8 @@ def load_config(
         values["DATABASE_URL"] = f"sqlite:///{instance / 'consortium.db'}"
     if not values.get("BLOB_DIR"):
         values["BLOB_DIR"] = str(instance / "blobs")
-    if int(values.get("DEFAULT_MIN_BANKS", 3)) < 3:
-        raise ValueError("DEFAULT_MIN_BANKS must be at least 3: with two banks either one subtracts itself from the sum")
+    try:
+        check_quorum(int(values.get("DEFAULT_MIN_BANKS", MIN_BANKS)))
+    except ValueError as exc:
+        raise ValueError(f"DEFAULT_MIN_BANKS: {exc}") from None
     return ConsortiumConfig(**values)

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -64,20 +64,18 @@ class ProposalOutcome:
 
 def contributors(session: Session, run_id: str) -> list[str]:
     """Banks summed in every released round of the run (none if no round was released)."""
-    released = list(
-        session.execute(
-            select(RoundRow.id).where(RoundRow.run_id == run_id, RoundRow.state == RoundState.RELEASED.value)
-        ).scalars()
-    )
-    if not released:
+    released = select(RoundRow.id).where(RoundRow.run_id == run_id, RoundRow.state == RoundState.RELEASED.value)
+    n_released = session.execute(select(func.count()).select_from(released.subquery())).scalar_one()
+    if not n_released:
         return []
-    counts: dict[str, int] = {}
     rows = session.execute(
-        select(Contribution.bank_id).where(Contribution.round_id.in_(released))
+        select(Contribution.bank_id)
+        .where(Contribution.round_id.in_(released))
+        .group_by(Contribution.bank_id)
+        .having(func.count() == n_released)
+        .order_by(Contribution.bank_id)
     )
-    for (bank_id,) in rows:
-        counts[bank_id] = counts.get(bank_id, 0) + 1
-    return sorted(bank for bank, n in counts.items() if n == len(released))
+    return [bank_id for (bank_id,) in rows]
 
 
 def publication_reached(agreed: int, eligible: int, min_banks: int) -> bool:

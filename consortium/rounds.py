@@ -8,7 +8,9 @@ the next request touching it, or the sweep, simply does it again.
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
@@ -25,9 +27,9 @@ from consortium.extensions import (
     write_lock,
 )
 from consortium.secure_sum import (
-    MAX_NOTE_BYTES,
     Decision,
     InvalidContributionError,
+    InvalidNoteError,
     NoteError,
     RoundState,
     check_contribution,
@@ -38,6 +40,7 @@ from consortium.secure_sum import (
 from consortium.storage.database import db
 from consortium.storage.models import (
     ID_PATTERN,
+    ID_SEGMENT,
     Bank,
     Contribution,
     KeyMaterial,
@@ -49,13 +52,14 @@ from consortium.storage.models import (
 
 __all__ = [
     "contribute",
+    "contributions_of",
     "notes_of",
     "post_note",
-    "contributions_of",
     "find_round",
     "get_run",
     "purge_closed_payloads",
     "settle_round",
+    "settled_round",
     "settle_run",
     "sweep_expired",
 ]
@@ -63,6 +67,8 @@ __all__ = [
 logger = logging.getLogger("consortium.rounds")
 
 RUN_ID_PATTERN = ID_PATTERN
+ROUND_KEY_PATTERN = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
+"""Round keys: '/'-separated id segments."""
 _ATTEMPTS = 3  # concurrent first contributions race to open the round; the losers retry
 
 
@@ -72,6 +78,15 @@ def get_run(session: Session, run_id: str) -> Run:
     if run is None:
         raise NotFound(f"no run {run_id!r}")
     return run
+
+
+def settled_round(session: Session, run_id: str, round_key: str) -> RoundRow:
+    """The round ``round_key`` of an existing run, released or failed if its time has come; or 404."""
+    get_run(session, run_id)
+    current = find_round(session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
+    if current is None:
+        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
+    return settle_round(session, current)
 
 
 def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:
@@ -318,15 +333,9 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note
     NotFound, BadRequest, Conflict, Unprocessable
         With nothing stored.
     """
-    import base64
-
     from crypto.signing import SignatureError, note_message, verify
 
-    get_run(session, run_id)
-    current = find_round(session, run_id, round_key)
-    if current is None:
-        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
-    current = settle_round(session, current)
+    current = settled_round(session, run_id, round_key)
     if not bank.signing_key:  # pragma: no cover - participants have keys
         raise Conflict(f"bank {bank.bank_id!r} has not registered its signing key")
     try:
@@ -338,9 +347,9 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note
         posted = {row.bank_id for row in notes_of(session, current.id)}
         try:
             check_note(note, bank=bank.bank_id, round_key=round_key, state=current.state, summed=summed, posted=posted)
+        except InvalidNoteError as exc:
+            raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
         except NoteError as exc:
-            if not 0 < len(note) <= MAX_NOTE_BYTES:
-                raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
             raise Conflict(str(exc), state=current.state) from None
         row = RoundNote(round_id=current.id, bank_id=bank.bank_id, note=base64.b64encode(note).decode("ascii"),
                         signature=signature or "", posted_at=now())

@@ -28,7 +28,6 @@ from crypto.scheme import HEScheme, PayloadError, PayloadHeader
 
 MIN_BANKS = 3
 """The quorum floor: no configuration, request or round may ask for fewer."""
-DEFAULT_MIN_BANKS = MIN_BANKS
 MAX_NOTE_BYTES = 1024
 """Largest note a bank may post to a round (a self-mask seed is 32 bytes)."""
 
@@ -58,7 +57,11 @@ class InvalidContributionError(RoundError):
 
 
 class NoteError(RoundError):
-    """A note the round refuses: not released, not a contributor, posted twice, or too long."""
+    """A note the round refuses now: not released, the bank not in the sum, or posted already."""
+
+
+class InvalidNoteError(NoteError):
+    """A note that no round would take: empty or too long."""
 
 
 class RoundState(enum.Enum):
@@ -199,8 +202,10 @@ def check_note(note: bytes, *, bank: str, round_key: str, state: str, summed: fr
 
     Raises
     ------
+    InvalidNoteError
+        Empty or longer than :data:`MAX_NOTE_BYTES`.
     NoteError
-        Why the note is refused.
+        Why the round refuses it.
     """
     if state != RoundState.RELEASED.value:
         raise NoteError(f"round {round_key!r} is {state}; notes are posted to released rounds")
@@ -209,7 +214,7 @@ def check_note(note: bytes, *, bank: str, round_key: str, state: str, summed: fr
     if bank in posted:
         raise NoteError(f"bank {bank!r} already posted its note to round {round_key!r}")
     if not 0 < len(note) <= MAX_NOTE_BYTES:
-        raise NoteError(f"a note holds 1 to {MAX_NOTE_BYTES} bytes, got {len(note)}")
+        raise InvalidNoteError(f"a note holds 1 to {MAX_NOTE_BYTES} bytes, got {len(note)}")
 
 
 def quorum_failure_reason(n_contributed: int, n_participants: int, min_banks: int) -> str:
@@ -231,7 +236,7 @@ class SecureSum:
         Quorum for every round opened without its own value.
     """
 
-    def __init__(self, *, context: HEScheme, min_banks: int = DEFAULT_MIN_BANKS) -> None:
+    def __init__(self, *, context: HEScheme, min_banks: int = MIN_BANKS) -> None:
         if context.has_secret_key:
             raise ValueError("the aggregator must be given the public context only, not the secret key")
         check_quorum(min_banks)

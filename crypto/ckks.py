@@ -12,12 +12,12 @@ of them against 89% with 2048 slots, and its sums were noisier (measured by
 ``bench/gbdt_protocol.py``).
 
 Choice of scale
---------------
+---------------
 The protocol encrypts masked integers below ``2^31`` (:mod:`crypto.masking`) and rounds the
 decrypted sum back to integers, so the default scale is the smallest that keeps CKKS noise far
 below one half: ``2^20`` gives ``max_abs_value = 2^31`` for 64 addends, and a 64-bank sum of
 values below ``2^32`` measured an absolute error of 0.04 (integers are recovered exactly).
--
+
 Everything rides on the 60-bit data prime ``q0 > 2^59``. A sum decodes correctly only while every
 coefficient of the summed plaintext stays below ``q0 / 2 > 2^58``. For real slot values bounded
 by ``M`` the CKKS coefficients are bounded by ``M * scale`` (the inverse canonical embedding

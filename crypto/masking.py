@@ -113,16 +113,19 @@ class FixedPoint:
         """``M - 1``, to reduce uint64 words modulo ``M``."""
         return np.uint64(self.modulus - 1)
 
-    def encode(self, values: npt.ArrayLike, *, scale: float, n_banks: int) -> Words:
-        """``rint(values * scale)`` modulo ``M``, refusing values whose sum over ``n_banks`` could wrap.
+    def encode(self, values: npt.ArrayLike, *, scale: float) -> Words:
+        """``rint(values * scale)`` modulo ``M``.
+
+        Only the caller can bound the *sum* over the banks (it must stay below ``M / 2``); this
+        refuses what certainly wraps: a single value that does not fit.
 
         Raises
         ------
         MaskRangeError
-            A value is not finite, or ``|rint(v * scale)| * n_banks >= M / 2``.
+            A value is not finite, or ``|rint(v * scale)| >= M / 2``.
         """
         scaled = np.rint(np.asarray(values, dtype=np.float64) * scale)
-        limit = (self.modulus // 2 - 1) // max(1, n_banks)
+        limit = self.modulus // 2 - 1
         if scaled.size:
             if not np.isfinite(scaled).all():
                 raise MaskRangeError("only finite values can be summed")
@@ -130,7 +133,7 @@ class FixedPoint:
             if abs(scaled[worst]) > limit:
                 raise MaskRangeError(
                     f"value {scaled[worst] / scale:g} at index {worst} times scale {scale:g} exceeds "
-                    f"{limit}, the most each of {n_banks} banks may add under a 2^{self.modulus_bits} modulus"
+                    f"{limit}, the largest magnitude a 2^{self.modulus_bits} modulus carries"
                 )
         return scaled.astype(np.int64).astype(np.uint64) & self.mask
 

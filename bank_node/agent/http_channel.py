@@ -28,7 +28,6 @@ from bank_node.agent.errors import (
     RoundTimeoutError,
 )
 from bank_node.agent.identity import BankIdentity
-from bank_node.agent.resources import AggregateStatus
 from bank_node.agent.retry import Backoff
 from bank_node.federated.rounds import Released
 from crypto.scheme import PayloadError, read_header
@@ -118,10 +117,9 @@ class HttpChannel:
             self.stats.replayed += 1
             log.info("contribution not stored, fetching the round's sum: run=%s round=%s reason=%s",
                      self.run_id, key, exc.message)
-        status = self._wait_for_sum(key)
-        assert status.payload is not None
-        _check_aggregate(status.payload, key=key, n_values=n_values)
-        return Released(payload=status.payload, contributors=status.contributors)
+        released = self._wait_for_sum(key)
+        _check_aggregate(released.payload, key=key, n_values=n_values)
+        return released
 
     def reveal(self, key: str, bank: str, seed: bytes, *, expected: frozenset[str]) -> dict[str, bytes]:
         """Post this bank's signed seed to round ``key``; collect every expected bank's, or stop waiting."""
@@ -131,18 +129,21 @@ class HttpChannel:
             log.info("note not stored: run=%s round=%s reason=%s", self.run_id, key, exc.message)
         backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
         started = self._clock()
+        notes: dict[str, bytes] = {}
         while True:
             self.stats.polls += 1
-            notes = self._verified_notes(key)
+            self._add_verified_notes(key, notes)
             pause = backoff.next()
             if set(notes) >= expected or self._clock() - started + pause > self.timeout_s:
                 return notes
             self._sleep(pause)
 
-    def _verified_notes(self, key: str) -> dict[str, bytes]:
-        notes: dict[str, bytes] = {}
+    def _add_verified_notes(self, key: str, notes: dict[str, bytes]) -> None:
+        """Add to ``notes`` the round's notes not seen yet whose signature verifies."""
         for item in self.client.get_notes(self.run_id, key):
             bank_id, note_b64, signature = (str(item.get(name, "")) for name in ("bank_id", "note", "signature"))
+            if bank_id in notes:
+                continue
             signing_key = self.signing_keys.get(bank_id)
             try:
                 note = base64.b64decode(note_b64, validate=True)
@@ -154,9 +155,8 @@ class HttpChannel:
                             self.run_id, key, bank_id, exc)
                 continue
             notes[bank_id] = note
-        return notes
 
-    def _wait_for_sum(self, key: str) -> AggregateStatus:
+    def _wait_for_sum(self, key: str) -> Released:
         backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
         started = self._clock()
         while True:
@@ -172,7 +172,7 @@ class HttpChannel:
                     document=exc.document,
                 ) from None
             if status.payload is not None:
-                return status
+                return Released(payload=status.payload, contributors=status.contributors)
             pause = backoff.next()
             waited = self._clock() - started
             if waited + pause > self.timeout_s:

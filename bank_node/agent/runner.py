@@ -20,7 +20,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from bank_node.agent.errors import (
 )
 from bank_node.agent.http_channel import HttpChannel
 from bank_node.agent.identity import BankIdentity
-from bank_node.agent.resources import ModelInfo, RunInfo
+from bank_node.agent.resources import BankInfo, ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.training import TrainingSet, prepare_run
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
@@ -218,9 +218,7 @@ class BankAgent:
 
     def _train_and_propose(self, run: RunInfo) -> RunOutcome:
         context = load_secret_scheme(self.state)
-        prepared = prepare_run(
-            run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id), context=context
-        )
+        prepared = prepare_run(run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id))
         banks = {bank.bank_id: bank for bank in self.client.list_banks()}
         channel = HttpChannel(
             signing_keys={b: info.signing_key for b, info in banks.items() if b in run.participants and info.signing_key},
@@ -262,7 +260,7 @@ class BankAgent:
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 
-    def _mask_session(self, run: RunInfo, banks: dict[str, Any]) -> MaskSession:
+    def _mask_session(self, run: RunInfo, banks: Mapping[str, BankInfo]) -> MaskSession:
         """This bank's masks for the run: agreed with the participants' box keys, and a self-mask
         secret kept in the state directory so that a restarted agent masks as it did before."""
         peers = {}

@@ -39,7 +39,6 @@ from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logr
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
 from bank_node.federated.xgb_export import to_xgboost_json
-from crypto.scheme import HEScheme
 from schemas.errors import FedfraudInputError
 
 __all__ = [
@@ -203,9 +202,13 @@ def canonical_json(document: Any) -> bytes:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """A run's algorithm for this bank, and how its result becomes the proposal file."""
+    """A run's algorithm for this bank, and how its result becomes the proposal file.
 
-    algorithm: Algorithm[Any]
+    ``algorithm`` makes a fresh generator each call, so the run can start over without a bank
+    that dropped out (:meth:`~bank_node.federated.rounds.BankRunner.run`).
+    """
+
+    algorithm: Callable[[], Algorithm[Any]]
     serialize: Callable[[Any], bytes]
 
     @staticmethod
@@ -220,7 +223,6 @@ def prepare_run(
     rows: TrainingSet,
     *,
     party_index: int,
-    context: HEScheme,
 ) -> PreparedRun:
     """Build this bank's algorithm for a run.
 
@@ -234,8 +236,6 @@ def prepare_run(
         The bank's training rows.
     party_index
         The bank's place among the run's sorted participants.
-    context
-        The HE scheme (its arithmetic sets GBDT options).
 
     Raises
     ------
@@ -248,9 +248,11 @@ def prepare_run(
         def xgboost_file(fitted: GBDTModel) -> bytes:
             return canonical_json(to_xgboost_json(fitted, params=tree_params, feature_names=MODEL_INPUTS))
 
-        trees: Algorithm[GBDTModel] = federated_gbdt(
-            rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
-        )
+        def trees() -> Algorithm[GBDTModel]:
+            return federated_gbdt(
+                rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index
+            )
+
         return PreparedRun(algorithm=trees, serialize=xgboost_file)
     if model == "logreg":
         lr_params = logreg_params(params)
@@ -258,9 +260,9 @@ def prepare_run(
         def logreg_file(fitted: LogRegModel) -> bytes:
             return canonical_json(json.loads(fitted.to_json()))
 
-        regression: Algorithm[LogRegModel] = federated_logreg(
-            rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS
-        )
+        def regression() -> Algorithm[LogRegModel]:
+            return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
+
         return PreparedRun(algorithm=regression, serialize=logreg_file)
     raise FedfraudInputError(
         f"run model {model!r} is not one this agent trains ({', '.join(MODEL_FAMILIES)})",

@@ -40,21 +40,19 @@ from bank_node.federated.sampling import column_sample
 MAX_HISTOGRAM_SCALE = 2.0**20
 
 
-def histogram_scale(max_abs_value: float, n_rows: float, scale_pos_weight: float) -> float:
-    """The fixed-point factor (a power of two) that brings the largest possible cell up to ``max_abs_value``.
+def histogram_scale(sum_limit: float, n_rows: float, scale_pos_weight: float) -> float:
+    """The fixed-point factor (a power of two) that brings the largest possible cell up to ``sum_limit``.
 
     A cell sums at most every row's gradient, and a logistic gradient or hessian is at most
-    ``max(1, scale_pos_weight)`` in magnitude, so ``n_rows * that`` bounds every value sent.
-    Scaling by a power of two is exact in floating point: plaintext sums are unchanged.
+    ``max(1, scale_pos_weight)`` in magnitude, so ``n_rows * that`` bounds every summed value.
     """
     bound = max(n_rows, 1.0) * max(1.0, scale_pos_weight)
-    room = max_abs_value / bound
-    if not np.isfinite(room) or room >= MAX_HISTOGRAM_SCALE:
-        return MAX_HISTOGRAM_SCALE if np.isfinite(max_abs_value) else 1.0
+    room = sum_limit / bound
+    if room >= MAX_HISTOGRAM_SCALE:
+        return MAX_HISTOGRAM_SCALE
     if room < 1.0:
         raise ValueError(
-            f"{n_rows:.0f} training rows exceed the HE scheme's value range ({max_abs_value:g}); "
-            "use a context generated for a larger range"
+            f"{n_rows:.0f} training rows exceed what a secure sum carries exactly ({sum_limit:g})"
         )
     return float(2.0 ** np.floor(np.log2(room)))
 

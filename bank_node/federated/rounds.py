@@ -22,6 +22,7 @@ start with ``e1/``, ``e2/``...), so a model is always trained by the same banks 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Final, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from nacl.public import PrivateKey
 
 from crypto.masking import FixedPoint, MaskError, MaskSession, Words, check_scheme_fits
 from crypto.scheme import HEScheme, PayloadError, read_header
@@ -169,7 +171,7 @@ class MaskedSum:
                 f"round {label!r} has {len(participants)} participants, fewer than this bank's quorum of {self.quorum}"
             )
         check_scheme_fits(self.context, self.codec, len(participants))
-        words = self.codec.encode(request.vector, scale=request.scale, n_banks=1)
+        words = self.codec.encode(request.vector, scale=request.scale)
         words = np.append(words, np.uint64(1))
         return self.masks.mask(words, round_label=label, participants=participants)
 
@@ -361,10 +363,6 @@ def simulated_mask_sessions(
     banks: Iterable[str], run_id: str, *, codec: FixedPoint | None = None
 ) -> dict[str, MaskSession]:
     """Fresh keys and mask sessions for banks simulated in one process (tests, simulator, bench)."""
-    import secrets
-
-    from nacl.public import PrivateKey
-
     names = sorted(set(banks))
     keys = {bank: PrivateKey.generate() for bank in names}
     return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 from flask import Response, current_app, request
@@ -31,7 +30,7 @@ from consortium.api.schemas import (
 )
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
-from consortium.errors import Conflict, Forbidden, NotFound, Unprocessable
+from consortium.errors import Conflict, Forbidden, Unprocessable
 from consortium.extensions import blob_store
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
@@ -42,7 +41,7 @@ blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training r
 
 CONTRIBUTORS_HEADER: Final = "X-Fedfraud-Contributors"
 """Header of a released sum: the comma-separated ids of the banks summed in it."""
-ROUND_KEY_PATTERN: Final = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
+ROUND_KEY_PATTERN: Final = rounds.ROUND_KEY_PATTERN
 MAX_ROUND_KEY: Final = ROUND_KEY_LENGTH
 
 
@@ -183,10 +182,7 @@ def get_aggregate(run_id: str, round_key: str) -> Any:
     """The round's sum once released; 202 while open; 409 if it failed."""
     run = rounds.get_run(db.session, run_id)
     _participant(run)
-    current = rounds.find_round(db.session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
-    if current is None:
-        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
-    current = rounds.settle_round(db.session, current)
+    current = rounds.settled_round(db.session, run_id, round_key)
     view = round_view(current, run)
     if current.state == RoundState.RELEASED.value:
         assert current.aggregate_digest is not None
@@ -228,12 +224,8 @@ def post_note(run_id: str, round_key: str) -> Any:
 @blp.response(200, NotesSchema)
 def get_notes(run_id: str, round_key: str) -> Any:
     """The notes posted to a round so far, each with its bank's signature, and the banks summed."""
-    run = rounds.get_run(db.session, run_id)
-    _participant(run)
-    current = rounds.find_round(db.session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
-    if current is None:
-        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
-    current = rounds.settle_round(db.session, current)
+    _participant(rounds.get_run(db.session, run_id))
+    current = rounds.settled_round(db.session, run_id, round_key)
     return {
         "round_key": round_key,
         "state": current.state,

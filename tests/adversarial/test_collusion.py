@@ -50,7 +50,7 @@ def test_aggregator_and_one_bank_see_uniform_noise_but_the_sum_opens_exactly(sec
     residue = (seen + shared) & codec.mask  # bank-1 < bank-2, so bank-2 subtracted it
     uniform = residue[:-1].astype(np.float64) / codec.modulus
     assert stats.kstest(uniform, "uniform").pvalue > 1e-3
-    truth = codec.encode(vectors["bank-2"], scale=2.0**10, n_banks=1).astype(np.float64)
+    truth = codec.encode(vectors["bank-2"], scale=2.0**10).astype(np.float64)
     assert abs(np.corrcoef(uniform, truth)[0, 1]) < 0.06
     # the same view for an all-zero contribution is just as uniform: the bytes say nothing of the data
     zeros = dict(vectors, **{"bank-2": np.zeros(N_VALUES)})

@@ -30,6 +30,7 @@ from consortium.secure_sum import (
     NotAParticipantError,
     ReplayError,
     RoundClosedError,
+    Round,
     RoundState,
     SecureSum,
     UnknownRoundError,
@@ -196,6 +197,14 @@ class FakeConsortium:
                 raise HttpError(404, f"no run {run_id!r}")
             return fake.runs[run_id]
 
+        def round_of(run: FakeRun, key: str) -> tuple[SecureSum, Round]:
+            try:
+                if run.rounds is not None:
+                    return run.rounds, run.rounds.get(key)
+            except UnknownRoundError:
+                pass
+            raise HttpError(404, f"no round {key!r}")
+
         def participant(run: FakeRun) -> str:
             bank = caller()
             if bank not in run.participants:
@@ -310,12 +319,7 @@ class FakeConsortium:
             with fake.lock:
                 run = run_of(run_id)
                 participant(run)
-                try:
-                    current = run.rounds.get(key) if run.rounds is not None else None
-                except UnknownRoundError:
-                    current = None
-                if current is None:
-                    raise HttpError(404, f"no round {key!r}")
+                _, current = round_of(run, key)
                 if current.state is RoundState.FAILED:
                     raise HttpError(409, f"round {key!r} failed: {current.reason}", state="failed",
                                     dropped=sorted(current.dropped))
@@ -333,14 +337,12 @@ class FakeConsortium:
                 bank = participant(run)
                 data = request.get_data()
                 check_signature(bank, note_message(run_id, key, bank, data))
+                sums, _ = round_of(run, key)
                 try:
-                    assert run.rounds is not None
-                    run.rounds.post_note(key, bank, data)
-                    fake.note_signatures[(run_id, key, bank)] = request.headers.get("X-Fedfraud-Signature", "")
-                except (UnknownRoundError, AssertionError):
-                    raise HttpError(404, f"no round {key!r}") from None
+                    sums.post_note(key, bank, data)
                 except NoteError as exc:
                     raise HttpError(409, str(exc)) from None
+                fake.note_signatures[(run_id, key, bank)] = request.headers.get("X-Fedfraud-Signature", "")
             return jsonify({"round_key": key, "bank_id": bank}), 201
 
         @app.get("/v1/runs/<run_id>/notes/<path:key>")
@@ -348,11 +350,7 @@ class FakeConsortium:
             with fake.lock:
                 run = run_of(run_id)
                 participant(run)
-                try:
-                    assert run.rounds is not None
-                    notes = run.rounds.notes(key)
-                except (UnknownRoundError, AssertionError):
-                    raise HttpError(404, f"no round {key!r}") from None
+                notes = round_of(run, key)[1].notes
                 return jsonify({"notes": [
                     {"bank_id": bank, "note": base64.b64encode(note).decode(), "signature": fake.note_signatures.get((run_id, key, bank), "")}
                     for bank, note in sorted(notes.items())
