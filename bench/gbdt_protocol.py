@@ -4,9 +4,11 @@ All banks' ``federated_gbdt`` generators run in lockstep in ONE thread, so every
 attributed exactly. Each round:
 
 1. every bank's generator computes and yields its request       -> "compute" (outside HE)
-2. every bank encrypts its vector                                -> "encrypt"
+2. every bank masks its vector (fixed point, pairwise and self masks) -> "mask"
+   and encrypts it                                               -> "encrypt"
 3. a public-only ``SecureSum`` checks and sums the payloads      -> "aggregate"
 4. every bank decrypts the released sum                          -> "decrypt"
+   and removes the revealed self masks                           -> "mask"
 5. the sum is sent back into every generator (step 1 of the next round).
 
 Reported per scheme:
@@ -14,7 +16,8 @@ Reported per scheme:
 - sequential seconds per tree: the whole single-thread run / trees;
 - parallel-banks seconds per tree: sum over rounds of (max over banks of that bank's compute +
   encrypt + decrypt) + aggregate: the wall time of a deployment with one machine per bank;
-- inside-HE (encrypt + aggregate + decrypt) vs outside-HE (everything else) time;
+- inside-HE (encrypt + aggregate + decrypt) vs outside-HE (everything else) time, and the share
+  of the whole run spent masking and unmasking;
 - bytes uploaded per bank and bytes per histogram value, split into the scheme's bytes per slot
   and ciphertext padding (slots left empty in the last ciphertext of each payload);
 - that the CKKS model's trees equal the plain model's (features, bins, thresholds; leaf values
@@ -85,6 +88,7 @@ class SchemeResult:
     encrypt_s: float = 0.0
     aggregate_s: float = 0.0
     decrypt_s: float = 0.0
+    mask_s: float = 0.0
     parallel_s: float = 0.0
     compute_per_bank_s: list[float] = field(default_factory=list)
     uploaded_bytes_per_bank: list[int] = field(default_factory=list)
@@ -109,6 +113,8 @@ class SchemeResult:
             "inside_he_s": self.inside_s,
             "outside_he_s": self.outside_s,
             "outside_over_inside": self.outside_s / self.inside_s if self.inside_s else math.inf,
+            "mask_s": self.mask_s,
+            "mask_share": self.mask_s / self.wall_s if self.wall_s else 0.0,
             "uploaded_bytes_per_bank": float(uploaded),
             "bytes_per_value": uploaded / self.values_per_bank if self.values_per_bank else 0.0,
             "bytes_per_slot": uploaded / slots_sent if slots_sent else 0.0,
@@ -169,6 +175,7 @@ def train_scheme(
         encrypt_s=sum(costs.encrypt_s.values()),
         aggregate_s=costs.aggregate_s,
         decrypt_s=sum(costs.decrypt_s.values()),
+        mask_s=sum(costs.mask_s.values()),
         parallel_s=costs.parallel_s,
         compute_per_bank_s=[costs.compute_s[b] for b in names],
         uploaded_bytes_per_bank=[costs.uploaded_bytes[b] for b in names],
@@ -264,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Table(title="federated GBDT, lockstep driver (one thread)")
     for column in (
         "scheme", "rounds", "s/tree seq", "s/tree par", "compute s", "encrypt s", "aggregate s",
-        "decrypt s", "outside/inside", "MB up/bank", "B/value", "B/slot", "slot fill",
+        "decrypt s", "mask s", "outside/inside", "MB up/bank", "B/value", "B/slot", "slot fill",
     ):
         table.add_column(column, justify="right")
     for name, res in results.items():
@@ -278,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{res.encrypt_s:.2f}",
             f"{res.aggregate_s:.2f}",
             f"{res.decrypt_s:.2f}",
+            f"{res.mask_s:.2f} ({s['mask_share']:.0%})",
             f"{s['outside_over_inside']:.2f}",
             f"{s['uploaded_bytes_per_bank'] / 1e6:.2f}",
             f"{s['bytes_per_value']:.1f}",
