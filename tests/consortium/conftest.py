@@ -27,6 +27,7 @@ from crypto.signing import (
     BankKeys,
     contribution_message,
     generate_bank_keys,
+    note_message,
     proposal_message,
     seal_to,
     sign,
@@ -182,6 +183,14 @@ class Bank:
 
     def aggregate(self, run_id: str, round_key: str) -> TestResponse:
         return self.client.get(f"/v1/runs/{run_id}/aggregates/{round_key}", headers=self.auth)
+
+    def note(self, run_id: str, round_key: str, body: bytes, *, signature: str | None = None) -> TestResponse:
+        message = note_message(run_id, round_key, self.bank_id, body)
+        headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
+        return self.client.put(f"/v1/runs/{run_id}/notes/{round_key}", data=body, headers=headers, content_type=BINARY)
+
+    def notes(self, run_id: str, round_key: str) -> TestResponse:
+        return self.client.get(f"/v1/runs/{run_id}/notes/{round_key}", headers=self.auth)
 
     def propose(self, run_id: str, body: bytes, *, signature: str | None = None) -> TestResponse:
         message = proposal_message(run_id, self.bank_id, body)

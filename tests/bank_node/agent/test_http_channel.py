@@ -140,3 +140,21 @@ def test_the_wait_for_a_sum_is_bounded(fake: FakeConsortium, keyed_banks: list[B
 def test_a_channel_only_sends_as_its_own_bank(fake: FakeConsortium, keyed_banks: list[Bank]) -> None:
     with pytest.raises(ValueError, match="sends as bank 'bank-1'"):
         channel(keyed_banks[0], "run-1").exchange(KEY, "bank-2", b"", n_values=0, participants=PARTICIPANTS)
+
+
+def test_a_note_whose_signature_does_not_verify_is_ignored(fake: FakeConsortium, keyed_banks: list[Bank]) -> None:
+    run_id = fake.open_run("xgboost", {})
+    started = [exchange_in_thread(bank, channel(bank, run_id), encrypt(bank, [1.0, 2.0])) for bank in keyed_banks]
+    for thread, _ in started:
+        thread.join(10)
+    first, second, third = keyed_banks
+    keys = {bank.bank_id: bank.identity.signing_key_b64 for bank in keyed_banks}
+    seed = bytes(32)
+    for bank in (second, third):
+        bank.client.put_note(run_id, KEY, seed, signature=bank.identity.sign_note(run_id, KEY, seed))
+    # the aggregator serves bank-3's note under a signature bank-3 did not make
+    fake.note_signatures[(run_id, KEY, third.bank_id)] = second.identity.sign_note(run_id, KEY, seed)
+    notes = channel(first, run_id, timeout_s=0.5, signing_keys=keys).reveal(
+        KEY, first.bank_id, bytes(range(32)), expected=PARTICIPANTS
+    )
+    assert set(notes) == {first.bank_id, second.bank_id}

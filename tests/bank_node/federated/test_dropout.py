@@ -1,11 +1,13 @@
-"""A bank that drops out after uploading masked contributions costs the others a restart, and
-they end with the model they would have trained without it from the start."""
+"""A bank that drops out, before or after uploading masked contributions, costs the others a
+restart, and they end with the model they would have trained without it from the start. A bank
+never reveals its self mask for a sum that lacks a participant."""
 
 from __future__ import annotations
 
 import threading
 
 import numpy as np
+import pytest
 
 import crypto
 from bank_node.federated.gbdt import federated_gbdt
@@ -21,24 +23,27 @@ class _Vanished(Exception):
     """The dropping bank's process is gone."""
 
 
-class _DropAfterUpload:
-    """Bank-4's transport: its first contribution reaches the aggregator, then the bank is gone."""
+class _Dropping:
+    """Bank-4's transport: the bank is gone after (or before) its first upload reaches the aggregator."""
 
-    def __init__(self, channel: InMemoryChannel) -> None:
+    def __init__(self, channel: InMemoryChannel, *, uploads: bool) -> None:
         self.channel = channel
+        self.uploads = uploads
 
     def exchange(self, key, bank, payload, *, n_values, participants):  # type: ignore[no-untyped-def]
-        threading.Thread(
-            target=lambda: self.channel.exchange(key, bank, payload, n_values=n_values, participants=participants),
-            daemon=True,
-        ).start()
+        if self.uploads:
+            threading.Thread(
+                target=lambda: self.channel.exchange(key, bank, payload, n_values=n_values, participants=participants),
+                daemon=True,
+            ).start()
         raise _Vanished
 
     def reveal(self, key, bank, seed, *, expected):  # type: ignore[no-untyped-def]
         raise AssertionError("a vanished bank reveals nothing")
 
 
-def test_a_bank_that_drops_after_uploading_leaves_the_model_of_a_run_without_it(gbdt_data) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("uploads", [True, False], ids=["after-upload", "before-upload"])
+def test_a_bank_that_drops_out_leaves_the_model_of_a_run_without_it(gbdt_data, uploads: bool) -> None:  # type: ignore[no-untyped-def]
     secret = crypto.generate("ckks")
     params = GBDTParams(n_trees=3, max_depth=3, eta=0.3, n_bins=32)
     public = crypto.load_context(secret.public_context(), require_public=True)
@@ -55,7 +60,7 @@ def test_a_bank_that_drops_after_uploading_leaves_the_model_of_a_run_without_it(
     sessions = simulated_mask_sessions(BANKS, "run-dropout")
     results: dict[str, object] = {}
     runners = {
-        bank: BankRunner(bank=bank, context=secret, channel=channel if bank != "bank-4" else _DropAfterUpload(channel),
+        bank: BankRunner(bank=bank, context=secret, channel=channel if bank != "bank-4" else _Dropping(channel, uploads=uploads),
                          masks=sessions[bank], participants=BANKS)
         for bank in BANKS
     }
@@ -72,8 +77,13 @@ def test_a_bank_that_drops_after_uploading_leaves_the_model_of_a_run_without_it(
     for thread in threads:
         thread.join(timeout=120)
     first = aggregator.get("gbdt/bins")
-    assert first.summed == frozenset(BANKS)  # bank-4's masked counts were in the released sum
-    assert set(first.notes) == set(BANKS[:3])  # ... but it never revealed its self mask
+    if uploads:
+        assert first.summed == frozenset(BANKS)  # bank-4's masked counts were in the released sum
+        assert set(first.notes) == set(BANKS[:3])  # ... but it never revealed its self mask
+    else:
+        # released at the deadline without bank-4: no bank reveals a self mask for an incomplete sum
+        assert first.summed == frozenset(BANKS[:3])
+        assert first.notes == {}
     assert results["bank-4"] is None
     for bank in BANKS[:3]:
         model = results[bank]
