@@ -24,6 +24,7 @@ from schemas.cli import readable_errors
 __all__ = ["bank_cli"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("bank_node.agent.cli")
 
 
 
@@ -35,6 +36,18 @@ def _state_dir_option(func: F) -> F:
         envvar="FEDFRAUD_STATE_DIR",
         required=True,
         help="The bank node's private state (keys, token, HE secret key, models). Env: FEDFRAUD_STATE_DIR.",
+    )(func)
+
+
+def _development_option(func: F) -> F:
+    def warn(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            log.warning("DEVELOPMENT MODE: the unencrypted 'plain' HE scheme is accepted; never use this with real data")
+        return value
+
+    return click.option(
+        "--development", is_flag=True, callback=warn,
+        help="Accept the unencrypted 'plain' HE scheme (tests only; logged).",
     )(func)
 
 
@@ -127,9 +140,12 @@ def enrol(state_dir: Path, url: str, bank_id: str, token: str) -> None:
               help="HE scheme to generate (with --generate).")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for the designated bank's share (without --generate).")
+@_development_option
 @readable_errors
-def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float) -> None:
+def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float, development: bool) -> None:
     """Key ceremony: publish and share the HE key (--generate), or fetch this bank's share."""
+    if scheme == "plain" and generate and not development:
+        raise click.UsageError("--scheme plain encrypts nothing; it is for tests, with --development")
     from bank_node.agent.ceremony import fetch_share, publish_keys
     from bank_node.agent.identity import load_identity
     from bank_node.agent.state import StateDir
@@ -163,9 +179,10 @@ def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait
               help="Seconds between looks at the open runs.")
 @click.option("--round-wait", "round_wait_s", type=click.FloatRange(min=1), default=None,
               help="Longest wait for one round's sum (default: the run's round timeout + 2 minutes).")
+@_development_option
 @readable_errors
 def agent(data_path: Path, columns: str, train_start: datetime, train_days: int, state_dir: Path,
-          url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None) -> None:
+          url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None, development: bool) -> None:
     """Poll the consortium for training runs and take part in them."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
     from bank_node.agent.identity import load_identity
@@ -186,7 +203,7 @@ def agent(data_path: Path, columns: str, train_start: datetime, train_days: int,
         check_consortium_key(client, load_secret_scheme(state))
         node = BankAgent(
             client=client, identity=identity, state=state, training_rows=source.rows,
-            settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s),
+            settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development),
         )
         if not once:
             click.echo(f"bank {config.bank_id}: polling {client.base_url} every {poll_interval_s:g}s", err=True)

@@ -73,6 +73,8 @@ class AgentSettings:
     quorum
         The fewest banks this bank accepts in a sum (its own setting, at least 3; the server's
         is not trusted).
+    development
+        Take part under the unencrypted ``plain`` scheme (tests only; refused otherwise).
     """
 
     poll_interval_s: float = 30.0
@@ -81,6 +83,7 @@ class AgentSettings:
     sum_poll_initial_s: float = 0.02
     sum_poll_max_s: float = 2.0
     quorum: int = MIN_QUORUM
+    development: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,11 @@ class BankAgent:
 
     def _train_and_propose(self, run: RunInfo) -> RunOutcome:
         context = load_secret_scheme(self.state)
+        if context.name == "plain" and not self.settings.development:
+            raise CeremonyError(
+                "this bank holds a 'plain' key, which encrypts nothing: it takes part only in "
+                "development mode (--development); run the key ceremony with ckks or paillier"
+            )
         prepared = prepare_run(run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id))
         banks = {bank.bank_id: bank for bank in self.client.list_banks()}
         channel = HttpChannel(

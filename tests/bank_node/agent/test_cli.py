@@ -39,7 +39,10 @@ def test_enrol_ceremony_and_one_pass_of_the_agent(
         code, out, _ = invoke(["enrol", "--state-dir", str(state), "--url", url, "--bank-id", bank_id],
                               FEDFRAUD_BANK_TOKEN=token)
         assert code == 0 and f"bank {bank_id} enrolled" in out and token not in out
-    code, out, _ = invoke(["ceremony", "--state-dir", str(states["bank-1"]), "--generate", "--scheme", "plain"])
+    code, _, err = invoke(["ceremony", "--state-dir", str(states["bank-1"]), "--generate", "--scheme", "plain"])
+    assert code == 2 and "--development" in err and "Traceback" not in err
+    code, out, _ = invoke(["ceremony", "--state-dir", str(states["bank-1"]), "--generate", "--scheme", "plain",
+                           "--development"])
     assert code == 0 and "shares posted to bank-2, bank-3" in out
     for bank_id in ("bank-2", "bank-3"):
         code, out, _ = invoke(["ceremony", "--state-dir", str(states[bank_id])])
@@ -61,8 +64,12 @@ def test_enrol_ceremony_and_one_pass_of_the_agent(
         thread.start()
     data = tmp_path / "bank-1.parquet"
     bank_transactions["bank-1"].to_parquet(data)
-    code, out, err = invoke(["agent", "--data", str(data), "--train-start", TRAIN_START.isoformat(),
-                             "--train-days", str(TRAIN_DAYS), "--state-dir", str(states["bank-1"]), "--once"])
+    agent_args = ["agent", "--data", str(data), "--train-start", TRAIN_START.isoformat(),
+                  "--train-days", str(TRAIN_DAYS), "--state-dir", str(states["bank-1"]), "--once"]
+    code, out, err = invoke(agent_args)  # a 'plain' key outside development mode: refused, nothing proposed
+    assert code != 0 and "development" in (out + err) and "Traceback" not in err
+    code, out, err = invoke([*agent_args, "--development"])
+    assert "DEVELOPMENT MODE" in err
     for thread in others:
         thread.join(30)
 
