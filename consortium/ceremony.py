@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from consortium.auth import issue_token
-from consortium.errors import BadRequest, Conflict, NotFound, Unprocessable
+from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from consortium.extensions import blob_store, now, write_lock
+from consortium.roster import roster_by_digest
 from consortium.storage.models import ID_PATTERN, Bank, KeyMaterial, KeyShare, Role
 
 __all__ = ["BANK_ID_PATTERN", "enrol_bank", "get_bank", "post_share", "publish_context", "register_keys"]
@@ -26,7 +27,6 @@ logger = logging.getLogger("consortium.ceremony")
 BANK_ID_PATTERN: Final = ID_PATTERN
 _SEALED_BOX_OVERHEAD: Final = 48  # X25519 ephemeral public key + Poly1305 tag
 _HE_MAGIC: Final = b"FFHE"
-_KEY_MATERIAL_ID: Final = 1
 
 
 def get_bank(session: Session, bank_id: str) -> Bank:
@@ -95,34 +95,51 @@ def register_keys(session: Session, bank: Bank, *, signing_key: str, box_key: st
 
 
 def key_material(session: Session) -> KeyMaterial | None:
-    """The published public context's record, if the ceremony happened."""
-    return session.get(KeyMaterial, _KEY_MATERIAL_ID)
+    """The current key generation's public context record, if the ceremony happened."""
+    return session.execute(select(KeyMaterial).order_by(KeyMaterial.id.desc()).limit(1)).scalar_one_or_none()
 
 
-def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str | None) -> KeyMaterial:
-    """Accept the consortium's public HE context from the bank that generated the key.
+def key_material_by_id(session: Session, key_id: str) -> KeyMaterial | None:
+    """The public context record of key ``key_id`` (any generation)."""
+    return session.execute(select(KeyMaterial).where(KeyMaterial.key_id == key_id)).scalar_one_or_none()
+
+
+def publish_context(
+    session: Session, bank: Bank, *, body: bytes, signature: str | None, roster_digest: str | None
+) -> KeyMaterial:
+    """Accept a public HE context from the bank that generated the key, for a roster.
+
+    The first context starts generation 1; a later one rotates the key, and is accepted only for
+    a newer roster than the current key's (the banks rotate when a member leaves).
 
     Raises
     ------
     Conflict
-        The bank has no signing key, or a context was published already.
+        The bank has no signing key, this key was published already, or the roster is not newer.
     BadRequest
-        Missing or wrong signature (run id ``ceremony``).
+        Missing or wrong signature.
     Unprocessable
-        Not an intact context, or a context holding the secret key.
+        An unknown roster, a publisher outside it, not an intact public context, or the secret key.
     """
     from crypto.registry import load_context
+    from crypto.roster import Roster
     from crypto.scheme import CryptoError, UnexpectedSecretKeyError
-    from crypto.signing import CEREMONY_RUN_ID, SignatureError, proposal_message, verify
+    from crypto.signing import SignatureError, context_message, verify
 
     if not bank.signing_key:
         raise Conflict(f"bank {bank.bank_id!r} must register its keys before publishing a context")
+    relayed = roster_by_digest(session, roster_digest or "")
+    if relayed is None:
+        message = "name the roster the key is made for (X-Fedfraud-Roster: its SHA-256 digest, as relayed here)"
+        raise Unprocessable(message, {"X-Fedfraud-Roster": [message]})
+    roster = Roster.from_bytes(relayed.document.encode("utf-8"))
+    if roster.member(bank.bank_id) is None:
+        message = f"bank {bank.bank_id!r} is not a member of roster version {roster.version}"
+        raise Unprocessable(message, {"X-Fedfraud-Roster": [message]})
     try:
-        verify(bank.signing_key, proposal_message(CEREMONY_RUN_ID, bank.bank_id, body), signature)
+        verify(bank.signing_key, context_message(bank.bank_id, relayed.digest, body), signature)
     except SignatureError as exc:
         raise BadRequest(f"context refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
-    if key_material(session) is not None:
-        raise Conflict("the HE context was published already; the key ceremony happens once")
     try:
         context = load_context(body, require_public=True)
     except UnexpectedSecretKeyError:
@@ -140,9 +157,19 @@ def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str
         raise Unprocessable(message, {"body": [message]})
 
     with write_lock():
+        current = key_material(session)
+        if current is not None and current.key_id == context.key_id:
+            session.rollback()
+            raise Conflict("this HE context was published already")
+        if current is not None and roster.version <= current.roster_version:
+            session.rollback()
+            raise Conflict(
+                f"the current key was made for roster version {current.roster_version}; a new key is published "
+                "only for a newer roster (when a member leaves, the key rotates)"
+            )
         digest = blob_store().put(body)
         material = KeyMaterial(
-            id=_KEY_MATERIAL_ID,
+            id=1 if current is None else current.id + 1,
             context_digest=digest,
             context_size=len(body),
             scheme=context.name,
@@ -150,43 +177,70 @@ def publish_context(session: Session, bank: Bank, *, body: bytes, signature: str
             publisher_bank_id=bank.bank_id,
             signature=signature or "",
             published_at=now(),
+            roster_version=roster.version,
+            roster_digest=relayed.digest,
         )
-        _commit_with_blob(session, material, digest, "the HE context was published already; the key ceremony happens once")
-    logger.info("public context published", extra={"bank_id": bank.bank_id, "scheme": context.name, "key_id": context.key_id})
+        _commit_with_blob(session, material, digest, "another HE context was published concurrently")
+    logger.info("public context published", extra={"bank_id": bank.bank_id, "scheme": context.name,
+                                                   "key_id": context.key_id, "generation": material.id})
     return material
 
 
-def post_share(session: Session, publisher: Bank, recipient: Bank, *, body: bytes) -> KeyShare:
-    """Relay the secret context sealed to ``recipient``'s box key (opaque to the aggregator).
+def post_share(
+    session: Session, publisher: Bank, recipient: Bank, *, body: bytes, signature: str | None
+) -> KeyShare:
+    """Relay the current key's secret context sealed to ``recipient`` (opaque to the aggregator).
 
     Raises
     ------
     Conflict
         No context yet, the recipient has no box key, or its share was posted already.
+    Forbidden
+        The caller did not publish the current context.
+    BadRequest
+        Missing or wrong signature.
     Unprocessable
-        Too short to be a sealed box, or an *unsealed* HE context (which would hand the
-        aggregator the secret key).
+        A recipient outside the key's roster, too short to be a sealed box, or an *unsealed* HE
+        context (which would hand the aggregator the secret key).
     """
+    from crypto.roster import Roster
+    from crypto.signing import SignatureError, share_message, verify
+
     material = key_material(session)
     if material is None:
         raise Conflict("no HE context has been published yet")
+    if material.publisher_bank_id != publisher.bank_id:
+        raise Forbidden(f"only the bank that published the context ({material.publisher_bank_id!r}) posts shares")
     if not recipient.box_key:
         raise Conflict(f"bank {recipient.bank_id!r} has not registered its box key; nothing can be sealed to it")
+    relayed = roster_by_digest(session, material.roster_digest)
+    if relayed is None or Roster.from_bytes(relayed.document.encode("utf-8")).member(recipient.bank_id) is None:
+        message = f"bank {recipient.bank_id!r} is not a member of the roster this key was made for"
+        raise Unprocessable(message, {"bank_id": [message]})
     if body.startswith(_HE_MAGIC):
         message = "refused: this is an unsealed HE context; seal it to the bank's box key (X25519 sealed box)"
         raise Unprocessable(message, {"body": [message]})
     if len(body) <= _SEALED_BOX_OVERHEAD:
         message = f"a sealed share is longer than {_SEALED_BOX_OVERHEAD} bytes; got {len(body)}"
         raise Unprocessable(message, {"body": [message]})
+    try:
+        assert publisher.signing_key is not None  # it published the context
+        verify(publisher.signing_key, share_message(publisher.bank_id, recipient.bank_id, material.key_id, body),
+               signature)
+    except SignatureError as exc:
+        raise BadRequest(f"share refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
     with write_lock():
-        if session.get(KeyShare, recipient.bank_id) is not None:
+        if share_of(session, material.key_id, recipient.bank_id) is not None:
+            session.rollback()
             raise Conflict(f"the share for bank {recipient.bank_id!r} was posted already")
         digest = blob_store().put(body)
         share = KeyShare(
+            key_id=material.key_id,
             bank_id=recipient.bank_id,
             share_digest=digest,
             share_size=len(body),
             posted_by=publisher.bank_id,
+            signature=signature or "",
             posted_at=now(),
         )
         _commit_with_blob(session, share, digest, f"the share for bank {recipient.bank_id!r} was posted already")
@@ -194,12 +248,19 @@ def post_share(session: Session, publisher: Bank, recipient: Bank, *, body: byte
     return share
 
 
-def get_share(session: Session, bank_id: str) -> bytes:
-    """The sealed share posted for ``bank_id``, or 404."""
-    share = session.get(KeyShare, bank_id)
+def share_of(session: Session, key_id: str, bank_id: str) -> KeyShare | None:
+    """The share of key ``key_id`` sealed to ``bank_id``, if posted."""
+    query = select(KeyShare).where(KeyShare.key_id == key_id, KeyShare.bank_id == bank_id)
+    return session.execute(query).scalar_one_or_none()
+
+
+def get_share(session: Session, bank_id: str) -> tuple[KeyShare, bytes]:
+    """The current key's share sealed to ``bank_id`` and its bytes, or 404."""
+    material = key_material(session)
+    share = None if material is None else share_of(session, material.key_id, bank_id)
     if share is None:
-        raise NotFound(f"no sealed share has been posted for bank {bank_id!r} yet")
-    return blob_store().get(share.share_digest)
+        raise NotFound(f"no sealed share of the current key has been posted for bank {bank_id!r} yet")
+    return share, blob_store().get(share.share_digest)
 
 
 def banks(session: Session) -> list[Bank]:

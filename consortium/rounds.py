@@ -72,6 +72,13 @@ ROUND_KEY_PATTERN = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
 _ATTEMPTS = 3  # concurrent first contributions race to open the round; the losers retry
 
 
+def run_key(session: Session, run: Run) -> KeyMaterial | None:
+    """The public context of the key ``run`` was opened under (the current one for older runs)."""
+    from consortium.ceremony import key_material, key_material_by_id
+
+    return key_material(session) if run.key_id is None else key_material_by_id(session, run.key_id)
+
+
 def get_run(session: Session, run_id: str) -> Run:
     """The run ``run_id``, or 404."""
     run = session.get(Run, run_id) if RUN_ID_PATTERN.match(run_id) else None
@@ -177,7 +184,7 @@ def _store_contribution(
         if already is not None:
             raise Conflict(f"bank {bank.bank_id!r} already contributed to round {round_key!r}", state=current.state)
 
-    material = session.get(KeyMaterial, 1)
+    material = run_key(session, run)
     if material is None:  # pragma: no cover - a run cannot be opened before the ceremony
         raise Conflict("no HE context has been published yet")
     context = public_context(material.context_digest)
@@ -291,7 +298,7 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
 
 def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     store = blob_store()
-    material = session.get(KeyMaterial, 1)
+    material = run_key(session, current.run)
     assert material is not None  # rounds exist only after the ceremony
     context = public_context(material.context_digest)
     ordered = contributions_of(session, current.id)

@@ -9,8 +9,11 @@ The canonical messages are those of ``docs/consortium-api.md``::
     fedfraud-contribution-v1\\n{run_id}\\n{round_key}\\n{bank_id}\\n{sha256 hex of the body}
     fedfraud-proposal-v1\\n{run_id}\\n{bank_id}\\n{sha256 hex of the body}
     fedfraud-note-v1\\n{run_id}\\n{round_key}\\n{bank_id}\\n{sha256 hex of the body}
+    fedfraud-context-v1\\n{publisher}\\n{roster digest}\\n{sha256 hex of the public context}
+    fedfraud-share-v1\\n{publisher}\\n{recipient}\\n{key_id}\\n{sha256 hex of the sealed share}
 
-The publication of the public HE context is signed as a proposal of run ``"ceremony"``.
+A public HE context is bound to the roster it was made for; a sealed share names its recipient and
+key, so the aggregator can neither re-bind a context nor hand one bank's share to another.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 __all__ = [
-    "CEREMONY_RUN_ID",
     "CONTRIBUTION_PREFIX",
     "PROPOSAL_PREFIX",
     "SIGNATURE_HEADER",
@@ -41,7 +43,9 @@ __all__ = [
     "load_box_key",
     "load_signing_key",
     "open_sealed",
+    "context_message",
     "note_message",
+    "share_message",
     "proposal_message",
     "seal_to",
     "sign",
@@ -51,8 +55,8 @@ __all__ = [
 CONTRIBUTION_PREFIX: Final = "fedfraud-contribution-v1"
 PROPOSAL_PREFIX: Final = "fedfraud-proposal-v1"
 NOTE_PREFIX: Final = "fedfraud-note-v1"
-CEREMONY_RUN_ID: Final = "ceremony"
-"""The run id under which the public HE context is signed (as a proposal)."""
+CONTEXT_PREFIX: Final = "fedfraud-context-v1"
+SHARE_PREFIX: Final = "fedfraud-share-v1"
 SIGNATURE_HEADER: Final = "X-Fedfraud-Signature"
 """HTTP header carrying the base64 signature of a request body."""
 KEY_BYTES: Final = 32
@@ -98,15 +102,25 @@ def note_message(run_id: str, round_key: str, bank_id: str, body: bytes) -> byte
     return _message(NOTE_PREFIX, run_id, round_key, bank_id, body_sha256(body))
 
 
+def context_message(publisher: str, roster_digest: str, body: bytes) -> bytes:
+    """The bytes the publishing bank signs over a public HE context made for a roster."""
+    return _message(CONTEXT_PREFIX, publisher, roster_digest, body_sha256(body))
+
+
+def share_message(publisher: str, recipient: str, key_id: str, body: bytes) -> bytes:
+    """The bytes the publishing bank signs over the secret context sealed to ``recipient``."""
+    return _message(SHARE_PREFIX, publisher, recipient, key_id, body_sha256(body))
+
+
 def proposal_message(run_id: str, bank_id: str, body: bytes) -> bytes:
-    """The bytes a bank signs when it proposes a model (or, with run ``"ceremony"``, a context).
+    """The bytes a bank signs when it proposes a model.
 
     Parameters
     ----------
     run_id, bank_id
         The run the proposal is for, and who proposes.
     body
-        The model file (or public context) exactly as uploaded.
+        The model file exactly as uploaded.
 
     Returns
     -------

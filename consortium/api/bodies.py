@@ -11,7 +11,7 @@ from flask import request
 
 from consortium.errors import BadRequest, UnsupportedMediaType
 
-__all__ = ["BINARY", "BINARY_REQUEST", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body"]
+__all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +23,14 @@ SIGNATURE_PARAMETER = {
     "name": "X-Fedfraud-Signature",
     "required": True,
     "description": "base64 Ed25519 signature over the canonical message (see docs/consortium-api.md)",
+    "schema": {"type": "string"},
+}
+
+ROSTER_PARAMETER = {
+    "in": "header",
+    "name": "X-Fedfraud-Roster",
+    "required": True,
+    "description": "SHA-256 hex digest of the roster (as relayed by GET /v1/roster) the key is made for",
     "schema": {"type": "string"},
 }
 

@@ -83,6 +83,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "min_banks": run.min_banks,
         "round_timeout_s": run.round_timeout_s,
         "participants": list(run.participants),
+        "key_id": run.key_id,
         "state": run.state,
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
@@ -106,7 +107,8 @@ def _participant(run: Run) -> str:
 @blp.response(201, RunSchema)
 @blp.alt_response(409, description="the key ceremony has not happened")
 def open_run(data: dict[str, Any]) -> Any:
-    """Open a training run; participants default to every bank with registered keys."""
+    """Open a training run under the current HE key; participants default to every member of that
+    key's roster with registered keys."""
     config = current_app.config
     run = runs.open_run(
         db.session,

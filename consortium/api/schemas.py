@@ -73,13 +73,36 @@ class ContextPublishedSchema(Schema):
     size = fields.Integer(required=True)
     publisher = fields.String(required=True)
     published_at = _timestamp()
+    generation = fields.Integer(required=True, metadata={"description": "1, then one more per key rotation"})
+    roster_version = fields.Integer(required=True)
+    roster_digest = fields.String(required=True)
 
 
 class SharePostedSchema(Schema):
     bank_id = fields.String(required=True)
+    key_id = fields.String(required=True)
     digest = fields.String(required=True)
     size = fields.Integer(required=True)
     posted_at = _timestamp()
+
+
+class RosterSignatureSchema(Schema):
+    bank_id = fields.String(required=True)
+    signature = fields.String(required=True)
+
+
+class RosterSchema(Schema):
+    version = fields.Integer(required=True)
+    digest = fields.String(required=True, metadata={"description": "SHA-256 hex of the document"})
+    document = fields.String(required=True, metadata={"description": "the canonical JSON document, verbatim"})
+    proposed_by = fields.String(required=True)
+    proposed_at = _timestamp()
+    signatures = fields.List(fields.Nested(RosterSignatureSchema), required=True)
+
+
+class RosterQuerySchema(StrictSchema):
+    since = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1),
+                           metadata={"description": "only versions newer than this"})
 
 
 class RunOpenSchema(StrictSchema):
@@ -119,6 +142,7 @@ class RunSchema(Schema):
     min_banks = fields.Integer()
     round_timeout_s = fields.Integer()
     participants = fields.List(fields.String())
+    key_id = fields.String(allow_none=True, metadata={"description": "the HE key the run's ciphertexts use"})
     state = fields.String(required=True)
     failure_reason = fields.String(allow_none=True)
     created_at = _timestamp()

@@ -82,8 +82,37 @@ class Token(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
 
 
+class RosterDocument(Base):
+    """A proposed roster (membership version), relayed for the banks; the banks decide what to pin."""
+
+    __tablename__ = "rosters"
+
+    digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, index=True)
+    document: Mapped[str] = mapped_column(Text)
+    proposed_by: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    proposed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    signatures: Mapped[list[RosterSignature]] = relationship(order_by="RosterSignature.bank_id")
+
+
+class RosterSignature(Base):
+    """One bank's signature approving a roster document."""
+
+    __tablename__ = "roster_signatures"
+    __table_args__ = (UniqueConstraint("roster_digest", "bank_id", name="uq_roster_signatures_roster_bank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    roster_digest: Mapped[str] = mapped_column(ForeignKey("rosters.digest"))
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    signature: Mapped[str] = mapped_column(String(128))
+    signed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class KeyMaterial(Base):
-    """The consortium's public HE context (one row: the key ceremony happens once)."""
+    """A public HE context, one row per key generation; the newest is the consortium's key.
+
+    A new generation is published for a newer roster (a member removed: the key rotates)."""
 
     __tablename__ = "key_material"
 
@@ -91,21 +120,28 @@ class KeyMaterial(Base):
     context_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
     context_size: Mapped[int] = mapped_column(BigInteger)
     scheme: Mapped[str] = mapped_column(String(16))
-    key_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
     publisher_bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
     signature: Mapped[str] = mapped_column(String(128))
     published_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    roster_version: Mapped[int] = mapped_column(Integer, default=0)
+    roster_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH), default="")
 
 
 class KeyShare(Base):
-    """The secret context sealed to one bank's box key: opaque bytes the aggregator relays."""
+    """The secret context of one key generation sealed to one bank's box key: opaque bytes the
+    aggregator relays, with the publisher's signature."""
 
-    __tablename__ = "key_shares"
+    __tablename__ = "sealed_shares"
+    __table_args__ = (UniqueConstraint("key_id", "bank_id", name="uq_sealed_shares_key_bank"),)
 
-    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
     share_digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
     share_size: Mapped[int] = mapped_column(BigInteger)
     posted_by: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    signature: Mapped[str] = mapped_column(String(128), default="")
     posted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -120,6 +156,7 @@ class Run(Base):
     min_banks: Mapped[int] = mapped_column(Integer)
     round_timeout_s: Mapped[int] = mapped_column(Integer)
     participants: Mapped[list[str]] = mapped_column(JSON)
+    key_id: Mapped[str | None] = mapped_column(String(32), default=None)
     state: Mapped[str] = mapped_column(String(16), default=RunState.OPEN.value, index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -23,13 +23,16 @@ from consortium.app import create_app
 from consortium.auth import issue_token
 from consortium.storage.database import Database, db
 from consortium.storage.models import Base
+from crypto.roster import Member, Roster, roster_message
 from crypto.signing import (
     BankKeys,
+    context_message,
     contribution_message,
     generate_bank_keys,
     note_message,
     proposal_message,
     seal_to,
+    share_message,
     sign,
 )
 
@@ -197,10 +200,27 @@ class Bank:
         headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
         return self.client.post(f"/v1/runs/{run_id}/proposals", data=body, headers=headers, content_type=BINARY)
 
-    def publish_context(self, context: bytes, *, signature: str | None = None) -> TestResponse:
-        message = proposal_message("ceremony", self.bank_id, context)
-        headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
+    @property
+    def member(self) -> Member:
+        return Member(bank_id=self.bank_id, signing_key=self.keys.signing_public_b64, box_key=self.keys.box_public_b64)
+
+    def sign_roster(self, document: bytes, *, signature: str | None = None) -> TestResponse:
+        headers = {**self.auth,
+                   "X-Fedfraud-Signature": signature or sign(self.keys.signing, roster_message(self.bank_id, document))}
+        return self.client.post("/v1/roster", data=document, headers=headers, content_type=BINARY)
+
+    def publish_context(self, context: bytes, roster_digest: str, *, signature: str | None = None) -> TestResponse:
+        message = context_message(self.bank_id, roster_digest, context)
+        headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message),
+                   "X-Fedfraud-Roster": roster_digest}
         return self.client.put("/v1/keys/context", data=context, headers=headers, content_type=BINARY)
+
+    def post_share(self, recipient: Bank, key_id: str, secret: bytes, *, signature: str | None = None) -> TestResponse:
+        sealed = seal_to(recipient.keys.box_public_b64, secret)
+        message = share_message(self.bank_id, recipient.bank_id, key_id, sealed)
+        headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
+        return self.client.put(f"/v1/keys/shares/{recipient.bank_id}", data=sealed, headers=headers,
+                               content_type=BINARY)
 
 
 @dataclass
@@ -211,6 +231,7 @@ class Consortium:
     operator: str
     banks: dict[str, Bank]
     he: crypto.HEScheme
+    roster: Roster
 
     def bank(self, bank_id: str) -> Bank:
         return self.banks[bank_id]
@@ -239,18 +260,23 @@ def set_up_consortium(client: FlaskClient, operator: str, he: crypto.HEScheme, n
         bank = enrol(client, operator, f"bank-{index}")
         assert bank.register_keys().status_code == 200
         banks[bank.bank_id] = bank
+    roster = sign_first_roster(list(banks.values()))
     publisher = banks["bank-1"]
-    assert publisher.publish_context(he.public_context()).status_code == 201
+    assert publisher.publish_context(he.public_context(), roster.digest).status_code == 201
     secret = he.secret_context()
     for bank in list(banks.values())[1:]:
-        response = client.put(
-            f"/v1/keys/shares/{bank.bank_id}",
-            data=seal_to(bank.keys.box_public_b64, secret),
-            headers=publisher.auth,
-            content_type=BINARY,
-        )
+        response = publisher.post_share(bank, he.key_id, secret)
         assert response.status_code == 201, response.get_json()
-    return Consortium(client=client, operator=operator, banks=banks, he=he)
+    return Consortium(client=client, operator=operator, banks=banks, he=he, roster=roster)
+
+
+def sign_first_roster(banks: list[Bank]) -> Roster:
+    """Roster version 1 of ``banks``, signed by each of them through the API."""
+    roster = Roster.create(version=1, previous="", members=[bank.member for bank in banks])
+    for bank in banks:
+        response = bank.sign_roster(roster.to_bytes())
+        assert response.status_code == 200, response.get_json()
+    return roster
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ import crypto
 from consortium.storage.database import db
 from consortium.storage.models import Base
 from crypto.scheme import CryptoError, PayloadKind, read_header
-from crypto.signing import open_sealed, seal_to
+from crypto.roster import Roster
+from crypto.signing import open_sealed, share_message, verify
+from tests.consortium.conftest import sign_first_roster
 
 BINARY = "application/octet-stream"
 
@@ -27,7 +29,7 @@ def test_context_is_published_once_and_served_to_every_role(
     assert served.status_code == 200
     assert served.data == he_key.public_context()
     before = snapshot()
-    again = consortium.bank("bank-2").publish_context(he_key.public_context())
+    again = consortium.bank("bank-2").publish_context(he_key.public_context(), consortium.roster.digest)
     assert again.status_code == 409
     assert snapshot() == before
 
@@ -65,18 +67,27 @@ def test_context_is_404_before_the_ceremony(client: FlaskClient, operator_token:
     assert response.status_code == 404
 
 
-def _ready_bank(client: FlaskClient, operator_token: str, bank_factory: Any) -> Any:
-    bank = bank_factory(client, operator_token, "bank-1")
-    assert bank.register_keys().status_code == 200
-    return bank
+def _ready_banks(client: FlaskClient, operator_token: str, bank_factory: Any) -> tuple[list[Any], Roster]:
+    """Three banks with keys and a signed first roster, before any context."""
+    banks = []
+    for bank_id in ("bank-1", "bank-2", "bank-3"):
+        bank = bank_factory(client, operator_token, bank_id)
+        assert bank.register_keys().status_code == 200
+        banks.append(bank)
+    return banks, sign_first_roster(banks)
+
+
+def _ready_bank(client: FlaskClient, operator_token: str, bank_factory: Any) -> tuple[Any, str]:
+    banks, roster = _ready_banks(client, operator_token, bank_factory)
+    return banks[0], roster.digest
 
 
 def test_a_context_holding_the_secret_key_is_refused(
     client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
 ) -> None:
-    bank = _ready_bank(client, operator_token, bank_factory)
+    bank, roster = _ready_bank(client, operator_token, bank_factory)
     before = snapshot()
-    response = bank.publish_context(he_key.secret_context())
+    response = bank.publish_context(he_key.secret_context(), roster)
     assert response.status_code == 422
     assert "secret key" in response.get_json()["message"]
     assert snapshot() == before
@@ -86,34 +97,35 @@ def test_a_context_holding_the_secret_key_is_refused(
 def test_a_body_that_is_not_a_public_context_is_422(
     client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any, kind: str
 ) -> None:
-    bank = _ready_bank(client, operator_token, bank_factory)
+    bank, roster = _ready_bank(client, operator_token, bank_factory)
     body = {
         "garbage": b"hello",
         "ciphertext": he_key.encrypt(np.ones(3)),
         "truncated": he_key.public_context()[:-10],
     }[kind]
     before = snapshot()
-    assert bank.publish_context(body).status_code == 422
+    assert bank.publish_context(body, roster).status_code == 422
     assert snapshot() == before
 
 
 def test_an_unsigned_or_missigned_context_is_400(
     client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
 ) -> None:
-    bank = _ready_bank(client, operator_token, bank_factory)
+    bank, roster = _ready_bank(client, operator_token, bank_factory)
     before = snapshot()
     unsigned = client.put(
-        "/v1/keys/context", data=he_key.public_context(), headers=bank.auth, content_type=BINARY
+        "/v1/keys/context", data=he_key.public_context(), headers={**bank.auth, "X-Fedfraud-Roster": roster},
+        content_type=BINARY,
     )
     assert unsigned.status_code == 400
     assert "signature" in unsigned.get_json()["message"]
-    wrong = bank.publish_context(he_key.public_context(), signature="A" * 86 + "==")
+    wrong = bank.publish_context(he_key.public_context(), roster, signature="A" * 86 + "==")
     assert wrong.status_code == 400
     assert snapshot() == before
 
 
 def test_bytes_endpoint_given_json_is_415(client: FlaskClient, operator_token: str, bank_factory: Any) -> None:
-    bank = _ready_bank(client, operator_token, bank_factory)
+    bank, _ = _ready_bank(client, operator_token, bank_factory)
     response = client.put("/v1/keys/context", json={"context": "abc"}, headers=bank.auth)
     assert response.status_code == 415
     assert "application/octet-stream" in response.get_json()["message"]
@@ -129,16 +141,13 @@ def test_shares_are_relayed_only_by_the_publisher_and_only_to_their_bank(
     assert opened.has_secret_key and opened.key_id == he_key.key_id
     assert client.get("/v1/keys/shares/bank-2", headers=three.auth).status_code == 403
     assert client.get("/v1/keys/shares/bank-1", headers=consortium.bank("bank-1").auth).status_code == 404
-    not_publisher = client.put(
-        "/v1/keys/shares/bank-3", data=seal_to(three.keys.box_public_b64, b"x" * 100), headers=two.auth, content_type=BINARY
-    )
+    assert response.headers["X-Fedfraud-Publisher"] == "bank-1"
+    assert response.headers["X-Fedfraud-Key-Id"] == he_key.key_id
+    verify(consortium.bank("bank-1").keys.signing_public_b64,
+           share_message("bank-1", "bank-2", he_key.key_id, response.data), response.headers["X-Fedfraud-Signature"])
+    not_publisher = two.post_share(three, he_key.key_id, b"x" * 100)
     assert not_publisher.status_code == 403
-    replaced = client.put(
-        "/v1/keys/shares/bank-2",
-        data=seal_to(two.keys.box_public_b64, b"x" * 100),
-        headers=consortium.bank("bank-1").auth,
-        content_type=BINARY,
-    )
+    replaced = consortium.bank("bank-1").post_share(two, he_key.key_id, b"x" * 100)
     assert replaced.status_code == 409
     unknown = client.put(
         "/v1/keys/shares/bank-9", data=b"x" * 100, headers=consortium.bank("bank-1").auth, content_type=BINARY
@@ -149,10 +158,8 @@ def test_shares_are_relayed_only_by_the_publisher_and_only_to_their_bank(
 def test_an_unsealed_secret_context_is_never_accepted_as_a_share(
     client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
 ) -> None:
-    one = _ready_bank(client, operator_token, bank_factory)
-    two = bank_factory(client, operator_token, "bank-2")
-    assert two.register_keys().status_code == 200
-    assert one.publish_context(he_key.public_context()).status_code == 201
+    (one, _, _), roster = _ready_banks(client, operator_token, bank_factory)
+    assert one.publish_context(he_key.public_context(), roster.digest).status_code == 201
     before = snapshot()
     response = client.put("/v1/keys/shares/bank-2", data=he_key.secret_context(), headers=one.auth, content_type=BINARY)
     assert response.status_code == 422
@@ -206,12 +213,11 @@ def test_the_service_stores_nothing_that_decrypts(
 def test_plain_is_refused_outside_development_mode(
     app: Flask, client: FlaskClient, operator_token: str, bank_factory: Any, snapshot: Any
 ) -> None:
-    bank = bank_factory(client, operator_token, "bank-1")
-    assert bank.register_keys().status_code == 200
+    bank, roster = _ready_bank(client, operator_token, bank_factory)
     plain = crypto.generate("plain").public_context()
     before = snapshot()
-    refused = bank.publish_context(plain)
+    refused = bank.publish_context(plain, roster)
     assert refused.status_code == 422 and "plain" in refused.get_json()["message"]
     assert snapshot() == before
     app.config["DEVELOPMENT_MODE"] = True
-    assert bank.publish_context(plain).status_code == 201
+    assert bank.publish_context(plain, roster).status_code == 201
