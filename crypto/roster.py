@@ -12,6 +12,8 @@ A roster is accepted (pinned) by a bank under these rules, checked by :func:`acc
   least :data:`MIN_MEMBERS` members, and signed by *every* member. Each bank signs only after its
   staff compared every member's :func:`fingerprint` with the one that member read out out of band,
   so no key reaches a roster that some member did not check.
+- **Joining** (nothing pinned yet, a later version): this bank among the members and signed by it
+  (it signs only after checking *every* member's fingerprint), and by more than half of the others.
 - **Change** (a roster is pinned): the next version, naming the pinned roster's digest as its
   predecessor; continuing members keep their keys; signed by more than half of the pinned
   roster's members (with their *pinned* keys) and by every member it adds. An old roster sent again
@@ -261,16 +263,22 @@ def accept(
     candidate.check()
     document = candidate.to_bytes()
     if pinned is None:
-        if candidate.version != 1:
-            raise RosterError(
-                f"this bank pinned no roster yet, so it starts from version 1, not {candidate.version}"
-            )
         if candidate.member(bank_id) is None:
-            raise RosterError(f"the first roster must list this bank ({bank_id})")
+            raise RosterError(f"the first roster a bank pins must list it ({bank_id})")
         signed = valid_signers(document, signatures, candidate.signing_keys())
-        missing = sorted(set(candidate.bank_ids) - signed)
-        if missing:
-            raise RosterError(f"the first roster needs every member's signature; missing or invalid: {missing}")
+        if candidate.version == 1:
+            missing = sorted(set(candidate.bank_ids) - signed)
+            if missing:
+                raise RosterError(f"the first roster needs every member's signature; missing or invalid: {missing}")
+            return candidate
+        if bank_id not in signed:
+            raise RosterError(f"joining at roster version {candidate.version} needs this bank's own approval")
+        others = len(candidate.members) - 1
+        if len(signed - {bank_id}) < others // 2 + 1:
+            raise RosterError(
+                f"joining at roster version {candidate.version} needs {others // 2 + 1} signatures of the other "
+                f"members; it has {len(signed - {bank_id})}"
+            )
         return candidate
     if candidate.version <= pinned.version:
         raise RosterError(

@@ -147,10 +147,22 @@ class LocalConsortium:
         return self.root / "banks" / bank
 
     def set_up_banks(self, banks: Sequence[str], *, scheme: str) -> None:
-        """Enrol the banks' agents, then the key ceremony: the first generates, the others fetch."""
+        """Enrol the banks' agents, agree the first roster (fingerprints exchanged as the banks'
+        staff would read them out), then the key ceremony: the first generates, the others fetch."""
+        fingerprints = {}
         for bank in banks:
             self.cli("bank", "enrol", "--state-dir", str(self.state_dir(bank)), "--url", self.url, "--bank-id", bank,
                      env={"FEDFRAUD_BANK_TOKEN": self.bank_tokens[bank]})
+            fingerprints[bank] = self.cli("bank", "fingerprint", "--state-dir", str(self.state_dir(bank))).split(None, 1)[1].strip()
+
+        def members(*others: str) -> list[str]:
+            return [arg for other in others for arg in ("--member", f"{other}={fingerprints[other]}")]
+
+        proposed = self.cli("bank", "roster", "propose", "--state-dir", str(self.state_dir(banks[0])), *members(*banks[1:]))
+        digest = proposed.split("proposed: ", 1)[1].split()[0]
+        for bank in banks[1:]:
+            self.cli("bank", "roster", "approve", digest, "--state-dir", str(self.state_dir(bank)),
+                     *members(*(other for other in banks if other != bank)))
         self.cli("bank", "ceremony", "--state-dir", str(self.state_dir(banks[0])), "--generate", "--scheme", scheme)
         for bank in banks[1:]:
             self.cli("bank", "ceremony", "--state-dir", str(self.state_dir(bank)), "--wait", "60")

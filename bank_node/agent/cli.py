@@ -140,10 +140,14 @@ def enrol(state_dir: Path, url: str, bank_id: str, token: str) -> None:
               help="HE scheme to generate (with --generate).")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for the designated bank's share (without --generate).")
+@click.option("--rotate", is_flag=True,
+              help="With --generate: make a new key for the pinned roster (after a member left).")
 @_development_option
 @readable_errors
-def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float, development: bool) -> None:
-    """Key ceremony: publish and share the HE key (--generate), or fetch this bank's share."""
+def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait_s: float, rotate: bool,
+             development: bool) -> None:
+    """Key ceremony: publish and share the HE key with the pinned roster's members (--generate),
+    or fetch and verify this bank's share."""
     if scheme == "plain" and generate and not development:
         raise click.UsageError("--scheme plain encrypts nothing; it is for tests, with --development")
     from bank_node.agent.ceremony import fetch_share, publish_keys
@@ -155,12 +159,120 @@ def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait
     identity = load_identity(state, config.bank_id)
     with closing(client):
         if generate:
-            result = publish_keys(client, identity, state, scheme=scheme)
+            result = publish_keys(client, identity, state, scheme=scheme, rotate=rotate)
             shared = ", ".join(result.shared_with) or "no new bank"
             click.echo(f"HE key {result.key_id} ({result.scheme}) published; shares posted to {shared}")
         else:
             result = fetch_share(client, identity, state, wait_s=wait_s)
             click.echo(f"HE key {result.key_id} ({result.scheme}) received and stored in {state_dir}")
+
+
+@bank_cli.command()
+@_state_dir_option
+@readable_errors
+def fingerprint(state_dir: Path) -> None:
+    """Print this bank's key fingerprint, to read out to the other banks over a trusted channel."""
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.state import StateDir
+
+    state = StateDir(state_dir)
+    identity = load_identity(state, state.load_config().bank_id)
+    click.echo(f"{identity.bank_id}  {identity.fingerprint}")
+
+
+def _fingerprints(values: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        bank_id, sep, expected = value.partition("=")
+        if not sep or not bank_id.strip() or not expected.strip():
+            raise click.BadParameter(f"expected BANK_ID=FINGERPRINT, got {value!r}", param_hint="--member")
+        pairs[bank_id.strip()] = expected
+    return pairs
+
+
+_member_option = click.option(
+    "--member", "members", multiple=True, metavar="BANK_ID=FINGERPRINT",
+    help="A bank the roster adds, with the fingerprint its staff read out to yours (repeat).",
+)
+
+
+@bank_cli.group()
+def roster() -> None:
+    """The membership this bank pins: propose, approve and show rosters."""
+
+
+@roster.command(name="propose")
+@_state_dir_option
+@_url_option(required=False)
+@_member_option
+@click.option("--remove", multiple=True, metavar="BANK_ID", help="A member to remove (repeat); the key then rotates.")
+@readable_errors
+def roster_propose(state_dir: Path, url: str | None, members: tuple[str, ...], remove: tuple[str, ...]) -> None:
+    """Propose the next roster (the first: this bank and every --member) and sign it."""
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.membership import load_pinned, propose_roster
+    from bank_node.agent.state import StateDir
+
+    state = StateDir(state_dir)
+    client, config = _client(state, url)
+    with closing(client):
+        proposed = propose_roster(client, load_identity(state, config.bank_id), state,
+                                  add=_fingerprints(members), remove=remove)
+    pinned = load_pinned(state)
+    click.echo(f"roster version {proposed.version} proposed: {proposed.digest}")
+    click.echo(f"members: {', '.join(proposed.bank_ids)}")
+    if pinned is None or pinned.roster.digest != proposed.digest:
+        click.echo("not pinned yet: the other banks approve it with `fedfraud bank roster approve "
+                   f"{proposed.digest[:16]} --member ...`")
+
+
+@roster.command(name="approve")
+@_state_dir_option
+@_url_option(required=False)
+@click.argument("digest")
+@_member_option
+@readable_errors
+def roster_approve(state_dir: Path, url: str | None, digest: str, members: tuple[str, ...]) -> None:
+    """Sign the relayed roster DIGEST after checking every key it adds against its fingerprint."""
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.membership import approve_roster, load_pinned
+    from bank_node.agent.state import StateDir
+
+    state = StateDir(state_dir)
+    client, config = _client(state, url)
+    with closing(client):
+        approved = approve_roster(client, load_identity(state, config.bank_id), state, digest=digest,
+                                  fingerprints=_fingerprints(members))
+    pinned = load_pinned(state)
+    status = "pinned" if pinned and pinned.roster.digest == approved.digest else "signed; waiting for more signatures"
+    click.echo(f"roster version {approved.version} {status}: {', '.join(approved.bank_ids)}")
+
+
+@roster.command(name="show")
+@_state_dir_option
+@_url_option(required=False)
+@readable_errors
+def roster_show(state_dir: Path, url: str | None) -> None:
+    """Pin what the members signed since, then show the pinned roster and pending candidates."""
+    from bank_node.agent.identity import load_identity
+    from bank_node.agent.membership import sync_roster
+    from bank_node.agent.state import StateDir
+
+    state = StateDir(state_dir)
+    client, config = _client(state, url)
+    with closing(client):
+        pinned = sync_roster(client, load_identity(state, config.bank_id), state)
+        since = pinned.roster.version if pinned else 0
+        pending = client.list_rosters(since=since)
+    if pinned is None:
+        click.echo("no roster pinned yet")
+    else:
+        click.echo(f"pinned roster version {pinned.roster.version} ({pinned.roster.digest[:16]}):")
+        for member in pinned.roster.members:
+            click.echo(f"  {member.bank_id:<24} {member.fingerprint}")
+    for candidate in pending:
+        signers = ", ".join(sorted(candidate.signatures)) or "nobody"
+        click.echo(f"candidate version {candidate.version} {candidate.digest[:16]}: signed by {signers}")
 
 
 @bank_cli.command()
@@ -200,7 +312,7 @@ def agent(data_path: Path, columns: str, train_start: datetime, train_days: int,
     )
     source.rows()  # bad data is reported now, not at the first run
     with closing(client):
-        check_consortium_key(client, load_secret_scheme(state))
+        check_consortium_key(client, identity, state, load_secret_scheme(state))
         node = BankAgent(
             client=client, identity=identity, state=state, training_rows=source.rows,
             settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development),

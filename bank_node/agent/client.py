@@ -28,7 +28,9 @@ from bank_node.agent.resources import (
     AggregateStatus,
     BankInfo,
     ModelInfo,
+    RelayedRoster,
     RunInfo,
+    SignedBytes,
     items_of,
 )
 from bank_node.agent.retry import RetryPolicy
@@ -106,21 +108,47 @@ class ConsortiumClient:
 
     # ------------------------------------------------------------------------- key ceremony
 
-    def put_public_context(self, context: bytes, *, signature: str) -> None:
-        """``PUT /v1/keys/context``: the HE public context, once per consortium."""
-        self._request("PUT", "/v1/keys/context", data=context, signature=signature)
+    def sign_roster(self, document: bytes, *, signature: str) -> RelayedRoster:
+        """``POST /v1/roster``: approve a roster document (posting it if new)."""
+        response = self._request("POST", "/v1/roster", data=document, signature=signature)
+        return _parse("POST /v1/roster", lambda: RelayedRoster.from_json(_json_body(response)))
 
-    def get_public_context(self) -> bytes:
-        """``GET /v1/keys/context``; :class:`NotFoundError` before the ceremony."""
-        return self._request("GET", "/v1/keys/context").content
+    def list_rosters(self, since: int = 0) -> list[RelayedRoster]:
+        """``GET /v1/roster?since=N``: relayed roster documents newer than version ``since``."""
+        document = self._json("GET", "/v1/roster", params={"since": str(since)})
+        return _parse("GET /v1/roster", lambda: [RelayedRoster.from_json(r) for r in items_of(document, "rosters")])
 
-    def put_share(self, bank_id: str, sealed: bytes, *, signature: str | None = None) -> None:
+    def put_public_context(self, context: bytes, *, signature: str, roster_digest: str) -> None:
+        """``PUT /v1/keys/context``: a public HE context made for the roster ``roster_digest``."""
+        self._request("PUT", "/v1/keys/context", data=context, signature=signature,
+                      headers={"X-Fedfraud-Roster": roster_digest})
+
+    def get_public_context(self) -> SignedBytes:
+        """``GET /v1/keys/context``: the current context, its publisher, signature and roster;
+        :class:`NotFoundError` before the ceremony."""
+        response = self._request("GET", "/v1/keys/context")
+        return SignedBytes(
+            body=response.content,
+            signer=response.headers.get("X-Fedfraud-Publisher", ""),
+            signature=response.headers.get(SIGNATURE_HEADER, ""),
+            key_id=response.headers.get("X-Fedfraud-Key-Id", ""),
+            roster_digest=response.headers.get("X-Fedfraud-Roster", ""),
+        )
+
+    def put_share(self, bank_id: str, sealed: bytes, *, signature: str) -> None:
         """``PUT /v1/keys/shares/{bank_id}``: the secret context sealed to that bank's box key."""
         self._request("PUT", f"/v1/keys/shares/{_segment(bank_id)}", data=sealed, signature=signature)
 
-    def get_share(self, bank_id: str) -> bytes:
-        """``GET /v1/keys/shares/{bank_id}``; :class:`NotFoundError` until posted."""
-        return self._request("GET", f"/v1/keys/shares/{_segment(bank_id)}").content
+    def get_share(self, bank_id: str) -> SignedBytes:
+        """``GET /v1/keys/shares/{bank_id}``: the current key's sealed share and who signed it;
+        :class:`NotFoundError` until posted."""
+        response = self._request("GET", f"/v1/keys/shares/{_segment(bank_id)}")
+        return SignedBytes(
+            body=response.content,
+            signer=response.headers.get("X-Fedfraud-Publisher", ""),
+            signature=response.headers.get(SIGNATURE_HEADER, ""),
+            key_id=response.headers.get("X-Fedfraud-Key-Id", ""),
+        )
 
     # ----------------------------------------------------------------------------- runs
 
@@ -209,9 +237,10 @@ class ConsortiumClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         signature: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Send one request, retrying transient failures; return any answer below 400."""
-        headers: dict[str, str] = {}
+        headers = dict(headers or {})
         if data is not None:
             headers["Content-Type"] = OCTET_STREAM
         if signature is not None:

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from bank_node.agent.state import StateDir
 from crypto.signing import (
     BankKeys,
+    context_message,
     contribution_message,
     generate_bank_keys,
     note_message,
     open_sealed,
     proposal_message,
+    share_message,
     sign,
 )
+from crypto.roster import fingerprint, roster_message
 
 __all__ = ["BankIdentity", "load_identity", "load_or_create_identity"]
 
@@ -61,9 +64,26 @@ class BankIdentity:
         """Base64 signature of a note (a self-mask seed) to ``round_key`` of ``run_id``."""
         return sign(self.keys.signing, note_message(run_id, round_key, self.bank_id, body))
 
+    @property
+    def fingerprint(self) -> str:
+        """What this bank's staff read out to the other members (see ``crypto.roster``)."""
+        return fingerprint(self.signing_key_b64, self.box_key_b64)
+
     def sign_proposal(self, run_id: str, body: bytes) -> str:
-        """Base64 signature of a proposal (a model, or the public context with run ``ceremony``)."""
+        """Base64 signature of a model proposed for ``run_id``."""
         return sign(self.keys.signing, proposal_message(run_id, self.bank_id, body))
+
+    def sign_roster(self, document: bytes) -> str:
+        """Base64 signature approving a roster document."""
+        return sign(self.keys.signing, roster_message(self.bank_id, document))
+
+    def sign_context(self, roster_digest: str, body: bytes) -> str:
+        """Base64 signature of a public HE context made for the roster ``roster_digest``."""
+        return sign(self.keys.signing, context_message(self.bank_id, roster_digest, body))
+
+    def sign_share(self, recipient: str, key_id: str, sealed: bytes) -> str:
+        """Base64 signature of key ``key_id`` sealed to ``recipient``."""
+        return sign(self.keys.signing, share_message(self.bank_id, recipient, key_id, sealed))
 
     def open_sealed(self, sealed: bytes) -> bytes:
         """Open a box sealed to this bank.

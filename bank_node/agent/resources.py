@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AggregateStatus", "BankInfo", "ModelInfo", "RunInfo", "items_of"]
+__all__ = ["AggregateStatus", "BankInfo", "ModelInfo", "RelayedRoster", "RunInfo", "SignedBytes", "items_of"]
 
 
 def items_of(document: Any, key: str) -> list[Mapping[str, Any]]:
@@ -66,6 +66,7 @@ class RunInfo:
     round_timeout_s: float = 600.0
     failure_reason: str = ""
     created_at: str = ""
+    key_id: str = ""
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> RunInfo:
@@ -83,6 +84,7 @@ class RunInfo:
             round_timeout_s=float(record.get("round_timeout_s") or 600.0),
             failure_reason=str(_first(record, "failure_reason", "reason", default="")),
             created_at=str(record.get("created_at") or ""),
+            key_id=str(record.get("key_id") or ""),
         )
 
     def party_index(self, bank_id: str) -> int:
@@ -115,6 +117,8 @@ class ModelInfo:
     digest: str
     created_at: str = ""
     banks: tuple[str, ...] = ()
+    proposals: Mapping[str, str] = field(default_factory=dict)
+    """Bank id to its signature over the published file (as a proposal of the run)."""
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ModelInfo:
@@ -126,4 +130,36 @@ class ModelInfo:
             digest=str(_first(record, "digest", "sha256", default="")),
             created_at=str(record.get("created_at") or ""),
             banks=tuple(str(b) for b in _first(record, "contributing_banks", "banks", default=())),
+            proposals={str(p["bank_id"]): str(p["signature"]) for p in record.get("proposals") or ()},
+        )
+
+
+@dataclass(frozen=True)
+class SignedBytes:
+    """Bytes relayed by the consortium with who signed them (checked against the pinned roster)."""
+
+    body: bytes
+    signer: str
+    signature: str
+    key_id: str = ""
+    roster_digest: str = ""
+
+
+@dataclass(frozen=True)
+class RelayedRoster:
+    """A roster document as relayed, with the signatures the consortium received."""
+
+    version: int
+    digest: str
+    document: bytes
+    signatures: Mapping[str, str]
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RelayedRoster:
+        """Read one record of ``GET /v1/roster``."""
+        return cls(
+            version=int(record["version"]),
+            digest=str(record["digest"]),
+            document=str(record["document"]).encode("utf-8"),
+            signatures={str(s["bank_id"]): str(s["signature"]) for s in record.get("signatures") or ()},
         )

@@ -20,12 +20,12 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bank_node.agent.ceremony import load_secret_scheme
+from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
 from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import (
     AuthError,
@@ -36,12 +36,14 @@ from bank_node.agent.errors import (
 )
 from bank_node.agent.http_channel import HttpChannel
 from bank_node.agent.identity import BankIdentity
-from bank_node.agent.resources import BankInfo, ModelInfo, RunInfo
+from bank_node.agent.membership import PinnedRoster, load_pinned
+from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.training import TrainingSet, prepare_run
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
 from crypto.masking import MaskSession
-from crypto.signing import SignatureError, b64decode_key
+from crypto.roster import Roster
+from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
@@ -50,9 +52,10 @@ log = logging.getLogger(__name__)
 
 PROPOSED = "proposed"
 PUBLISHED = "published"
+REJECTED = "rejected"
 FAILED = "failed"
 RETRY = "retry"
-_FINISHED = (PROPOSED, PUBLISHED, FAILED)
+_FINISHED = (PROPOSED, PUBLISHED, REJECTED, FAILED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,10 +229,23 @@ class BankAgent:
                 "this bank holds a 'plain' key, which encrypts nothing: it takes part only in "
                 "development mode (--development); run the key ceremony with ckks or paillier"
             )
+        pinned = check_consortium_key(self.client, self.identity, self.state, context)
+        roster = pinned.roster
+        outsiders = sorted(set(run.participants) - set(roster.bank_ids))
+        if outsiders:
+            # The operator chose the participants; the banks chose the members. A bank outside
+            # the pinned roster gets no mask, no key, and no say in a sum this bank accepts.
+            raise RoundFailedError(
+                f"run {run.run_id} lists {', '.join(outsiders)}, not members of the pinned roster "
+                f"(version {roster.version}): this bank does not take part"
+            )
+        if run.key_id and run.key_id != context.key_id:
+            raise RoundFailedError(
+                f"run {run.run_id} was opened under HE key {run.key_id}; this bank holds {context.key_id}"
+            )
         prepared = prepare_run(run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id))
-        banks = {bank.bank_id: bank for bank in self.client.list_banks()}
         channel = HttpChannel(
-            signing_keys={b: info.signing_key for b, info in banks.items() if b in run.participants and info.signing_key},
+            signing_keys={b: key for b, key in roster.signing_keys().items() if b in run.participants},
             client=self.client,
             identity=self.identity,
             run_id=run.run_id,
@@ -240,7 +256,7 @@ class BankAgent:
             clock=self._clock,
         )
         runner = BankRunner(
-            bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, banks),
+            bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, roster),
             participants=run.participants, quorum=self.settings.quorum,
         )
         started = self._clock()
@@ -268,16 +284,16 @@ class BankAgent:
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 
-    def _mask_session(self, run: RunInfo, banks: Mapping[str, BankInfo]) -> MaskSession:
-        """This bank's masks for the run: agreed with the participants' box keys, and a self-mask
-        secret kept in the state directory so that a restarted agent masks as it did before."""
+    def _mask_session(self, run: RunInfo, roster: Roster) -> MaskSession:
+        """This bank's masks for the run: agreed with the participants' *pinned* box keys, and a
+        self-mask secret kept in the state directory so that a restarted agent masks as it did."""
         peers = {}
+        box_keys = roster.box_keys()
         for bank_id in run.participants:
             if bank_id == self.bank_id:
                 continue
-            info = banks.get(bank_id)
             try:
-                peers[bank_id] = b64decode_key(info.box_key if info and info.box_key else "", what=f"{bank_id}'s box key")
+                peers[bank_id] = b64decode_key(box_keys.get(bank_id, ""), what=f"{bank_id}'s box key")
             except SignatureError as exc:
                 raise CeremonyError(f"run {run.run_id}: cannot agree masks with {bank_id}: {exc}") from None
         record = self.state.run_record(run.run_id) or {}
@@ -315,14 +331,16 @@ class BankAgent:
                 if info is None:
                     self._note_failed_run(run_id)
                     continue
-                saved.append(self._download(run_id, record, info))
+                path = self._download(run_id, record, info)
+                if path is not None:
+                    saved.append(path)
             except AuthError:
                 raise
             except ConsortiumError as exc:
                 log.warning("run %s: model not fetched yet: %s", run_id, exc)
         return saved
 
-    def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path:
+    def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path | None:
         body = self.client.download_model(info.version)
         digest = hashlib.sha256(body).hexdigest()
         expected = info.digest.removeprefix("sha256:")
@@ -330,14 +348,44 @@ class BankAgent:
             raise ConsortiumError(
                 f"model {info.version} downloaded with sha256 {digest}, but the consortium lists {expected}"
             )
+        problem = self._model_problem(run_id, record, info, body, digest)
+        if problem:
+            # Never served: a model this bank did not compute, or that no quorum of pinned
+            # members signed, is not the consortium's model whatever the aggregator says.
+            log.error("run %s: published model %s refused: %s", run_id, info.version, problem)
+            self.state.update_run(run_id, {"status": REJECTED, "version": info.version, "reason": problem})
+            return None
         path = self.state.save_model(info.version, info.model or str(record.get("model", "model")), body)
         self.state.update_run(
             run_id,
-            {"status": PUBLISHED, "version": info.version, "model_file": str(path),
-             "matches_proposal": digest == record.get("digest")},
+            {"status": PUBLISHED, "version": info.version, "model_file": str(path), "matches_proposal": True,
+             "signed_by": sorted(info.proposals)},
         )
         log.info("run %s: published model %s saved to %s", run_id, info.version, path)
         return path
+
+    def _model_problem(self, run_id: str, record: dict[str, Any], info: ModelInfo, body: bytes, digest: str) -> str:
+        """Why a published model must not be used, or "" if it is this bank's own proposal and a
+        quorum of pinned members signed those very bytes."""
+        if digest != record.get("digest"):
+            return f"its sha256 {digest[:16]} differs from the model this bank proposed ({str(record.get('digest'))[:16]})"
+        pinned: PinnedRoster | None = load_pinned(self.state)
+        keys = pinned.roster.signing_keys() if pinned else {}
+        signers = set()
+        for bank_id, signature in info.proposals.items():
+            if bank_id not in keys:
+                continue
+            try:
+                verify(keys[bank_id], proposal_message(run_id, bank_id, body), signature)
+            except SignatureError:
+                continue
+            signers.add(bank_id)
+        if len(signers) < self.settings.quorum:
+            return (
+                f"only {len(signers)} pinned members signed it ({', '.join(sorted(signers)) or 'none'}); "
+                f"this bank requires {self.settings.quorum}"
+            )
+        return ""
 
     def _note_failed_run(self, run_id: str) -> None:
         run = self.client.get_run(run_id)

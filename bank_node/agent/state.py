@@ -6,6 +6,7 @@ file                    what                                                    
 ``config.json``         consortium URL and this bank's id                           0600
 ``token``               the bank's bearer token, as given by the operator           0600
 ``bank.keys``           Ed25519 signing and X25519 box private keys (64 bytes)      0600
+``roster.json``         the pinned roster, its signatures, versions pinned before   0600
 ``he-secret.ctx``       the consortium's HE secret context (after the ceremony)     0600
 ``runs.json``           runs this bank finished: proposed digest, failure, model    0600
 ``models/``             published models downloaded from the consortium
@@ -82,6 +83,7 @@ class StateDir:
     CONFIG = "config.json"
     TOKEN = "token"
     KEYS = "bank.keys"
+    ROSTER = "roster.json"
     SECRET_CONTEXT = "he-secret.ctx"
     RUNS = "runs.json"
     MODELS = "models"

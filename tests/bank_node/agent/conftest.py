@@ -14,10 +14,12 @@ from bank_node.agent.ceremony import fetch_share, publish_keys
 from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.enrolment import enrol
 from bank_node.agent.identity import BankIdentity
+from bank_node.agent.membership import approve_roster, propose_roster, sync_roster
 from bank_node.agent.retry import RetryPolicy
 from bank_node.agent.runner import AgentSettings
 from bank_node.agent.state import StateDir
 from bank_node.generator import generate_transactions
+from crypto.roster import Roster
 from fedfraud.simulation import partition_customers
 from schemas.transaction import to_canonical
 from tests.bank_node.agent.fake_consortium import FakeConsortium, serve
@@ -78,10 +80,33 @@ def make_bank(fake: FakeConsortium, url: str, tmp_path: Path) -> Iterator[Callab
         client.close()
 
 
+def pin_first_roster(banks: list[Bank]) -> Roster:
+    """The founding banks agree their first roster: the first proposes it with the others'
+    fingerprints (as read out to its staff), each other bank approves it with the fingerprints of
+    the rest; every bank then holds it pinned."""
+    first, *others = banks
+    roster = propose_roster(first.client, first.identity, first.state,
+                            add={b.bank_id: b.identity.fingerprint for b in others})
+    for bank in others:
+        fingerprints = {b.bank_id: b.identity.fingerprint for b in banks if b is not bank}
+        approve_roster(bank.client, bank.identity, bank.state, digest=roster.digest, fingerprints=fingerprints)
+    for bank in banks:
+        pinned = sync_roster(bank.client, bank.identity, bank.state)
+        assert pinned is not None and pinned.roster.digest == roster.digest
+    return roster
+
+
 @pytest.fixture
-def banks(make_bank: Callable[[str], Bank]) -> list[Bank]:
-    """Three enrolled banks with registered keys, before the key ceremony."""
+def enrolled_banks(make_bank: Callable[[str], Bank]) -> list[Bank]:
+    """Three enrolled banks with registered keys, before they agree a roster."""
     return [make_bank(bank_id) for bank_id in BANK_IDS]
+
+
+@pytest.fixture
+def banks(enrolled_banks: list[Bank]) -> list[Bank]:
+    """Three banks that pinned their first roster, before the key ceremony."""
+    pin_first_roster(enrolled_banks)
+    return enrolled_banks
 
 
 @pytest.fixture

@@ -36,12 +36,14 @@ from consortium.secure_sum import (
     UnknownRoundError,
 )
 from crypto.scheme import CryptoError, PayloadError, read_header
+from crypto.roster import Roster, RosterError, roster_message
 from crypto.signing import (
-    CEREMONY_RUN_ID,
     SignatureError,
+    context_message,
     contribution_message,
     note_message,
     proposal_message,
+    share_message,
     verify,
 )
 
@@ -65,6 +67,7 @@ class FakeRun:
     state: str = "open"
     failure_reason: str = ""
     proposals: dict[str, bytes] = field(default_factory=dict)
+    proposal_signatures: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -102,7 +105,9 @@ class FakeConsortium:
         self.banks: dict[str, dict[str, Any]] = {}
         self.public_context: bytes | None = None
         self.context_publisher: str | None = None
-        self.shares: dict[str, bytes] = {}
+        self.context_headers: dict[str, str] = {}
+        self.shares: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.rosters: dict[str, dict[str, Any]] = {}
         self.note_signatures: dict[tuple[str, str, str], str] = {}
         self.runs: dict[str, FakeRun] = {}
         self.models: list[dict[str, Any]] = []
@@ -233,44 +238,80 @@ class FakeConsortium:
                 bank.update(signing_key=body["signing_key"], box_key=body["box_key"])
                 return jsonify(bank), 200
 
+        @app.post("/v1/roster")
+        def sign_roster() -> Any:
+            bank = caller()
+            data = request.get_data()
+            check_signature(bank, roster_message(bank, data))
+            try:
+                roster = Roster.from_bytes(data)
+            except RosterError as exc:
+                raise HttpError(422, str(exc)) from None
+            with fake.lock:
+                entry = fake.rosters.setdefault(
+                    roster.digest, {"version": roster.version, "digest": roster.digest,
+                                    "document": data.decode(), "proposed_by": bank, "signatures": {}})
+                entry["signatures"][bank] = request.headers["X-Fedfraud-Signature"]
+                return jsonify(_roster_view(entry))
+
+        @app.get("/v1/roster")
+        def list_rosters() -> Any:
+            caller()
+            since = int(request.args.get("since", "0"))
+            with fake.lock:
+                entries = sorted((e for e in fake.rosters.values() if e["version"] > since), key=lambda e: e["version"])
+                return jsonify([_roster_view(e) for e in entries])
+
         @app.put("/v1/keys/context")
         def put_context() -> Any:
             bank = caller()
             data = request.get_data()
-            check_signature(bank, proposal_message(CEREMONY_RUN_ID, bank, data))
+            roster_digest = request.headers.get("X-Fedfraud-Roster", "")
+            check_signature(bank, context_message(bank, roster_digest, data))
+            try:
+                context = crypto.load_context(data, require_public=True)
+            except CryptoError as exc:
+                raise HttpError(422, f"not a public context: {exc}") from None
             with fake.lock:
-                if fake.public_context is not None:
-                    raise HttpError(409, "the consortium already holds an HE context")
-                try:
-                    crypto.load_context(data, require_public=True)
-                except CryptoError as exc:
-                    raise HttpError(422, f"not a public context: {exc}") from None
+                if fake.public_context is not None and fake.context_headers.get("X-Fedfraud-Roster") == roster_digest:
+                    raise HttpError(409, "the consortium already holds an HE context for this roster")
                 fake.public_context, fake.context_publisher = data, bank
+                fake.context_headers = {
+                    "X-Fedfraud-Publisher": bank, "X-Fedfraud-Signature": request.headers["X-Fedfraud-Signature"],
+                    "X-Fedfraud-Roster": roster_digest, "X-Fedfraud-Key-Id": context.key_id,
+                }
             return "", 201
 
         @app.get("/v1/keys/context")
         def get_context() -> Any:
             if fake.public_context is None:
                 raise HttpError(404, "no HE context yet")
-            return Response(fake.public_context, mimetype="application/octet-stream")
+            return Response(fake.public_context, mimetype="application/octet-stream", headers=fake.context_headers)
 
         @app.put("/v1/keys/shares/<bank_id>")
         def put_share(bank_id: str) -> Any:
-            if caller() != fake.context_publisher:
+            publisher = caller()
+            if publisher != fake.context_publisher:
                 raise HttpError(403, "only the bank that published the context posts shares")
+            key_id = fake.context_headers["X-Fedfraud-Key-Id"]
+            data = request.get_data()
+            check_signature(publisher, share_message(publisher, bank_id, key_id, data))
             with fake.lock:
-                if bank_id in fake.shares:
+                held = fake.shares.get(bank_id)
+                if held is not None and held[1]["X-Fedfraud-Key-Id"] == key_id:
                     raise HttpError(409, f"a share for {bank_id!r} was already posted")
-                fake.shares[bank_id] = request.get_data()
+                fake.shares[bank_id] = (data, {"X-Fedfraud-Publisher": publisher, "X-Fedfraud-Key-Id": key_id,
+                                               "X-Fedfraud-Signature": request.headers["X-Fedfraud-Signature"]})
             return "", 201
 
         @app.get("/v1/keys/shares/<bank_id>")
         def get_share(bank_id: str) -> Any:
             if caller() != bank_id:
                 raise HttpError(403, "a bank reads its own share only")
-            if bank_id not in fake.shares:
+            held = fake.shares.get(bank_id)
+            if held is None or held[1]["X-Fedfraud-Key-Id"] != fake.context_headers.get("X-Fedfraud-Key-Id"):
                 raise HttpError(404, f"no share for {bank_id!r} yet")
-            return Response(fake.shares[bank_id], mimetype="application/octet-stream")
+            return Response(held[0], mimetype="application/octet-stream", headers=held[1])
 
         @app.get("/v1/runs")
         def list_runs() -> Any:
@@ -366,13 +407,16 @@ class FakeConsortium:
                 if bank in run.proposals:
                     raise HttpError(409, f"bank {bank!r} already proposed a model for run {run_id!r}")
                 run.proposals[bank] = data
+                run.proposal_signatures[bank] = request.headers["X-Fedfraud-Signature"]
                 digests = {hashlib.sha256(p).hexdigest() for p in run.proposals.values()}
                 if set(run.proposals) == set(run.participants) and len(digests) == 1:
                     version = str(len(fake.models) + 1)
                     digest = digests.pop()
                     fake.models.append({"version": int(version), "run_id": run_id, "family": run.model,
                                         "digest": digest, "created_at": "2024-01-01T00:00:00Z",
-                                        "banks": sorted(run.participants)})
+                                        "banks": sorted(run.participants),
+                                        "proposals": [{"bank_id": b, "signature": sig}
+                                                      for b, sig in sorted(run.proposal_signatures.items())]})
                     fake.model_files[version] = data
                     run.state = "completed"
             return jsonify({"run_id": run_id, "bank_id": bank, "digest": hashlib.sha256(data).hexdigest()}), 201
@@ -394,6 +438,11 @@ class FakeConsortium:
 class QuietHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
+
+
+def _roster_view(entry: dict[str, Any]) -> dict[str, Any]:
+    signatures = [{"bank_id": b, "signature": sig} for b, sig in sorted(entry["signatures"].items())]
+    return {**entry, "signatures": signatures, "proposed_at": "2026-01-01T00:00:00Z"}
 
 
 @contextmanager

@@ -39,6 +39,29 @@ def test_enrol_ceremony_and_one_pass_of_the_agent(
         code, out, _ = invoke(["enrol", "--state-dir", str(state), "--url", url, "--bank-id", bank_id],
                               FEDFRAUD_BANK_TOKEN=token)
         assert code == 0 and f"bank {bank_id} enrolled" in out and token not in out
+    # Each bank's staff read their fingerprint out to the others over a channel they trust.
+    fingerprints = {}
+    for bank_id, state in states.items():
+        code, out, _ = invoke(["fingerprint", "--state-dir", str(state)])
+        assert code == 0 and out.startswith(bank_id)
+        fingerprints[bank_id] = out.split(None, 1)[1].strip()
+
+    def members(*bank_ids: str) -> list[str]:
+        return [arg for b in bank_ids for arg in ("--member", f"{b}={fingerprints[b]}")]
+
+    code, out, _ = invoke(["roster", "propose", "--state-dir", str(states["bank-1"]), *members("bank-2", "bank-3")])
+    assert code == 0 and "roster version 1 proposed" in out and "not pinned yet" in out
+    digest = out.split("proposed: ", 1)[1].split()[0]
+    mistyped = fingerprints["bank-3"].replace(fingerprints["bank-3"][0], "0" if fingerprints["bank-3"][0] != "0" else "1", 1)
+    code, out, err = invoke(["roster", "approve", digest[:12], "--state-dir", str(states["bank-2"]),
+                             *members("bank-1"), "--member", f"bank-3={mistyped}"])
+    assert code != 0 and "do not add it" in (out + err) and "Traceback" not in err
+    for bank_id, others in (("bank-2", ("bank-1", "bank-3")), ("bank-3", ("bank-1", "bank-2"))):
+        code, out, err = invoke(["roster", "approve", digest[:12], "--state-dir", str(states[bank_id]), *members(*others)])
+        assert code == 0, out + err
+    assert "roster version 1 pinned" in out
+    code, out, _ = invoke(["roster", "show", "--state-dir", str(states["bank-1"])])
+    assert code == 0 and "pinned roster version 1" in out and fingerprints["bank-3"] in out
     code, _, err = invoke(["ceremony", "--state-dir", str(states["bank-1"]), "--generate", "--scheme", "plain"])
     assert code == 2 and "--development" in err and "Traceback" not in err
     code, out, _ = invoke(["ceremony", "--state-dir", str(states["bank-1"]), "--generate", "--scheme", "plain",

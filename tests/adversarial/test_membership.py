@@ -1,0 +1,236 @@
+"""A malicious operator against the banks' pinned roster: it runs the server, so it may serve
+anything. Played with the real bank agent code over real HTTP against a server the test controls
+(``FakeConsortium``), which lies the way an operator could.
+
+Each attack of the trust audit on membership: a fake bank given the key, a swapped box key, a
+forged roster, a replayed old roster, a key or share signed by a non-member, a published model
+that no quorum signed or that differs from the bank's own, and a departed bank reading later sums.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import crypto
+from bank_node.agent.ceremony import check_consortium_key, fetch_share, load_secret_scheme, publish_keys
+from bank_node.agent.errors import CeremonyError
+from bank_node.agent.membership import approve_roster, load_pinned, propose_roster, sync_roster
+from bank_node.agent.runner import FAILED, PUBLISHED, REJECTED, BankAgent
+from bank_node.agent.training import TrainingSet
+from crypto.roster import Member, Roster, RosterError, accept, roster_message
+from crypto.scheme import CryptoError
+from crypto.signing import context_message, proposal_message, seal_to, share_message, sign
+from tests.bank_node.agent.conftest import SETTINGS, Bank, pin_first_roster
+from tests.bank_node.agent.fake_consortium import FakeConsortium
+
+MODEL = json.dumps({"learner": {"trees": [1, 2, 3]}}).encode()
+
+
+def _no_rows() -> TrainingSet:
+    raise AssertionError("the agent must not train for a run it refuses")
+
+
+def _agent(bank: Bank) -> BankAgent:
+    return BankAgent(client=bank.client, identity=bank.identity, state=bank.state, training_rows=_no_rows,
+                     settings=SETTINGS)
+
+
+def _relay(fake: FakeConsortium, roster: Roster, signatures: dict[str, str]) -> None:
+    """The operator puts a roster with signatures of its choosing into the relay."""
+    fake.rosters[roster.digest] = {"version": roster.version, "digest": roster.digest,
+                                   "document": roster.to_bytes().decode(), "proposed_by": "bank-1",
+                                   "signatures": signatures}
+
+
+def test_the_operators_fake_bank_gets_no_share_no_mask_and_no_run(
+    fake: FakeConsortium, keyed_banks: list[Bank], make_bank: Callable[[str], Bank]
+) -> None:
+    first, second, _ = keyed_banks
+    intruder = make_bank("bank-fake")  # enrolled by the operator, keys registered, never pinned
+    # The operator also serves the intruder's box key as bank-2's.
+    fake.banks["bank-2"]["box_key"] = intruder.identity.box_key_b64
+    fake.shares.clear()
+
+    result = publish_keys(first.client, first.identity, first.state, scheme="plain")
+
+    assert result.shared_with == ("bank-2", "bank-3")  # the pinned members, not bank-fake
+    sealed = fake.shares["bank-2"][0]
+    assert crypto.load_context(second.identity.open_sealed(sealed)).has_secret_key  # sealed to the pinned key
+    with pytest.raises(Exception, match="cannot open"):
+        intruder.identity.open_sealed(sealed)
+    with pytest.raises(CeremonyError, match="pinned no roster"):
+        fetch_share(intruder.client, intruder.identity, intruder.state)
+
+    run_id = fake.open_run("xgboost", {}, participants=["bank-1", "bank-2", "bank-3", "bank-fake"])
+    for bank in keyed_banks:
+        (outcome,) = _agent(bank).run_once()
+        assert outcome.status == FAILED and "bank-fake" in outcome.message and "pinned roster" in outcome.message
+    assert fake.runs[run_id].rounds is None or not fake.runs[run_id].rounds.keys()
+
+
+def test_a_forged_roster_is_never_pinned(
+    fake: FakeConsortium, keyed_banks: list[Bank], make_bank: Callable[[str], Bank]
+) -> None:
+    intruder = make_bank("bank-fake")
+    pinned = load_pinned(keyed_banks[0].state)
+    assert pinned is not None
+    members = [*pinned.roster.members, _member(intruder)]
+    forged = Roster.create(version=2, previous=pinned.roster.digest, members=members)
+    # Signatures "of" bank-1 and bank-2 made with the intruder's key, and the intruder's own.
+    document = forged.to_bytes()
+    signatures = {b: sign(intruder.identity.keys.signing, roster_message(b, document))
+                  for b in ("bank-1", "bank-2", "bank-fake")}
+    _relay(fake, forged, signatures)
+    for bank in keyed_banks:
+        after = sync_roster(bank.client, bank.identity, bank.state)
+        assert after is not None and after.roster.version == 1 and "bank-fake" not in after.roster.bank_ids
+    # A bank asked to add the intruder with the fingerprint the operator gave (its own) refuses.
+    with pytest.raises(CeremonyError, match="do not add it"):
+        propose_roster(keyed_banks[0].client, keyed_banks[0].identity, keyed_banks[0].state,
+                       add={"bank-fake": keyed_banks[1].identity.fingerprint})
+
+
+def _member(bank: Bank) -> Member:
+    return Member(bank.bank_id, bank.identity.signing_key_b64, bank.identity.box_key_b64)
+
+
+def test_an_old_roster_replayed_is_refused(fake: FakeConsortium, make_bank: Callable[[str], Bank]) -> None:
+    banks = [make_bank(f"bank-{i}") for i in range(1, 5)]
+    first_roster = pin_first_roster(banks)
+    # bank-4 leaves: version 2, signed by three of the four members of version 1.
+    second = propose_roster(banks[0].client, banks[0].identity, banks[0].state, add={}, remove=["bank-4"])
+    for bank in banks[1:3]:
+        approve_roster(bank.client, bank.identity, bank.state, digest=second.digest, fingerprints={})
+    pinned = sync_roster(banks[1].client, banks[1].identity, banks[1].state)
+    assert pinned is not None and pinned.roster.digest == second.digest
+
+    replay = {b.bank_id: b.identity.sign_roster(first_roster.to_bytes()) for b in banks}
+    with pytest.raises(RosterError, match="replay"):
+        accept(pinned.roster, first_roster, replay, bank_id="bank-2")
+    # The departed bank signs a "version 3" bringing itself back, forking from version 1: refused.
+    fork = Roster.create(version=3, previous=first_roster.digest, members=first_roster.members)
+    fork_signatures = {"bank-4": banks[3].identity.sign_roster(fork.to_bytes())}
+    with pytest.raises(RosterError, match="does not follow"):
+        accept(pinned.roster, fork, fork_signatures, bank_id="bank-2")
+    _relay(fake, fork, fork_signatures)
+    after = sync_roster(banks[1].client, banks[1].identity, banks[1].state)
+    assert after is not None and after.roster.digest == second.digest
+
+
+def test_a_key_or_share_signed_by_a_non_member_is_refused(
+    fake: FakeConsortium, keyed_banks: list[Bank], make_bank: Callable[[str], Bank]
+) -> None:
+    first, second, _ = keyed_banks
+    intruder = make_bank("bank-fake")
+    pinned = load_pinned(second.state)
+    assert pinned is not None
+    # The operator's own key, published as if by its fake bank, with a share for bank-2.
+    rogue = crypto.generate("plain")
+    public = rogue.public_context()
+    fake.public_context = public
+    fake.context_headers = {
+        "X-Fedfraud-Publisher": "bank-fake", "X-Fedfraud-Key-Id": rogue.key_id,
+        "X-Fedfraud-Roster": pinned.roster.digest,
+        "X-Fedfraud-Signature": sign(intruder.identity.keys.signing, context_message("bank-fake", pinned.roster.digest, public)),
+    }
+    sealed = seal_to(second.identity.box_key_b64, rogue.secret_context())
+    fake.shares["bank-2"] = (sealed, {
+        "X-Fedfraud-Publisher": "bank-fake", "X-Fedfraud-Key-Id": rogue.key_id,
+        "X-Fedfraud-Signature": sign(intruder.identity.keys.signing, share_message("bank-fake", "bank-2", rogue.key_id, sealed)),
+    })
+    with pytest.raises(CeremonyError, match="not a member of the pinned roster"):
+        fetch_share(second.client, second.identity, second.state)
+    with pytest.raises(CeremonyError, match="not a member of the pinned roster"):
+        check_consortium_key(second.client, second.identity, second.state, load_secret_scheme(second.state))
+
+    # Publisher header claims bank-1, but bank-1 never signed this context.
+    fake.context_headers["X-Fedfraud-Publisher"] = "bank-1"
+    with pytest.raises(CeremonyError, match="not signed by bank-1"):
+        fetch_share(second.client, second.identity, second.state)
+    assert load_secret_scheme(second.state).key_id != rogue.key_id  # the real key is kept
+
+
+def test_a_published_model_must_be_the_banks_own_and_signed_by_a_quorum(
+    fake: FakeConsortium, keyed_banks: list[Bank]
+) -> None:
+    bank = keyed_banks[1]
+    run_id = "run-x"
+    digest = hashlib.sha256(MODEL).hexdigest()
+    bank.state.update_run(run_id, {"status": "proposed", "model": "xgboost", "digest": digest})
+    signed = {b.bank_id: b.identity.sign_proposal(run_id, MODEL) for b in keyed_banks}
+
+    def publish(body: bytes, proposals: dict[str, str]) -> None:
+        fake.model_files["1"] = body
+        fake.models[:] = [{"version": 1, "run_id": run_id, "family": "xgboost",
+                           "digest": hashlib.sha256(body).hexdigest(),
+                           "proposals": [{"bank_id": b, "signature": s} for b, s in proposals.items()]}]
+
+    agent = _agent(bank)
+    # Two valid signatures; a third "signature" of bank-3 made by bank-1's key.
+    forged = sign(keyed_banks[0].identity.keys.signing, proposal_message(run_id, "bank-3", MODEL))
+    publish(MODEL, {"bank-1": signed["bank-1"], "bank-2": signed["bank-2"], "bank-3": forged})
+    assert agent.sync_models() == []
+    record = bank.state.run_record(run_id) or {}
+    assert record["status"] == REJECTED and "only 2 pinned members" in record["reason"]
+    assert not bank.state.model_path("1", "xgboost").exists()
+
+    bank.state.update_run(run_id, {"status": "proposed"})
+    poisoned = json.dumps({"poisoned": True}).encode()
+    publish(poisoned, {b: keyed_banks[i].identity.sign_proposal(run_id, poisoned) for i, b in enumerate(signed)})
+    assert agent.sync_models() == []
+    assert "differs from the model this bank proposed" in (bank.state.run_record(run_id) or {})["reason"]
+
+    bank.state.update_run(run_id, {"status": "proposed"})
+    publish(MODEL, signed)
+    (path,) = agent.sync_models()
+    assert path.read_bytes() == MODEL and (bank.state.run_record(run_id) or {})["status"] == PUBLISHED
+
+
+def test_removal_rotates_the_key_and_the_departed_bank_cannot_read_later_sums(
+    fake: FakeConsortium, make_bank: Callable[[str], Bank]
+) -> None:
+    banks = [make_bank(f"bank-{i}") for i in range(1, 5)]
+    pin_first_roster(banks)
+    first, second, third, departed = banks
+    publish_keys(first.client, first.identity, first.state, scheme="ckks")
+    for bank in banks[1:]:
+        fetch_share(bank.client, bank.identity, bank.state)
+    old_key = load_secret_scheme(departed.state)
+
+    removal = propose_roster(first.client, first.identity, first.state, add={}, remove=["bank-4"])
+    for bank in (second, third):
+        approve_roster(bank.client, bank.identity, bank.state, digest=removal.digest, fingerprints={})
+    # The key every bank holds was also held by bank-4: nobody uses it any more.
+    with pytest.raises(CeremonyError, match="must rotate"):
+        check_consortium_key(second.client, second.identity, second.state, load_secret_scheme(second.state))
+
+    rotated = publish_keys(first.client, first.identity, first.state, scheme="ckks", rotate=True)
+    assert rotated.key_id != old_key.key_id and rotated.shared_with == ("bank-2", "bank-3")
+    for bank in (second, third):
+        assert fetch_share(bank.client, bank.identity, bank.state).key_id == rotated.key_id
+        check_consortium_key(bank.client, bank.identity, bank.state, load_secret_scheme(bank.state))
+    with pytest.raises(CeremonyError, match="removed"):
+        fetch_share(departed.client, departed.identity, departed.state)
+    assert "bank-4" not in fake.shares or fake.shares["bank-4"][1]["X-Fedfraud-Key-Id"] != rotated.key_id
+
+    later_sum = crypto.load_context(fake.public_context or b"", require_public=True).encrypt(np.array([7.0, 11.0]))
+    assert list(np.rint(load_secret_scheme(second.state).decrypt(later_sum))) == [7, 11]
+    with pytest.raises(CryptoError):
+        old_key.decrypt(later_sum)
+
+
+def test_signatures_are_checked_with_pinned_keys_not_served_ones(fake: FakeConsortium, keyed_banks: list[Bank]) -> None:
+    """The operator swaps bank-1's signing key in GET /v1/banks: nothing the bank relies on moves."""
+    first, second, _ = keyed_banks
+    served_before = {b: dict(info) for b, info in fake.banks.items()}
+    fake.banks["bank-1"]["signing_key"] = base64.b64encode(bytes(32)).decode()
+    check_consortium_key(second.client, second.identity, second.state, load_secret_scheme(second.state))
+    pinned = load_pinned(second.state)
+    assert pinned is not None
+    assert pinned.roster.signing_keys()["bank-1"] == served_before["bank-1"]["signing_key"]
