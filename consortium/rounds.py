@@ -38,6 +38,7 @@ from consortium.secure_sum import (
     quorum_failure_reason,
 )
 from consortium.storage.database import db
+from schemas.round_key import RoundKeyError, parse_round_key
 from consortium.storage.models import (
     ID_PATTERN,
     ID_SEGMENT,
@@ -144,6 +145,9 @@ def contribute(
     run = get_run(session, run_id)
     if bank_id not in run.participants:
         raise Forbidden(f"bank {bank_id!r} is not a participant of run {run_id!r}")
+    expected = expected_banks(run, round_key)
+    if bank_id not in expected:
+        raise Forbidden(f"round {round_key!r} leaves bank {bank_id!r} out (a restart without it)")
     bank = session.get(Bank, bank_id)
     if bank is None:  # pragma: no cover - participants are enrolled banks
         raise NotFound(f"no bank {bank_id!r}")
@@ -163,6 +167,24 @@ def contribute(
                     raise
         settle_round(session, current)
     return current
+
+
+def expected_banks(run: Run, round_key: str) -> frozenset[str]:
+    """The banks a round of ``run`` expects: the run's participants but those its key leaves out.
+
+    Raises
+    ------
+    Unprocessable
+        The key leaves out banks the run does not have, or so many that no quorum is left.
+    """
+    try:
+        expected = parse_round_key(round_key).expected(run.participants)
+    except RoundKeyError as exc:
+        raise Unprocessable(str(exc), {"round_key": [str(exc)]}) from None
+    if len(expected) < run.min_banks:
+        message = f"round {round_key!r} leaves {len(expected)} banks, fewer than the run's quorum of {run.min_banks}"
+        raise Unprocessable(message, {"round_key": [message]})
+    return expected
 
 
 def _store_contribution(
@@ -280,7 +302,7 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
         run = locked.run
         session.refresh(run)
         contributed = {row.bank_id for row in contributions_of(session, locked.id)}
-        participants = set(run.participants)
+        participants = set(expected_banks(run, locked.round_key))
         decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
                           past_deadline=moment >= locked.deadline)
         if run.state != RunState.OPEN.value:

@@ -19,12 +19,14 @@ in-process simulator both apply them. Everything here needs only a *public* HE c
 
 from __future__ import annotations
 
+
 import enum
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crypto.scheme import HEScheme, PayloadError, PayloadHeader
+from schemas.round_key import parse_round_key
 
 MIN_BANKS = 3
 """The quorum floor: no configuration, request or round may ask for fewer."""
@@ -145,6 +147,11 @@ def check_contribution(
         header, _ = context.open_payload(payload)
     except PayloadError as exc:
         raise InvalidContributionError(f"contribution to round {round_key!r} refused: {exc}") from None
+    declared = parse_round_key(round_key).n_values
+    if declared is not None and header.n_values != declared:
+        raise InvalidContributionError(
+            f"contribution to round {round_key!r} holds {header.n_values} values; the round key names {declared}"
+        )
     if n_values is not None and header.n_values != n_values:
         raise InvalidContributionError(
             f"contribution to round {round_key!r} holds {header.n_values} values; the round expects {n_values}"
@@ -259,6 +266,10 @@ class SecureSum:
         opened = Round(key=key, participants=members, n_values=n_values, min_banks=quorum)
         self._rounds[key] = opened
         return opened
+
+    def keys(self) -> list[str]:
+        """The keys of every round opened so far, in opening order."""
+        return list(self._rounds)
 
     def get(self, key: str) -> Round:
         """The round under ``key``."""

@@ -18,6 +18,8 @@ a time, through a :class:`Channel` (HTTP for the agent, in memory for tests):
 If a participant is missing from a sum or from the reveals, the round cannot be opened; the
 runner restarts the algorithm from the start without that bank (a new *epoch*, whose round keys
 start with ``e1/``, ``e2/``...), so a model is always trained by the same banks in every round.
+Round keys on the wire name the vector's length and the banks left out of a restarted epoch
+(``schemas.round_key``), so the aggregator releases a restarted round as soon as its banks are in.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from nacl.public import PrivateKey
 
 from crypto.masking import FixedPoint, MaskError, MaskSession, Words, check_scheme_fits
 from crypto.scheme import HEScheme, PayloadError, read_header
+from schemas.round_key import round_label
 
 R = TypeVar("R")
 
@@ -127,11 +130,6 @@ class BankLedger:
     values_sent: int = 0
     rounds: int = 0
     epochs: int = 1
-
-
-def round_label(key: str, epoch: int) -> str:
-    """The round key an epoch uses on the wire (epoch 0 keeps the algorithm's key)."""
-    return key if epoch == 0 else f"e{epoch}/{key}"
 
 
 class MaskedSum:
@@ -326,7 +324,9 @@ class BankRunner:
             request = next(algorithm)
             while True:
                 ledger.compute_s += time.perf_counter() - started
-                summed = self._secure_sum(request, round_label(request.key, epoch), participants)
+                label = round_label(request.key, epoch=epoch, n_values=len(request.vector) + 1,
+                                    participants=participants, run_participants=sorted(self.participants))
+                summed = self._secure_sum(request, label, participants)
                 started = time.perf_counter()
                 request = algorithm.send(summed)
         except StopIteration as done:

@@ -63,7 +63,7 @@ def round_view(current: RoundRow, run: Run) -> dict[str, Any]:
         "n_values": current.n_values,
         "contributed": len(contributors),
         "contributors": contributors,
-        "participants": len(run.participants),
+        "participants": len(rounds.expected_banks(run, current.round_key)),
         "dropped": list(current.dropped or []),
         "opened_at": current.opened_at,
         "deadline": current.deadline,

@@ -94,3 +94,42 @@ def test_notes_come_only_from_summed_banks_once_and_signed(
     (posted,) = notes["notes"]
     assert posted["bank_id"] == "bank-1" and base64.b64decode(posted["note"]) == seed
     verify(one.keys.signing_public_b64, note_message(run_id, "r", "bank-1", seed), posted["signature"])
+
+
+def test_one_bank_cannot_reshape_the_round_the_others_contribute_to(
+    consortium: Any, he_key: crypto.HEScheme, clock: Any
+) -> None:
+    """The round key names the length every honest bank sends (``.../n5``): a bank that uploads
+    first with another length is refused there, and a round it opens under another key fails alone."""
+    run_id = consortium.open_run(round_timeout_s=10)["run_id"]
+    attacker, *honest = consortium.banks.values()
+    refused = attacker.contribute(run_id, "gbdt/bins/n5", he_key.encrypt(np.ones(3)))
+    assert refused.status_code == 422 and "names 5" in refused.get_json()["message"]
+    assert attacker.contribute(run_id, "gbdt/bins/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    for bank in [attacker, *honest]:
+        assert bank.contribute(run_id, "gbdt/bins/n5", he_key.encrypt(np.ones(5))).status_code == 201
+    total = honest[0].aggregate(run_id, "gbdt/bins/n5")
+    assert total.status_code == 200 and np.allclose(he_key.decrypt(total.data), 3.0, atol=1e-3)
+    clock.advance(11)
+    run = consortium.run(run_id)
+    states = {r["round_key"]: r["state"] for r in run["rounds"]}
+    assert states == {"gbdt/bins/n5": "released", "gbdt/bins/n3": "failed"} and run["state"] == "open"
+
+
+def test_a_restarted_round_is_released_once_its_banks_are_in_and_nobody_else_may_join(
+    consortium4: Any, he_key: crypto.HEScheme
+) -> None:
+    """After bank-4 dropped out, the others restart without it (``e1-x3/...``): the aggregator
+    does not wait for the deadline, refuses bank-4 there, and refuses a key leaving out so many
+    banks that no quorum is left."""
+    run_id = consortium4.open_run(round_timeout_s=600)["run_id"]
+    key = "e1-x3/gbdt/bins/n2"
+    banks = consortium4.banks
+    left_out = banks["bank-4"].contribute(run_id, key, he_key.encrypt(np.ones(2)))
+    assert left_out.status_code == 403 and "leaves bank 'bank-4' out" in left_out.get_json()["message"]
+    for bank_id in ("bank-1", "bank-2", "bank-3"):
+        assert banks[bank_id].contribute(run_id, key, he_key.encrypt(np.ones(2))).status_code == 201
+    released = banks["bank-1"].aggregate(run_id, key)  # no clock advance: released at once
+    assert released.status_code == 200 and released.headers["X-Fedfraud-Contributors"] == "bank-1,bank-2,bank-3"
+    too_few = banks["bank-1"].contribute(run_id, "e1-x2.3/gbdt/bins/n2", he_key.encrypt(np.ones(2)))
+    assert too_few.status_code == 422 and "quorum" in too_few.get_json()["message"]

@@ -71,7 +71,8 @@ def test_the_operators_fake_bank_gets_no_share_no_mask_and_no_run(
     for bank in keyed_banks:
         (outcome,) = _agent(bank).run_once()
         assert outcome.status == FAILED and "bank-fake" in outcome.message and "pinned roster" in outcome.message
-    assert fake.runs[run_id].rounds is None or not fake.runs[run_id].rounds.keys()
+    rounds = fake.runs[run_id].rounds
+    assert rounds is None or rounds.keys() == []
 
 
 def test_a_forged_roster_is_never_pinned(

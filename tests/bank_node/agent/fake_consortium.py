@@ -37,6 +37,7 @@ from consortium.secure_sum import (
 )
 from crypto.scheme import CryptoError, PayloadError, read_header
 from crypto.roster import Roster, RosterError, roster_message
+from schemas.round_key import parse_round_key
 from crypto.signing import (
     SignatureError,
     context_message,
@@ -139,11 +140,13 @@ class FakeConsortium:
             self.faults.append(Fault(method, path_prefix, status, times, retry_after))
 
     def fail_round(self, run_id: str, key: str) -> None:
-        """Close a round at its 'deadline' (with too few contributions it fails, and its run)."""
+        """Close a round at its 'deadline' (with too few contributions it fails, and its run).
+        ``key`` is the algorithm's key; the length the banks add to it (``/n...``) is found."""
         with self.lock:
             run = self.runs[run_id]
             assert run.rounds is not None
-            closed = run.rounds.close(key)
+            wire = next((k for k in run.rounds.keys() if k == key or k.rsplit("/", 1)[0] == key), key)
+            closed = run.rounds.close(wire)
             if closed.state is RoundState.FAILED:
                 run.state, run.failure_reason = "failed", f"round {key!r} failed: {closed.reason}"
 
@@ -343,8 +346,9 @@ class FakeConsortium:
                     n_values = read_header(data).n_values
                 except PayloadError as exc:
                     raise HttpError(422, str(exc)) from None
-                if key not in run.rounds._rounds:
-                    run.rounds.open(key, participants=run.participants, n_values=n_values)
+                if key not in run.rounds.keys():
+                    expected = parse_round_key(key).expected(run.participants)
+                    run.rounds.open(key, participants=expected, n_values=n_values)
                 try:
                     run.rounds.contribute(key, bank, data)
                 except (ReplayError, RoundClosedError) as exc:

@@ -76,7 +76,7 @@ def test_a_bank_that_drops_out_leaves_the_model_of_a_run_without_it(gbdt_data, u
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    first = aggregator.get("gbdt/bins")
+    first = aggregator.get(next(key for key in aggregator.keys() if key.startswith("gbdt/bins/")))
     if uploads:
         assert first.summed == frozenset(BANKS)  # bank-4's masked counts were in the released sum
         assert set(first.notes) == set(BANKS[:3])  # ... but it never revealed its self mask
