@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 import crypto
 from crypto.roster import Roster
-from tests.consortium.conftest import Consortium, bearer
+from tests.consortium.conftest import Consortium, bearer, sign_first_roster
 
 
 def _relayed(client: FlaskClient, token: str, since: int = 0) -> list[dict[str, Any]]:
@@ -75,14 +75,31 @@ def test_a_share_for_a_bank_outside_the_keys_roster_is_refused(
     assert default["participants"] == ["bank-1", "bank-2", "bank-3"]
 
 
-def test_an_unsigned_share_is_refused(consortium: Consortium, bank_factory: Any, he_key: crypto.HEScheme) -> None:
-    one, two = consortium.bank("bank-1"), consortium.bank("bank-2")
-    response = consortium.client.put(
-        "/v1/keys/shares/bank-2", data=b"y" * 100, headers=one.auth, content_type="application/octet-stream"
-    )
-    assert response.status_code in (400, 409)
-    forged = one.post_share(two, he_key.key_id, b"z" * 100, signature="A" * 86 + "==")
-    assert forged.status_code in (400, 409)
+def test_a_share_with_a_missing_forged_or_foreign_signature_is_refused(
+    client: FlaskClient, operator_token: str, bank_factory: Any, he_key: crypto.HEScheme, snapshot: Any
+) -> None:
+    """The audit found a share with a garbage signature accepted (201): now only the publisher's
+    valid signature over this recipient and this key gets a share relayed."""
+    banks = []
+    for bank_id in ("bank-1", "bank-2", "bank-3"):
+        bank = bank_factory(client, operator_token, bank_id)
+        assert bank.register_keys().status_code == 200
+        banks.append(bank)
+    one, two, three = banks
+    roster = sign_first_roster(banks)
+    assert one.publish_context(he_key.public_context(), roster.digest).status_code == 201
+    before = snapshot()
+    unsigned = client.put("/v1/keys/shares/bank-2", data=b"y" * 100, headers=one.auth,
+                          content_type="application/octet-stream")
+    assert unsigned.status_code == 400 and "signature" in unsigned.get_json()["message"]
+    garbage = one.post_share(two, he_key.key_id, he_key.secret_context(), signature="A" * 86 + "==")
+    assert garbage.status_code == 400
+    wrong_key_id = one.post_share(two, "another-key", he_key.secret_context())
+    assert wrong_key_id.status_code == 400
+    not_publisher = three.post_share(two, he_key.key_id, he_key.secret_context())
+    assert not_publisher.status_code == 403
+    assert snapshot() == before
+    assert one.post_share(two, he_key.key_id, he_key.secret_context()).status_code == 201
 
 
 def test_the_key_rotates_only_for_a_newer_roster_and_runs_keep_their_key(consortium: Consortium) -> None:
