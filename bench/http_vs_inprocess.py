@@ -87,7 +87,7 @@ def main() -> None:
             consortium.start()
             consortium.set_up_banks(banks, scheme=args.scheme)
             t0 = time.perf_counter()
-            run_id = consortium.open_run("xgboost", params)
+            run_id = consortium.open_run("xgboost", params, train_start=TRAIN_START)
             agents = [consortium.start_agent(b, files[b], train_start=TRAIN_START) for b in banks]
             for agent in agents:
                 if agent.wait(timeout=3600) != 0:

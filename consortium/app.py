@@ -84,5 +84,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api = Api(app)
     register_blueprints(api)
+    _document_run_params(api)
     errors.register_error_handlers(app)
     return app
+
+
+def _document_run_params(api: Api) -> None:
+    """The per-family parameter schemas a run's ``params`` must match (referenced by RunOpen)."""
+    from schemas.run import LogRegParamsSchema, XGBoostParamsSchema
+
+    api.spec.components.schema("XGBoostParams", schema=XGBoostParamsSchema)
+    api.spec.components.schema("LogRegParams", schema=LogRegParamsSchema)

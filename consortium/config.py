@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from consortium.secure_sum import MIN_BANKS, check_quorum
 
@@ -42,6 +43,12 @@ class ConsortiumConfig:
         Quorum of a run opened without ``min_banks``.
     DEFAULT_ROUND_TIMEOUT_S
         Round deadline of a run opened without ``round_timeout_s``.
+    DEFAULT_RUN_TIMEOUT_S
+        Deadline of a whole run opened without ``run_timeout_s``: an open run past it fails.
+    DEFAULT_TRAIN_DAYS, DEFAULT_VALIDATION_DAYS, DEFAULT_LABEL_DELAY_DAYS
+        The window of a run opened without one (``schemas/run.py``).
+    TIME_ZONE
+        The consortium's time zone (IANA name): a run's default ``as_of`` date, the schedule.
     SWEEP_INTERVAL_S
         How often ``serve`` closes expired rounds in the background.
     AUTO_MIGRATE
@@ -62,6 +69,11 @@ class ConsortiumConfig:
     MAX_CONTENT_LENGTH: int = 64 * 1024 * 1024
     DEFAULT_MIN_BANKS: int = MIN_BANKS
     DEFAULT_ROUND_TIMEOUT_S: int = 600
+    DEFAULT_RUN_TIMEOUT_S: int = 8 * 3600
+    DEFAULT_TRAIN_DAYS: int = 7
+    DEFAULT_VALIDATION_DAYS: int = 7
+    DEFAULT_LABEL_DELAY_DAYS: int = 7
+    TIME_ZONE: str = "UTC"
     SWEEP_INTERVAL_S: int = 30
     AUTO_MIGRATE: bool = True
     KEEP_CONTRIBUTION_BLOBS: bool = False
@@ -154,4 +166,8 @@ def load_config(
         check_quorum(int(values.get("DEFAULT_MIN_BANKS", MIN_BANKS)))
     except ValueError as exc:
         raise ValueError(f"DEFAULT_MIN_BANKS: {exc}") from None
+    try:
+        ZoneInfo(str(values.get("TIME_ZONE", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"TIME_ZONE: {values.get('TIME_ZONE')!r} is not an IANA time zone (e.g. Europe/Brussels)") from None
     return ConsortiumConfig(**values)

@@ -22,6 +22,7 @@ __all__ = [
     "ConsortiumError",
     "Forbidden",
     "NotFound",
+    "PayloadTooLarge",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -85,6 +86,12 @@ class Conflict(ConsortiumError):
     """409: the state forbids it (replay, closed round, already registered)."""
 
     status = 409
+
+
+class PayloadTooLarge(ConsortiumError):
+    """413: the body is larger than the endpoint takes."""
+
+    status = 413
 
 
 class UnsupportedMediaType(ConsortiumError):

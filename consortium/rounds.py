@@ -37,8 +37,8 @@ from consortium.secure_sum import (
     decide,
     quorum_failure_reason,
 )
+from consortium.runs import expire_runs
 from consortium.storage.database import db
-from schemas.round_key import RoundKeyError, parse_round_key
 from consortium.storage.models import (
     ID_PATTERN,
     ID_SEGMENT,
@@ -50,6 +50,7 @@ from consortium.storage.models import (
     Run,
     RunState,
 )
+from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
     "contribute",
@@ -146,6 +147,11 @@ def contribute(
     if bank_id not in run.participants:
         raise Forbidden(f"bank {bank_id!r} is not a participant of run {run_id!r}")
     expected = expected_banks(run, round_key)
+    if len(expected) < run.min_banks:
+        message = f"round {round_key!r} leaves {len(expected)} banks, fewer than the run's quorum of {run.min_banks}"
+        raise Unprocessable(message, {"round_key": [message]})
+    if bank_id in (run.withdrawn or {}):
+        raise Forbidden(f"bank {bank_id!r} withdrew from run {run_id!r}")
     if bank_id not in expected:
         raise Forbidden(f"round {round_key!r} leaves bank {bank_id!r} out (a restart without it)")
     bank = session.get(Bank, bank_id)
@@ -170,21 +176,18 @@ def contribute(
 
 
 def expected_banks(run: Run, round_key: str) -> frozenset[str]:
-    """The banks a round of ``run`` expects: the run's participants but those its key leaves out.
+    """The banks a round of ``run`` expects: the run's participants but those its key leaves out
+    and those that withdrew from the run.
 
     Raises
     ------
     Unprocessable
-        The key leaves out banks the run does not have, or so many that no quorum is left.
+        The key leaves out banks the run does not have.
     """
     try:
-        expected = parse_round_key(round_key).expected(run.participants)
+        return parse_round_key(round_key).expected(run.participants) - set(run.withdrawn or {})
     except RoundKeyError as exc:
         raise Unprocessable(str(exc), {"round_key": [str(exc)]}) from None
-    if len(expected) < run.min_banks:
-        message = f"round {round_key!r} leaves {len(expected)} banks, fewer than the run's quorum of {run.min_banks}"
-        raise Unprocessable(message, {"round_key": [message]})
-    return expected
 
 
 def _store_contribution(
@@ -447,13 +450,17 @@ def purge_closed_payloads(session: Session, *, round_id: int | None = None, app:
 
 
 def settle_run(session: Session, run: Run) -> Run:
-    """Settle the run's open rounds whose deadline passed (or that are complete)."""
+    """Fail the run if its deadline passed; settle its open rounds whose deadline passed (or
+    that are complete)."""
     open_rounds = session.execute(
         select(RoundRow).where(RoundRow.run_id == run.run_id, RoundRow.state == RoundState.OPEN.value)
     ).scalars()
     for current in list(open_rounds):
         settle_round(session, current)
     session.refresh(run)
+    if run.state == RunState.OPEN.value and run.deadline is not None and now() >= run.deadline:
+        expire_runs(session, now())
+        session.refresh(run)
     return run
 
 
@@ -480,6 +487,9 @@ def sweep_expired(app: Flask) -> int:
                 logger.exception("sweep could not close round", extra={"round_key": current.round_key})
                 continue
             closed += int(settled.state != RoundState.OPEN.value)
+        # After the rounds: a round whose own deadline passed is settled (released with a quorum)
+        # before its run's deadline fails what is still open.
+        expire_runs(session, moment)
         purge_closed_payloads(session, app=app)
         if closed:
             logger.info("sweep closed expired rounds", extra={"closed": closed})

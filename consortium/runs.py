@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -16,16 +17,16 @@ from consortium.extensions import now, write_lock
 from consortium.roster import roster_by_digest
 from consortium.secure_sum import check_quorum
 from consortium.storage.models import Bank, Run, RunState
+from schemas.run import MODEL_FAMILIES, RunWindow
 
-__all__ = ["MODEL_FAMILIES", "list_runs", "open_run"]
+__all__ = ["MODEL_FAMILIES", "cancel_run", "end_run", "list_runs", "open_run", "withdraw"]
 
 logger = logging.getLogger("consortium.runs")
 
-MODEL_FAMILIES = ("xgboost", "logreg")
 
 
 def _new_run_id(moment: Any) -> str:
-    # Sortable by time, unique by the random suffix, and never the reserved "ceremony".
+    # Sortable by time, unique by the random suffix.
     return f"run-{moment:%Y%m%dt%H%M%S}-{secrets.token_hex(4)}"
 
 
@@ -37,6 +38,8 @@ def open_run(
     min_banks: int,
     round_timeout_s: int,
     participants: Sequence[str] | None,
+    window: RunWindow,
+    run_timeout_s: int,
 ) -> Run:
     """Open a training run.
 
@@ -45,11 +48,15 @@ def open_run(
     model
         Model family, one of :data:`MODEL_FAMILIES`.
     params
-        Algorithm parameters, passed to the banks as they are.
+        Algorithm parameters, validated for the family (``schemas/run.py``).
     min_banks
         Quorum of every round of the run.
     round_timeout_s
         Deadline of each round, from its opening.
+    window
+        The days every bank trains and validates on.
+    run_timeout_s
+        Deadline of the whole run, from now: an open run past it fails.
     participants
         Bank ids; default every member of the current key's roster that registered its keys.
 
@@ -106,6 +113,9 @@ def open_run(
             round_timeout_s=round_timeout_s,
             participants=chosen,
             key_id=material.key_id,
+            window=window.to_json(),
+            deadline=moment + timedelta(seconds=run_timeout_s),
+            withdrawn={},
             state=RunState.OPEN.value,
             created_at=moment,
         )
@@ -132,3 +142,77 @@ def list_runs(session: Session, state: str | None = None) -> list[Run]:
     if state is not None:
         query = query.where(Run.state == state)
     return list(session.execute(query).scalars())
+
+
+def end_run(session: Session, run: Run, state: RunState, reason: str) -> None:
+    """Mark an open run failed or cancelled with ``reason`` (commits); its open rounds then fail
+    on their next settlement."""
+    run.state = state.value
+    run.failure_reason = reason
+    run.finished_at = now()
+    session.commit()
+    logger.info("run ended", extra={"run_id": run.run_id, "state": state.value, "reason": reason[:200]})
+
+
+def cancel_run(session: Session, run: Run, *, reason: str) -> Run:
+    """The operator stops an open run.
+
+    Raises
+    ------
+    Conflict
+        The run is not open.
+    """
+    with write_lock():
+        session.refresh(run, with_for_update=True)
+        if run.state != RunState.OPEN.value:
+            session.rollback()
+            raise Conflict(f"run {run.run_id!r} is {run.state}; only an open run can be cancelled", state=run.state)
+        end_run(session, run, RunState.CANCELLED, f"cancelled by the operator: {reason}" if reason else
+                "cancelled by the operator")
+    return run
+
+
+def withdraw(session: Session, run: Run, bank_id: str, *, reason: str) -> Run:
+    """A participant bank cannot take part, and says why. The others go on without it; when too
+    few banks are left for the quorum, the run fails with every withdrawn bank's reason.
+
+    Raises
+    ------
+    Conflict
+        The run is not open, or the bank withdrew already.
+    """
+    with write_lock():
+        session.refresh(run, with_for_update=True)
+        if run.state != RunState.OPEN.value:
+            session.rollback()
+            raise Conflict(f"run {run.run_id!r} is {run.state}", state=run.state)
+        withdrawn = dict(run.withdrawn or {})
+        if bank_id in withdrawn:
+            session.rollback()
+            raise Conflict(f"bank {bank_id!r} withdrew from run {run.run_id!r} already")
+        withdrawn[bank_id] = reason
+        run.withdrawn = withdrawn
+        remaining = len(run.participants) - len(withdrawn)
+        logger.info("bank withdrew from run", extra={"run_id": run.run_id, "bank_id": bank_id})
+        if remaining < run.min_banks:
+            reasons = "; ".join(f"{bank}: {why}" for bank, why in sorted(withdrawn.items()))
+            end_run(session, run, RunState.FAILED,
+                    f"{remaining} banks can take part, fewer than the quorum of {run.min_banks} ({reasons})")
+        else:
+            session.commit()
+    return run
+
+
+def expire_runs(session: Session, moment: Any) -> int:
+    """Fail every open run past its deadline; return how many."""
+    expired = list(session.execute(
+        select(Run).where(Run.state == RunState.OPEN.value, Run.deadline.is_not(None), Run.deadline <= moment)
+    ).scalars())
+    for run in expired:
+        with write_lock():
+            session.refresh(run, with_for_update=True)
+            if run.state == RunState.OPEN.value:
+                end_run(session, run, RunState.FAILED, f"the run's deadline ({run.deadline:%Y-%m-%d %H:%M} UTC) passed")
+            else:
+                session.rollback()
+    return len(expired)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,10 +184,16 @@ class LocalConsortium:
 
     # ------------------------------------------------------------------ runs
 
-    def open_run(self, model: str, params: dict[str, Any], *, round_timeout_s: int = 600) -> str:
-        """Open a training run as the operator; return its id."""
-        response = self.api("POST", "/v1/runs", json={"model": model, "params": params,
-                                                      "round_timeout_s": round_timeout_s})
+    def open_run(self, model: str, params: dict[str, Any], *, round_timeout_s: int = 600,
+                 train_start: str | None = None, train_days: int = 7) -> str:
+        """Open a training run as the operator; return its id. With ``train_start``, the run's
+        window trains on ``train_days`` from that day (no validation days, no label delay)."""
+        body: dict[str, Any] = {"model": model, "params": params, "round_timeout_s": round_timeout_s}
+        if train_start is not None:
+            as_of = date.fromisoformat(train_start) + timedelta(days=train_days)
+            body["window"] = {"as_of": as_of.isoformat(), "train_days": train_days, "validation_days": 0,
+                              "label_delay_days": 0}
+        response = self.api("POST", "/v1/runs", json=body)
         if response.status_code != 201:
             raise RuntimeError(f"opening a run failed: {response.status_code} {response.text}")
         return str(response.json()["run_id"])

@@ -200,6 +200,10 @@ class ConsortiumClient:
         document = self._json("GET", f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}")
         return _parse("GET notes", lambda: [dict(item) for item in items_of(document, "notes")])
 
+    def withdraw(self, run_id: str, reason: str) -> None:
+        """``POST /v1/runs/{run_id}/withdrawals``: this bank cannot take part, and why."""
+        self._request("POST", f"/v1/runs/{_segment(run_id)}/withdrawals", json={"reason": reason[:500]})
+
     def post_proposal(self, run_id: str, model: bytes, *, signature: str) -> dict[str, Any]:
         """``POST /v1/runs/{run_id}/proposals``: the finished model, signed."""
         response = self._request("POST", f"/v1/runs/{_segment(run_id)}/proposals", data=model, signature=signature)

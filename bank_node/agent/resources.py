@@ -67,6 +67,8 @@ class RunInfo:
     failure_reason: str = ""
     created_at: str = ""
     key_id: str = ""
+    window: Mapping[str, Any] | None = None
+    withdrawn: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> RunInfo:
@@ -85,7 +87,14 @@ class RunInfo:
             failure_reason=str(_first(record, "failure_reason", "reason", default="")),
             created_at=str(record.get("created_at") or ""),
             key_id=str(record.get("key_id") or ""),
+            window=dict(record["window"]) if isinstance(record.get("window"), Mapping) else None,
+            withdrawn={str(k): str(v) for k, v in (record.get("withdrawn") or {}).items()},
         )
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """The participants that did not withdraw."""
+        return tuple(b for b in self.participants if b not in self.withdrawn)
 
     def party_index(self, bank_id: str) -> int:
         """The bank's place among the sorted participants (the same number on every bank)."""

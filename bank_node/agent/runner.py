@@ -39,12 +39,13 @@ from bank_node.agent.identity import BankIdentity
 from bank_node.agent.membership import PinnedRoster, load_pinned
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
-from bank_node.agent.training import TrainingSet, prepare_run
+from bank_node.agent.training import PreparedRun, TrainingSet, prepare_run
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
 from crypto.masking import MaskSession
 from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
-from crypto.scheme import CryptoError
+from crypto.scheme import CryptoError, HEScheme
+from schemas.run import RunWindow, load_window
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
 
@@ -112,6 +113,10 @@ class RunOutcome:
     digest: str = ""
 
 
+class CannotTakePartError(ValueError):
+    """This bank will not take part in a run (said to the consortium, which goes on without it)."""
+
+
 class BankAgent:
     """One bank's node agent.
 
@@ -124,7 +129,8 @@ class BankAgent:
     state
         The state directory (HE secret key, finished runs, models).
     training_rows
-        Returns the bank's current training rows (called once per run).
+        Returns the bank's current training rows for a run's window (None: the agent's own
+        default period, for runs that carry no window); called once per run.
     settings
         Polling and waiting.
     sleep, clock
@@ -137,7 +143,7 @@ class BankAgent:
         client: ConsortiumClient,
         identity: BankIdentity,
         state: StateDir,
-        training_rows: Callable[[], TrainingSet],
+        training_rows: Callable[[RunWindow | None], TrainingSet],
         settings: AgentSettings = AgentSettings(),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -205,9 +211,16 @@ class BankAgent:
         AuthError, CeremonyError
             Problems only an operator can fix; nothing is recorded.
         """
-        log.info("run %s: taking part (model=%s, %d banks)", run.run_id, run.model, len(run.participants))
+        log.info("run %s: taking part (model=%s, %d banks)", run.run_id, run.model, len(run.active))
         try:
-            outcome = self._train_and_propose(run)
+            prepared = self._prepare(run)
+        except (AuthError, CeremonyError):
+            raise
+        except (CannotTakePartError, ValueError) as exc:
+            # Refused before any round: the consortium hears why, and the others go on without us.
+            return self._withdraw(run, str(exc))
+        try:
+            outcome = self._train_and_propose(run, *prepared)
         except (AuthError, CeremonyError):
             raise
         except RoundFailedError as exc:
@@ -222,7 +235,16 @@ class BankAgent:
             outcome = self._record_failure(run, str(exc))
         return outcome
 
-    def _train_and_propose(self, run: RunInfo) -> RunOutcome:
+    def _prepare(self, run: RunInfo) -> tuple[HEScheme, Roster, PreparedRun]:
+        """Everything checked before the first round: the key, the roster, params, window, data.
+
+        Raises
+        ------
+        CannotTakePartError, ValueError
+            This bank cannot take part (said to the consortium as a withdrawal).
+        CeremonyError
+            A key or roster problem only an operator can fix.
+        """
         context = load_secret_scheme(self.state)
         if context.name == "plain" and not self.settings.development:
             raise CeremonyError(
@@ -235,15 +257,20 @@ class BankAgent:
         if outsiders:
             # The operator chose the participants; the banks chose the members. A bank outside
             # the pinned roster gets no mask, no key, and no say in a sum this bank accepts.
-            raise RoundFailedError(
+            raise CannotTakePartError(
                 f"run {run.run_id} lists {', '.join(outsiders)}, not members of the pinned roster "
                 f"(version {roster.version}): this bank does not take part"
             )
         if run.key_id and run.key_id != context.key_id:
-            raise RoundFailedError(
+            raise CannotTakePartError(
                 f"run {run.run_id} was opened under HE key {run.key_id}; this bank holds {context.key_id}"
             )
-        prepared = prepare_run(run.model, run.params, self.training_rows(), party_index=run.party_index(self.bank_id))
+        window = None if run.window is None else load_window(run.window)
+        prepared = prepare_run(run.model, run.params, self.training_rows(window),
+                               party_index=run.party_index(self.bank_id))
+        return context, roster, prepared
+
+    def _train_and_propose(self, run: RunInfo, context: HEScheme, roster: Roster, prepared: PreparedRun) -> RunOutcome:
         channel = HttpChannel(
             signing_keys={b: key for b, key in roster.signing_keys().items() if b in run.participants},
             client=self.client,
@@ -257,7 +284,7 @@ class BankAgent:
         )
         runner = BankRunner(
             bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, roster),
-            participants=run.participants, quorum=self.settings.quorum,
+            participants=run.active, quorum=self.settings.quorum,
         )
         started = self._clock()
         model = runner.run(prepared.algorithm)
@@ -308,6 +335,16 @@ class BankAgent:
         if self.settings.round_wait_s is not None:
             return self.settings.round_wait_s
         return run.round_timeout_s + self.settings.round_wait_margin_s
+
+    def _withdraw(self, run: RunInfo, reason: str) -> RunOutcome:
+        log.error("run %s: cannot take part, withdrawing: %s", run.run_id, reason)
+        try:
+            self.client.withdraw(run.run_id, reason)
+        except ConsortiumError as exc:
+            if exc.retryable:
+                return RunOutcome(run.run_id, RETRY, f"could not tell the consortium: {exc}")
+            log.warning("run %s: the consortium did not take the withdrawal: %s", run.run_id, exc)
+        return self._record_failure(run, reason)
 
     def _record_failure(self, run: RunInfo, reason: str) -> RunOutcome:
         log.error("run %s: failed: %s", run.run_id, reason)

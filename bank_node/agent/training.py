@@ -9,7 +9,6 @@ same digest, which is what lets the consortium publish it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
 from bank_node.federated.xgb_export import to_xgboost_json
 from schemas.errors import FedfraudInputError
+from schemas.run import MODEL_FAMILIES, RunWindow, load_run_params
 
 __all__ = [
     "MODEL_FAMILIES",
@@ -54,19 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MODEL_FAMILIES = ("xgboost", "logreg")
-
-#: Other spellings of GBDT parameters an operator may write in a run's params (XGBoost's own).
-_GBDT_ALIASES = {
-    "num_boost_round": "n_trees",
-    "trees": "n_trees",
-    "learning_rate": "eta",
-    "max_bin": "n_bins",
-    "bins": "n_bins",
-    "lambda": "reg_lambda",
-    "min_split_loss": "gamma",
-}
 
 
 @dataclass(frozen=True)
@@ -132,7 +119,7 @@ class TransactionSource:
     path
         Parquet or CSV file with labels.
     train_start, train_days
-        The training period.
+        The training period of runs that carry no window (a run's window always wins).
     mapping
         The file's names for the canonical fields, where they differ.
     """
@@ -149,50 +136,43 @@ class TransactionSource:
         self.train_start = train_start
         self.train_days = train_days
         self.mapping = dict(mapping or {})
-        self._cached: tuple[tuple[float, int], TrainingSet] | None = None
+        self._cached: tuple[tuple[float, int, date, int], TrainingSet] | None = None
 
-    def rows(self) -> TrainingSet:
-        """The training rows of the file's current content."""
+    def rows(self, window: RunWindow | None = None) -> TrainingSet:
+        """The training rows of the file's current content, for ``window`` (the run's) if given."""
         from bank_node.data import load_transactions
 
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             raise FedfraudInputError(f"no such file: {self.path}", {"data": ["does not exist"]}) from None
-        version = (stat.st_mtime, stat.st_size)
+        train_start, train_days = (self.train_start, self.train_days) if window is None else (
+            window.train_start, window.train_days)
+        if window is not None and (train_start, train_days) != (self.train_start, self.train_days):
+            log.info("training on the run's window, not the command line's: start=%s days=%d", train_start, train_days)
+        version = (stat.st_mtime, stat.st_size, train_start, train_days)
         if self._cached is None or self._cached[0] != version:
             frame = load_transactions(self.path, self.mapping, require_label=True).frame
-            rows = training_rows(frame, train_start=self.train_start, train_days=self.train_days)
+            rows = training_rows(frame, train_start=train_start, train_days=train_days)
             log.info("training rows loaded: path=%s rows=%d frauds=%d", self.path, len(rows.y), rows.n_frauds)
             self._cached = (version, rows)
         return self._cached[1]
 
 
 def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:
-    """:class:`GBDTParams` from a run's params (unknown keys are ignored, with a warning)."""
-    known = {f.name for f in dataclasses.fields(GBDTParams)}
-    chosen: dict[str, Any] = {}
-    for name, value in params.items():
-        field_name = _GBDT_ALIASES.get(name, name)
-        if field_name in known:
-            chosen[field_name] = value
-        else:
-            log.warning("run parameter not used by xgboost training: %s", name)
-    try:
-        return GBDTParams(**chosen)
-    except (TypeError, ValueError) as exc:
-        raise FedfraudInputError(f"the run's xgboost params are invalid: {exc}", {"params": [str(exc)]}) from None
+    """:class:`GBDTParams` from a run's params, validated as the consortium validates them.
+
+    Raises
+    ------
+    FedfraudInputError
+        An unknown name, a wrong type or a value out of range.
+    """
+    return GBDTParams(**load_run_params("xgboost", params))
 
 
 def logreg_params(params: Mapping[str, Any]) -> LogRegParams:
-    """:class:`LogRegParams` from a run's params (unknown keys are ignored, with a warning)."""
-    known = {f.name for f in dataclasses.fields(LogRegParams)}
-    for name in set(params) - known:
-        log.warning("run parameter not used by logreg training: %s", name)
-    try:
-        return LogRegParams(**{k: v for k, v in params.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise FedfraudInputError(f"the run's logreg params are invalid: {exc}", {"params": [str(exc)]}) from None
+    """:class:`LogRegParams` from a run's params, validated as the consortium validates them."""
+    return LogRegParams(**load_run_params("logreg", params))
 
 
 def canonical_json(document: Any) -> bytes:

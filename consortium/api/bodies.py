@@ -9,13 +9,15 @@ from typing import Any, TypeVar
 
 from flask import request
 
-from consortium.errors import BadRequest, UnsupportedMediaType
+from consortium.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 BINARY = "application/octet-stream"
+MAX_JSON_BYTES = 256 * 1024
+"""JSON bodies are small (enrolments, run requests): a larger one is refused before parsing."""
 _BINARY_SCHEMA = {"type": "string", "format": "binary"}
 BINARY_REQUEST = {"required": True, "content": {BINARY: {"schema": _BINARY_SCHEMA}}}
 SIGNATURE_PARAMETER = {
@@ -52,9 +54,15 @@ def json_body(view: F) -> F:
             raise UnsupportedMediaType(
                 f"this endpoint takes application/json, not {request.mimetype or 'a body without content type'}"
             )
+        if (request.content_length or 0) > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; got {request.content_length}")
         raw = request.get_data(cache=True)
+        if len(raw) > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; got {len(raw)}")
         try:
             json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise BadRequest("malformed JSON body: nested too deeply") from None
         except UnicodeDecodeError as exc:
             raise BadRequest(f"malformed JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
         except json.JSONDecodeError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
@@ -19,6 +21,8 @@ from consortium.api.bodies import (
     read_binary,
 )
 from consortium.api.schemas import (
+    RunCancelSchema,
+    RunWithdrawSchema,
     ContributionStoredSchema,
     NotePostedSchema,
     NotesSchema,
@@ -31,11 +35,12 @@ from consortium.api.schemas import (
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
 from consortium.errors import Conflict, Forbidden, Unprocessable
-from consortium.extensions import blob_store
+from consortium.extensions import blob_store, now
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
 from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundRow, Run
+from schemas.run import RunWindow
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
 
@@ -84,6 +89,9 @@ def run_view(run: Run) -> dict[str, Any]:
         "round_timeout_s": run.round_timeout_s,
         "participants": list(run.participants),
         "key_id": run.key_id,
+        "window": run.window,
+        "deadline": run.deadline,
+        "withdrawn": dict(run.withdrawn or {}),
         "state": run.state,
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
@@ -117,8 +125,46 @@ def open_run(data: dict[str, Any]) -> Any:
         min_banks=data.get("min_banks", config["DEFAULT_MIN_BANKS"]),
         round_timeout_s=data.get("round_timeout_s", config["DEFAULT_ROUND_TIMEOUT_S"]),
         participants=data.get("participants"),
+        window=_window(data.get("window"), config),
+        run_timeout_s=data.get("run_timeout_s", config["DEFAULT_RUN_TIMEOUT_S"]),
     )
     return run_view(run)
+
+
+def _window(given: dict[str, Any] | None, config: Any) -> RunWindow:
+    """The requested window, or today's in the consortium's time zone with the configured days."""
+    defaults = {"train_days": config["DEFAULT_TRAIN_DAYS"], "validation_days": config["DEFAULT_VALIDATION_DAYS"],
+                "label_delay_days": config["DEFAULT_LABEL_DELAY_DAYS"]}
+    if given is None:
+        today = now().replace(tzinfo=UTC).astimezone(ZoneInfo(config["TIME_ZONE"])).date()
+        return RunWindow(as_of=today, **defaults)
+    return RunWindow(**{**defaults, **given})
+
+
+@blp.route("/<string:run_id>/cancel", methods=["POST"])
+@requires(Role.OPERATOR)
+@json_body
+@blp.arguments(RunCancelSchema)
+@blp.response(200, RunSchema)
+@blp.alt_response(409, description="the run is not open")
+def cancel_run(data: dict[str, Any], run_id: str) -> Any:
+    """Stop an open run: it ends ``cancelled`` with the reason given, and publishes nothing."""
+    run = runs.cancel_run(db.session, rounds.get_run(db.session, run_id), reason=data["reason"])
+    return run_view(run)
+
+
+@blp.route("/<string:run_id>/withdrawals", methods=["POST"])
+@requires(Role.BANK)
+@json_body
+@blp.arguments(RunWithdrawSchema)
+@blp.response(200, RunSchema)
+@blp.alt_response(409, description="the run is not open, or the bank withdrew already")
+def withdraw(data: dict[str, Any], run_id: str) -> Any:
+    """A participant bank that cannot take part says why. The run goes on without it while a
+    quorum of banks is left, and fails with every withdrawn bank's reason otherwise."""
+    run = rounds.get_run(db.session, run_id)
+    bank_id = _participant(run)
+    return run_view(runs.withdraw(db.session, run, bank_id, reason=data["reason"]))
 
 
 @blp.route("", methods=["GET"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from consortium.runs import MODEL_FAMILIES
+from schemas.errors import FedfraudInputError
+from schemas.run import MODEL_FAMILIES, RunWindowSchema, load_run_params
 from consortium.secure_sum import MIN_BANKS
 from consortium.storage.models import ID_PATTERN
 
@@ -22,8 +23,16 @@ class StrictSchema(Schema):
         unknown = "raise"
 
 
+class UtcTimestamp(fields.DateTime):
+    """A naive-UTC datetime written ``2026-01-02T03:04:05Z``; documented as OpenAPI ``date-time``
+    (a custom ``format=`` string would be documented as ``"format": null``)."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else value.strftime(TIMESTAMP)
+
+
 def _timestamp(**kwargs: Any) -> fields.DateTime:
-    return fields.DateTime(format=TIMESTAMP, **kwargs)
+    return UtcTimestamp(**kwargs)
 
 
 class HealthSchema(Schema):
@@ -105,9 +114,22 @@ class RosterQuerySchema(StrictSchema):
                            metadata={"description": "only versions newer than this"})
 
 
+MAX_RUN_TIMEOUT_S = 7 * 24 * 3600
+PARAMS_DOC = {
+    "description": "the model family's parameters: XGBoostParams for xgboost, LogRegParams for logreg; "
+                   "unknown names and out-of-range values are refused",
+    "anyOf": [{"$ref": "#/components/schemas/XGBoostParams"}, {"$ref": "#/components/schemas/LogRegParams"}],
+}
+
+
 class RunOpenSchema(StrictSchema):
     model = fields.String(required=True, validate=validate.OneOf(MODEL_FAMILIES))
-    params = fields.Dict(keys=fields.String(), load_default=dict)
+    params = fields.Dict(keys=fields.String(), load_default=dict, metadata=PARAMS_DOC)
+    window = fields.Nested(RunWindowSchema, metadata={
+        "description": "the days every bank trains and validates on; default: as_of today in the "
+                       "consortium's time zone, with the configured numbers of days"})
+    run_timeout_s = fields.Integer(validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S),
+                                   metadata={"description": "deadline of the whole run; an open run past it fails"})
     min_banks = fields.Integer(
         validate=validate.Range(min=MIN_BANKS, max=1000, error=f"min_banks must be from {MIN_BANKS} to 1000: with two banks either one subtracts itself from the sum"),
     )
@@ -116,9 +138,27 @@ class RunOpenSchema(StrictSchema):
         fields.String(validate=validate.Regexp(ID_REGEX)), validate=validate.Length(min=MIN_BANKS, max=1000)
     )
 
+    @validates_schema
+    def _params_fit_the_family(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("model") not in MODEL_FAMILIES:
+            return  # the model field reports it
+        try:
+            data["params"] = load_run_params(data["model"], data.get("params") or {})
+        except FedfraudInputError as exc:
+            raise ValidationError({"params": exc.errors}) from None
+
+
+class RunCancelSchema(StrictSchema):
+    reason = fields.String(load_default="", validate=validate.Length(max=500))
+
+
+class RunWithdrawSchema(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500),
+                           metadata={"description": "why this bank cannot take part, for the operator"})
+
 
 class RunQuerySchema(StrictSchema):
-    state = fields.String(validate=validate.OneOf(("open", "completed", "failed")))
+    state = fields.String(validate=validate.OneOf(("open", "completed", "failed", "cancelled")))
 
 
 class RoundSchema(Schema):
@@ -142,6 +182,10 @@ class RunSchema(Schema):
     min_banks = fields.Integer()
     round_timeout_s = fields.Integer()
     participants = fields.List(fields.String())
+    window = fields.Dict(allow_none=True)
+    deadline = _timestamp(allow_none=True)
+    withdrawn = fields.Dict(keys=fields.String(), values=fields.String(),
+                            metadata={"description": "banks that could not take part, with their reasons"})
     key_id = fields.String(allow_none=True, metadata={"description": "the HE key the run's ciphertexts use"})
     state = fields.String(required=True)
     failure_reason = fields.String(allow_none=True)

@@ -54,6 +54,7 @@ class RunState(str, enum.Enum):
     OPEN = "open"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class Bank(Base):
@@ -157,6 +158,9 @@ class Run(Base):
     round_timeout_s: Mapped[int] = mapped_column(Integer)
     participants: Mapped[list[str]] = mapped_column(JSON)
     key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
+    withdrawn: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), default=RunState.OPEN.value, index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

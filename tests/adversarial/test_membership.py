@@ -32,7 +32,7 @@ from tests.bank_node.agent.fake_consortium import FakeConsortium
 MODEL = json.dumps({"learner": {"trees": [1, 2, 3]}}).encode()
 
 
-def _no_rows() -> TrainingSet:
+def _no_rows(window: object) -> TrainingSet:
     raise AssertionError("the agent must not train for a run it refuses")
 
 

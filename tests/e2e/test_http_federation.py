@@ -87,8 +87,9 @@ def set_up(consortium: LocalConsortium) -> None:
     consortium.set_up_banks(BANKS, scheme=SCHEME)
 
 
-def start_agents(consortium: LocalConsortium, files: dict[str, Path]) -> dict[str, subprocess.Popen[bytes]]:
-    return {b: consortium.start_agent(b, files[b], train_start=TRAIN_START) for b in BANKS}
+def start_agents(consortium: LocalConsortium, files: dict[str, Path],
+                 train_start: str = TRAIN_START) -> dict[str, subprocess.Popen[bytes]]:
+    return {b: consortium.start_agent(b, files[b], train_start=train_start) for b in BANKS}
 
 
 def finish(consortium: LocalConsortium, agents: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -115,9 +116,10 @@ def test_http_training_publishes_the_simulators_models(
     consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
 ) -> None:
     set_up(consortium)
-    xgb_run = consortium.open_run("xgboost", XGB_PARAMS)
-    lr_run = consortium.open_run("logreg", {})
-    finish(consortium, start_agents(consortium, bank_files))
+    xgb_run = consortium.open_run("xgboost", XGB_PARAMS, train_start=TRAIN_START)
+    lr_run = consortium.open_run("logreg", {}, train_start=TRAIN_START)
+    # The agents' command lines name another period: the run's window wins on every bank.
+    finish(consortium, start_agents(consortium, bank_files, train_start="2018-07-01"))
     assert_same_gbdt(consortium.published_model(xgb_run), reference["xgboost"], reference["X"])
     published = LogRegModel.from_json(consortium.published_model(lr_run).decode())
     expected: LogRegModel = reference["logreg"]
@@ -131,7 +133,7 @@ def test_aggregator_killed_mid_run_recovers_with_the_same_model(
     consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
 ) -> None:
     set_up(consortium)
-    run_id = consortium.open_run("xgboost", XGB_PARAMS)
+    run_id = consortium.open_run("xgboost", XGB_PARAMS, train_start=TRAIN_START)
     agents = start_agents(consortium, bank_files)
     wait_for(lambda: consortium.released_rounds(run_id) >= 8, 300, "a few released rounds")
     consortium.kill()
@@ -145,7 +147,7 @@ def test_bank_agent_killed_mid_run_resumes_with_the_same_model(
     consortium: LocalConsortium, bank_files: dict[str, Path], reference: dict[str, Any]
 ) -> None:
     set_up(consortium)
-    run_id = consortium.open_run("xgboost", XGB_PARAMS)
+    run_id = consortium.open_run("xgboost", XGB_PARAMS, train_start=TRAIN_START)
     agents = start_agents(consortium, bank_files)
     wait_for(lambda: consortium.released_rounds(run_id) >= 8, 300, "a few released rounds")
     agents["bank-2"].send_signal(signal.SIGKILL)
@@ -157,7 +159,7 @@ def test_bank_agent_killed_mid_run_resumes_with_the_same_model(
 
 def test_two_banks_alone_never_get_a_sum(consortium: LocalConsortium, bank_files: dict[str, Path]) -> None:
     set_up(consortium)
-    run_id = consortium.open_run("logreg", {}, round_timeout_s=3)
+    run_id = consortium.open_run("logreg", {}, round_timeout_s=3, train_start=TRAIN_START)
     # Both banks take part at the same time; bank-3 never comes.
     agents = [consortium.start_agent(bank, bank_files[bank], train_start=TRAIN_START) for bank in BANKS[:2]]
     for agent in agents:

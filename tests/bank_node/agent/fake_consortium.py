@@ -69,6 +69,8 @@ class FakeRun:
     failure_reason: str = ""
     proposals: dict[str, bytes] = field(default_factory=dict)
     proposal_signatures: dict[str, str] = field(default_factory=dict)
+    withdrawn: dict[str, str] = field(default_factory=dict)
+    window: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -85,6 +87,8 @@ class FakeRun:
             "state": self.state,
             "failure_reason": self.failure_reason or None,
             "rounds": rounds,
+            "window": self.window,
+            "withdrawn": self.withdrawn,
         }
 
 
@@ -127,11 +131,11 @@ class FakeConsortium:
         return token
 
     def open_run(self, model: str, params: dict[str, Any], *, participants: list[str] | None = None,
-                 min_banks: int = 3) -> str:
+                 min_banks: int = 3, window: dict[str, Any] | None = None) -> str:
         with self.lock:
             run_id = f"run-{len(self.runs) + 1}"
             members = participants or sorted(b for b, info in self.banks.items() if info["box_key"])
-            self.runs[run_id] = FakeRun(run_id, model, params, members, min_banks)
+            self.runs[run_id] = FakeRun(run_id, model, params, members, min_banks, window=window)
             return run_id
 
     def fail_next(self, method: str, path_prefix: str, status: int, *, times: int = 1,
@@ -400,6 +404,16 @@ class FakeConsortium:
                     {"bank_id": bank, "note": base64.b64encode(note).decode(), "signature": fake.note_signatures.get((run_id, key, bank), "")}
                     for bank, note in sorted(notes.items())
                 ]})
+
+        @app.post("/v1/runs/<run_id>/withdrawals")
+        def withdraw(run_id: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                bank = participant(run)
+                run.withdrawn[bank] = str((request.get_json() or {}).get("reason", ""))
+                if len(run.participants) - len(run.withdrawn) < run.min_banks:
+                    run.state, run.failure_reason = "failed", "too few banks can take part"
+                return jsonify({"run_id": run_id, "state": run.state, "withdrawn": run.withdrawn})
 
         @app.post("/v1/runs/<run_id>/proposals")
         def propose(run_id: str) -> Any:

@@ -80,7 +80,7 @@ def test_enrol_ceremony_and_one_pass_of_the_agent(
         client = ConsortiumClient(base_url=url, token=state.load_token(), retry=FAST_RETRY)
         rows = training_rows(bank_transactions[bank_id], train_start=TRAIN_START, train_days=TRAIN_DAYS)
         BankAgent(client=client, identity=load_identity(state, bank_id), state=state,
-                  training_rows=lambda: rows, settings=SETTINGS).run_once()
+                  training_rows=lambda window: rows, settings=SETTINGS).run_once()
 
     others = [threading.Thread(target=other_bank, args=(b,)) for b in ("bank-2", "bank-3")]
     for thread in others:

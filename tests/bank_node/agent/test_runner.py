@@ -6,6 +6,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,7 @@ def bank_rows(bank_transactions: dict[str, pd.DataFrame]) -> dict[str, TrainingS
 def agent_for(bank: Bank, rows: TrainingSet, client: ConsortiumClient | None = None) -> BankAgent:
     return BankAgent(
         client=client or bank.client, identity=bank.identity, state=bank.state,
-        training_rows=lambda: rows, settings=SETTINGS,
+        training_rows=lambda window: rows, settings=SETTINGS,
     )
 
 
@@ -186,9 +187,12 @@ def test_runs_of_other_banks_and_unknown_models_are_handled(
 def test_invalid_params_fail_the_run_readably(
     fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
 ) -> None:
-    fake.open_run("xgboost", {"max_depth": 0})
+    run_id = fake.open_run("xgboost", {"max_depth": 0})
     [outcome] = agent_for(keyed_banks[0], bank_rows["bank-1"]).run_once()
-    assert outcome.status == "failed" and "max_depth must be in [1, 32]" in outcome.message
+    assert outcome.status == "failed" and "params.max_depth: max_depth must be from 1 to 10" in outcome.message
+    # ... and the consortium heard why (the service refuses such params at the door; this
+    # bank checks again because it trusts nothing the server sends).
+    assert fake.runs[run_id].withdrawn == {"bank-1": outcome.message}
 
 
 def test_under_ckks_the_proposals_are_byte_identical_too(
@@ -239,3 +243,35 @@ def test_a_model_that_cannot_be_fetched_now_is_fetched_on_a_later_poll(
     fake.faults.clear()
     assert len(agents["bank-1"].sync_models()) == 1
     assert (bank.state.run_record(run_id) or {})["status"] == "published"
+
+
+def test_every_bank_trains_on_the_runs_window_and_withdraws_when_it_holds_no_data(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame]
+) -> None:
+    """The window travels with the run: a bank's own default period does not matter, and a bank
+    with nothing in the window tells the consortium why instead of leaving it waiting."""
+    from bank_node.agent.training import TransactionSource
+
+    seen: list[object] = []
+    sources = {}
+    for bank in keyed_banks:
+        path = bank.state.root / "transactions.parquet"
+        bank_transactions[bank.bank_id].to_parquet(path)
+        sources[bank.bank_id] = TransactionSource(path, train_start=date(2018, 4, 1), train_days=3)
+    empty = {"as_of": "2030-01-08", "train_days": 7, "validation_days": 0, "label_delay_days": 0}
+    run_id = fake.open_run("xgboost", XGB_PARAMS, window=empty)
+
+    def rows(bank: Bank) -> Callable[[object], TrainingSet]:
+        def read(window: object) -> TrainingSet:
+            seen.append(window)
+            return sources[bank.bank_id].rows(window)  # type: ignore[arg-type]
+        return read
+
+    first, *others = (BankAgent(client=b.client, identity=b.identity, state=b.state, training_rows=rows(b),
+                                settings=SETTINGS) for b in keyed_banks)
+    [outcome] = first.run_once()
+    assert outcome.status == "failed" and "no transactions from 2030-01-01 for 7 days" in outcome.message
+    # Three participants and a quorum of three: one bank out ends the run, with its reason.
+    assert fake.runs[run_id].withdrawn == {"bank-1": outcome.message} and fake.runs[run_id].state == "failed"
+    assert [agent.run_once() for agent in others] == [[], []]
+    assert [getattr(w, "train_start", None) for w in seen] == [date(2030, 1, 1)]
