@@ -108,3 +108,87 @@ def sweep(once: bool) -> None:
     while True:
         sweep_once(app)
         time.sleep(interval)
+
+
+@consortium_cli.command("scheduler")
+def scheduler() -> None:
+    """Run the nightly training schedule (one such process per consortium), and the sweep."""
+    from consortium.app import create_app
+    from consortium.logs import configure_logging
+    from consortium.scheduler import run_scheduler
+
+    app = create_app()
+    configure_logging(app.config["LOG_LEVEL"])
+    click.echo(f"scheduler running in time zone {app.config['TIME_ZONE']}", err=True)
+    try:
+        run_scheduler(app)
+    except (KeyboardInterrupt, SystemExit):
+        click.echo("scheduler stopped", err=True)
+
+
+@consortium_cli.group("schedule")
+def schedule_group() -> None:
+    """Show or change when each model family trains by itself."""
+
+
+def _echo_schedule(view: dict[str, object]) -> None:
+    state = "on " if view["enabled"] else "off"
+    upcoming = view["next_fire_local"] or "-"
+    click.echo(f"{view['model']:<8} {state} cron '{view['cron']}' ({view['time_zone']})  next: {upcoming}  "
+               f"window: {view['train_days']}d train, {view['validation_days']}d validation, "
+               f"{view['label_delay_days']}d label delay  last: {view['last_outcome'] or '-'}")
+
+
+@schedule_group.command("show")
+def schedule_show() -> None:
+    """Every family's schedule and its next firing."""
+    from consortium.api.schedules import schedule_view
+    from consortium.app import create_app
+    from consortium.schedule import ensure_schedules
+    from consortium.storage.database import db
+
+    app = create_app()
+    with app.test_request_context(), app.app_context():
+        for row in ensure_schedules(db.session, app.config):
+            _echo_schedule(schedule_view(row))
+
+
+@schedule_group.command("set")
+@click.argument("model", type=click.Choice(["xgboost", "logreg"]))
+@click.option("--cron", help="5-field crontab line in the consortium's time zone, e.g. '0 2 * * *'.")
+@click.option("--enable/--disable", "enabled", default=None, help="Turn the schedule on or off.")
+@click.option("--params", "params_json", metavar="JSON", help="The runs' params, e.g. '{\"n_trees\": 100}'.")
+@click.option("--train-days", type=click.IntRange(1, 366))
+@click.option("--validation-days", type=click.IntRange(0, 92))
+@click.option("--label-delay-days", type=click.IntRange(0, 92))
+def schedule_set(model: str, cron: str | None, enabled: bool | None, params_json: str | None,
+                 train_days: int | None, validation_days: int | None, label_delay_days: int | None) -> None:
+    """Change MODEL's schedule; a running scheduler picks it up within SCHEDULE_RELOAD_S."""
+    import json
+
+    from consortium.api.schedules import schedule_view
+    from consortium.app import create_app
+    from consortium.errors import ConsortiumError
+    from consortium.schedule import set_schedule
+    from consortium.storage.database import db
+
+    changes: dict[str, object] = {}
+    for name, value in (("cron", cron), ("enabled", enabled), ("train_days", train_days),
+                        ("validation_days", validation_days), ("label_delay_days", label_delay_days)):
+        if value is not None:
+            changes[name] = value
+    if params_json is not None:
+        try:
+            changes["params"] = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc.msg}", param_hint="--params") from None
+    if not changes:
+        raise click.UsageError("nothing to change: give --cron, --enable/--disable, --params or a window option")
+    app = create_app()
+    with app.test_request_context(), app.app_context():
+        try:
+            row = set_schedule(db.session, app.config, model, changes)
+        except ConsortiumError as exc:
+            details = "; ".join(f"{k}: {' '.join(v)}" for k, v in (exc.errors or {}).items())
+            raise click.ClickException(f"{exc.message}{f' ({details})' if details else ''}") from None
+        _echo_schedule(schedule_view(row))

@@ -49,6 +49,12 @@ class ConsortiumConfig:
         The window of a run opened without one (``schemas/run.py``).
     TIME_ZONE
         The consortium's time zone (IANA name): a run's default ``as_of`` date, the schedule.
+    SCHEDULE_DEFAULT_CRON
+        Cadence of a family's schedule before anyone changed it (nightly at 02:00 local).
+    SCHEDULE_GRACE_S
+        A firing missed while no scheduler ran is caught up once if less than this old.
+    SCHEDULE_RELOAD_S
+        How often the scheduler process reads schedule changes from the database.
     SWEEP_INTERVAL_S
         How often ``serve`` closes expired rounds in the background.
     AUTO_MIGRATE
@@ -74,6 +80,9 @@ class ConsortiumConfig:
     DEFAULT_VALIDATION_DAYS: int = 7
     DEFAULT_LABEL_DELAY_DAYS: int = 7
     TIME_ZONE: str = "UTC"
+    SCHEDULE_DEFAULT_CRON: str = "0 2 * * *"
+    SCHEDULE_GRACE_S: int = 6 * 3600
+    SCHEDULE_RELOAD_S: int = 60
     SWEEP_INTERVAL_S: int = 30
     AUTO_MIGRATE: bool = True
     KEEP_CONTRIBUTION_BLOBS: bool = False

@@ -148,6 +148,37 @@ class RunOpenSchema(StrictSchema):
             raise ValidationError({"params": exc.errors}) from None
 
 
+class ScheduleChangeSchema(StrictSchema):
+    cron = fields.String(validate=validate.Length(min=9, max=100),
+                         metadata={"description": "5-field crontab line in the consortium's time zone, e.g. '0 2 * * *'"})
+    enabled = fields.Boolean()
+    params = fields.Dict(keys=fields.String(), metadata=PARAMS_DOC)
+    train_days = fields.Integer(validate=validate.Range(min=1, max=366))
+    validation_days = fields.Integer(validate=validate.Range(min=0, max=92))
+    label_delay_days = fields.Integer(validate=validate.Range(min=0, max=92))
+    min_banks = fields.Integer(allow_none=True, validate=validate.Range(min=MIN_BANKS, max=1000))
+    run_timeout_s = fields.Integer(allow_none=True, validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S))
+
+
+class ScheduleSchema(Schema):
+    model = fields.String(required=True)
+    cron = fields.String(required=True)
+    time_zone = fields.String(required=True)
+    enabled = fields.Boolean(required=True)
+    params = fields.Dict()
+    train_days = fields.Integer()
+    validation_days = fields.Integer()
+    label_delay_days = fields.Integer()
+    min_banks = fields.Integer(allow_none=True)
+    run_timeout_s = fields.Integer(allow_none=True)
+    next_fire_at = _timestamp(allow_none=True, metadata={"description": "UTC"})
+    next_fire_local = fields.String(allow_none=True, metadata={"description": "wall-clock time in time_zone"})
+    last_fired_local = fields.String(allow_none=True)
+    last_run_id = fields.String(allow_none=True)
+    last_outcome = fields.String(allow_none=True)
+    updated_at = _timestamp()
+
+
 class RunCancelSchema(StrictSchema):
     reason = fields.String(load_default="", validate=validate.Length(max=500))
 

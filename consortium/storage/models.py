@@ -146,6 +146,28 @@ class KeyShare(Base):
     posted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Schedule(Base):
+    """When a model family trains by itself: a cron cadence in the consortium's time zone, the
+    run it opens, and the last firing (so that none runs twice, even from two schedulers)."""
+
+    __tablename__ = "schedules"
+
+    model: Mapped[str] = mapped_column(String(16), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_days: Mapped[int] = mapped_column(Integer)
+    validation_days: Mapped[int] = mapped_column(Integer)
+    label_delay_days: Mapped[int] = mapped_column(Integer)
+    min_banks: Mapped[int | None] = mapped_column(Integer, default=None)
+    run_timeout_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_fired_local: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    last_fired_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    last_run_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), default=None)
+    last_outcome: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class Run(Base):
     """A training run: a sequence of secure-sum rounds, ended by agreeing proposals."""
 

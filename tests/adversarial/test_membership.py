@@ -68,9 +68,11 @@ def test_the_operators_fake_bank_gets_no_share_no_mask_and_no_run(
         fetch_share(intruder.client, intruder.identity, intruder.state)
 
     run_id = fake.open_run("xgboost", {}, participants=["bank-1", "bank-2", "bank-3", "bank-fake"])
-    for bank in keyed_banks:
-        (outcome,) = _agent(bank).run_once()
-        assert outcome.status == FAILED and "bank-fake" in outcome.message and "pinned roster" in outcome.message
+    outcomes = [outcome for bank in keyed_banks for outcome in _agent(bank).run_once()]
+    assert outcomes and all(o.status == FAILED and "bank-fake" in o.message and "pinned roster" in o.message
+                            for o in outcomes)
+    # Each bank that looked said why; with two out, the run cannot reach its quorum and ended.
+    assert set(fake.runs[run_id].withdrawn) == {"bank-1", "bank-2"} and fake.runs[run_id].state == "failed"
     rounds = fake.runs[run_id].rounds
     assert rounds is None or rounds.keys() == []
 
