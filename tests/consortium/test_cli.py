@@ -54,3 +54,23 @@ def test_settings_come_from_the_environment(env: dict[str, str], monkeypatch: py
     monkeypatch.setenv("FEDFRAUD_DEFAULT_MIN_BANKS", "many")
     with pytest.raises(ValueError, match="FEDFRAUD_DEFAULT_MIN_BANKS"):
         create_app()
+
+
+def test_schedule_is_shown_and_changed_from_the_command_line(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDFRAUD_TIME_ZONE", "Europe/Brussels")
+    runner = CliRunner()
+    shown = runner.invoke(consortium_cli, ["schedule", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert "xgboost  on  cron '0 2 * * *' (Europe/Brussels)" in shown.output and "logreg   off" in shown.output
+    changed = runner.invoke(consortium_cli, ["schedule", "set", "logreg", "--enable", "--cron", "30 1 * * 1-5",
+                                             "--params", '{"max_rounds": 10}'])
+    assert changed.exit_code == 0, changed.output
+    assert "logreg   on  cron '30 1 * * 1-5'" in runner.invoke(consortium_cli, ["schedule", "show"]).output
+    for args, words in (
+        (["--cron", "99 1 * * *"], "invalid cron expression"),
+        (["--params", '{"n_trees": 5}'], "params.n_trees"),
+        (["--params", "{nope"], "not JSON"),
+        ([], "nothing to change"),
+    ):
+        refused = runner.invoke(consortium_cli, ["schedule", "set", "logreg", *args])
+        assert refused.exit_code != 0 and words in refused.output and "Traceback" not in refused.output, refused.output
