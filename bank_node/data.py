@@ -84,6 +84,19 @@ def load_transactions(
     return LoadedTransactions(frame=frame, columns=resolve_columns(raw.columns, mapping))
 
 
+def load_labels(path: str | Path, mapping: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Load and validate a file of confirmed outcomes (``transaction_id``, ``label``).
+
+    Raises
+    ------
+    schemas.errors.FedfraudInputError
+        If the file cannot be read or its content fails validation.
+    """
+    from schemas.transaction import to_canonical_labels
+
+    return to_canonical_labels(read_table(path), mapping)
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a frame as Parquet (or CSV by suffix), creating the parent folder, atomically."""
     path = Path(path)

@@ -308,6 +308,37 @@ def to_canonical(
     return out
 
 
+def to_canonical_labels(frame: pd.DataFrame, mapping: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Validate a file of confirmed outcomes: ``transaction_id`` and ``label`` (0 genuine, 1 fraud).
+
+    Raises
+    ------
+    TransactionValidationError
+        A missing column, a non-integer id, a label other than 0 or 1, or an id given twice.
+    """
+    resolved = resolve_columns(frame.columns, mapping)
+    errors: dict[str, list[str]] = {}
+    for field in ("transaction_id", LABEL_FIELD):
+        source = resolved.get(field)
+        if source is None or source not in frame.columns:
+            looked = sorted({field, HANDBOOK_COLUMNS[field]})
+            errors[field] = [f"no column for it (looked for {' or '.join(looked)}; map one with {field}=COLUMN)"]
+    if errors:
+        raise TransactionValidationError(f"missing label columns (the input has: {', '.join(map(str, frame.columns[:20]))})",
+                                         errors)
+    out = frame.rename(columns={resolved[f]: f for f in ("transaction_id", LABEL_FIELD)})[["transaction_id", LABEL_FIELD]]
+    out = out.reset_index(drop=True)
+    _check_integer_column(out, "transaction_id", errors)
+    _check_label(out, errors)
+    if "transaction_id" not in errors:
+        duplicated = out["transaction_id"].duplicated(keep=False).to_numpy()
+        if duplicated.any():
+            errors["transaction_id"] = [f"labelled twice in {_rows(out, duplicated)}"]
+    if errors:
+        raise TransactionValidationError(f"{len(out)} labels failed validation", errors)
+    return out
+
+
 def from_canonical(frame: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFrame:
     """Rename canonical columns back to the bank's own names (the inverse of :func:`to_canonical`)."""
     return frame.rename(columns={field: source for field, source in mapping.items() if field in frame.columns})

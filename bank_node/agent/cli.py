@@ -167,6 +167,76 @@ def ceremony(state_dir: Path, url: str | None, generate: bool, scheme: str, wait
             click.echo(f"HE key {result.key_id} ({result.scheme}) received and stored in {state_dir}")
 
 
+def _store_option(func: F) -> F:
+    return click.option(
+        "--store", "store_url", envvar="FEDFRAUD_BANK_STORE", default=None, metavar="URL",
+        help="The node's transaction store: a SQLAlchemy URL (e.g. postgresql://...); default "
+             "transactions.db (SQLite) in the state directory. Env: FEDFRAUD_BANK_STORE.",
+    )(func)
+
+
+def _open_store(state_dir: Path, url: str | None) -> Any:
+    from bank_node.store import TransactionStore
+
+    return TransactionStore(url) if url else TransactionStore.in_state_dir(state_dir)
+
+
+@bank_cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--columns", default="", metavar="FIELD=COLUMN,...",
+              help="Your column names for the canonical fields, where they differ.")
+@click.option("--retention-days", type=click.IntRange(min=1), default=400, show_default=True,
+              help="Then delete transactions older than this many days before the newest.")
+@_state_dir_option
+@_store_option
+@readable_errors
+def ingest(path: Path, columns: str, retention_days: int, state_dir: Path, store_url: str | None) -> None:
+    """Load a file of transactions (Parquet or CSV; labels optional) into the node's store.
+
+    A file ingested before adds nothing; a file that fails validation changes nothing."""
+    from bank_node.data import load_transactions
+    from bank_node.store import file_sha256
+    from schemas.transaction import parse_column_mapping
+
+    frame = load_transactions(path, parse_column_mapping(columns)).frame
+    store = _open_store(state_dir, store_url)
+    try:
+        result = store.ingest(frame, name=str(path), sha256=file_sha256(path), retention_days=retention_days)
+        summary = store.summary()
+    finally:
+        store.close()
+    if result.file_seen_before:
+        click.echo(f"{path}: ingested before; nothing added")
+    else:
+        click.echo(f"{path}: {result.added} transactions added, {result.already_stored} already stored, "
+                   f"{result.deleted_by_retention} removed by retention")
+    click.echo(f"store: {summary['transactions']} transactions ({summary['labelled']} labelled) "
+               f"from {summary['first']} to {summary['last']}")
+
+
+@bank_cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--columns", default="", metavar="FIELD=COLUMN,...",
+              help="Your column names for transaction_id and label, where they differ.")
+@click.option("--skip-unknown", is_flag=True, help="Ignore labels of transactions the store does not hold.")
+@_state_dir_option
+@_store_option
+@readable_errors
+def labels(path: Path, columns: str, skip_unknown: bool, state_dir: Path, store_url: str | None) -> None:
+    """Record confirmed outcomes (transaction_id, label: 1 fraud, 0 genuine) that arrived later."""
+    from bank_node.data import load_labels
+    from bank_node.store import file_sha256
+    from schemas.transaction import parse_column_mapping
+
+    frame = load_labels(path, parse_column_mapping(columns))
+    store = _open_store(state_dir, store_url)
+    try:
+        result = store.record_labels(frame, name=str(path), sha256=file_sha256(path), skip_unknown=skip_unknown)
+    finally:
+        store.close()
+    click.echo(f"{path}: {result.updated} labels recorded, {result.unchanged} unchanged, {result.unknown} skipped")
+
+
 @bank_cli.command()
 @_state_dir_option
 @readable_errors
@@ -276,15 +346,17 @@ def roster_show(state_dir: Path, url: str | None) -> None:
 
 
 @bank_cli.command()
-@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="This bank's transactions with fraud labels (Parquet or CSV).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This bank's transactions with fraud labels (Parquet or CSV); default: the node's store "
+                   "(`fedfraud bank ingest`).")
 @click.option("--columns", default="", metavar="FIELD=COLUMN,...",
               help="Your column names for the canonical fields, where they differ.")
-@click.option("--train-start", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
-              help="First training day (YYYY-MM-DD).")
+@click.option("--train-start", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="First training day (YYYY-MM-DD) of runs that carry no window (each run's own window wins).")
 @click.option("--train-days", type=click.IntRange(min=1), default=7, show_default=True,
               help="Days of training data.")
 @_state_dir_option
+@_store_option
 @_url_option(required=False)
 @click.option("--once", is_flag=True, help="Take part in the runs open now, then exit.")
 @click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -293,24 +365,30 @@ def roster_show(state_dir: Path, url: str | None) -> None:
               help="Longest wait for one round's sum (default: the run's round timeout + 2 minutes).")
 @_development_option
 @readable_errors
-def agent(data_path: Path, columns: str, train_start: datetime, train_days: int, state_dir: Path,
-          url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None, development: bool) -> None:
-    """Poll the consortium for training runs and take part in them."""
+def agent(data_path: Path | None, columns: str, train_start: datetime | None, train_days: int, state_dir: Path,
+          store_url: str | None, url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None,
+          development: bool) -> None:
+    """Poll the consortium for training runs and take part in them, on each run's window of the
+    node's store (or of --data)."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
     from bank_node.agent.identity import load_identity
     from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
     from bank_node.agent.state import StateDir
-    from bank_node.agent.training import TransactionSource
+    from bank_node.agent.training import StoreSource, TransactionSource
     from schemas.transaction import parse_column_mapping
 
     state = StateDir(state_dir)
     client, config = _client(state, url)
     identity = load_identity(state, config.bank_id)
-    source = TransactionSource(
-        data_path, train_start=date.fromordinal(train_start.toordinal()), train_days=train_days,
-        mapping=parse_column_mapping(columns),
-    )
-    source.rows()  # bad data is reported now, not at the first run
+    start = None if train_start is None else date.fromordinal(train_start.toordinal())
+    source: Any
+    if data_path is not None:
+        source = TransactionSource(data_path, train_start=start, train_days=train_days,
+                                   mapping=parse_column_mapping(columns))
+        if start is not None:
+            source.rows()  # bad data is reported now, not at the first run
+    else:
+        source = StoreSource(_open_store(state_dir, store_url), train_start=start, train_days=train_days)
     with closing(client):
         check_consortium_key(client, identity, state, load_secret_scheme(state))
         node = BankAgent(

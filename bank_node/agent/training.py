@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "MODEL_FAMILIES",
     "PreparedRun",
     "TrainingSet",
+    "StoreSource",
     "TransactionSource",
     "canonical_json",
     "gbdt_params",
@@ -128,7 +129,7 @@ class TransactionSource:
         self,
         path: str | os.PathLike[str],
         *,
-        train_start: date,
+        train_start: date | None,
         train_days: int,
         mapping: Mapping[str, str] | None = None,
     ) -> None:
@@ -137,6 +138,7 @@ class TransactionSource:
         self.train_days = train_days
         self.mapping = dict(mapping or {})
         self._cached: tuple[tuple[float, int, date, int], TrainingSet] | None = None
+        # (mtime, size, train start, days) of the cached rows
 
     def rows(self, window: RunWindow | None = None) -> TrainingSet:
         """The training rows of the file's current content, for ``window`` (the run's) if given."""
@@ -146,8 +148,12 @@ class TransactionSource:
             stat = self.path.stat()
         except FileNotFoundError:
             raise FedfraudInputError(f"no such file: {self.path}", {"data": ["does not exist"]}) from None
+        if window is None and self.train_start is None:
+            raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
+                                     {"train_start": ["missing"]})
         train_start, train_days = (self.train_start, self.train_days) if window is None else (
             window.train_start, window.train_days)
+        assert train_start is not None
         if window is not None and (train_start, train_days) != (self.train_start, self.train_days):
             log.info("training on the run's window, not the command line's: start=%s days=%d", train_start, train_days)
         version = (stat.st_mtime, stat.st_size, train_start, train_days)
@@ -157,6 +163,45 @@ class TransactionSource:
             log.info("training rows loaded: path=%s rows=%d frauds=%d", self.path, len(rows.y), rows.n_frauds)
             self._cached = (version, rows)
         return self._cached[1]
+
+
+class StoreSource:
+    """The node's transaction store (``bank_node/store.py``) as the agent's training rows.
+
+    Parameters
+    ----------
+    store
+        The store.
+    train_start, train_days
+        The training period of runs that carry no window.
+    """
+
+    def __init__(self, store: Any, *, train_start: date | None = None, train_days: int = 7) -> None:
+        self.store = store
+        self.train_start = train_start
+        self.train_days = train_days
+
+    def rows(self, window: RunWindow | None = None) -> TrainingSet:
+        """The training rows of ``window`` (the run's), read from the store.
+
+        Transactions without a confirmed label by then count as genuine: a fraud is labelled
+        when it is reported, and the window's label delay leaves time for that.
+        """
+        if window is not None:
+            train_start, train_days = window.train_start, window.train_days
+        elif self.train_start is not None:
+            train_start, train_days = self.train_start, self.train_days
+        else:
+            raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
+                                     {"train_start": ["missing"]})
+        lookback = timedelta(days=max(FeatureConfig().windows_days) + FeatureConfig().delay_days + 1)
+        start = datetime.combine(train_start, datetime.min.time())
+        frame = self.store.between(start - lookback, start + timedelta(days=train_days))
+        unlabelled = int(frame[LABEL].isna().sum())
+        if unlabelled:
+            log.info("transactions without a confirmed label count as genuine: %d of %d", unlabelled, len(frame))
+        frame[LABEL] = frame[LABEL].fillna(0).astype(np.int64)
+        return training_rows(frame, train_start=train_start, train_days=train_days)
 
 
 def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:

@@ -1,0 +1,298 @@
+"""The bank node's transaction store: each day's transactions, and fraud labels that come later.
+
+Embedded SQLite by default (a file in the node's state directory, nothing to run), any SQLAlchemy
+URL where a bank runs a database server (PostgreSQL is tested). Why a relational store rather than
+Parquet files: the node needs two very different reads, weeks of rows for training (a range scan
+on the timestamp index) and, for scoring, one card's recent transactions within milliseconds (the
+``(customer_id, timestamp)`` index); SQLite serves both from one file, with transactions that make
+an ingest all-or-nothing.
+
+- **Idempotent**: a file already ingested (same SHA-256) adds nothing; a transaction id already
+  stored is kept as it was (its label is changed only by :meth:`record_labels`).
+- **All or nothing**: a file is validated completely before anything is written, and written in
+  one database transaction; a bad file changes nothing.
+- **Labels later**: confirmed fraud (1) or genuine (0) outcomes update stored transactions; labels
+  for unknown transactions refuse the whole file unless told to skip them.
+- **Retention**: rows older than ``retention_days`` before the newest transaction are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from schemas.errors import FedfraudInputError
+from schemas.transaction import LABEL_FIELD, REQUIRED_FIELDS
+
+__all__ = ["DEFAULT_RETENTION_DAYS", "IngestResult", "LabelResult", "TransactionStore", "file_sha256"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_DAYS: Final = 400
+_CHUNK: Final = 5000
+
+_metadata = MetaData()
+transactions = Table(
+    "transactions", _metadata,
+    Column("transaction_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("timestamp", DateTime, nullable=False),
+    Column("customer_id", BigInteger, nullable=False),
+    Column("terminal_id", BigInteger, nullable=False),
+    Column("amount", Float, nullable=False),
+    Column("label", SmallInteger, nullable=True),
+    Column("labelled_at", DateTime, nullable=True),
+    Index("ix_transactions_timestamp", "timestamp"),
+    Index("ix_transactions_customer", "customer_id", "timestamp"),
+    Index("ix_transactions_terminal", "terminal_id", "timestamp"),
+)
+ingested_files = Table(
+    "ingested_files", _metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("ingested_at", DateTime, nullable=False),
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (what makes a re-ingested file recognisable)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingest did."""
+
+    rows: int
+    added: int
+    already_stored: int
+    file_seen_before: bool
+    deleted_by_retention: int = 0
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What one labels file did."""
+
+    rows: int
+    updated: int
+    unchanged: int
+    unknown: int
+
+
+class TransactionStore:
+    """The node's transactions in a database.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL (``sqlite:////path/transactions.db``, ``postgresql://...``).
+    """
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("postgresql://"):
+            url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        _metadata.create_all(self.engine)
+
+    def __repr__(self) -> str:
+        return f"<TransactionStore {self.engine.url.render_as_string(hide_password=True)}>"
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path) -> TransactionStore:
+        """The embedded default: ``transactions.db`` in the node's state directory."""
+        root = Path(state_dir)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(f"sqlite:///{root / 'transactions.db'}")
+
+    # ---------------------------------------------------------------------------- writes
+
+    def _insert(self, table: Table) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    def ingest(self, frame: pd.DataFrame, *, name: str, sha256: str,
+               retention_days: int | None = DEFAULT_RETENTION_DAYS) -> IngestResult:
+        """Store a validated canonical transaction frame (labels too, if it has them).
+
+        Parameters
+        ----------
+        frame
+            Canonical columns (``schemas.transaction``), validated.
+        name, sha256
+            The file it came from (a file seen before adds nothing).
+        retention_days
+            Then delete rows older than this many days before the newest one (None: keep all).
+        """
+        rows = len(frame)
+        with self.engine.begin() as connection:
+            seen = connection.execute(
+                select(ingested_files.c.sha256).where(ingested_files.c.sha256 == sha256)
+            ).first()
+            if seen is not None:
+                return IngestResult(rows=rows, added=0, already_stored=rows, file_seen_before=True)
+            before = connection.execute(select(func.count()).select_from(transactions)).scalar_one()
+            records = _records(frame)
+            statement = self._insert(transactions).on_conflict_do_nothing(index_elements=["transaction_id"])
+            for start in range(0, len(records), _CHUNK):
+                connection.execute(statement, records[start : start + _CHUNK])
+            after = connection.execute(select(func.count()).select_from(transactions)).scalar_one()
+            added = int(after - before)
+            connection.execute(ingested_files.insert().values(
+                sha256=sha256, name=name[-500:], kind="transactions", rows=rows, added=added, ingested_at=_now()))
+            deleted = self._apply_retention(connection, retention_days) if retention_days else 0
+        log.info("ingested %s: rows=%d added=%d already_stored=%d deleted_by_retention=%d",
+                 name, rows, added, rows - added, deleted)
+        return IngestResult(rows=rows, added=added, already_stored=rows - added, file_seen_before=False,
+                            deleted_by_retention=deleted)
+
+    def record_labels(self, labels: pd.DataFrame, *, name: str, sha256: str,
+                      skip_unknown: bool = False) -> LabelResult:
+        """Record confirmed outcomes: columns ``transaction_id`` and ``label`` (0 genuine, 1 fraud).
+
+        Raises
+        ------
+        FedfraudInputError
+            Transactions this store does not hold (unless ``skip_unknown``); nothing is written.
+        """
+        ids = labels["transaction_id"].to_numpy(dtype=np.int64)
+        values = labels[LABEL_FIELD].to_numpy(dtype=np.int64)
+        with self.engine.begin() as connection:
+            if connection.execute(select(ingested_files.c.sha256).where(ingested_files.c.sha256 == sha256)).first():
+                return LabelResult(rows=len(ids), updated=0, unchanged=len(ids), unknown=0)
+            known: dict[int, int | None] = {}
+            for start in range(0, len(ids), _CHUNK):
+                chunk = [int(i) for i in ids[start : start + _CHUNK]]
+                for tx_id, label in connection.execute(
+                    select(transactions.c.transaction_id, transactions.c.label)
+                    .where(transactions.c.transaction_id.in_(chunk))
+                ):
+                    known[int(tx_id)] = label
+            unknown = [int(i) for i in ids if int(i) not in known]
+            if unknown and not skip_unknown:
+                shown = ", ".join(str(i) for i in unknown[:5])
+                raise FedfraudInputError(
+                    f"{name}: {len(unknown)} labels are for transactions this node does not hold (e.g. {shown}); "
+                    "nothing was recorded (ingest their transactions first, or pass --skip-unknown)",
+                    {"transaction_id": [f"{len(unknown)} unknown"]},
+                )
+            changes = [{"tx": int(i), "label": int(v)} for i, v in zip(ids, values, strict=True)
+                       if int(i) in known and known[int(i)] != int(v)]
+            moment = _now()
+            statement = (update(transactions).where(transactions.c.transaction_id == bindparam("tx"))
+                         .values(label=bindparam("label"), labelled_at=moment))
+            for start in range(0, len(changes), _CHUNK):
+                connection.execute(statement, changes[start : start + _CHUNK])
+            connection.execute(ingested_files.insert().values(
+                sha256=sha256, name=name[-500:], kind="labels", rows=len(ids), added=len(changes), ingested_at=moment))
+        result = LabelResult(rows=len(ids), updated=len(changes), unchanged=len(ids) - len(changes) - len(unknown),
+                             unknown=len(unknown))
+        log.info("labels from %s: rows=%d updated=%d unchanged=%d unknown=%d", name, result.rows, result.updated,
+                 result.unchanged, result.unknown)
+        return result
+
+    def _apply_retention(self, connection: Any, retention_days: int) -> int:
+        newest = connection.execute(select(func.max(transactions.c.timestamp))).scalar()
+        if newest is None:
+            return 0
+        cutoff = newest - timedelta(days=retention_days)
+        return int(connection.execute(delete(transactions).where(transactions.c.timestamp < cutoff)).rowcount)
+
+    # ----------------------------------------------------------------------------- reads
+
+    def between(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Canonical transactions with ``start <= timestamp < end`` (label NaN where unknown)."""
+        query = (select(*[transactions.c[name] for name in (*REQUIRED_FIELDS, LABEL_FIELD)])
+                 .where(transactions.c.timestamp >= start, transactions.c.timestamp < end)
+                 .order_by(transactions.c.timestamp, transactions.c.transaction_id))
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(connection.execute(query).all(), columns=[*REQUIRED_FIELDS, LABEL_FIELD])
+        return _typed(frame)
+
+    def customer_history(self, customer_id: int, since: datetime) -> pd.DataFrame:
+        """One card's transactions from ``since`` on (the scoring service's lookup)."""
+        query = (select(*[transactions.c[name] for name in (*REQUIRED_FIELDS, LABEL_FIELD)])
+                 .where(transactions.c.customer_id == int(customer_id), transactions.c.timestamp >= since)
+                 .order_by(transactions.c.timestamp))
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(connection.execute(query).all(), columns=[*REQUIRED_FIELDS, LABEL_FIELD])
+        return _typed(frame)
+
+    def summary(self) -> dict[str, Any]:
+        """Row count, labelled rows, first and last timestamps, files ingested."""
+        with self.engine.connect() as connection:
+            count, labelled, first, last = connection.execute(
+                select(func.count(), func.count(transactions.c.label), func.min(transactions.c.timestamp),
+                       func.max(transactions.c.timestamp))
+            ).one()
+            files = connection.execute(select(func.count()).select_from(ingested_files)).scalar_one()
+        return {"transactions": int(count), "labelled": int(labelled), "first": first, "last": last, "files": int(files)}
+
+
+def _now() -> datetime:
+    return datetime.now().replace(microsecond=0)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    has_label = LABEL_FIELD in frame.columns
+    stamps = pd.to_datetime(frame["timestamp"]).dt.tz_localize(None) if getattr(
+        frame["timestamp"].dtype, "tz", None) else pd.to_datetime(frame["timestamp"])
+    records = []
+    for tx, ts, customer, terminal, amount, label in zip(
+        frame["transaction_id"].to_numpy(dtype=np.int64), stamps.dt.to_pydatetime(),
+        frame["customer_id"].to_numpy(dtype=np.int64), frame["terminal_id"].to_numpy(dtype=np.int64),
+        frame["amount"].to_numpy(dtype=np.float64),
+        frame[LABEL_FIELD].to_numpy() if has_label else [None] * len(frame), strict=True,
+    ):
+        records.append({"transaction_id": int(tx), "timestamp": ts, "customer_id": int(customer),
+                        "terminal_id": int(terminal), "amount": float(amount),
+                        "label": None if label is None or pd.isna(label) else int(label),
+                        "labelled_at": None})
+    return records
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for name in ("transaction_id", "customer_id", "terminal_id"):
+        frame[name] = frame[name].astype(np.int64)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    frame["amount"] = frame["amount"].astype(np.float64)
+    frame[LABEL_FIELD] = pd.to_numeric(frame[LABEL_FIELD]).astype("float64")
+    return frame

@@ -1,0 +1,141 @@
+"""The node's transaction store: daily files in, labels later, nothing twice, bad files change
+nothing, and the agent's training rows from it equal those from the whole file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bank_node.agent.cli import bank_cli
+from bank_node.agent.training import StoreSource, TransactionSource
+from bank_node.data import load_labels, load_transactions
+from bank_node.generator import generate_transactions
+from bank_node.store import TransactionStore, file_sha256
+from schemas.errors import FedfraudInputError
+from schemas.run import RunWindow
+from tests.consortium.conftest import database_url  # noqa: F401 - SQLite and PostgreSQL
+
+START = "2018-04-01"
+
+
+@pytest.fixture(scope="module")
+def raw() -> pd.DataFrame:
+    """Six weeks of simulated transactions in the handbook's columns (with TX_FRAUD)."""
+    return generate_transactions(n_customers=300, n_terminals=500, days=42, seed=3, start_date=START)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[TransactionStore]:  # noqa: F811
+    opened = TransactionStore(database_url)
+    yield opened
+    opened.close()
+
+
+def _day_files(raw: pd.DataFrame, folder: Path, *, with_labels: bool) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    days = pd.to_datetime(raw["TX_DATETIME"]).dt.date
+    for day in sorted(days.unique()):
+        part = raw[(days == day).to_numpy()]
+        if not with_labels:
+            part = part.drop(columns=["TX_FRAUD"])
+        path = folder / f"{day}.parquet"
+        part.to_parquet(path)
+        files.append(path)
+    return files
+
+
+def _ingest(store: TransactionStore, path: Path) -> object:
+    return store.ingest(load_transactions(path).frame, name=str(path), sha256=file_sha256(path), retention_days=None)
+
+
+def test_daily_files_are_stored_once_and_training_rows_match_the_whole_file(
+    store: TransactionStore, raw: pd.DataFrame, tmp_path: Path
+) -> None:
+    files = _day_files(raw, tmp_path / "days", with_labels=True)
+    results = [_ingest(store, path) for path in files]
+    assert sum(r.added for r in results) == len(raw)  # type: ignore[attr-defined]
+    again = _ingest(store, files[3])
+    assert again.file_seen_before and again.added == 0  # type: ignore[attr-defined]
+    # Another file holding rows already stored (an export that overlaps yesterday's) adds only the new ones.
+    overlap = tmp_path / "overlap.parquet"
+    pd.concat([pd.read_parquet(files[4]), pd.read_parquet(files[5])]).to_parquet(overlap)
+    assert _ingest(store, overlap).added == 0  # type: ignore[attr-defined]
+    assert store.summary()["transactions"] == len(raw)
+
+    window = RunWindow(as_of=date(2018, 5, 6), train_days=7, validation_days=7, label_delay_days=7)
+    whole = tmp_path / "whole.parquet"
+    raw.to_parquet(whole)
+    from_store = StoreSource(store).rows(window)
+    from_file = TransactionSource(whole, train_start=None, train_days=7).rows(window)
+    np.testing.assert_array_equal(from_store.X, from_file.X)
+    np.testing.assert_array_equal(from_store.y, from_file.y)
+    assert len(from_store.y) > 1000
+
+
+def test_labels_arrive_later_and_unknown_ones_change_nothing(
+    store: TransactionStore, raw: pd.DataFrame, tmp_path: Path
+) -> None:
+    files = _day_files(raw.iloc[:2000], tmp_path / "days", with_labels=False)
+    for path in files:
+        _ingest(store, path)
+    assert store.summary()["labelled"] == 0
+    labels = raw.iloc[:2000][["TRANSACTION_ID", "TX_FRAUD"]]
+    first = tmp_path / "labels-1.csv"
+    labels.iloc[:1500].to_csv(first, index=False)
+    result = store.record_labels(load_labels(first), name=str(first), sha256=file_sha256(first))
+    assert result.updated == 1500 and store.summary()["labelled"] == 1500
+    stray = tmp_path / "labels-2.csv"
+    pd.concat([labels.iloc[1500:], pd.DataFrame({"TRANSACTION_ID": [10**12], "TX_FRAUD": [1]})]).to_csv(stray, index=False)
+    with pytest.raises(FedfraudInputError, match="1 labels are for transactions this node does not hold"):
+        store.record_labels(load_labels(stray), name=str(stray), sha256=file_sha256(stray))
+    assert store.summary()["labelled"] == 1500
+    skipped = store.record_labels(load_labels(stray), name=str(stray), sha256=file_sha256(stray), skip_unknown=True)
+    assert (skipped.updated, skipped.unknown) == (500, 1) and store.summary()["labelled"] == 2000
+    frauds = store.between(datetime(2018, 1, 1), datetime(2019, 1, 1))["label"].sum()
+    assert frauds == raw.iloc[:2000]["TX_FRAUD"].sum()
+
+
+def test_retention_and_one_cards_history(store: TransactionStore, raw: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "all.parquet"
+    raw.to_parquet(path)
+    result = store.ingest(load_transactions(path).frame, name="all", sha256=file_sha256(path), retention_days=14)
+    newest = pd.to_datetime(raw["TX_DATETIME"]).max()
+    kept = int((pd.to_datetime(raw["TX_DATETIME"]) >= newest - pd.Timedelta(days=14)).sum())
+    assert store.summary()["transactions"] == kept and result.deleted_by_retention == len(raw) - kept
+    card = int(raw["CUSTOMER_ID"].iloc[-1])
+    history = store.customer_history(card, datetime(2018, 1, 1))
+    assert len(history) > 0 and set(history["customer_id"]) == {card}
+    assert history["timestamp"].is_monotonic_increasing
+
+
+def test_the_command_line_ingests_labels_and_refuses_a_bad_file_whole(raw: pd.DataFrame, tmp_path: Path) -> None:
+    state = tmp_path / "node"
+    day = tmp_path / "day.csv"
+    raw.iloc[:300].drop(columns=["TX_FRAUD"]).to_csv(day, index=False)
+    runner = CliRunner()
+    done = runner.invoke(bank_cli, ["ingest", str(day), "--state-dir", str(state)])
+    assert done.exit_code == 0 and "300 transactions added" in done.output, done.output
+    again = runner.invoke(bank_cli, ["ingest", str(day), "--state-dir", str(state)])
+    assert "ingested before; nothing added" in again.output
+    bad = tmp_path / "bad.csv"
+    broken = raw.iloc[300:600].copy()
+    broken.loc[broken.index[7], "TX_AMOUNT"] = -5
+    broken.to_csv(bad, index=False)
+    refused = runner.invoke(bank_cli, ["ingest", str(bad), "--state-dir", str(state)])
+    assert refused.exit_code != 0 and "amount" in refused.output and "Traceback" not in refused.output
+    labels = tmp_path / "labels.csv"
+    raw.iloc[:300][["TRANSACTION_ID", "TX_FRAUD"]].to_csv(labels, index=False)
+    recorded = runner.invoke(bank_cli, ["labels", str(labels), "--state-dir", str(state)])
+    assert recorded.exit_code == 0 and "labels recorded" in recorded.output, recorded.output
+    store = TransactionStore.in_state_dir(state)
+    try:
+        assert store.summary()["transactions"] == 300 and store.summary()["labelled"] == 300
+    finally:
+        store.close()
