@@ -95,6 +95,11 @@ def main() -> None:
             published = consortium.published_model(run_id)
             http_s = time.perf_counter() - t0
             rounds = consortium.released_rounds(run_id)
+            # Each agent records the seconds from its first round to its model (its training).
+            training_s = max(
+                float(json.loads((consortium.state_dir(b) / "runs.json").read_text())[run_id]["seconds"])
+                for b in banks
+            )
         finally:
             consortium.stop()
 
@@ -104,13 +109,16 @@ def main() -> None:
     result = {
         "banks": args.banks, "trees": args.trees, "depth": args.depth, "scheme": args.scheme, "rounds": rounds,
         "inprocess_s": inprocess_s, "http_s": http_s, "http_over_inprocess": http_s / inprocess_s,
+        "http_training_s": training_s, "http_training_over_inprocess": training_s / inprocess_s,
         "max_prediction_diff": diff,
     }
     print(f"{args.banks} banks, {args.trees} trees of depth {args.depth}, {args.scheme}, {rounds} rounds")
     print(f"in-process (lockstep, one thread): {inprocess_s:8.2f} s")
     print(f"HTTP (aggregator + {args.banks} agent processes): {http_s:8.2f} s  (includes each agent loading its"
           " data and computing its features)")
-    print(f"ratio HTTP / in-process: {http_s / inprocess_s:.2f}")
+    print(f"  of which training (first round to model, slowest agent): {training_s:8.2f} s")
+    print(f"ratio HTTP / in-process: {http_s / inprocess_s:.2f} end to end, "
+          f"{training_s / inprocess_s:.2f} for the training itself")
     print(f"largest prediction difference between the two models: {diff:.2e}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -3,7 +3,9 @@
 Run:  gunicorn -c ops/gunicorn.conf.py
 
 Every setting can be overridden from the environment (values below are the defaults):
-FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2, FEDFRAUD_TIMEOUT_S=120, FEDFRAUD_LOG_LEVEL=INFO.
+FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2, FEDFRAUD_THREADS=16, FEDFRAUD_TIMEOUT_S=120,
+FEDFRAUD_LOG_LEVEL=INFO. Threaded workers: a bank's long poll for a sum holds one thread (up to 30 s),
+not a whole worker.
 The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consortium/config.py).
 """
 
@@ -19,7 +21,8 @@ wsgi_app = "consortium.app:create_app()"
 
 bind = os.environ.get("FEDFRAUD_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("FEDFRAUD_WORKERS", "2"))
-worker_class = "sync"
+worker_class = "gthread"
+threads = int(os.environ.get("FEDFRAUD_THREADS", "16"))
 # Summing a round of large CKKS payloads takes seconds, uploads can be tens of MiB.
 timeout = int(os.environ.get("FEDFRAUD_TIMEOUT_S", "120"))
 graceful_timeout = 30

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["RoundKeyError", "WireKey", "parse_round_key", "round_label"]
+__all__ = ["RoundKeyError", "WireKey", "algorithm_key", "parse_round_key", "round_label", "training_progress"]
 
 _LENGTH: Final = re.compile(r"(?:^|/)n([1-9][0-9]{0,9})$")
 _EPOCH: Final = re.compile(r"^e([1-9][0-9]{0,3})(?:-x((?:0|[1-9][0-9]{0,3})(?:\.(?:0|[1-9][0-9]{0,3}))*))?/")
@@ -95,3 +95,46 @@ def round_label(key: str, *, epoch: int, n_values: int, participants: Collection
     left_out = [str(i) for i, bank in enumerate(ordered) if bank not in participants]
     prefix = f"e{epoch}-x{'.'.join(left_out)}" if left_out else f"e{epoch}"
     return f"{prefix}/{key}/n{n_values}"
+
+
+def algorithm_key(round_key: str) -> str:
+    """The algorithm's own key inside a wire key: without the epoch prefix and the length."""
+    key = _EPOCH.sub("", round_key, count=1)
+    return _LENGTH.sub("", key)
+
+
+_TREE: Final = re.compile(r"(?:^|/)tree-(\d+)/level-(\d+)$")
+
+
+def training_progress(model: str, params: dict[str, object], released_keys: Sequence[str]) -> dict[str, object]:
+    """How far a run got, from the keys of its released rounds (the same reading for the
+    consortium's run view and the agent's log).
+
+    Returns
+    -------
+    dict
+        ``phase`` (``"starting"``, ``"binning"``, ``"trees"``, ``"statistics"``, ``"newton"``),
+        ``rounds_released``, ``rounds_expected`` (an upper bound: a tree may stop early), and for
+        xgboost ``tree`` (1-based, the tree in progress or last grown) of ``n_trees``.
+    """
+    keys = [algorithm_key(k) for k in released_keys]
+    latest_epoch = max((parse_round_key(k).epoch for k in released_keys), default=0)
+    current = [algorithm_key(k) for k in released_keys if parse_round_key(k).epoch == latest_epoch]
+    progress: dict[str, object] = {"rounds_released": len(keys), "epoch": latest_epoch}
+    if model == "xgboost":
+        n_trees = int(params.get("n_trees", 100))  # type: ignore[call-overload]
+        depth = int(params.get("max_depth", 3))  # type: ignore[call-overload]
+        trees = [int(m.group(1)) for m in (_TREE.search(k) for k in current) if m]
+        progress.update(
+            rounds_expected=1 + n_trees * depth, n_trees=n_trees,
+            tree=(max(trees) + 1) if trees else 0,
+            phase="trees" if trees else "binning",
+        )
+    elif model == "logreg":
+        newton = [k for k in current if "/round-" in k]
+        max_rounds = int(params.get("max_rounds", 30))  # type: ignore[call-overload]
+        progress.update(rounds_expected=3 + max_rounds, newton_rounds=len(newton),
+                        phase="newton" if newton else ("statistics" if current else "starting"))
+    if not keys:
+        progress["phase"] = "starting"
+    return progress

@@ -168,8 +168,13 @@ class ConsortiumClient:
         path = f"/v1/runs/{_segment(run_id)}/contributions/{_round_path(round_key)}"
         self._request("PUT", path, data=payload, signature=signature)
 
-    def get_aggregate(self, run_id: str, round_key: str) -> AggregateStatus:
+    def get_aggregate(self, run_id: str, round_key: str, *, wait_s: float = 0.0) -> AggregateStatus:
         """``GET /v1/runs/{run_id}/aggregates/{round_key}``: the sum, or progress while open.
+
+        Parameters
+        ----------
+        wait_s
+            Long poll: the consortium answers an open round when it closes or after this long.
 
         Raises
         ------
@@ -177,7 +182,7 @@ class ConsortiumClient:
             409: the round failed.
         """
         path = f"/v1/runs/{_segment(run_id)}/aggregates/{_round_path(round_key)}"
-        response = self._request("GET", path)
+        response = self._request("GET", path, params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
         if response.status_code == 202:
             progress = _json_body(response)
             return AggregateStatus(
@@ -195,9 +200,11 @@ class ConsortiumClient:
         path = f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}"
         self._request("PUT", path, data=note, signature=signature)
 
-    def get_notes(self, run_id: str, round_key: str) -> list[dict[str, Any]]:
-        """``GET /v1/runs/{run_id}/notes/{round_key}``: the notes posted so far (base64, signed)."""
-        document = self._json("GET", f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}")
+    def get_notes(self, run_id: str, round_key: str, *, wait_s: float = 0.0) -> list[dict[str, Any]]:
+        """``GET /v1/runs/{run_id}/notes/{round_key}``: the notes posted so far (base64, signed);
+        with ``wait_s``, answered once every summed bank posted or after that long."""
+        document = self._json("GET", f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}",
+                              params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
         return _parse("GET notes", lambda: [dict(item) for item in items_of(document, "notes")])
 
     def withdraw(self, run_id: str, reason: str) -> None:

@@ -45,6 +45,7 @@ from crypto.masking import MaskSession
 from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
+from schemas.round_key import training_progress
 from schemas.run import RunWindow, load_window
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
@@ -111,6 +112,32 @@ class RunOutcome:
     status: str
     message: str = ""
     digest: str = ""
+
+
+class ProgressLog:
+    """Logs a run's progress at INFO: at each new phase or tree, and at least every ``every_s``
+    seconds (rounds done of expected, tree, phase), read from the released round keys."""
+
+    def __init__(self, run: RunInfo, *, clock: Callable[[], float], every_s: float = 10.0) -> None:
+        self.run = run
+        self.clock = clock
+        self.every_s = every_s
+        self.keys: list[str] = []
+        self._last: tuple[object, object] = (None, None)
+        self._last_at = clock()
+        self._started = clock()
+
+    def __call__(self, round_key: str) -> None:
+        self.keys.append(round_key)
+        progress = training_progress(self.run.model, dict(self.run.params), self.keys)
+        marker = (progress.get("phase"), progress.get("tree"))
+        now = self.clock()
+        if marker == self._last and now - self._last_at < self.every_s:
+            return
+        self._last, self._last_at = marker, now
+        tree = f", tree {progress['tree']} of {progress['n_trees']}" if "n_trees" in progress else ""
+        log.info("run %s: %s, %d of at most %s rounds%s, %.1fs", self.run.run_id, progress["phase"],
+                 progress["rounds_released"], progress.get("rounds_expected", "?"), tree, now - self._started)
 
 
 class CannotTakePartError(ValueError):
@@ -284,7 +311,7 @@ class BankAgent:
         )
         runner = BankRunner(
             bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, roster),
-            participants=run.active, quorum=self.settings.quorum,
+            participants=run.active, quorum=self.settings.quorum, on_round=ProgressLog(run, clock=self._clock),
         )
         started = self._clock()
         model = runner.run(prepared.algorithm)

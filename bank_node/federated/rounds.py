@@ -264,6 +264,8 @@ class BankRunner:
         The fewest banks this bank accepts in a sum or as participants (at least 3).
     max_epochs
         How many times the algorithm may start over after dropouts.
+    on_round
+        Called with each round's wire key once its sum is opened (progress reporting).
     """
 
     def __init__(
@@ -276,6 +278,7 @@ class BankRunner:
         participants: Iterable[str],
         quorum: int = MIN_QUORUM,
         max_epochs: int = DEFAULT_MAX_EPOCHS,
+        on_round: Callable[[str], None] | None = None,
     ) -> None:
         if masks.bank_id != bank:
             raise ValueError(f"the mask session is bank {masks.bank_id!r}'s, not {bank!r}'s")
@@ -287,6 +290,7 @@ class BankRunner:
         if bank not in self.participants:
             raise ValueError(f"bank {bank!r} is not a participant")
         self.max_epochs = max_epochs
+        self.on_round = on_round
         self.ledger = BankLedger()
 
     def run(self, algorithm: Algorithm[R] | Callable[[], Algorithm[R]]) -> R:
@@ -327,6 +331,8 @@ class BankRunner:
                 label = round_label(request.key, epoch=epoch, n_values=len(request.vector) + 1,
                                     participants=participants, run_participants=sorted(self.participants))
                 summed = self._secure_sum(request, label, participants)
+                if self.on_round is not None:
+                    self.on_round(label)
                 started = time.perf_counter()
                 request = algorithm.send(summed)
         except StopIteration as done:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -23,6 +25,7 @@ from consortium.api.bodies import (
 from consortium.api.schemas import (
     RunCancelSchema,
     RunWithdrawSchema,
+    WaitQuerySchema,
     ContributionStoredSchema,
     NotePostedSchema,
     NotesSchema,
@@ -40,6 +43,7 @@ from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
 from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundRow, Run
+from schemas.round_key import training_progress
 from schemas.run import RunWindow
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
@@ -79,8 +83,10 @@ def round_view(current: RoundRow, run: Run) -> dict[str, Any]:
 
 def run_view(run: Run) -> dict[str, Any]:
     """A run with its rounds."""
-    round_rows = db.session.execute(select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars()
+    round_rows = list(db.session.execute(
+        select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars())
     model = publishing.model_for_run(db.session, run.run_id)
+    released = [row.round_key for row in round_rows if row.state == RoundState.RELEASED.value]
     return {
         "run_id": run.run_id,
         "model": run.model,
@@ -97,8 +103,24 @@ def run_view(run: Run) -> dict[str, Any]:
         "created_at": run.created_at,
         "finished_at": run.finished_at,
         "rounds": [round_view(row, run) for row in round_rows],
+        "progress": training_progress(run.model, dict(run.params or {}), released),
         "model_version": None if model is None else model.version,
     }
+
+
+LONG_POLL_INTERVAL_S: Final = 0.02
+
+
+def _long_poll(read: Callable[[], RoundRow], done: Callable[[RoundRow], bool], wait_s: float) -> RoundRow:
+    """Read until ``done`` or ``wait_s`` seconds passed, ending the read transaction between
+    reads so that other workers' commits are seen."""
+    deadline = time.monotonic() + wait_s
+    current = read()
+    while not done(current) and time.monotonic() < deadline:
+        db.session.rollback()
+        time.sleep(LONG_POLL_INTERVAL_S)
+        current = read()
+    return current
 
 
 def _participant(run: Run) -> str:
@@ -224,13 +246,16 @@ def contribute(run_id: str, round_key: str) -> Any:
 @blp.route("/<string:run_id>/aggregates/<path:round_key>", methods=["GET"])
 @requires(Role.BANK)
 @blp.doc(responses={"200": binary_response("the released sum (a ciphertext payload)")})
+@blp.arguments(WaitQuerySchema, location="query")
 @blp.alt_response(202, schema=RoundStatusSchema, description="the round is still open")
 @blp.alt_response(409, description="the round failed (no quorum)")
-def get_aggregate(run_id: str, round_key: str) -> Any:
-    """The round's sum once released; 202 while open; 409 if it failed."""
+def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
+    """The round's sum once released; 202 while open; 409 if it failed. With ``?wait=S`` an open
+    round is answered when it closes or after S seconds (long poll; banks only call out)."""
     run = rounds.get_run(db.session, run_id)
     _participant(run)
-    current = rounds.settled_round(db.session, run_id, round_key)
+    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key),
+                         lambda row: row.state != RoundState.OPEN.value, query["wait"])
     view = round_view(current, run)
     if current.state == RoundState.RELEASED.value:
         assert current.aggregate_digest is not None
@@ -269,11 +294,19 @@ def post_note(run_id: str, round_key: str) -> Any:
 
 @blp.route("/<string:run_id>/notes/<path:round_key>", methods=["GET"])
 @requires(Role.BANK)
+@blp.arguments(WaitQuerySchema, location="query")
 @blp.response(200, NotesSchema)
-def get_notes(run_id: str, round_key: str) -> Any:
-    """The notes posted to a round so far, each with its bank's signature, and the banks summed."""
+def get_notes(query: dict[str, Any], run_id: str, round_key: str) -> Any:
+    """The notes posted to a round so far, each with its bank's signature, and the banks summed.
+    With ``?wait=S``, answered when every summed bank posted its note or after S seconds."""
     _participant(rounds.get_run(db.session, run_id))
-    current = rounds.settled_round(db.session, run_id, round_key)
+
+    def complete(row: RoundRow) -> bool:
+        if row.state != RoundState.RELEASED.value:
+            return row.state != RoundState.OPEN.value
+        return len(rounds.notes_of(db.session, row.id)) >= len(rounds.contributions_of(db.session, row.id))
+
+    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key), complete, query["wait"])
     return {
         "round_key": round_key,
         "state": current.state,

@@ -188,6 +188,14 @@ class RunWithdrawSchema(StrictSchema):
                            metadata={"description": "why this bank cannot take part, for the operator"})
 
 
+MAX_WAIT_S = 30
+
+
+class WaitQuerySchema(StrictSchema):
+    wait = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=MAX_WAIT_S),
+                        metadata={"description": f"long poll: seconds (at most {MAX_WAIT_S}) to wait for the round"})
+
+
 class RunQuerySchema(StrictSchema):
     state = fields.String(validate=validate.OneOf(("open", "completed", "failed", "cancelled")))
 
@@ -222,6 +230,7 @@ class RunSchema(Schema):
     failure_reason = fields.String(allow_none=True)
     created_at = _timestamp()
     finished_at = _timestamp(allow_none=True)
+    progress = fields.Dict(metadata={"description": "phase, rounds released of expected (an upper bound), tree"})
     rounds = fields.List(fields.Nested(RoundSchema))
     model_version = fields.Integer(allow_none=True)
 

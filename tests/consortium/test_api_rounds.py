@@ -394,3 +394,31 @@ def test_a_round_nobody_joins_fails_alone(consortium: Any, he_key: crypto.HESche
     for bank_id in ("bank-2", "bank-3"):
         assert consortium.bank(bank_id).contribute(run_id, "b", he_key.encrypt(vec(1))).status_code == 201
     assert consortium.run(run_id)["rounds"][1]["state"] == "released"
+
+
+def test_a_long_poll_answers_as_soon_as_the_round_is_released(consortium: Any, app: Any, he_key: crypto.HEScheme) -> None:
+    """Banks only call out: a bank asking with ``?wait=`` gets the sum when the last bank's
+    contribution lands, not at its next poll."""
+    import threading
+    import time
+
+    run_id = consortium.open_run()["run_id"]
+    banks = list(consortium.banks.values())
+    for bank in banks[:2]:
+        assert bank.contribute(run_id, "r", he_key.encrypt(vec(2))).status_code == 201
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        started = time.monotonic()
+        response = app.test_client().get(f"/v1/runs/{run_id}/aggregates/r?wait=10", headers=banks[0].auth)
+        answer.update(status=response.status_code, seconds=time.monotonic() - started)
+
+    waiter = threading.Thread(target=ask)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # held open while the round is open
+    assert banks[2].contribute(run_id, "r", he_key.encrypt(vec(2))).status_code == 201
+    waiter.join(10)
+    assert answer["status"] == 200 and 0.5 <= answer["seconds"] < 5
+    quick = banks[0].client.get(f"/v1/runs/{run_id}/aggregates/r?wait=31", headers=banks[0].auth)
+    assert quick.status_code == 422  # at most 30 seconds

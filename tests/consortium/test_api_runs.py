@@ -121,3 +121,15 @@ def test_an_open_run_fails_at_its_deadline(consortium: Consortium, clock: Any, c
     clock.advance(2)
     run = consortium.run(run_id)
     assert run["state"] == "failed" and "deadline" in run["failure_reason"]
+
+
+def test_the_runs_progress_is_visible_from_the_consortium(consortium: Consortium, he_key: crypto.HEScheme) -> None:
+    run_id = _open(consortium, {"model": "xgboost", "params": {"n_trees": 4, "max_depth": 2}}).get_json()["run_id"]
+    assert consortium.run(run_id)["progress"]["phase"] == "starting"
+    for key, n in (("gbdt/bins/n3", 3), ("gbdt/tree-0/level-0/n5", 5), ("gbdt/tree-0/level-1/n5", 5),
+                   ("gbdt/tree-1/level-0/n5", 5)):
+        for bank in consortium.banks.values():
+            assert bank.contribute(run_id, key, he_key.encrypt(np.ones(n))).status_code == 201
+    progress = consortium.run(run_id)["progress"]
+    assert progress == {"phase": "trees", "rounds_released": 4, "rounds_expected": 9, "n_trees": 4, "tree": 2,
+                        "epoch": 0}

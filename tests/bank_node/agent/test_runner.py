@@ -87,8 +87,9 @@ def run_concurrently(jobs: dict[str, Callable[[], list[RunOutcome]]]) -> dict[st
 
 
 def test_banks_propose_byte_identical_models_and_fetch_the_published_one(
-    fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="bank_node.agent.runner")
     xgb_run = fake.open_run("xgboost", XGB_PARAMS)
     lr_run = fake.open_run("logreg", LOGREG_PARAMS)
     agents = {b.bank_id: agent_for(b, bank_rows[b.bank_id]) for b in keyed_banks}
@@ -119,6 +120,9 @@ def test_banks_propose_byte_identical_models_and_fetch_the_published_one(
     assert logreg.feature_names == MODEL_INPUTS
     # Finished runs are not trained again.
     assert agents["bank-1"].run_once() == []
+    # Progress at the default level: phase, rounds done of expected, tree of trees.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"run {xgb_run}: ")]
+    assert any("trees, " in line and "tree 3 of 3" in line and "of at most 7 rounds" in line for line in lines), lines
 
 
 def test_an_agent_restarted_mid_run_replays_and_still_agrees(
