@@ -55,6 +55,8 @@ class ConsortiumConfig:
         A firing missed while no scheduler ran is caught up once if less than this old.
     SCHEDULE_RELOAD_S
         How often the scheduler process reads schedule changes from the database.
+    PROMOTION_TOLERANCE
+        A run's model replaces the current one unless its pooled AUC is lower by more than this.
     SWEEP_INTERVAL_S
         How often ``serve`` closes expired rounds in the background.
     AUTO_MIGRATE
@@ -83,6 +85,7 @@ class ConsortiumConfig:
     SCHEDULE_DEFAULT_CRON: str = "0 2 * * *"
     SCHEDULE_GRACE_S: int = 6 * 3600
     SCHEDULE_RELOAD_S: int = 60
+    PROMOTION_TOLERANCE: float = 0.005
     SWEEP_INTERVAL_S: int = 30
     AUTO_MIGRATE: bool = True
     KEEP_CONTRIBUTION_BLOBS: bool = False
@@ -112,6 +115,11 @@ def _coerce(name: str, raw: str, kind: str) -> Any:
             return int(raw)
         except ValueError:
             raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
     return raw
 
 

@@ -21,16 +21,24 @@ from consortium.extensions import blob_store, now, write_lock
 from consortium.rounds import get_run
 from consortium.secure_sum import MIN_BANKS, RoundState
 from consortium.storage.models import (
+    Assessment,
     Bank,
     Contribution,
+    CurrentModel,
     Proposal,
     PublishedModel,
     RoundRow,
     Run,
     RunState,
 )
+from crypto.signing import SignatureError as SignatureFailure
+from crypto.signing import verify as verify_signature
+from schemas.assessment import Assessment as AssessmentDocument
 
-__all__ = ["ProposalOutcome", "contributors", "get_model", "list_models", "proposals_for", "propose", "publication_reached"]
+__all__ = [
+    "ProposalOutcome", "contributors", "current_model", "get_model", "list_models", "make_current", "needs_assessment",
+    "post_assessment", "proposals_for", "propose", "publication_reached", "roll_back",
+]
 
 logger = logging.getLogger("consortium.publishing")
 
@@ -150,10 +158,13 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
             proposal = previous
         required = contributors(session, run_id)
         agreeing = [bank_id for bank_id in required if bank_id in latest and latest[bank_id].model_digest == digest]
+        document = None
+        if needs_assessment(run):
+            agreeing, document = _assessed(session, run_id, agreeing, digest)
         agreed = len(agreeing)
         model = None
         if publication_reached(agreed, len(required), run.min_banks):
-            model = _publish(session, run, digest, len(body), agreeing)
+            model = _publish(session, run, digest, len(body), agreeing, document)
         try:
             session.commit()
         except IntegrityError:
@@ -168,8 +179,104 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
     return ProposalOutcome(proposal=proposal, created=created, agreed=agreed, required=len(required), model=model)
 
 
-def _publish(session: Session, run: Run, digest: str, size: int, banks: list[str]) -> PublishedModel:
+def needs_assessment(run: Run) -> bool:
+    """Whether the run's model is gated: there is a current model to compare with, and the window
+    has validation days to compare on. (The first model of a family has nothing to beat.)"""
+    return (run.baseline_version is not None and bool(run.window)
+            and int((run.window or {}).get("validation_days", 0)) > 0)
+
+
+def _assessed(session: Session, run_id: str, agreeing: list[str], digest: str) -> tuple[list[str], str | None]:
+    """The agreeing banks whose signed assessment of this digest is the one most of them wrote."""
+    rows = {row.bank_id: row.document for row in session.execute(
+        select(Assessment).where(Assessment.run_id == run_id)).scalars()}
+    documents = [rows[bank] for bank in agreeing if bank in rows
+                 and AssessmentDocument.from_bytes(rows[bank].encode()).model_digest == digest]
+    if not documents:
+        return [], None
+    chosen = max(set(documents), key=documents.count)
+    return [bank for bank in agreeing if rows.get(bank) == chosen], chosen
+
+
+def post_assessment(session: Session, *, run_id: str, bank: Bank, body: bytes, signature: str | None) -> Assessment:
+    """Record a bank's signed assessment of the run's candidate (before its proposal).
+
+    Raises
+    ------
+    Forbidden, BadRequest, Conflict, Unprocessable
+        Not a participant, a bad signature, a closed run or a different second assessment, or a
+        document that is malformed, inconsistent, or made against another baseline or tolerance.
+    """
+    from schemas.assessment import AssessmentError, assessment_message
+
+    run = get_run(session, run_id)
+    if bank.bank_id not in run.participants:
+        raise Forbidden(f"bank {bank.bank_id!r} is not a participant of run {run_id!r}")
+    try:
+        assert bank.signing_key is not None
+        verify_signature(bank.signing_key, assessment_message(run_id, bank.bank_id, body), signature)
+    except SignatureFailure as exc:
+        raise BadRequest(f"assessment refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
+    try:
+        document = AssessmentDocument.from_bytes(body)
+    except AssessmentError as exc:
+        raise Unprocessable(f"not an assessment: {exc}", {"body": [str(exc)]}) from None
+    expected = (run_id, run.baseline_version, float(run.promotion_tolerance or 0.0))
+    if (document.run_id, document.baseline_version, document.tolerance) != expected:
+        message = (f"the assessment is for run {document.run_id!r}, baseline {document.baseline_version}, tolerance "
+                   f"{document.tolerance}; this run compares with baseline {run.baseline_version} at tolerance "
+                   f"{run.promotion_tolerance}")
+        raise Unprocessable(message, {"body": [message]})
+    with write_lock():
+        session.refresh(run, with_for_update=True)
+        if run.state != RunState.OPEN.value:
+            session.rollback()
+            raise Conflict(f"run {run_id!r} is {run.state}; it takes no more assessments", state=run.state)
+        existing = session.execute(select(Assessment).where(
+            Assessment.run_id == run_id, Assessment.bank_id == bank.bank_id)).scalar_one_or_none()
+        if existing is not None:
+            session.rollback()
+            if existing.document.encode() == body:
+                return existing
+            raise Conflict(f"bank {bank.bank_id!r} assessed run {run_id!r} already, differently")
+        row = Assessment(run_id=run_id, bank_id=bank.bank_id, document=body.decode(), signature=signature or "",
+                         posted_at=now())
+        session.add(row)
+        session.commit()
+    logger.info("assessment posted", extra={"run_id": run_id, "bank_id": bank.bank_id, "promote": document.promote})
+    return row
+
+
+def current_model(session: Session, family: str) -> CurrentModel | None:
+    """The model ``family`` serves now, if any."""
+    return session.get(CurrentModel, family)
+
+
+def make_current(session: Session, model: PublishedModel, reason: str) -> CurrentModel:
+    """Point ``model``'s family at it (promotion, or an operator's rollback); no commit."""
+    current = session.get(CurrentModel, model.family)
+    if current is None:
+        current = CurrentModel(family=model.family, version=model.version, since=now(), reason=reason)
+        session.add(current)
+    else:
+        current.version, current.since, current.reason = model.version, now(), reason
+    return current
+
+
+def roll_back(session: Session, model: PublishedModel, *, reason: str) -> CurrentModel:
+    """An operator makes an earlier (or any published, promoted or not) version current."""
+    with write_lock():
+        current = make_current(session, model, f"set by the operator: {reason}" if reason else "set by the operator")
+        session.commit()
+    logger.info("current model set", extra={"family": model.family, "version": model.version})
+    return current
+
+
+def _publish(session: Session, run: Run, digest: str, size: int, banks: list[str],
+             assessment: str | None = None) -> PublishedModel:
     moment = now()
+    document = None if assessment is None else AssessmentDocument.from_bytes(assessment.encode())
+    promoted = document is None or document.promote
     model = PublishedModel(
         run_id=run.run_id,
         model_digest=digest,
@@ -177,9 +284,23 @@ def _publish(session: Session, run: Run, digest: str, size: int, banks: list[str
         family=run.model,
         banks=list(banks),
         created_at=moment,
+        status="promoted" if promoted else "rejected",
+        assessment=assessment,
+        baseline_version=run.baseline_version,
     )
     session.add(model)
-    run.state = RunState.COMPLETED.value
+    session.flush()
+    if promoted:
+        make_current(session, model, f"promoted by run {run.run_id}")
+        run.state = RunState.COMPLETED.value
+    else:
+        assert document is not None and document.baseline is not None
+        run.state = RunState.REJECTED.value
+        run.failure_reason = (
+            f"candidate AUC {document.candidate['auc']:.4f} is worse than the current model's "
+            f"{document.baseline['auc']:.4f} (version {document.baseline_version}) by more than {document.tolerance}; "
+            "the current model stays"
+        )
     run.finished_at = moment
     session.flush()
     return model

@@ -40,6 +40,7 @@ def open_run(
     participants: Sequence[str] | None,
     window: RunWindow,
     run_timeout_s: int,
+    promotion_tolerance: float = 0.005,
 ) -> Run:
     """Open a training run.
 
@@ -57,6 +58,9 @@ def open_run(
         The days every bank trains and validates on.
     run_timeout_s
         Deadline of the whole run, from now: an open run past it fails.
+    promotion_tolerance
+        The gate's tolerance: the model is promoted unless its pooled AUC is lower than the
+        current model's (recorded now as the run's baseline) by more than this.
     participants
         Bank ids; default every member of the current key's roster that registered its keys.
 
@@ -114,6 +118,8 @@ def open_run(
             participants=chosen,
             key_id=material.key_id,
             window=window.to_json(),
+            baseline_version=_current_version(session, model),
+            promotion_tolerance=promotion_tolerance,
             deadline=moment + timedelta(seconds=run_timeout_s),
             withdrawn={},
             state=RunState.OPEN.value,
@@ -123,6 +129,13 @@ def open_run(
         session.commit()
     logger.info("run opened", extra={"run_id": run.run_id, "model": model, "participants": chosen})
     return run
+
+
+def _current_version(session: Session, family: str) -> int | None:
+    from consortium.storage.models import CurrentModel
+
+    current = session.get(CurrentModel, family)
+    return None if current is None else current.version
 
 
 def _key_roster_members(session: Session, roster_digest: str) -> set[str]:

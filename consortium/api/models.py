@@ -6,21 +6,40 @@ from typing import Any
 
 from flask import Response
 from flask_smorest import Blueprint
+from sqlalchemy import func, select
 
 from consortium import publishing
-from consortium.api.bodies import BINARY, binary_response
-from consortium.api.schemas import ModelSchema
+from consortium.api.bodies import BINARY, binary_response, json_body
+from consortium.api.schemas import CurrentModelSchema, MakeCurrentSchema, ModelSchema
 from consortium.auth import requires
 from consortium.extensions import blob_store
 from consortium.storage.database import db
-from consortium.storage.models import PublishedModel
+from consortium.storage.models import CurrentModel, PublishedModel, Role
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Published global models")
 
 
 def model_view(model: PublishedModel) -> dict[str, Any]:
-    """A published model's metadata."""
+    """A published model's metadata, its gate's assessment and its lineage."""
+    import json
+
+    from consortium.rounds import get_run
+    from consortium.secure_sum import RoundState
+    from consortium.storage.models import RoundRow
+
+    current = publishing.current_model(db.session, model.family)
+    run = get_run(db.session, model.run_id)
+    released = db.session.execute(
+        select(func.count()).select_from(RoundRow)
+        .where(RoundRow.run_id == model.run_id, RoundRow.state == RoundState.RELEASED.value)
+    ).scalar_one()
     return {
+        "status": model.status,
+        "current": current is not None and current.version == model.version,
+        "assessment": None if model.assessment is None else json.loads(model.assessment),
+        "lineage": {"run_id": run.run_id, "window": run.window, "rounds_released": int(released),
+                    "banks": list(model.banks), "baseline_version": model.baseline_version,
+                    "params": run.params},
         "version": model.version,
         "run_id": model.run_id,
         "family": model.family,
@@ -41,6 +60,26 @@ def model_view(model: PublishedModel) -> dict[str, Any]:
 def list_models() -> Any:
     """Published models, newest first."""
     return [model_view(model) for model in publishing.list_models(db.session)]
+
+
+@blp.route("/current", methods=["GET"])
+@requires()
+@blp.response(200, CurrentModelSchema(many=True))
+def current_models() -> Any:
+    """The model each family serves now: the last promoted one, or one an operator set."""
+    rows = db.session.execute(select(CurrentModel).order_by(CurrentModel.family)).scalars()
+    return [{"family": r.family, "version": r.version, "since": r.since, "reason": r.reason} for r in rows]
+
+
+@blp.route("/<int:version>/current", methods=["PUT"])
+@requires(Role.OPERATOR)
+@json_body
+@blp.arguments(MakeCurrentSchema)
+@blp.response(200, CurrentModelSchema)
+def make_current(data: dict[str, Any], version: int) -> Any:
+    """Roll back (or forward): make this published version the one its family serves."""
+    current = publishing.roll_back(db.session, publishing.get_model(db.session, version), reason=data["reason"])
+    return {"family": current.family, "version": current.version, "since": current.since, "reason": current.reason}
 
 
 @blp.route("/<int:version>", methods=["GET"])

@@ -23,6 +23,7 @@ from consortium.api.bodies import (
     read_binary,
 )
 from consortium.api.schemas import (
+    AssessmentPostedSchema,
     RunCancelSchema,
     RunWithdrawSchema,
     WaitQuerySchema,
@@ -98,6 +99,8 @@ def run_view(run: Run) -> dict[str, Any]:
         "window": run.window,
         "deadline": run.deadline,
         "withdrawn": dict(run.withdrawn or {}),
+        "baseline_version": run.baseline_version,
+        "promotion_tolerance": run.promotion_tolerance,
         "state": run.state,
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
@@ -149,6 +152,7 @@ def open_run(data: dict[str, Any]) -> Any:
         participants=data.get("participants"),
         window=_window(data.get("window"), config),
         run_timeout_s=data.get("run_timeout_s", config["DEFAULT_RUN_TIMEOUT_S"]),
+        promotion_tolerance=float(config["PROMOTION_TOLERANCE"]),
     )
     return run_view(run)
 
@@ -316,6 +320,24 @@ def get_notes(query: dict[str, Any], run_id: str, round_key: str) -> Any:
             for row in rounds.notes_of(db.session, current.id)
         ],
     }
+
+
+@blp.route("/<string:run_id>/assessments", methods=["PUT"])
+@requires(Role.BANK)
+@binary_body
+@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.response(201, AssessmentPostedSchema)
+@blp.alt_response(409, description="the run is closed, or the bank assessed it differently already")
+@blp.alt_response(422, description="not an assessment, or one against another baseline or tolerance")
+def post_assessment(run_id: str) -> Any:
+    """Post the bank's signed assessment of its candidate against the run's baseline (canonical
+    JSON, ``schemas/assessment.py``), before its proposal. Signed as
+    ``fedfraud-assessment-v1\n{run_id}\n{bank_id}\n{sha256 hex}``."""
+    run = rounds.get_run(db.session, run_id)
+    bank = get_bank(db.session, _participant(run))
+    row = publishing.post_assessment(db.session, run_id=run_id, bank=bank, body=read_binary(),
+                                     signature=request.headers.get("X-Fedfraud-Signature"))
+    return {"run_id": run_id, "bank_id": row.bank_id, "posted_at": row.posted_at}
 
 
 @blp.route("/<string:run_id>/proposals", methods=["POST"])

@@ -179,6 +179,23 @@ class ScheduleSchema(Schema):
     updated_at = _timestamp()
 
 
+class AssessmentPostedSchema(Schema):
+    run_id = fields.String(required=True)
+    bank_id = fields.String(required=True)
+    posted_at = _timestamp()
+
+
+class CurrentModelSchema(Schema):
+    family = fields.String(required=True)
+    version = fields.Integer(required=True)
+    since = _timestamp()
+    reason = fields.String()
+
+
+class MakeCurrentSchema(StrictSchema):
+    reason = fields.String(load_default="", validate=validate.Length(max=500))
+
+
 class RunCancelSchema(StrictSchema):
     reason = fields.String(load_default="", validate=validate.Length(max=500))
 
@@ -197,7 +214,7 @@ class WaitQuerySchema(StrictSchema):
 
 
 class RunQuerySchema(StrictSchema):
-    state = fields.String(validate=validate.OneOf(("open", "completed", "failed", "cancelled")))
+    state = fields.String(validate=validate.OneOf(("open", "completed", "rejected", "failed", "cancelled")))
 
 
 class RoundSchema(Schema):
@@ -225,6 +242,8 @@ class RunSchema(Schema):
     deadline = _timestamp(allow_none=True)
     withdrawn = fields.Dict(keys=fields.String(), values=fields.String(),
                             metadata={"description": "banks that could not take part, with their reasons"})
+    baseline_version = fields.Integer(allow_none=True, metadata={"description": "the current model when opened"})
+    promotion_tolerance = fields.Float(allow_none=True)
     key_id = fields.String(allow_none=True, metadata={"description": "the HE key the run's ciphertexts use"})
     state = fields.String(required=True)
     failure_reason = fields.String(allow_none=True)
@@ -294,3 +313,7 @@ class ModelSchema(Schema):
         fields.Dict(keys=fields.String(), values=fields.String()),
         metadata={"description": "each publishing bank's Ed25519 signature over fedfraud-proposal-v1 of the file"},
     )
+    status = fields.String(metadata={"description": "promoted (it replaced the current model) or rejected"})
+    current = fields.Boolean(metadata={"description": "whether its family serves it now"})
+    assessment = fields.Dict(allow_none=True, metadata={"description": "pooled metrics against the baseline"})
+    lineage = fields.Dict(metadata={"description": "run, window, rounds released, banks"})

@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -55,6 +56,8 @@ class RunState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    """Its model was agreed but not better than the current one: published for the record only."""
 
 
 class Bank(Base):
@@ -183,6 +186,8 @@ class Run(Base):
     window: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     deadline: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
     withdrawn: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
+    baseline_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    promotion_tolerance: Mapped[float | None] = mapped_column(Float, default=None)
     state: Mapped[str] = mapped_column(String(16), default=RunState.OPEN.value, index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -274,3 +279,31 @@ class PublishedModel(Base):
     family: Mapped[str] = mapped_column(String(16))
     banks: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="promoted")
+    assessment: Mapped[str | None] = mapped_column(Text, default=None)
+    baseline_version: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class Assessment(Base):
+    """A bank's signed assessment of a run's candidate against the current model."""
+
+    __tablename__ = "assessments"
+    __table_args__ = (UniqueConstraint("run_id", "bank_id", name="uq_assessments_run_bank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.bank_id"))
+    document: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(128))
+    posted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CurrentModel(Base):
+    """The model each family serves now: the last promoted, or one an operator rolled back to."""
+
+    __tablename__ = "current_models"
+
+    family: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("models.version"))
+    since: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)

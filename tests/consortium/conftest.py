@@ -195,6 +195,14 @@ class Bank:
     def notes(self, run_id: str, round_key: str) -> TestResponse:
         return self.client.get(f"/v1/runs/{run_id}/notes/{round_key}", headers=self.auth)
 
+    def assess(self, run_id: str, document: bytes, *, signature: str | None = None) -> TestResponse:
+        from schemas.assessment import assessment_message
+
+        message = assessment_message(run_id, self.bank_id, document)
+        headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
+        return self.client.put(f"/v1/runs/{run_id}/assessments", data=document, headers=headers,
+                               content_type=BINARY)
+
     def propose(self, run_id: str, body: bytes, *, signature: str | None = None) -> TestResponse:
         message = proposal_message(run_id, self.bank_id, body)
         headers = {**self.auth, "X-Fedfraud-Signature": signature or sign(self.keys.signing, message)}
