@@ -185,11 +185,14 @@ class LocalConsortium:
     # ------------------------------------------------------------------ runs
 
     def open_run(self, model: str, params: dict[str, Any], *, round_timeout_s: int = 600,
-                 train_start: str | None = None, train_days: int = 7) -> str:
+                 train_start: str | None = None, train_days: int = 7, window: dict[str, Any] | None = None) -> str:
         """Open a training run as the operator; return its id. With ``train_start``, the run's
-        window trains on ``train_days`` from that day (no validation days, no label delay)."""
+        window trains on ``train_days`` from that day (no validation days, no label delay);
+        ``window`` gives the whole window instead."""
         body: dict[str, Any] = {"model": model, "params": params, "round_timeout_s": round_timeout_s}
-        if train_start is not None:
+        if window is not None:
+            body["window"] = window
+        elif train_start is not None:
             as_of = date.fromisoformat(train_start) + timedelta(days=train_days)
             body["window"] = {"as_of": as_of.isoformat(), "train_days": train_days, "validation_days": 0,
                               "label_delay_days": 0}

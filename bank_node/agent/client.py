@@ -207,6 +207,10 @@ class ConsortiumClient:
                               params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
         return _parse("GET notes", lambda: [dict(item) for item in items_of(document, "notes")])
 
+    def put_assessment(self, run_id: str, document: bytes, *, signature: str) -> None:
+        """``PUT /v1/runs/{run_id}/assessments``: this bank's signed assessment (before its proposal)."""
+        self._request("PUT", f"/v1/runs/{_segment(run_id)}/assessments", data=document, signature=signature)
+
     def withdraw(self, run_id: str, reason: str) -> None:
         """``POST /v1/runs/{run_id}/withdrawals``: this bank cannot take part, and why."""
         self._request("POST", f"/v1/runs/{_segment(run_id)}/withdrawals", json={"reason": reason[:500]})

@@ -73,6 +73,12 @@ class BankIdentity:
         """Base64 signature of a model proposed for ``run_id``."""
         return sign(self.keys.signing, proposal_message(run_id, self.bank_id, body))
 
+    def sign_assessment(self, run_id: str, document: bytes) -> str:
+        """Base64 signature of this bank's assessment of ``run_id``'s candidate."""
+        from schemas.assessment import assessment_message
+
+        return sign(self.keys.signing, assessment_message(run_id, self.bank_id, document))
+
     def sign_roster(self, document: bytes) -> str:
         """Base64 signature approving a roster document."""
         return sign(self.keys.signing, roster_message(self.bank_id, document))

@@ -69,6 +69,8 @@ class RunInfo:
     key_id: str = ""
     window: Mapping[str, Any] | None = None
     withdrawn: Mapping[str, str] = field(default_factory=dict)
+    baseline_version: int | None = None
+    promotion_tolerance: float | None = None
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> RunInfo:
@@ -89,6 +91,9 @@ class RunInfo:
             key_id=str(record.get("key_id") or ""),
             window=dict(record["window"]) if isinstance(record.get("window"), Mapping) else None,
             withdrawn={str(k): str(v) for k, v in (record.get("withdrawn") or {}).items()},
+            baseline_version=None if record.get("baseline_version") is None else int(record["baseline_version"]),
+            promotion_tolerance=None if record.get("promotion_tolerance") is None
+            else float(record["promotion_tolerance"]),
         )
 
     @property
@@ -128,6 +133,8 @@ class ModelInfo:
     banks: tuple[str, ...] = ()
     proposals: Mapping[str, str] = field(default_factory=dict)
     """Bank id to its signature over the published file (as a proposal of the run)."""
+    status: str = "promoted"
+    """``promoted`` (it replaced the current model) or ``rejected`` by the gate."""
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ModelInfo:
@@ -140,6 +147,7 @@ class ModelInfo:
             created_at=str(record.get("created_at") or ""),
             banks=tuple(str(b) for b in _first(record, "contributing_banks", "banks", default=())),
             proposals={str(p["bank_id"]): str(p["signature"]) for p in record.get("proposals") or ()},
+            status=str(record.get("status") or "promoted"),
         )
 
 

@@ -16,6 +16,7 @@ function of the sums, the agent arrives where it was.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
 from bank_node.agent.client import ConsortiumClient
@@ -40,11 +43,15 @@ from bank_node.agent.membership import PinnedRoster, load_pinned
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.training import PreparedRun, TrainingSet, prepare_run
+from bank_node.federated.evaluation import federated_evaluation
+from bank_node.federated.logreg import LogRegModel
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
+from bank_node.federated.xgb_export import from_xgboost_json
 from crypto.masking import MaskSession
 from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
+from schemas.assessment import Assessment
 from schemas.round_key import training_progress
 from schemas.run import RunWindow, load_window
 
@@ -138,6 +145,14 @@ class ProgressLog:
         tree = f", tree {progress['tree']} of {progress['n_trees']}" if "n_trees" in progress else ""
         log.info("run %s: %s, %d of at most %s rounds%s, %.1fs", self.run.run_id, progress["phase"],
                  progress["rounds_released"], progress.get("rounds_expected", "?"), tree, now - self._started)
+
+
+def _scorer(model: Any) -> Callable[[Any], Any]:
+    """Rows to fraud probabilities, for a GBDT or logistic-regression model."""
+    def score(X: Any) -> Any:
+        scores = np.asarray(model.predict_proba(X), dtype=np.float64)
+        return scores[:, 1] if scores.ndim == 2 else scores
+    return score
 
 
 class CannotTakePartError(ValueError):
@@ -317,6 +332,16 @@ class BankAgent:
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
         digest = prepared.digest(body)
+        assessment = self._assess(run, runner, model, digest)
+        if assessment is not None:
+            document = assessment.to_bytes()
+            self.client.put_assessment(run.run_id, document,
+                                       signature=self.identity.sign_assessment(run.run_id, document))
+            log.info("run %s: candidate AUC %.4f AP %.4f against %s: %s", run.run_id, assessment.candidate["auc"],
+                     assessment.candidate["average_precision"],
+                     "no current model" if assessment.baseline is None else
+                     f"v{assessment.baseline_version} AUC {assessment.baseline['auc']:.4f}",
+                     "promote" if assessment.promote else "keep the current model")
         try:
             self.client.post_proposal(run.run_id, body, signature=self.identity.sign_proposal(run.run_id, body))
         except ConflictError as exc:
@@ -327,6 +352,7 @@ class BankAgent:
                 "status": PROPOSED,
                 "model": run.model,
                 "digest": digest,
+                "assessment": None if assessment is None else json.loads(assessment.to_bytes()),
                 "rounds": runner.ledger.rounds,
                 "replayed_rounds": channel.stats.replayed,
                 "seconds": round(self._clock() - started, 3),
@@ -337,6 +363,58 @@ class BankAgent:
             run.run_id, run.model, digest[:16], runner.ledger.rounds, channel.stats.replayed,
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
+
+    def _assess(self, run: RunInfo, runner: BankRunner, model: Any, digest: str) -> Assessment | None:
+        """The gate: pooled metrics of the candidate and the run's baseline on the validation days,
+        from one more secure sum with the same banks (None when there is nothing to compare)."""
+        window = None if run.window is None else load_window(run.window)
+        if run.baseline_version is None or window is None or window.validation_days == 0:
+            return None
+        validation = self.training_rows(RunWindow(
+            as_of=window.as_of, train_days=window.validation_days, validation_days=0,
+            label_delay_days=window.label_delay_days))
+        baseline = self._baseline_scorer(run)
+        metrics = runner.run(lambda: federated_evaluation([_scorer(model), baseline], validation.X, validation.y))
+        candidate, current = (
+            {"auc": m.auc, "average_precision": m.average_precision, "rows": m.rows, "frauds": m.frauds}
+            for m in metrics
+        )
+        return Assessment(run_id=run.run_id, model_digest=digest, baseline_version=run.baseline_version,
+                          tolerance=float(run.promotion_tolerance or 0.0), candidate=candidate, baseline=current)
+
+    def _baseline_scorer(self, run: RunInfo) -> Callable[[Any], Any]:
+        """The run's baseline model, downloaded and checked: the digest the consortium lists, and
+        signatures of at least this bank's quorum of pinned members."""
+        version = str(run.baseline_version)
+        info = next((m for m in self.client.list_models() if m.version == version), None)
+        if info is None:
+            raise CannotTakePartError(f"the run's baseline model version {version} is not published")
+        body = self.client.download_model(version)
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != info.digest.removeprefix("sha256:"):
+            raise CannotTakePartError(f"baseline model {version} downloaded with another digest than listed")
+        signers = self._pinned_signers(info.run_id, info, body)
+        if len(signers) < self.settings.quorum:
+            raise CannotTakePartError(
+                f"baseline model {version} is signed by {len(signers)} pinned members; this bank requires "
+                f"{self.settings.quorum}")
+        if run.model == "xgboost":
+            return _scorer(from_xgboost_json(json.loads(body)))
+        return _scorer(LogRegModel.from_json(body.decode()))
+
+    def _pinned_signers(self, run_id: str, info: ModelInfo, body: bytes) -> set[str]:
+        pinned = load_pinned(self.state)
+        keys = pinned.roster.signing_keys() if pinned else {}
+        signers = set()
+        for bank_id, signature in info.proposals.items():
+            if bank_id not in keys:
+                continue
+            try:
+                verify(keys[bank_id], proposal_message(run_id, bank_id, body), signature)
+            except SignatureError:
+                continue
+            signers.add(bank_id)
+        return signers
 
     def _mask_session(self, run: RunInfo, roster: Roster) -> MaskSession:
         """This bank's masks for the run: agreed with the participants' *pinned* box keys, and a
@@ -423,7 +501,7 @@ class BankAgent:
         self.state.update_run(
             run_id,
             {"status": PUBLISHED, "version": info.version, "model_file": str(path), "matches_proposal": True,
-             "signed_by": sorted(info.proposals)},
+             "signed_by": sorted(info.proposals), "promoted": info.status == "promoted"},
         )
         log.info("run %s: published model %s saved to %s", run_id, info.version, path)
         return path
@@ -433,17 +511,7 @@ class BankAgent:
         quorum of pinned members signed those very bytes."""
         if digest != record.get("digest"):
             return f"its sha256 {digest[:16]} differs from the model this bank proposed ({str(record.get('digest'))[:16]})"
-        pinned: PinnedRoster | None = load_pinned(self.state)
-        keys = pinned.roster.signing_keys() if pinned else {}
-        signers = set()
-        for bank_id, signature in info.proposals.items():
-            if bank_id not in keys:
-                continue
-            try:
-                verify(keys[bank_id], proposal_message(run_id, bank_id, body), signature)
-            except SignatureError:
-                continue
-            signers.add(bank_id)
+        signers = self._pinned_signers(run_id, info, body)
         if len(signers) < self.settings.quorum:
             return (
                 f"only {len(signers)} pinned members signed it ({', '.join(sorted(signers)) or 'none'}); "

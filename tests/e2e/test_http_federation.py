@@ -171,3 +171,27 @@ def test_two_banks_alone_never_get_a_sum(consortium: LocalConsortium, bank_files
     assert all(r.get("state") != "released" for r in run["rounds"])
     failed = [r for r in run["rounds"] if r.get("state") == "failed"]
     assert failed and all(r["dropped"] == ["bank-3"] for r in failed), run["rounds"]
+
+
+def test_a_worse_candidate_is_rejected_and_the_current_model_stays(
+    consortium: LocalConsortium, bank_files: dict[str, Path]
+) -> None:
+    """The promotion gate over HTTP: the second run's model, made worse on purpose (one stump), is
+    evaluated by the banks on the validation week through an encrypted secure sum, found worse
+    than the current model, and kept for the record only."""
+    set_up(consortium)
+    window = {"as_of": "2018-08-01", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+    first = consortium.open_run("xgboost", XGB_PARAMS, window=window)
+    finish(consortium, start_agents(consortium, bank_files))
+    assert consortium.run(first)["state"] == "completed"
+    worse = consortium.open_run("xgboost", {"n_trees": 1, "max_depth": 1, "eta": 0.01, "n_bins": 4}, window=window)
+    assert consortium.run(worse)["baseline_version"] == 1
+    finish(consortium, start_agents(consortium, bank_files))
+    run = consortium.run(worse)
+    assert run["state"] == "rejected", run
+    model = consortium.api("GET", f"/v1/models/{run['model_version']}").json()
+    assert model["status"] == "rejected" and model["current"] is False
+    candidate, baseline = model["assessment"]["candidate"], model["assessment"]["baseline"]
+    assert candidate["auc"] < baseline["auc"] - 0.005 and candidate["rows"] == baseline["rows"] > 1000
+    assert [(c["family"], c["version"]) for c in consortium.api("GET", "/v1/models/current").json()] == [("xgboost", 1)]
+    assert "keep the current model" in consortium.agent_logs()
