@@ -163,10 +163,19 @@ class ConsortiumClient:
         document = self._json("GET", f"/v1/runs/{_segment(run_id)}")
         return _parse(f"GET /v1/runs/{run_id}", lambda: RunInfo.from_json(document))
 
-    def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str) -> None:
-        """``PUT /v1/runs/{run_id}/contributions/{round_key}``; 409 on a replay or closed round."""
+    def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str,
+                         wait_s: float = 0.0) -> AggregateStatus | None:
+        """``PUT /v1/runs/{run_id}/contributions/{round_key}``; 409 on a replay or closed round.
+
+        With ``wait_s``, the consortium answers with the round's sum if it is released within
+        that time (returned), else as without (None)."""
         path = f"/v1/runs/{_segment(run_id)}/contributions/{_round_path(round_key)}"
-        self._request("PUT", path, data=payload, signature=signature)
+        response = self._request("PUT", path, data=payload, signature=signature,
+                                 params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
+        if response.status_code != 200:
+            return None
+        named = response.headers.get("X-Fedfraud-Contributors", "")
+        return AggregateStatus(payload=response.content, contributors=frozenset(n for n in named.split(",") if n))
 
     def get_aggregate(self, run_id: str, round_key: str, *, wait_s: float = 0.0) -> AggregateStatus:
         """``GET /v1/runs/{run_id}/aggregates/{round_key}``: the sum, or progress while open.
@@ -195,10 +204,17 @@ class ConsortiumClient:
             payload=response.content, contributors=frozenset(name for name in named.split(",") if name)
         )
 
-    def put_note(self, run_id: str, round_key: str, note: bytes, *, signature: str) -> None:
-        """``PUT /v1/runs/{run_id}/notes/{round_key}``: this bank's signed note to a released round."""
+    def put_note(self, run_id: str, round_key: str, note: bytes, *, signature: str,
+                 wait_s: float = 0.0) -> list[dict[str, Any]] | None:
+        """``PUT /v1/runs/{run_id}/notes/{round_key}``: this bank's signed note to a released round;
+        with ``wait_s``, the round's notes once every summed bank posted (or after that long)."""
         path = f"/v1/runs/{_segment(run_id)}/notes/{_round_path(round_key)}"
-        self._request("PUT", path, data=note, signature=signature)
+        response = self._request("PUT", path, data=note, signature=signature,
+                                 params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
+        if response.status_code != 200:
+            return None
+        document = _json_body(response)
+        return _parse("PUT notes", lambda: [dict(item) for item in items_of(document, "notes")])
 
     def get_notes(self, run_id: str, round_key: str, *, wait_s: float = 0.0) -> list[dict[str, Any]]:
         """``GET /v1/runs/{run_id}/notes/{round_key}``: the notes posted so far (base64, signed);

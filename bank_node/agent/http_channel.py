@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import (
@@ -116,8 +117,13 @@ class HttpChannel:
             raise ValueError(f"this channel sends as bank {self.identity.bank_id!r}, not {bank!r}")
         signature = self.identity.sign_contribution(self.run_id, key, payload)
         try:
-            self.client.put_contribution(self.run_id, key, payload, signature=signature)
+            # One request for the upload and the sum, when the last upload lands within the wait.
+            summed = self.client.put_contribution(self.run_id, key, payload, signature=signature,
+                                                  wait_s=min(self.long_poll_s, self.timeout_s))
             self.stats.contributed += 1
+            if summed is not None and summed.payload is not None:
+                _check_aggregate(summed.payload, key=key, n_values=n_values)
+                return Released(payload=summed.payload, contributors=summed.contributors)
         except ConflictError as exc:
             # Already contributed (before a restart) or the round is closed: its aggregate says which.
             self.stats.replayed += 1
@@ -129,13 +135,18 @@ class HttpChannel:
 
     def reveal(self, key: str, bank: str, seed: bytes, *, expected: frozenset[str]) -> dict[str, bytes]:
         """Post this bank's signed seed to round ``key``; collect every expected bank's, or stop waiting."""
+        notes: dict[str, bytes] = {}
         try:
-            self.client.put_note(self.run_id, key, seed, signature=self.identity.sign_note(self.run_id, key, seed))
+            posted = self.client.put_note(self.run_id, key, seed, signature=self.identity.sign_note(self.run_id, key, seed),
+                                          wait_s=min(self.long_poll_s, self.timeout_s))
+            if posted is not None:
+                self._add_verified(key, posted, notes)
+                if set(notes) >= expected:
+                    return notes
         except ConflictError as exc:  # posted before a restart: the notes say what the round holds
             log.info("note not stored: run=%s round=%s reason=%s", self.run_id, key, exc.message)
         backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
         started = self._clock()
-        notes: dict[str, bytes] = {}
         while True:
             self.stats.polls += 1
             asked = self._clock()
@@ -161,7 +172,10 @@ class HttpChannel:
 
     def _add_verified_notes(self, key: str, notes: dict[str, bytes], *, wait_s: float = 0.0) -> None:
         """Add to ``notes`` the round's notes not seen yet whose signature verifies."""
-        for item in self.client.get_notes(self.run_id, key, wait_s=wait_s):
+        self._add_verified(key, self.client.get_notes(self.run_id, key, wait_s=wait_s), notes)
+
+    def _add_verified(self, key: str, items: list[dict[str, Any]], notes: dict[str, bytes]) -> None:
+        for item in items:
             bank_id, note_b64, signature = (str(item.get(name, "")) for name in ("bank_id", "note", "signature"))
             if bank_id in notes:
                 continue

@@ -8,7 +8,7 @@ from datetime import UTC
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
@@ -126,6 +126,15 @@ def _long_poll(read: Callable[[], RoundRow], done: Callable[[RoundRow], bool], w
     return current
 
 
+def _sum_response(current: RoundRow, run: Run) -> Response:
+    """A released round's sum, with the banks summed in it."""
+    assert current.aggregate_digest is not None
+    response = Response(blob_store().get(current.aggregate_digest), mimetype=BINARY)
+    response.set_etag(current.aggregate_digest)
+    response.headers[CONTRIBUTORS_HEADER] = ",".join(round_view(current, run)["contributors"])
+    return response
+
+
 def _participant(run: Run) -> str:
     principal = current_principal()
     if principal.bank_id is None or principal.bank_id not in run.participants:
@@ -216,12 +225,16 @@ def get_run(run_id: str) -> Any:
 @blp.route("/<string:run_id>/contributions/<path:round_key>", methods=["PUT"])
 @requires(Role.BANK)
 @binary_body
-@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER],
+         responses={"200": binary_response("with ?wait: the round's sum, released within the wait")})
+@blp.arguments(WaitQuerySchema, location="query")
 @blp.response(201, ContributionStoredSchema)
 @blp.alt_response(409, description="replay, or the round or run is closed")
 @blp.alt_response(422, description="a payload of another scheme or key, truncated, corrupted or of the wrong length")
-def contribute(run_id: str, round_key: str) -> Any:
-    """Upload the bank's encrypted payload for a round (signed)."""
+def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
+    """Upload the bank's encrypted payload for a round (signed). With ``?wait=S`` the answer waits
+    for the round (at most S seconds): 200 with the sum if it was released by then (one request
+    instead of an upload and a poll), else 201 as without."""
     _check_round_key(round_key)
     run = rounds.get_run(db.session, run_id)
     bank_id = _participant(run)
@@ -234,6 +247,11 @@ def contribute(run_id: str, round_key: str) -> Any:
         payload=payload,
         signature=request.headers.get("X-Fedfraud-Signature"),
     )
+    if query["wait"] > 0:
+        current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key),
+                             lambda row: row.state != RoundState.OPEN.value, query["wait"])
+        if current.state == RoundState.RELEASED.value:
+            return _sum_response(current, run)
     view = round_view(current, run)
     return {
         "run_id": run_id,
@@ -262,11 +280,7 @@ def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
                          lambda row: row.state != RoundState.OPEN.value, query["wait"])
     view = round_view(current, run)
     if current.state == RoundState.RELEASED.value:
-        assert current.aggregate_digest is not None
-        response = Response(blob_store().get(current.aggregate_digest), mimetype=BINARY)
-        response.set_etag(current.aggregate_digest)
-        response.headers[CONTRIBUTORS_HEADER] = ",".join(view["contributors"])
-        return response
+        return _sum_response(current, run)
     if current.state == RoundState.FAILED.value:
         raise Conflict(
             f"round {round_key!r} failed: {current.failure_reason}",
@@ -284,15 +298,21 @@ def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
 @requires(Role.BANK)
 @binary_body
 @blp.doc(requestBody=BINARY_REQUEST, parameters=[SIGNATURE_PARAMETER])
+@blp.arguments(WaitQuerySchema, location="query")
 @blp.response(201, NotePostedSchema)
+@blp.alt_response(200, schema=NotesSchema, description="with ?wait: every note posted within the wait")
 @blp.alt_response(409, description="the round is not released, the bank is not in its sum, or it posted already")
-def post_note(run_id: str, round_key: str) -> Any:
-    """Post the bank's signed note (its self-mask seed) to a released round it is summed in."""
+def post_note(query: dict[str, Any], run_id: str, round_key: str) -> Any:
+    """Post the bank's signed note (its self-mask seed) to a released round it is summed in. With
+    ``?wait=S``, answered 200 with every note once all summed banks posted theirs (or after S s)."""
     _check_round_key(round_key)
     run = rounds.get_run(db.session, run_id)
     bank = get_bank(db.session, _participant(run))
     row = rounds.post_note(db.session, run_id=run_id, round_key=round_key, bank=bank, note=read_binary(),
                            signature=request.headers.get("X-Fedfraud-Signature"))
+    if query["wait"] > 0:
+        # A Response, so that the 201 schema of the plain answer does not reshape it.
+        return jsonify(NotesSchema().dump(_notes_view(run_id, round_key, query["wait"])))
     return {"run_id": run_id, "round_key": round_key, "bank_id": row.bank_id, "posted_at": row.posted_at}
 
 
@@ -304,13 +324,18 @@ def get_notes(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """The notes posted to a round so far, each with its bank's signature, and the banks summed.
     With ``?wait=S``, answered when every summed bank posted its note or after S seconds."""
     _participant(rounds.get_run(db.session, run_id))
+    return _notes_view(run_id, round_key, query["wait"])
+
+
+def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
+    """A round's notes and summed banks, after waiting up to ``wait_s`` for every summed bank's."""
 
     def complete(row: RoundRow) -> bool:
         if row.state != RoundState.RELEASED.value:
             return row.state != RoundState.OPEN.value
         return len(rounds.notes_of(db.session, row.id)) >= len(rounds.contributions_of(db.session, row.id))
 
-    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key), complete, query["wait"])
+    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key), complete, wait_s)
     return {
         "round_key": round_key,
         "state": current.state,

@@ -15,7 +15,8 @@ import crypto
 from consortium.app import create_app
 from consortium.rounds import sweep_expired
 from consortium.storage.database import Database
-from crypto.signing import contribution_message, generate_bank_keys, sign
+from crypto.signing import contribution_message, generate_bank_keys, note_message, sign
+from tests.consortium.conftest import BINARY
 
 N = 20
 
@@ -422,3 +423,40 @@ def test_a_long_poll_answers_as_soon_as_the_round_is_released(consortium: Any, a
     assert answer["status"] == 200 and 0.5 <= answer["seconds"] < 5
     quick = banks[0].client.get(f"/v1/runs/{run_id}/aggregates/r?wait=31", headers=banks[0].auth)
     assert quick.status_code == 422  # at most 30 seconds
+
+
+def test_an_upload_with_wait_returns_the_sum_and_a_note_with_wait_returns_every_note(
+    consortium: Any, app: Any, he_key: crypto.HEScheme
+) -> None:
+    """Two requests a round instead of four: the upload that completes a round gets the sum, and
+    a note posted with ``?wait=`` gets the others' notes once all are in."""
+    import threading
+
+    run_id = consortium.open_run()["run_id"]
+    banks = list(consortium.banks.values())
+    for bank in banks[:2]:
+        assert bank.contribute(run_id, "r", he_key.encrypt(vec(2))).status_code == 201
+    last = banks[2]
+    payload = he_key.encrypt(vec(2))
+    message = contribution_message(run_id, "r", last.bank_id, payload)
+    completed = last.client.put(f"/v1/runs/{run_id}/contributions/r?wait=5", data=payload, content_type=BINARY,
+                                headers={**last.auth, "X-Fedfraud-Signature": sign(last.keys.signing, message)})
+    assert completed.status_code == 200 and completed.headers["X-Fedfraud-Contributors"] == "bank-1,bank-2,bank-3"
+    np.testing.assert_allclose(he_key.decrypt(completed.data), 3 * vec(2), atol=1e-3)
+
+    answers: dict[str, Any] = {}
+
+    def post(bank: Any) -> None:
+        body = f"seed-{bank.bank_id}".encode()
+        headers = {**bank.auth, "X-Fedfraud-Signature": sign(bank.keys.signing, note_message(run_id, "r", bank.bank_id, body))}
+        response = app.test_client().put(f"/v1/runs/{run_id}/notes/r?wait=5", data=body, headers=headers,
+                                         content_type=BINARY)
+        answers[bank.bank_id] = (response.status_code, response.get_json())
+
+    threads = [threading.Thread(target=post, args=(bank,)) for bank in banks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    for status, body in answers.values():
+        assert status == 200 and sorted(n["bank_id"] for n in body["notes"]) == ["bank-1", "bank-2", "bank-3"]

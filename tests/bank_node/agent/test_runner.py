@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,11 +46,13 @@ class CrashingClient(ConsortiumClient):
         self.crash_after = crash_after
         self.stored = 0
 
-    def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str) -> None:
-        super().put_contribution(run_id, round_key, payload, signature=signature)
+    def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str,
+                         wait_s: float = 0.0) -> Any:
+        summed = super().put_contribution(run_id, round_key, payload, signature=signature, wait_s=wait_s)
         self.stored += 1
         if self.stored == self.crash_after:
             raise Crash(f"killed after contributing to {round_key}")
+        return summed
 
 
 @pytest.fixture(scope="module")
