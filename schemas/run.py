@@ -111,16 +111,21 @@ def load_run_params(model: str, params: Any) -> dict[str, Any]:
     schema = _PARAMS_SCHEMAS.get(model)
     if schema is None:
         raise FedfraudInputError(f"unknown model family {model!r}", {"model": [f"one of {', '.join(MODEL_FAMILIES)}"]})
-    if not isinstance(params, Mapping):
-        raise FedfraudInputError("params must be a JSON object", {"params": ["not an object"]})
+    return _load(schema(), params, "params", f"invalid {model} params")
+
+
+def _load(schema: Schema, document: Any, field: str, message: str) -> dict[str, Any]:
+    """``schema``'s load of a JSON object, its errors named ``field.<name>``."""
+    if not isinstance(document, Mapping):
+        raise FedfraudInputError(f"{field} must be a JSON object", {field: ["not an object"]})
     try:
-        loaded: dict[str, Any] = schema().load(dict(params))
+        loaded: dict[str, Any] = schema.load(dict(document))
     except ValidationError as exc:
         errors = exc.normalized_messages()
         assert isinstance(errors, dict)
-        named = {f"params.{name}": [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])]
+        named = {f"{field}.{name}": [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])]
                  for name, msgs in errors.items()}
-        raise FedfraudInputError(f"invalid {model} params", named) from None
+        raise FedfraudInputError(message, named) from None
     return loaded
 
 
@@ -171,14 +176,4 @@ def load_window(document: Any) -> RunWindow:
     FedfraudInputError
         A missing or malformed field, or a value out of range.
     """
-    if not isinstance(document, Mapping):
-        raise FedfraudInputError("window must be a JSON object", {"window": ["not an object"]})
-    try:
-        loaded = RunWindowSchema().load(dict(document))
-    except ValidationError as exc:
-        errors = exc.normalized_messages()
-        assert isinstance(errors, dict)
-        named = {f"window.{name}": [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])]
-                 for name, msgs in errors.items()}
-        raise FedfraudInputError("invalid window", named) from None
-    return RunWindow(**loaded)
+    return RunWindow(**_load(RunWindowSchema(), document, "window", "invalid window"))
