@@ -265,6 +265,8 @@ class BankAgent:
             outcome = self._train_and_propose(run, *prepared)
         except (AuthError, CeremonyError):
             raise
+        except CannotTakePartError as exc:  # e.g. a baseline it cannot trust: said, not left waiting
+            return self._withdraw(run, str(exc))
         except RoundFailedError as exc:
             outcome = self._record_failure(run, exc.message)
         except ConsortiumError as exc:

@@ -71,6 +71,7 @@ class FakeRun:
     proposal_signatures: dict[str, str] = field(default_factory=dict)
     withdrawn: dict[str, str] = field(default_factory=dict)
     window: dict[str, Any] | None = None
+    baseline_version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -89,6 +90,8 @@ class FakeRun:
             "rounds": rounds,
             "window": self.window,
             "withdrawn": self.withdrawn,
+            "baseline_version": self.baseline_version,
+            "promotion_tolerance": 0.005,
         }
 
 
