@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import (
@@ -29,10 +29,13 @@ from bank_node.agent.errors import (
     RoundTimeoutError,
 )
 from bank_node.agent.identity import BankIdentity
+from bank_node.agent.resources import AggregateStatus
 from bank_node.agent.retry import Backoff
 from bank_node.federated.rounds import Released
 from crypto.scheme import PayloadError, read_header
 from crypto.signing import SignatureError, note_message, verify
+
+T = TypeVar("T")
 
 __all__ = ["ChannelStats", "HttpChannel"]
 
@@ -145,25 +148,35 @@ class HttpChannel:
                     return notes
         except ConflictError as exc:  # posted before a restart: the notes say what the round holds
             log.info("note not stored: run=%s round=%s reason=%s", self.run_id, key, exc.message)
+
+        def ask(wait: float) -> bool | None:
+            self._add_verified_notes(key, notes, wait_s=wait)
+            return True if set(notes) >= expected else None
+
+        self._poll(ask)
+        return notes
+
+    def _poll(self, ask: Callable[[float], T | None]) -> T | None:
+        """Ask until ``ask`` answers (not None) or ``timeout_s`` passed (None).
+
+        ``ask`` gets how long the consortium may hold the request (long poll). When the answer
+        comes back well before that (a server that does not hold requests), the agent paces its
+        next ask itself with a growing backoff.
+        """
         backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
         started = self._clock()
         while True:
             self.stats.polls += 1
             asked = self._clock()
-            wait = self._long_poll_wait(started)
-            self._add_verified_notes(key, notes, wait_s=wait)
-            if set(notes) >= expected:
-                return notes
-            if self._answered_at_once(asked, wait):
-                pause = backoff.next()
-                if self._clock() - started + pause > self.timeout_s:
-                    return notes
+            wait = max(0.0, min(self.long_poll_s, self.timeout_s - (asked - started)))
+            answer = ask(wait)
+            if answer is not None:
+                return answer
+            pause = backoff.next() if self._answered_at_once(asked, wait) else 0.0
+            if self._clock() - started + pause > self.timeout_s:
+                return None
+            if pause:
                 self._sleep(pause)
-            elif self._clock() - started > self.timeout_s:
-                return notes
-
-    def _long_poll_wait(self, started: float) -> float:
-        return max(0.0, min(self.long_poll_s, self.timeout_s - (self._clock() - started)))
 
     def _answered_at_once(self, asked: float, wait: float) -> bool:
         """Whether the consortium answered well before the long poll's wait (it does not hold
@@ -192,14 +205,13 @@ class HttpChannel:
             notes[bank_id] = note
 
     def _wait_for_sum(self, key: str) -> Released:
-        backoff = Backoff(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+        last = AggregateStatus(payload=None)
         started = self._clock()
-        while True:
-            self.stats.polls += 1
-            asked = self._clock()
-            wait = self._long_poll_wait(started)
+
+        def ask(wait: float) -> Released | None:
+            nonlocal last
             try:
-                status = self.client.get_aggregate(self.run_id, key, wait_s=wait)
+                last = self.client.get_aggregate(self.run_id, key, wait_s=wait)
             except ConflictError as exc:
                 raise RoundFailedError(
                     f"round {key!r} of run {self.run_id!r} failed: {exc.message}",
@@ -208,18 +220,17 @@ class HttpChannel:
                     errors=exc.errors,
                     document=exc.document,
                 ) from None
-            if status.payload is not None:
-                return Released(payload=status.payload, contributors=status.contributors)
-            pause = backoff.next() if self._answered_at_once(asked, wait) else 0.0
-            waited = self._clock() - started
-            if waited + pause > self.timeout_s:
-                raise RoundTimeoutError(
-                    f"round {key!r} of run {self.run_id!r}: no sum after {waited:.0f}s "
-                    f"({status.contributed} of {status.participants} banks contributed)"
-                )
-            if pause:
-                self._sleep(pause)
+            if last.payload is None:
+                return None
+            return Released(payload=last.payload, contributors=last.contributors)
 
+        released = self._poll(ask)
+        if released is None:
+            raise RoundTimeoutError(
+                f"round {key!r} of run {self.run_id!r}: no sum after {self._clock() - started:.0f}s "
+                f"({last.contributed} of {last.participants} banks contributed)"
+            )
+        return released
 
 def _check_aggregate(aggregate: bytes, *, key: str, n_values: int) -> None:
     try:
