@@ -243,6 +243,11 @@ class ConsortiumClient:
         document = self._json("GET", "/v1/models")
         return _parse("GET /v1/models", lambda: [ModelInfo.from_json(r) for r in items_of(document, "models")])
 
+    def get_model(self, version: str) -> ModelInfo:
+        """``GET /v1/models/{version}``: one published model's metadata; 404 if none."""
+        document = self._json("GET", f"/v1/models/{_segment(version)}")
+        return _parse(f"GET /v1/models/{version}", lambda: ModelInfo.from_json(document))
+
     def download_model(self, version: str) -> bytes:
         """``GET /v1/models/{version}/download``: the model file."""
         return self._request("GET", f"/v1/models/{_segment(version)}/download").content

@@ -35,6 +35,7 @@ from bank_node.agent.errors import (
     CeremonyError,
     ConflictError,
     ConsortiumError,
+    NotFoundError,
     RoundFailedError,
 )
 from bank_node.agent.http_channel import HttpChannel
@@ -52,7 +53,7 @@ from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
 from schemas.assessment import Assessment
-from schemas.round_key import training_progress
+from schemas.round_key import algorithm_key, training_progress
 from schemas.run import RunWindow, load_window
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
@@ -130,18 +131,20 @@ class ProgressLog:
         self.clock = clock
         self.every_s = every_s
         self.keys: list[str] = []
-        self._last: tuple[object, object] = (None, None)
+        self._last_step = ""
         self._last_at = clock()
         self._started = clock()
 
     def __call__(self, round_key: str) -> None:
         self.keys.append(round_key)
-        progress = training_progress(self.run.model, dict(self.run.params), self.keys)
-        marker = (progress.get("phase"), progress.get("tree"))
+        # The step ("gbdt/tree-3", "logreg/round-2", ...) comes from this key alone; the whole
+        # progress is read from every key only when a line is written.
+        step = "/".join(algorithm_key(round_key).split("/")[:2])
         now = self.clock()
-        if marker == self._last and now - self._last_at < self.every_s:
+        if step == self._last_step and now - self._last_at < self.every_s:
             return
-        self._last, self._last_at = marker, now
+        self._last_step, self._last_at = step, now
+        progress = training_progress(self.run.model, dict(self.run.params), self.keys)
         tree = f", tree {progress['tree']} of {progress['n_trees']}" if "n_trees" in progress else ""
         log.info("run %s: %s, %d of at most %s rounds%s, %.1fs", self.run.run_id, progress["phase"],
                  progress["rounds_released"], progress.get("rounds_expected", "?"), tree, now - self._started)
@@ -279,7 +282,7 @@ class BankAgent:
             outcome = self._record_failure(run, str(exc))
         return outcome
 
-    def _prepare(self, run: RunInfo) -> tuple[HEScheme, Roster, PreparedRun]:
+    def _prepare(self, run: RunInfo) -> tuple[HEScheme, Roster, PreparedRun, RunWindow | None]:
         """Everything checked before the first round: the key, the roster, params, window, data.
 
         Raises
@@ -312,9 +315,10 @@ class BankAgent:
         window = None if run.window is None else load_window(run.window)
         prepared = prepare_run(run.model, run.params, self.training_rows(window),
                                party_index=run.party_index(self.bank_id))
-        return context, roster, prepared
+        return context, roster, prepared, window
 
-    def _train_and_propose(self, run: RunInfo, context: HEScheme, roster: Roster, prepared: PreparedRun) -> RunOutcome:
+    def _train_and_propose(self, run: RunInfo, context: HEScheme, roster: Roster, prepared: PreparedRun,
+                           window: RunWindow | None) -> RunOutcome:
         channel = HttpChannel(
             signing_keys={b: key for b, key in roster.signing_keys().items() if b in run.participants},
             client=self.client,
@@ -334,9 +338,9 @@ class BankAgent:
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
         digest = prepared.digest(body)
-        assessment = self._assess(run, runner, model, digest)
-        if assessment is not None:
-            document = assessment.to_bytes()
+        assessment = self._assess(run, window, runner, model, digest)
+        document = None if assessment is None else assessment.to_bytes()
+        if assessment is not None and document is not None:
             self.client.put_assessment(run.run_id, document,
                                        signature=self.identity.sign_assessment(run.run_id, document))
             log.info("run %s: candidate AUC %.4f AP %.4f against %s: %s", run.run_id, assessment.candidate["auc"],
@@ -354,7 +358,7 @@ class BankAgent:
                 "status": PROPOSED,
                 "model": run.model,
                 "digest": digest,
-                "assessment": None if assessment is None else json.loads(assessment.to_bytes()),
+                "assessment": None if document is None else json.loads(document),
                 "rounds": runner.ledger.rounds,
                 "replayed_rounds": channel.stats.replayed,
                 "seconds": round(self._clock() - started, 3),
@@ -366,10 +370,10 @@ class BankAgent:
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 
-    def _assess(self, run: RunInfo, runner: BankRunner, model: Any, digest: str) -> Assessment | None:
+    def _assess(self, run: RunInfo, window: RunWindow | None, runner: BankRunner, model: Any,
+                digest: str) -> Assessment | None:
         """The gate: pooled metrics of the candidate and the run's baseline on the validation days,
         from one more secure sum with the same banks (None when there is nothing to compare)."""
-        window = None if run.window is None else load_window(run.window)
         if run.baseline_version is None or window is None or window.validation_days == 0:
             return None
         validation = self.training_rows(RunWindow(
@@ -388,13 +392,16 @@ class BankAgent:
         """The run's baseline model, downloaded and checked: the digest the consortium lists, and
         signatures of at least this bank's quorum of pinned members."""
         version = str(run.baseline_version)
-        info = next((m for m in self.client.list_models() if m.version == version), None)
-        if info is None:
-            raise CannotTakePartError(f"the run's baseline model version {version} is not published")
-        body = self.client.download_model(version)
-        digest = hashlib.sha256(body).hexdigest()
-        if digest != info.digest.removeprefix("sha256:"):
-            raise CannotTakePartError(f"baseline model {version} downloaded with another digest than listed")
+        try:
+            info = self.client.get_model(version)
+        except NotFoundError:
+            raise CannotTakePartError(f"the run's baseline model version {version} is not published") from None
+        try:
+            body, _ = self._fetch(info)
+        except ConsortiumError as exc:
+            if exc.retryable:
+                raise
+            raise CannotTakePartError(f"baseline model {version}: {exc}") from None
         signers = self._pinned_signers(info.run_id, info, body)
         if len(signers) < self.settings.quorum:
             raise CannotTakePartError(
@@ -484,7 +491,14 @@ class BankAgent:
                 log.warning("run %s: model not fetched yet: %s", run_id, exc)
         return saved
 
-    def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path | None:
+    def _fetch(self, info: ModelInfo) -> tuple[bytes, str]:
+        """A published model's file and its sha256, which must be the digest the consortium lists.
+
+        Raises
+        ------
+        ConsortiumError
+            The bytes are not the listed model.
+        """
         body = self.client.download_model(info.version)
         digest = hashlib.sha256(body).hexdigest()
         expected = info.digest.removeprefix("sha256:")
@@ -492,6 +506,10 @@ class BankAgent:
             raise ConsortiumError(
                 f"model {info.version} downloaded with sha256 {digest}, but the consortium lists {expected}"
             )
+        return body, digest
+
+    def _download(self, run_id: str, record: dict[str, Any], info: ModelInfo) -> Path | None:
+        body, digest = self._fetch(info)
         problem = self._model_problem(run_id, record, info, body, digest)
         if problem:
             # Never served: a model this bank did not compute, or that no quorum of pinned

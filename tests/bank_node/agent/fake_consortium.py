@@ -447,6 +447,14 @@ class FakeConsortium:
             with fake.lock:
                 return jsonify(list(fake.models))
 
+        @app.get("/v1/models/<int:version>")
+        def get_model(version: int) -> Any:
+            with fake.lock:
+                found = [m for m in fake.models if m["version"] == version]
+            if not found:
+                raise HttpError(404, f"no published model version {version}")
+            return jsonify(found[0])
+
         @app.get("/v1/models/<version>/download")
         def download(version: str) -> Any:
             if version not in fake.model_files:
