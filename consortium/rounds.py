@@ -348,7 +348,8 @@ def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     contributed = {row.bank_id for row in contributions_of(session, current.id)}
     current.state = RoundState.FAILED.value
     current.failure_reason = reason
-    current.dropped = sorted(set(run.participants) - contributed)
+    # Banks the round expected and did not get; a bank left out or withdrawn did not drop out.
+    current.dropped = sorted(expected_banks(run, current.round_key) - contributed)
     current.closed_at = now()
     session.commit()
     logger.warning(

@@ -133,3 +133,16 @@ def test_the_runs_progress_is_visible_from_the_consortium(consortium: Consortium
     progress = consortium.run(run_id)["progress"]
     assert progress == {"phase": "trees", "rounds_released": 4, "rounds_expected": 9, "n_trees": 4, "tree": 2,
                         "epoch": 0}
+
+
+def test_a_withdrawn_bank_is_not_listed_as_dropped_from_a_failed_round(
+    consortium4: Consortium, he_key: crypto.HEScheme, clock: Any
+) -> None:
+    run_id = _open(consortium4, {"model": "xgboost", "round_timeout_s": 10}).get_json()["run_id"]
+    banks = consortium4.banks
+    banks["bank-4"].client.post(f"/v1/runs/{run_id}/withdrawals", json={"reason": "no data"},
+                                headers=banks["bank-4"].auth)
+    banks["bank-1"].contribute(run_id, "r/n2", he_key.encrypt(np.ones(2)))
+    clock.advance(11)
+    rounds = consortium4.run(run_id)["rounds"]
+    assert rounds[0]["state"] == "failed" and rounds[0]["dropped"] == ["bank-2", "bank-3"]
