@@ -264,7 +264,16 @@ def make_current(session: Session, model: PublishedModel, reason: str) -> Curren
 
 
 def roll_back(session: Session, model: PublishedModel, *, reason: str) -> CurrentModel:
-    """An operator makes an earlier (or any published, promoted or not) version current."""
+    """An operator makes an earlier promoted version current again.
+
+    Raises
+    ------
+    Conflict
+        The version was rejected by the gate: the operator cannot promote it alone.
+    """
+    if model.status != "promoted":
+        raise Conflict(f"model version {model.version} was {model.status} by the banks' assessments; only a "
+                       "version that was promoted can be made current")
     with write_lock():
         current = make_current(session, model, f"set by the operator: {reason}" if reason else "set by the operator")
         session.commit()

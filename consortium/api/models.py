@@ -76,8 +76,9 @@ def current_models() -> Any:
 @json_body
 @blp.arguments(MakeCurrentSchema)
 @blp.response(200, CurrentModelSchema)
+@blp.alt_response(409, description="the version was rejected by the gate")
 def make_current(data: dict[str, Any], version: int) -> Any:
-    """Roll back (or forward): make this published version the one its family serves."""
+    """Roll back (or forward): make this promoted version the one its family serves."""
     current = publishing.roll_back(db.session, publishing.get_model(db.session, version), reason=data["reason"])
     return {"family": current.family, "version": current.version, "since": current.since, "reason": current.reason}
 

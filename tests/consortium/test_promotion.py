@@ -113,3 +113,38 @@ def test_operators_roll_back_and_only_operators(consortium: Consortium, he_key: 
     assert consortium.open_run()["baseline_version"] == 1
     missing = consortium.client.put("/v1/models/99/current", json={}, headers=bearer(consortium.operator))
     assert missing.status_code == 404
+    # The operator cannot undo the gate alone: a version the banks rejected is never made current.
+    rejected = _train(consortium, he_key, _model("worse"), auc=0.5, baseline_auc=0.85)
+    refused = consortium.client.put(f"/v1/models/{rejected['model_version']}/current", json={},
+                                    headers=bearer(consortium.operator))
+    assert refused.status_code == 409 and "rejected" in refused.get_json()["message"]
+    assert _current(consortium) == [("xgboost", 1)]
+
+
+def test_one_bank_lying_in_its_assessment_cannot_flip_the_decision(
+    consortium4: Consortium, he_key: crypto.HEScheme
+) -> None:
+    """Three banks find the candidate worse; the fourth claims it is better. The honest majority's
+    document decides: the model is rejected and the current one stays."""
+    consortium = consortium4
+    _train(consortium, he_key, _model("first"))
+    run = consortium.open_run()
+    run_id = run["run_id"]
+    body = _model("worse")
+    for bank in consortium.banks.values():
+        assert bank.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+
+    def document(auc: float) -> bytes:
+        return Assessment(run_id=run_id, model_digest=hashlib.sha256(body).hexdigest(), baseline_version=1,
+                          tolerance=run["promotion_tolerance"], candidate=_metrics(auc),
+                          baseline=_metrics(0.9)).to_bytes()
+
+    assert consortium.bank("bank-1").assess(run_id, document(0.99)).status_code == 201  # the liar
+    for bank_id in ("bank-2", "bank-3", "bank-4"):
+        assert consortium.bank(bank_id).assess(run_id, document(0.7)).status_code == 201
+    for bank in consortium.banks.values():
+        bank.propose(run_id, body)
+    finished = consortium.run(run_id)
+    assert finished["state"] == "rejected" and _current(consortium) == [("xgboost", 1)]
+    model = consortium.client.get(f"/v1/models/{finished['model_version']}", headers=bearer(consortium.operator))
+    assert model.get_json()["banks"] == ["bank-2", "bank-3", "bank-4"]
