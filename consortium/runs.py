@@ -40,7 +40,7 @@ def open_run(
     participants: Sequence[str] | None,
     window: RunWindow,
     run_timeout_s: int,
-    promotion_tolerance: float = 0.005,
+    promotion_tolerance: float,
 ) -> Run:
     """Open a training run.
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from consortium.errors import ConsortiumError, Unprocessable
 from consortium.extensions import now, write_lock
+from consortium.runs import open_run
 from consortium.storage.database import db
 from consortium.storage.models import Run, RunState, Schedule
 from schemas.errors import FedfraudInputError
@@ -244,21 +245,20 @@ def _fire_one(session: Session, config: Any, schedule: Schedule, moment: datetim
     if late > grace:
         message = f"missed by {late} (more than the {grace} grace period): skipped, not run late"
         return _record(session, schedule.model, None, message, local)
-    open_run = session.execute(
+    still_open = session.execute(
         select(Run.run_id).where(Run.model == schedule.model, Run.state == RunState.OPEN.value)
     ).scalar()
-    if open_run is not None:
-        return _record(session, schedule.model, None, f"skipped: run {open_run} is still open", local)
-    from consortium.runs import open_run as open_a_run
-
+    if still_open is not None:
+        return _record(session, schedule.model, None, f"skipped: run {still_open} is still open", local)
     window = RunWindow(as_of=local.date(), train_days=schedule.train_days, validation_days=schedule.validation_days,
                        label_delay_days=schedule.label_delay_days)
     try:
-        run = open_a_run(
+        run = open_run(
             session, model=schedule.model, params=load_run_params(schedule.model, schedule.params),
             min_banks=schedule.min_banks or config["DEFAULT_MIN_BANKS"],
             round_timeout_s=config["DEFAULT_ROUND_TIMEOUT_S"], participants=None, window=window,
             run_timeout_s=schedule.run_timeout_s or config["DEFAULT_RUN_TIMEOUT_S"],
+            promotion_tolerance=float(config["PROMOTION_TOLERANCE"]),
         )
     except (ConsortiumError, FedfraudInputError) as exc:
         session.rollback()

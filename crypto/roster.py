@@ -41,6 +41,7 @@ __all__ = [
     "RosterError",
     "accept",
     "fingerprint",
+    "normalise_fingerprint",
     "roster_message",
     "valid_signers",
 ]
@@ -82,9 +83,8 @@ def normalise_fingerprint(text: str) -> str:
 
 def roster_message(bank_id: str, document: bytes) -> bytes:
     """The bytes a member signs to approve a roster document."""
-    for value in (bank_id,):
-        if "\n" in value:
-            raise SignatureError(f"a signed field may not contain a newline: {value!r}")
+    if "\n" in bank_id:
+        raise SignatureError(f"a signed field may not contain a newline: {bank_id!r}")
     return f"{ROSTER_FORMAT}\n{bank_id}\n{hashlib.sha256(document).hexdigest()}".encode()
 
 

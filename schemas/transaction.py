@@ -239,6 +239,21 @@ def _check_label(frame: pd.DataFrame, errors: dict[str, list[str]]) -> None:
     frame["label"] = values.astype(np.int64)
 
 
+def _require_columns(frame: pd.DataFrame, resolved: Mapping[str, str], needed: tuple[str, ...], what: str) -> None:
+    """Raise naming every field of ``needed`` with no column (or a mapped column not in the input)."""
+    errors: dict[str, list[str]] = {}
+    for field in needed:
+        source = resolved.get(field)
+        if source is None:
+            looked = sorted({field, HANDBOOK_COLUMNS[field]})
+            errors[field] = [f"no column for it (looked for {' or '.join(looked)}; map one with {field}=COLUMN)"]
+        elif source not in frame.columns:
+            errors[field] = [f"mapped column {source!r} is not in the input"]
+    if errors:
+        available = ", ".join(map(str, frame.columns[:20]))
+        raise TransactionValidationError(f"{what} (the input has: {available})", errors)
+
+
 def to_canonical(
     frame: pd.DataFrame,
     mapping: Mapping[str, str] | None = None,
@@ -272,17 +287,8 @@ def to_canonical(
     """
     resolved = resolve_columns(frame.columns, mapping)
     needed = REQUIRED_FIELDS + ((LABEL_FIELD,) if require_label else ())
+    _require_columns(frame, resolved, needed, "missing required columns")
     errors: dict[str, list[str]] = {}
-    for field in needed:
-        source = resolved.get(field)
-        if source is None:
-            looked = sorted({field, HANDBOOK_COLUMNS[field]})
-            errors[field] = [f"no column for it (looked for {' or '.join(looked)}; map one with {field}=COLUMN)"]
-        elif source not in frame.columns:
-            errors[field] = [f"mapped column {source!r} is not in the input"]
-    if errors:
-        available = ", ".join(map(str, frame.columns[:20]))
-        raise TransactionValidationError(f"missing required columns (the input has: {available})", errors)
 
     clashes = [c for c in frame.columns if c in CANONICAL_FIELDS and resolved.get(c) not in (None, c)]
     if clashes:
@@ -317,15 +323,8 @@ def to_canonical_labels(frame: pd.DataFrame, mapping: Mapping[str, str] | None =
         A missing column, a non-integer id, a label other than 0 or 1, or an id given twice.
     """
     resolved = resolve_columns(frame.columns, mapping)
+    _require_columns(frame, resolved, ("transaction_id", LABEL_FIELD), "missing label columns")
     errors: dict[str, list[str]] = {}
-    for field in ("transaction_id", LABEL_FIELD):
-        source = resolved.get(field)
-        if source is None or source not in frame.columns:
-            looked = sorted({field, HANDBOOK_COLUMNS[field]})
-            errors[field] = [f"no column for it (looked for {' or '.join(looked)}; map one with {field}=COLUMN)"]
-    if errors:
-        raise TransactionValidationError(f"missing label columns (the input has: {', '.join(map(str, frame.columns[:20]))})",
-                                         errors)
     out = frame.rename(columns={resolved[f]: f for f in ("transaction_id", LABEL_FIELD)})[["transaction_id", LABEL_FIELD]]
     out = out.reset_index(drop=True)
     _check_integer_column(out, "transaction_id", errors)

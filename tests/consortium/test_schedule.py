@@ -175,3 +175,39 @@ def test_schedule_changes_are_checked_and_only_operators_make_them(
                                           headers=bearer(compliance_token))
     assert as_compliance.status_code == 403
     assert consortium.client.get("/v1/schedules", headers=bearer(compliance_token)).status_code == 200
+
+
+def test_a_running_scheduler_picks_up_a_change_at_its_next_reload(app: Flask, consortium: Consortium) -> None:
+    from consortium.scheduler import reload_schedules
+
+    scheduler = build_scheduler(app, BackgroundScheduler(timezone="Europe/Brussels"))
+    assert scheduler.get_job("train-logreg") is None
+    _set(consortium, "logreg", enabled=True, cron="45 4 * * *")
+    _set(consortium, "xgboost", enabled=False)
+    assert sorted(reload_schedules(app, scheduler)) == ["train-logreg"]
+    assert scheduler.get_job("train-xgboost") is None
+    job = scheduler.get_job("train-logreg")
+    assert job is not None and "hour='4', minute='45'" in str(job.trigger)
+
+
+def test_the_sweep_ends_runs_past_their_deadline(app: Flask, consortium: Consortium) -> None:
+    from consortium.rounds import sweep_expired
+
+    with time_machine.travel(_utc(2026, 6, 1, 0, 0), tick=False):
+        run_id = consortium.open_run(run_timeout_s=3600)["run_id"]
+    with time_machine.travel(_utc(2026, 6, 1, 1, 0, 1), tick=False):
+        sweep_expired(app)
+    with app.app_context():
+        run = db.session.get(Run, run_id)
+        assert run is not None and run.state == RunState.FAILED.value and "deadline" in (run.failure_reason or "")
+
+
+def test_a_scheduled_run_carries_the_schedules_settings_and_the_consortiums_tolerance(
+    app: Flask, consortium: Consortium
+) -> None:
+    app.config["PROMOTION_TOLERANCE"] = 0.02
+    _set(consortium, "xgboost", params={"n_trees": 7}, train_days=10, validation_days=3, label_delay_days=5)
+    [outcome] = [o for o in _at(app, _utc(2026, 6, 1, 0, 0, 5)) if o.model == "xgboost"]
+    run = consortium.run(str(outcome.run_id))
+    assert run["params"] == {"n_trees": 7} and run["promotion_tolerance"] == 0.02
+    assert run["window"] == {"as_of": "2026-06-01", "train_days": 10, "validation_days": 3, "label_delay_days": 5}
