@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from consortium.ceremony import key_material, key_material_by_id
 from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from consortium.extensions import (
     blob_store,
@@ -76,8 +77,6 @@ _ATTEMPTS = 3  # concurrent first contributions race to open the round; the lose
 
 def run_key(session: Session, run: Run) -> KeyMaterial | None:
     """The public context of the key ``run`` was opened under (the current one for older runs)."""
-    from consortium.ceremony import key_material, key_material_by_id
-
     return key_material(session) if run.key_id is None else key_material_by_id(session, run.key_id)
 
 

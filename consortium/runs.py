@@ -16,7 +16,8 @@ from consortium.errors import Conflict, Unprocessable
 from consortium.extensions import now, write_lock
 from consortium.roster import roster_by_digest
 from consortium.secure_sum import check_quorum
-from consortium.storage.models import Bank, Run, RunState
+from consortium.storage.models import Bank, CurrentModel, Run, RunState
+from crypto.roster import Roster
 from schemas.run import MODEL_FAMILIES, RunWindow
 
 __all__ = ["MODEL_FAMILIES", "cancel_run", "end_run", "list_runs", "open_run", "withdraw"]
@@ -132,8 +133,6 @@ def open_run(
 
 
 def _current_version(session: Session, family: str) -> int | None:
-    from consortium.storage.models import CurrentModel
-
     current = session.get(CurrentModel, family)
     return None if current is None else current.version
 
@@ -141,8 +140,6 @@ def _current_version(session: Session, family: str) -> int | None:
 def _key_roster_members(session: Session, roster_digest: str) -> set[str]:
     """The banks of the roster the current key was made for (the banks only take part with their
     pinned roster's members; a run listing anyone else could never complete)."""
-    from crypto.roster import Roster
-
     relayed = roster_by_digest(session, roster_digest)
     if relayed is None:  # a key published before rosters existed: no restriction to apply
         return {bank.bank_id for bank in session.execute(select(Bank)).scalars()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Response
@@ -14,19 +15,15 @@ from consortium.api.schemas import CurrentModelSchema, MakeCurrentSchema, ModelS
 from consortium.auth import requires
 from consortium.extensions import blob_store
 from consortium.storage.database import db
-from consortium.storage.models import CurrentModel, PublishedModel, Role
+from consortium.rounds import get_run
+from consortium.secure_sum import RoundState
+from consortium.storage.models import CurrentModel, PublishedModel, Role, RoundRow
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Published global models")
 
 
 def model_view(model: PublishedModel) -> dict[str, Any]:
     """A published model's metadata, its gate's assessment and its lineage."""
-    import json
-
-    from consortium.rounds import get_run
-    from consortium.secure_sum import RoundState
-    from consortium.storage.models import RoundRow
-
     current = publishing.current_model(db.session, model.family)
     run = get_run(db.session, model.run_id)
     released = db.session.execute(
