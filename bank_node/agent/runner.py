@@ -62,10 +62,11 @@ log = logging.getLogger(__name__)
 
 PROPOSED = "proposed"
 PUBLISHED = "published"
-REJECTED = "rejected"
+REFUSED = "refused"
+"""A published model this bank will not use: not its own proposal, or not signed by its quorum."""
 FAILED = "failed"
 RETRY = "retry"
-_FINISHED = (PROPOSED, PUBLISHED, REJECTED, FAILED)
+_FINISHED = (PROPOSED, PUBLISHED, REFUSED, FAILED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,7 +516,7 @@ class BankAgent:
             # Never served: a model this bank did not compute, or that no quorum of pinned
             # members signed, is not the consortium's model whatever the aggregator says.
             log.error("run %s: published model %s refused: %s", run_id, info.version, problem)
-            self.state.update_run(run_id, {"status": REJECTED, "version": info.version, "reason": problem})
+            self.state.update_run(run_id, {"status": REFUSED, "version": info.version, "reason": problem})
             return None
         path = self.state.save_model(info.version, info.model or str(record.get("model", "model")), body)
         self.state.update_run(

@@ -23,7 +23,7 @@ import crypto
 from bank_node.agent.ceremony import check_consortium_key, fetch_share, load_secret_scheme, publish_keys
 from bank_node.agent.errors import CeremonyError
 from bank_node.agent.membership import approve_roster, load_pinned, propose_roster, sync_roster
-from bank_node.agent.runner import FAILED, PUBLISHED, REJECTED, BankAgent
+from bank_node.agent.runner import FAILED, PUBLISHED, REFUSED, BankAgent
 from bank_node.agent.training import TrainingSet
 from crypto.roster import Member, Roster, RosterError, accept, roster_message
 from crypto.scheme import CryptoError
@@ -182,7 +182,7 @@ def test_a_published_model_must_be_the_banks_own_and_signed_by_a_quorum(
     publish(MODEL, {"bank-1": signed["bank-1"], "bank-2": signed["bank-2"], "bank-3": forged})
     assert agent.sync_models() == []
     record = bank.state.run_record(run_id) or {}
-    assert record["status"] == REJECTED and "only 2 pinned members" in record["reason"]
+    assert record["status"] == REFUSED and "only 2 pinned members" in record["reason"]
     assert not bank.state.model_path("1", "xgboost").exists()
 
     bank.state.update_run(run_id, {"status": "proposed"})
