@@ -164,14 +164,18 @@ class FireOutcome:
     message: str
 
 
+DEFAULT_SCHEDULE_PARAMS: Final = {"consortium_features": True}
+
+
 def ensure_schedules(session: Session, config: Any) -> list[Schedule]:
-    """Every family's schedule, creating the defaults (xgboost nightly at 02:00, logreg off)."""
+    """Every family's schedule, creating the defaults (xgboost nightly at 02:00, logreg off; both
+    with consortium terminal features, which is what the nightly run is for)."""
     missing = [model for model in MODEL_FAMILIES if session.get(Schedule, model) is None]
     for model in missing:
         with write_lock():
             session.add(Schedule(
                 model=model, cron=config.get("SCHEDULE_DEFAULT_CRON", DEFAULT_CRON), enabled=model == "xgboost",
-                params={}, train_days=config["DEFAULT_TRAIN_DAYS"], validation_days=config["DEFAULT_VALIDATION_DAYS"],
+                params=dict(DEFAULT_SCHEDULE_PARAMS), train_days=config["DEFAULT_TRAIN_DAYS"], validation_days=config["DEFAULT_VALIDATION_DAYS"],
                 label_delay_days=config["DEFAULT_LABEL_DELAY_DAYS"], updated_at=now(),
             ))
             try:

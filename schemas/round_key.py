@@ -113,7 +113,9 @@ def training_progress(model: str, params: dict[str, object], released_keys: Sequ
     Returns
     -------
     dict
-        ``phase`` (``"starting"``, ``"binning"``, ``"trees"``, ``"statistics"``, ``"newton"``),
+        ``phase`` (``"starting"``, ``"terminal statistics"``, ``"binning"``, ``"trees"``,
+        ``"statistics"``, ``"newton"``, ``"evaluation"``), ``terminal_rounds`` when the run pools
+        consortium terminal statistics,
         ``rounds_released``, ``rounds_expected`` (an upper bound: a tree may stop early), and for
         xgboost ``tree`` (1-based, the tree in progress or last grown) of ``n_trees``.
     """
@@ -135,6 +137,15 @@ def training_progress(model: str, params: dict[str, object], released_keys: Sequ
         max_rounds = int(params.get("max_rounds", 30))  # type: ignore[call-overload]
         progress.update(rounds_expected=3 + max_rounds, newton_rounds=len(newton),
                         phase="newton" if newton else ("statistics" if current else "starting"))
+    terminal_rounds = sum(1 for k in current if k.startswith("terminals/"))
+    if terminal_rounds:
+        progress["terminal_rounds"] = terminal_rounds
+        if "rounds_expected" in progress:  # the model's rounds come after the pooling's
+            progress["rounds_expected"] = int(progress["rounds_expected"]) + terminal_rounds  # type: ignore[call-overload]
+        if len(current) == terminal_rounds:
+            progress["phase"] = "terminal statistics"
+    if any(k.startswith("eval/") for k in current):
+        progress["phase"] = "evaluation"
     if not keys:
         progress["phase"] = "starting"
     return progress

@@ -24,6 +24,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from schemas.errors import FedfraudInputError
 
 __all__ = [
+    "DEFAULT_TERMINAL_THRESHOLD",
+    "FEATURE_PARAMS",
     "LOGREG_LIMITS",
     "MODEL_FAMILIES",
     "XGBOOST_LIMITS",
@@ -33,6 +35,7 @@ __all__ = [
     "XGBoostParamsSchema",
     "load_run_params",
     "load_window",
+    "split_run_params",
 ]
 
 MODEL_FAMILIES: Final = ("xgboost", "logreg")
@@ -67,7 +70,24 @@ class _Strict(Schema):
         unknown = RAISE
 
 
-class XGBoostParamsSchema(_Strict):
+class _FeatureParams(_Strict):
+    """What the model's inputs are made of (the same for every model family)."""
+
+    consortium_features = fields.Boolean(
+        truthy={True}, falsy={False},
+        metadata={"description": "replace each bank's terminal features by their values over all banks' "
+                                 "transactions, pooled under encryption (default false)"})
+    terminal_threshold = _int("terminal_threshold", 3, 1000,
+                              "fewest banks that must have seen a terminal for it to get consortium values "
+                              "(default 3: with two, a bank could subtract its own events and read the other's)")
+
+
+FEATURE_PARAMS: Final = ("consortium_features", "terminal_threshold")
+"""Params that say how inputs are built, not how the model is fitted."""
+DEFAULT_TERMINAL_THRESHOLD: Final = 3
+
+
+class XGBoostParamsSchema(_FeatureParams):
     """Parameters of federated gradient-boosted trees (XGBoost's meaning, ``tree_method=hist``)."""
 
     n_trees = _int("n_trees", *XGBOOST_LIMITS["n_trees"], "boosting rounds (XGBoost num_boost_round)")
@@ -86,7 +106,7 @@ class XGBoostParamsSchema(_Strict):
     seed = _int("seed", 0, 2**31 - 1, "seed of the samplers")
 
 
-class LogRegParamsSchema(_Strict):
+class LogRegParamsSchema(_FeatureParams):
     """Parameters of federated logistic regression (scikit-learn's meaning of C)."""
 
     C = _float("C", "inverse L2 regularisation strength", low=0.0, high=1e6, min_inclusive=False)
@@ -112,6 +132,13 @@ def load_run_params(model: str, params: Any) -> dict[str, Any]:
     if schema is None:
         raise FedfraudInputError(f"unknown model family {model!r}", {"model": [f"one of {', '.join(MODEL_FAMILIES)}"]})
     return _load(schema(), params, "params", f"invalid {model} params")
+
+
+def split_run_params(model: str, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's params, validated, as (the model family's own, the feature settings)."""
+    loaded = load_run_params(model, params)
+    features: dict[str, Any] = {name: loaded.pop(name) for name in FEATURE_PARAMS if name in loaded}
+    return loaded, features
 
 
 def _load(schema: Schema, document: Any, field: str, message: str) -> dict[str, Any]:

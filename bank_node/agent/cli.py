@@ -375,6 +375,7 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
     from bank_node.agent.state import StateDir
     from bank_node.agent.training import StoreSource, TransactionSource
+    from bank_node.terminal_history import PooledHistory
     from schemas.transaction import parse_column_mapping
 
     state = StateDir(state_dir)
@@ -387,12 +388,16 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
                                    mapping=parse_column_mapping(columns))
         if start is not None:
             source.rows()  # bad data is reported now, not at the first run
+        terminal_history = PooledHistory.in_state_dir(state_dir)
     else:
-        source = StoreSource(_open_store(state_dir, store_url), train_start=start, train_days=train_days)
+        store = _open_store(state_dir, store_url)
+        source = StoreSource(store, train_start=start, train_days=train_days)
+        terminal_history = PooledHistory(store.engine)
     with closing(client):
         check_consortium_key(client, identity, state, load_secret_scheme(state))
         node = BankAgent(
             client=client, identity=identity, state=state, training_rows=source.rows,
+            transactions=source.transactions, terminal_history=terminal_history,
             settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development),
         )
         if not once:

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,14 @@ from bank_node.agent.identity import BankIdentity
 from bank_node.agent.membership import PinnedRoster, load_pinned
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
-from bank_node.agent.training import PreparedRun, TrainingSet, prepare_run
+from bank_node.agent.terminals import TerminalPlan, Transactions, plan_terminals, pool_terminals
+from bank_node.agent.training import FeatureSettings, TrainingSet, feature_settings, prepare_run
 from bank_node.federated.evaluation import federated_evaluation
 from bank_node.federated.logreg import LogRegModel
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
+from bank_node.federated.terminal_stats import ConsortiumHistory
 from bank_node.federated.xgb_export import from_xgboost_json
+from bank_node.terminal_history import PooledHistory
 from crypto.masking import MaskSession
 from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
@@ -159,6 +162,17 @@ def _scorer(model: Any) -> Callable[[Any], Any]:
     return score
 
 
+@dataclass(frozen=True)
+class _Preparation:
+    """What :meth:`BankAgent._prepare` checked and gathered before the first round."""
+
+    context: HEScheme
+    roster: Roster
+    window: RunWindow | None
+    rows: TrainingSet
+    terminals: TerminalPlan | None
+
+
 class CannotTakePartError(ValueError):
     """This bank will not take part in a run (said to the consortium, which goes on without it)."""
 
@@ -179,6 +193,9 @@ class BankAgent:
         default period, for runs that carry no window); called once per run.
     settings
         Polling and waiting.
+    transactions, terminal_history
+        The bank's labelled transactions between two days, and the node's pooled consortium
+        terminal history: what runs with consortium features need (refused without them).
     sleep, clock
         Injected for tests.
     """
@@ -191,6 +208,8 @@ class BankAgent:
         state: StateDir,
         training_rows: Callable[[RunWindow | None], TrainingSet],
         settings: AgentSettings = AgentSettings(),
+        transactions: Transactions | None = None,
+        terminal_history: PooledHistory | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -198,6 +217,8 @@ class BankAgent:
         self.identity = identity
         self.state = state
         self.training_rows = training_rows
+        self.transactions = transactions
+        self.terminal_history = terminal_history
         self.settings = settings
         self._sleep = sleep
         self._clock = clock
@@ -266,7 +287,7 @@ class BankAgent:
             # Refused before any round: the consortium hears why, and the others go on without us.
             return self._withdraw(run, str(exc))
         try:
-            outcome = self._train_and_propose(run, *prepared)
+            outcome = self._train_and_propose(run, prepared)
         except (AuthError, CeremonyError):
             raise
         except CannotTakePartError as exc:  # e.g. a baseline it cannot trust: said, not left waiting
@@ -283,7 +304,7 @@ class BankAgent:
             outcome = self._record_failure(run, str(exc))
         return outcome
 
-    def _prepare(self, run: RunInfo) -> tuple[HEScheme, Roster, PreparedRun, RunWindow | None]:
+    def _prepare(self, run: RunInfo) -> _Preparation:
         """Everything checked before the first round: the key, the roster, params, window, data.
 
         Raises
@@ -314,12 +335,18 @@ class BankAgent:
                 f"run {run.run_id} was opened under HE key {run.key_id}; this bank holds {context.key_id}"
             )
         window = None if run.window is None else load_window(run.window)
-        prepared = prepare_run(run.model, run.params, self.training_rows(window),
-                               party_index=run.party_index(self.bank_id))
-        return context, roster, prepared, window
+        rows = self.training_rows(window)
+        prepare_run(run.model, run.params, rows, party_index=run.party_index(self.bank_id))  # checks the params
+        features = feature_settings(run.model, run.params)
+        terminals = None
+        if features.consortium:
+            terminals = plan_terminals(run, window, settings=features, key_id=context.key_id,
+                                       secret_context=self.state.load_secret_context() or b"",
+                                       transactions=self.transactions, history=self.terminal_history)
+        return _Preparation(context=context, roster=roster, window=window, rows=rows, terminals=terminals)
 
-    def _train_and_propose(self, run: RunInfo, context: HEScheme, roster: Roster, prepared: PreparedRun,
-                           window: RunWindow | None) -> RunOutcome:
+    def _train_and_propose(self, run: RunInfo, preparation: _Preparation) -> RunOutcome:
+        context, roster, window, rows = preparation.context, preparation.roster, preparation.window, preparation.rows
         channel = HttpChannel(
             signing_keys={b: key for b, key in roster.signing_keys().items() if b in run.participants},
             client=self.client,
@@ -336,10 +363,16 @@ class BankAgent:
             participants=run.active, quorum=self.settings.quorum, on_round=ProgressLog(run, clock=self._clock),
         )
         started = self._clock()
+        history, pooled_days = None, 0
+        if preparation.terminals is not None:
+            assert self.terminal_history is not None
+            history, pooled_days = pool_terminals(runner, run, preparation.terminals, self.terminal_history)
+            rows = rows.with_consortium_terminals(history, secret=preparation.terminals.key)
+        prepared = prepare_run(run.model, run.params, rows, party_index=run.party_index(self.bank_id))
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
         digest = prepared.digest(body)
-        assessment = self._assess(run, window, runner, model, digest)
+        assessment = self._assess(run, window, runner, model, digest, preparation.terminals, history)
         document = None if assessment is None else assessment.to_bytes()
         if assessment is not None and document is not None:
             self.client.put_assessment(run.run_id, document,
@@ -362,6 +395,8 @@ class BankAgent:
                 "assessment": None if document is None else json.loads(document),
                 "rounds": runner.ledger.rounds,
                 "replayed_rounds": channel.stats.replayed,
+                "terminal_days": 0 if history is None else len(history.days),
+                "terminal_days_pooled": pooled_days,
                 "seconds": round(self._clock() - started, 3),
             },
         )
@@ -371,17 +406,34 @@ class BankAgent:
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 
-    def _assess(self, run: RunInfo, window: RunWindow | None, runner: BankRunner, model: Any,
-                digest: str) -> Assessment | None:
+    def _assess(self, run: RunInfo, window: RunWindow | None, runner: BankRunner, model: Any, digest: str,
+                terminals: TerminalPlan | None, history: ConsortiumHistory | None) -> Assessment | None:
         """The gate: pooled metrics of the candidate and the run's baseline on the validation days,
-        from one more secure sum with the same banks (None when there is nothing to compare)."""
+        from one more secure sum with the same banks (None when there is nothing to compare).
+
+        Each model scores the rows built as it was trained: with consortium terminal features
+        if its file says so (the baseline's file is signed by the quorum, so the aggregator
+        cannot change what it says)."""
         if run.baseline_version is None or window is None or window.validation_days == 0:
             return None
         validation = self.training_rows(RunWindow(
             as_of=window.as_of, train_days=window.validation_days, validation_days=0,
             label_delay_days=window.label_delay_days))
-        baseline = self._baseline_scorer(run)
-        metrics = runner.run(lambda: federated_evaluation([_scorer(model), baseline], validation.X, validation.y))
+        baseline, baseline_features = self._baseline_scorer(run)
+
+        def inputs(features: FeatureSettings) -> Any:
+            if not features.consortium:
+                return validation.X
+            if terminals is None or history is None:
+                raise CannotTakePartError(
+                    f"the baseline model {run.baseline_version} uses consortium terminal features, which this "
+                    "run does not pool: open the run with consortium_features")
+            pooled = replace(history, threshold=features.threshold)
+            return validation.with_consortium_terminals(pooled, secret=terminals.key).X
+
+        candidate_features = terminals.settings if terminals is not None else FeatureSettings()
+        X = [inputs(candidate_features), inputs(baseline_features)]
+        metrics = runner.run(lambda: federated_evaluation([_scorer(model), baseline], X, validation.y))
         candidate, current = (
             {"auc": m.auc, "average_precision": m.average_precision, "rows": m.rows, "frauds": m.frauds}
             for m in metrics
@@ -389,7 +441,7 @@ class BankAgent:
         return Assessment(run_id=run.run_id, model_digest=digest, baseline_version=run.baseline_version,
                           tolerance=float(run.promotion_tolerance or 0.0), candidate=candidate, baseline=current)
 
-    def _baseline_scorer(self, run: RunInfo) -> Callable[[Any], Any]:
+    def _baseline_scorer(self, run: RunInfo) -> tuple[Callable[[Any], Any], FeatureSettings]:
         """The run's baseline model, downloaded and checked: the digest the consortium lists, and
         signatures of at least this bank's quorum of pinned members."""
         version = str(run.baseline_version)
@@ -408,9 +460,13 @@ class BankAgent:
             raise CannotTakePartError(
                 f"baseline model {version} is signed by {len(signers)} pinned members; this bank requires "
                 f"{self.settings.quorum}")
+        try:
+            features = FeatureSettings.of_model_file(body)
+        except ValueError as exc:
+            raise CannotTakePartError(f"baseline model {version}: {exc}") from None
         if run.model == "xgboost":
-            return _scorer(from_xgboost_json(json.loads(body)))
-        return _scorer(LogRegModel.from_json(body.decode()))
+            return _scorer(from_xgboost_json(json.loads(body))), features
+        return _scorer(LogRegModel.from_json(body.decode())), features
 
     def _pinned_signers(self, run_id: str, info: ModelInfo, body: bytes) -> set[str]:
         pinned = load_pinned(self.state)

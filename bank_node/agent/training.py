@@ -37,17 +37,21 @@ from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
+from bank_node.federated.terminal_stats import ConsortiumHistory, with_consortium_terminal_features
 from bank_node.federated.xgb_export import to_xgboost_json
 from schemas.errors import FedfraudInputError
-from schemas.run import MODEL_FAMILIES, RunWindow, load_run_params
+from schemas.run import DEFAULT_TERMINAL_THRESHOLD, MODEL_FAMILIES, RunWindow, split_run_params
 
 __all__ = [
+    "FEATURES_ATTRIBUTE",
     "MODEL_FAMILIES",
+    "FeatureSettings",
     "PreparedRun",
     "TrainingSet",
     "StoreSource",
     "TransactionSource",
     "canonical_json",
+    "feature_settings",
     "gbdt_params",
     "logreg_params",
     "prepare_run",
@@ -59,15 +63,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """A bank's training rows: model inputs and labels."""
+    """A bank's training rows: model inputs and labels, and the featured rows they came from
+    (what consortium terminal features replace columns of)."""
 
     X: npt.NDArray[np.float64]
     y: npt.NDArray[np.float64]
+    featured: pd.DataFrame | None = None
 
     @property
     def n_frauds(self) -> int:
         """Fraud rows."""
         return int(self.y.sum())
+
+    def with_consortium_terminals(self, history: ConsortiumHistory, *, secret: bytes) -> TrainingSet:
+        """The same rows with the terminal features of terminals above the history's threshold
+        computed over the consortium's events.
+
+        Raises
+        ------
+        ValueError
+            The rows' featured frame is unknown, or the history lacks days their windows reach.
+        """
+        if self.featured is None:
+            raise ValueError("these training rows keep no featured frame to put consortium features in")
+        shared, covered = with_consortium_terminal_features(self.featured, history, secret=secret)
+        log.info("consortium terminal features: %d of %d rows covered (threshold %d banks)",
+                 int(covered.sum()), len(covered), history.threshold)
+        return TrainingSet(X=shared[list(MODEL_INPUTS)].to_numpy(dtype=np.float64), y=self.y, featured=shared)
 
 
 def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: int) -> TrainingSet:
@@ -106,6 +128,7 @@ def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: 
     rows = TrainingSet(
         X=train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64),
         y=train[LABEL].to_numpy(dtype=np.float64),
+        featured=train.reset_index(drop=True),
     )
     if rows.n_frauds in (0, len(rows.y)):
         log.warning("the training period holds one class only: rows=%d frauds=%d", len(rows.y), rows.n_frauds)
@@ -139,15 +162,30 @@ class TransactionSource:
         self.mapping = dict(mapping or {})
         self._cached: tuple[tuple[float, int, date, int], TrainingSet] | None = None
         # (mtime, size, train start, days) of the cached rows
+        self._frame: tuple[tuple[float, int], pd.DataFrame] | None = None
 
-    def rows(self, window: RunWindow | None = None) -> TrainingSet:
-        """The training rows of the file's current content, for ``window`` (the run's) if given."""
+    def _load(self) -> tuple[tuple[float, int], pd.DataFrame]:
+        """The file's transactions, read again only when its modification time or size changed."""
         from bank_node.data import load_transactions
 
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             raise FedfraudInputError(f"no such file: {self.path}", {"data": ["does not exist"]}) from None
+        version = (stat.st_mtime, stat.st_size)
+        if self._frame is None or self._frame[0] != version:
+            self._frame = (version, load_transactions(self.path, self.mapping, require_label=True).frame)
+        return self._frame
+
+    def transactions(self, start: date, end: date) -> pd.DataFrame:
+        """The file's transactions from ``start`` to before ``end`` (days), with their labels."""
+        frame = self._load()[1]
+        stamps = frame[TIMESTAMP]
+        return frame[((stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))).to_numpy()]
+
+    def rows(self, window: RunWindow | None = None) -> TrainingSet:
+        """The training rows of the file's current content, for ``window`` (the run's) if given."""
+        (mtime, size), frame = self._load()
         if window is None and self.train_start is None:
             raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
                                      {"train_start": ["missing"]})
@@ -156,9 +194,8 @@ class TransactionSource:
         assert train_start is not None
         if window is not None and (train_start, train_days) != (self.train_start, self.train_days):
             log.info("training on the run's window, not the command line's: start=%s days=%d", train_start, train_days)
-        version = (stat.st_mtime, stat.st_size, train_start, train_days)
+        version = (mtime, size, train_start, train_days)
         if self._cached is None or self._cached[0] != version:
-            frame = load_transactions(self.path, self.mapping, require_label=True).frame
             rows = training_rows(frame, train_start=train_start, train_days=train_days)
             log.info("training rows loaded: path=%s rows=%d frauds=%d", self.path, len(rows.y), rows.n_frauds)
             self._cached = (version, rows)
@@ -194,14 +231,20 @@ class StoreSource:
         else:
             raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
                                      {"train_start": ["missing"]})
-        lookback = timedelta(days=max(FeatureConfig().windows_days) + FeatureConfig().delay_days + 1)
-        start = datetime.combine(train_start, datetime.min.time())
-        frame = self.store.between(start - lookback, start + timedelta(days=train_days))
+        lookback = timedelta(days=FeatureConfig().lookback_days + 1)
+        frame = self.transactions(train_start - lookback, train_start + timedelta(days=train_days))
+        return training_rows(frame, train_start=train_start, train_days=train_days)
+
+    def transactions(self, start: date, end: date) -> pd.DataFrame:
+        """The stored transactions from ``start`` to before ``end`` (days); a transaction without
+        a confirmed label counts as genuine."""
+        frame = self.store.between(datetime.combine(start, datetime.min.time()),
+                                   datetime.combine(end, datetime.min.time()))
         unlabelled = int(frame[LABEL].isna().sum())
         if unlabelled:
             log.info("transactions without a confirmed label count as genuine: %d of %d", unlabelled, len(frame))
         frame[LABEL] = frame[LABEL].fillna(0).astype(np.int64)
-        return training_rows(frame, train_start=train_start, train_days=train_days)
+        return frame
 
 
 def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:
@@ -212,12 +255,65 @@ def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:
     FedfraudInputError
         An unknown name, a wrong type or a value out of range.
     """
-    return GBDTParams(**load_run_params("xgboost", params))
+    return GBDTParams(**split_run_params("xgboost", params)[0])
 
 
 def logreg_params(params: Mapping[str, Any]) -> LogRegParams:
     """:class:`LogRegParams` from a run's params, validated as the consortium validates them."""
-    return LogRegParams(**load_run_params("logreg", params))
+    return LogRegParams(**split_run_params("logreg", params)[0])
+
+
+FEATURES_ATTRIBUTE = "fedfraud_features"
+"""Where a model file says how its inputs were built (an XGBoost learner attribute, or a key of
+the logistic-regression document); absent: every feature from the bank's own transactions."""
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a model's inputs are built.
+
+    Attributes
+    ----------
+    consortium
+        Terminal features over the consortium's pooled events, for terminals seen by at least
+        ``threshold`` banks (the bank's own values elsewhere).
+    """
+
+    consortium: bool = False
+    threshold: int = DEFAULT_TERMINAL_THRESHOLD
+
+    def to_attribute(self) -> str:
+        """The settings as the model file records them (a JSON string)."""
+        return json.dumps({"terminal_features": "consortium", "terminal_threshold": self.threshold},
+                          sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def of_model_file(cls, body: bytes) -> FeatureSettings:
+        """The settings a model file (as :func:`prepare_run` serializes it) records.
+
+        Raises
+        ------
+        ValueError
+            The file is not JSON, or records settings this version does not know.
+        """
+        document = json.loads(body)
+        if not isinstance(document, dict):
+            raise ValueError("a model file is a JSON object")
+        attributes = document.get("learner", {}).get("attributes", {}) if "learner" in document else document
+        recorded = attributes.get(FEATURES_ATTRIBUTE)
+        if recorded is None:
+            return cls()
+        settings = json.loads(recorded)
+        if settings.get("terminal_features") != "consortium" or not isinstance(settings.get("terminal_threshold"), int):
+            raise ValueError(f"the model records feature settings this node does not know: {recorded}")
+        return cls(consortium=True, threshold=int(settings["terminal_threshold"]))
+
+
+def feature_settings(model: str, params: Mapping[str, Any]) -> FeatureSettings:
+    """The feature settings of a run's params (validated)."""
+    features = split_run_params(model, params)[1]
+    return FeatureSettings(consortium=bool(features.get("consortium_features", False)),
+                           threshold=int(features.get("terminal_threshold", DEFAULT_TERMINAL_THRESHOLD)))
 
 
 def canonical_json(document: Any) -> bytes:
@@ -267,11 +363,20 @@ def prepare_run(
     FedfraudInputError
         Unknown model family or invalid params.
     """
+    if model not in MODEL_FAMILIES:
+        raise FedfraudInputError(
+            f"run model {model!r} is not one this agent trains ({', '.join(MODEL_FAMILIES)})",
+            {"model": [f"expected one of {', '.join(MODEL_FAMILIES)}"]},
+        )
+    features = feature_settings(model, params)
     if model == "xgboost":
         tree_params = gbdt_params(params)
 
         def xgboost_file(fitted: GBDTModel) -> bytes:
-            return canonical_json(to_xgboost_json(fitted, params=tree_params, feature_names=MODEL_INPUTS))
+            document = to_xgboost_json(fitted, params=tree_params, feature_names=MODEL_INPUTS)
+            if features.consortium:
+                document["learner"]["attributes"][FEATURES_ATTRIBUTE] = features.to_attribute()
+            return canonical_json(document)
 
         def trees() -> Algorithm[GBDTModel]:
             return federated_gbdt(
@@ -279,17 +384,15 @@ def prepare_run(
             )
 
         return PreparedRun(algorithm=trees, serialize=xgboost_file)
-    if model == "logreg":
-        lr_params = logreg_params(params)
+    lr_params = logreg_params(params)
 
-        def logreg_file(fitted: LogRegModel) -> bytes:
-            return canonical_json(json.loads(fitted.to_json()))
+    def logreg_file(fitted: LogRegModel) -> bytes:
+        document = json.loads(fitted.to_json())
+        if features.consortium:
+            document[FEATURES_ATTRIBUTE] = features.to_attribute()
+        return canonical_json(document)
 
-        def regression() -> Algorithm[LogRegModel]:
-            return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
+    def regression() -> Algorithm[LogRegModel]:
+        return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
 
-        return PreparedRun(algorithm=regression, serialize=logreg_file)
-    raise FedfraudInputError(
-        f"run model {model!r} is not one this agent trains ({', '.join(MODEL_FAMILIES)})",
-        {"model": [f"expected one of {', '.join(MODEL_FAMILIES)}"]},
-    )
+    return PreparedRun(algorithm=regression, serialize=logreg_file)

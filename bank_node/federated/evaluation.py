@@ -108,7 +108,7 @@ def metrics_from_histograms(histogram: FloatArray) -> PooledMetrics:
 
 def federated_evaluation(
     scorers: Sequence[Callable[[FloatArray], FloatArray]],
-    X: FloatArray,
+    X: FloatArray | Sequence[FloatArray],
     y: FloatArray,
     *,
     n_bins: int = DEFAULT_BINS,
@@ -121,7 +121,8 @@ def federated_evaluation(
     scorers
         Each model's scoring function (rows to fraud probabilities), in the same order on every bank.
     X, y
-        This bank's validation rows and labels (never leave the bank).
+        This bank's validation rows and labels (never leave the bank); ``X`` may also be one
+        matrix per scorer (the same rows, built as each model was trained).
 
     Returns
     -------
@@ -129,7 +130,10 @@ def federated_evaluation(
         Yields one :class:`SumRequest` of ``len(scorers) * 2 * n_bins`` counts; returns each
         model's pooled metrics (the same on every bank).
     """
-    histograms = [score_histogram(score(X), y, n_bins=n_bins) for score in scorers]
+    inputs: list[FloatArray] = list(X) if isinstance(X, (list, tuple)) else [np.asarray(X)] * len(scorers)
+    if len(inputs) != len(scorers):
+        raise ValueError(f"{len(inputs)} input matrices for {len(scorers)} scorers")
+    histograms = [score_histogram(score(rows), y, n_bins=n_bins) for score, rows in zip(scorers, inputs)]
     summed = yield SumRequest(f"{prefix}/histograms", np.concatenate(histograms))
     width = 2 * n_bins
     return [metrics_from_histograms(summed[i * width : (i + 1) * width]) for i in range(len(scorers))]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -298,6 +298,8 @@ def consortium_history(
     secret: bytes,
     config: TerminalStatsConfig = TerminalStatsConfig(),
     noise: EventNoise | None = None,
+    pool_days: Collection[int] | None = None,
+    keep_below_threshold: bool = False,
 ) -> Algorithm[ConsortiumHistory]:
     """One bank's side of the protocol: its events in, the consortium's (above threshold) out.
 
@@ -311,13 +313,23 @@ def consortium_history(
         Shared settings.
     noise
         Optional privacy noise, applied to each day's events before they are encoded.
+    pool_days
+        The days whose events are summed (default: all of ``events``); presence is always
+        counted over every day of ``events``. Every bank must pass the same days.
+    keep_below_threshold
+        Keep the decoded events of terminals below the threshold too (a node that keeps the
+        history night after night needs them when a terminal reaches the threshold later; the
+        threshold is then applied when features are computed).
     """
     days = tuple(sorted(events))
+    pooled_days = days if pool_days is None else tuple(sorted(set(pool_days)))
+    if not set(pooled_days) <= set(days):
+        raise ValueError("pool_days must be days of events")
     if noise is not None:
         events = {d: noise(d, events[d]) for d in days}
     presence = np.unique(np.concatenate([events[d].tag for d in days])) if days else np.empty(0, np.int64)
-    day_keys = {d: events[d].keys() for d in days}
-    own_sizes = np.array([len(presence)] + [len(day_keys[d][0]) for d in days], dtype=np.float64)
+    day_keys = {d: events[d].keys() for d in pooled_days}
+    own_sizes = np.array([len(presence)] + [len(day_keys[d][0]) for d in pooled_days], dtype=np.float64)
     pooled_sizes = yield SumRequest(f"{ROUND_PREFIX}/sizes", own_sizes)
     pooled = np.rint(pooled_sizes).astype(np.int64)
     # Banks share most terminals, so the presence table is sized for the distinct terminals,
@@ -338,10 +350,10 @@ def consortium_history(
     presence_tags = join_limbs(seen.keys, limb_bits=LIMB_BITS)
     order = np.argsort(presence_tags)
     presence_tags, presence_banks = presence_tags[order], seen.multiplicity[order]
-    kept = presence_tags[presence_banks >= config.threshold]
+    kept = presence_tags if keep_below_threshold else presence_tags[presence_banks >= config.threshold]
 
     tags, times, counts, frauds = [], [], [], []
-    for d, n_pooled in zip(days, pooled[1:]):
+    for d, n_pooled in zip(pooled_days, pooled[1:]):
         limbs, multiplicity = day_keys[d]
         table = yield from _table_rounds(
             day_label(d),
@@ -367,9 +379,67 @@ def consortium_history(
         frauds=np.concatenate(frauds) if frauds else empty,
         presence_tags=presence_tags,
         presence_banks=presence_banks,
-        days=days,
+        days=pooled_days,
         threshold=config.threshold,
     )
+
+
+@dataclass(frozen=True)
+class NightlyPooling:
+    """What one night's pooling gave a bank.
+
+    Attributes
+    ----------
+    history
+        The consortium's events of the days pooled tonight (every terminal, the threshold is
+        applied when features are computed) and the presence over all the run's days.
+    contributors
+        Indices, into the run's sorted participants, of the banks whose events are in the sums.
+    """
+
+    history: ConsortiumHistory
+    contributors: frozenset[int]
+
+
+def nightly_pooling(
+    events: Mapping[int, DayEvents],
+    *,
+    stale: Collection[int],
+    party_index: int,
+    n_participants: int,
+    secret: bytes,
+    config: TerminalStatsConfig = TerminalStatsConfig(),
+    noise: EventNoise | None = None,
+) -> Algorithm[NightlyPooling]:
+    """One bank's side of a night's terminal statistics: only the days some bank lacks are pooled.
+
+    A first sum agrees on the plan: each bank adds a one-hot vector of its place among the run's
+    participants (so every bank learns whose events the sums hold) and a 0/1 flag per day of
+    ``events`` that it has not pooled yet, or pooled with other banks than tonight's
+    (``stale``). The days flagged by any bank are pooled again by all; presence is counted over
+    every day, so the threshold reflects the whole period the run's features reach.
+
+    Parameters
+    ----------
+    events
+        This bank's events per day of the period; every bank passes the same days.
+    stale
+        The days of ``events`` this bank needs pooled.
+    party_index, n_participants
+        This bank's place among the run's sorted participants, and how many there are.
+    """
+    if not 0 <= party_index < n_participants:
+        raise ValueError(f"party index {party_index} is not a place among {n_participants} participants")
+    days = sorted(events)
+    plan = np.zeros(n_participants + len(days), dtype=np.float64)
+    plan[party_index] = 1.0
+    plan[n_participants:] = [1.0 if d in stale else 0.0 for d in days]
+    summed = np.rint((yield SumRequest(f"{ROUND_PREFIX}/plan", plan))).astype(np.int64)
+    contributors = frozenset(int(i) for i in np.flatnonzero(summed[:n_participants] > 0))
+    pool = [d for d, flagged in zip(days, summed[n_participants:]) if flagged > 0]
+    history = yield from consortium_history(events, secret=secret, config=config, noise=noise, pool_days=pool,
+                                            keep_below_threshold=True)
+    return NightlyPooling(history=history, contributors=contributors)
 
 
 def history_days(first_described: str | pd.Timestamp, last_described: str | pd.Timestamp,
@@ -435,6 +505,7 @@ def with_consortium_terminal_features(
 __all__ = [
     "ConsortiumHistory",
     "DayEvents",
+    "NightlyPooling",
     "EventNoise",
     "TerminalStatsConfig",
     "consortium_history",
@@ -442,6 +513,7 @@ __all__ = [
     "estimate_distinct",
     "events_by_day",
     "history_days",
+    "nightly_pooling",
     "presence_bitmap",
     "sketch_slots",
     "table_layout",

@@ -32,3 +32,14 @@ def test_keys_without_a_well_formed_length_declare_none(key: str) -> None:
 def test_leaving_out_a_bank_the_run_does_not_have_is_an_error() -> None:
     with pytest.raises(RoundKeyError, match="#7"):
         parse_round_key("e1-x7/gbdt/bins/n9").expected(RUN)
+
+
+def test_progress_shows_the_terminal_statistics_before_the_trees() -> None:
+    from schemas.round_key import training_progress
+
+    params = {"n_trees": 2, "max_depth": 2}
+    pooling = ["terminals/plan/n40", "terminals/sizes/n3", "terminals/presence-sketch/n1024"]
+    assert training_progress("xgboost", params, pooling)["phase"] == "terminal statistics"
+    progress = training_progress("xgboost", params, [*pooling, "gbdt/bins/n10", "gbdt/tree-0/level-0/n8"])
+    assert progress["phase"] == "trees" and progress["terminal_rounds"] == 3
+    assert progress["rounds_expected"] == 1 + 2 * 2 + 3 and progress["rounds_released"] == 5

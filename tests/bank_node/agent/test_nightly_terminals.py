@@ -1,0 +1,148 @@
+"""Consortium terminal features in the nightly run: pooled over HTTP before training, kept on the
+node, and each night only the days no bank held yet are pooled again."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bank_node.agent.runner import BankAgent
+from bank_node.agent.training import FEATURES_ATTRIBUTE, FeatureSettings, TransactionSource
+from bank_node.features import TERMINAL_ID, compute_features
+from bank_node.terminal_history import PooledHistory, pooling_scope, terminal_key
+from schemas.run import load_window
+from tests.bank_node.agent.conftest import SETTINGS, XGB_PARAMS, Bank
+from tests.bank_node.agent.fake_consortium import FakeConsortium
+from tests.bank_node.agent.test_runner import run_concurrently
+
+FIRST_NIGHT = date(2018, 5, 25)
+PARAMS = {**XGB_PARAMS, "consortium_features": True, "terminal_threshold": 3}
+TERMINAL_COLUMNS = [f"TERMINAL_ID_{kind}_{w}DAY_WINDOW" for w in (1, 7, 30) for kind in ("NB_TX", "RISK")]
+
+
+def window(as_of: date) -> dict[str, object]:
+    return {"as_of": as_of.isoformat(), "train_days": 7, "validation_days": 0, "label_delay_days": 7}
+
+
+def nightly_agents(keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame]) -> dict[str, BankAgent]:
+    agents = {}
+    for bank in keyed_banks:
+        path = bank.state.root / "transactions.parquet"
+        bank_transactions[bank.bank_id].to_parquet(path)
+        source = TransactionSource(path, train_start=None, train_days=7)
+
+        def rows(run_window: object, source: TransactionSource = source) -> object:
+            return source.rows(run_window)  # type: ignore[arg-type]
+
+        agent = BankAgent(client=bank.client, identity=bank.identity, state=bank.state, training_rows=rows,  # type: ignore[arg-type]
+                          transactions=source.transactions, terminal_history=PooledHistory.in_state_dir(bank.state.root),
+                          settings=SETTINGS)
+        agents[bank.bank_id] = agent
+    return agents
+
+
+def test_each_night_pools_only_the_new_day_and_trains_on_consortium_terminal_features(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame],
+    transactions: pd.DataFrame,
+) -> None:
+    agents = nightly_agents(keyed_banks, bank_transactions)
+    pooled_per_night = []
+    for night in range(2):
+        as_of = FIRST_NIGHT + timedelta(days=night)
+        run_id = fake.open_run("xgboost", PARAMS, window=window(as_of))
+        outcomes = run_concurrently({name: agent.run_once for name, agent in agents.items()})
+        assert {o[0].status for o in outcomes.values()} == {"proposed"}, outcomes
+        digests = {o[0].digest for o in outcomes.values()}
+        assert len(digests) == 1  # every bank computed the same consortium features, so the same model
+        records = [b.state.run_record(run_id) or {} for b in keyed_banks]
+        pooled_per_night.append({r["terminal_days_pooled"] for r in records})
+        scope = pooling_scope(load_window(window(as_of)).train_start, load_window(window(as_of)).labels_known_until)
+        assert {r["terminal_days"] for r in records} == {len(scope.days)}
+        # The first round of the run agrees the plan, then presence, then only the days to pool.
+        keys = [r["key"] for r in fake.runs[run_id].to_json()["rounds"]]
+        assert keys[0].startswith("terminals/plan/") and any(k.startswith("gbdt/") for k in keys)
+    first_scope = pooling_scope(load_window(window(FIRST_NIGHT)).train_start,
+                                load_window(window(FIRST_NIGHT)).labels_known_until)
+    assert pooled_per_night == [{len(first_scope.days)}, {1}]
+
+    # Every node holds the same history, keyed by the consortium's key (never sent to the server).
+    secret = keyed_banks[0].state.load_secret_context()
+    assert secret is not None
+    key = terminal_key(secret)
+    assert all(terminal_key(b.state.load_secret_context() or b"") == key for b in keyed_banks)
+    histories = [agents[b.bank_id].terminal_history for b in keyed_banks]
+    loaded = [h.load(next(iter(_key_ids(h))), _held_days(h), threshold=3) for h in histories if h is not None]
+    assert all(np.array_equal(h.tag, loaded[0].tag) and np.array_equal(h.count, loaded[0].count) for h in loaded)
+
+    # The consortium features of a covered row are those of the pooled transactions.
+    as_of = FIRST_NIGHT + timedelta(days=1)
+    run_window = load_window(window(as_of))
+    bank = keyed_banks[0]
+    own_rows = agents[bank.bank_id].training_rows(run_window)
+    shared = own_rows.with_consortium_terminals(loaded[0], secret=key)
+    assert shared.featured is not None and own_rows.featured is not None
+    pooled = compute_features(
+        transactions, start=run_window.train_start.isoformat(),
+        end=(run_window.validation_start - timedelta(days=1)).isoformat()).set_index("transaction_id")
+    covered = loaded[0].eligible(_tags(shared.featured[TERMINAL_ID], key))
+    assert 0 < covered.sum() < len(covered)
+    ids = shared.featured["transaction_id"].to_numpy()[covered]
+    np.testing.assert_allclose(shared.featured.loc[covered, TERMINAL_COLUMNS].to_numpy(dtype=float),
+                               pooled.loc[ids, TERMINAL_COLUMNS].to_numpy(dtype=float), rtol=1e-9, atol=1e-12)
+    # Rows of terminals below the threshold keep the bank's own values.
+    np.testing.assert_array_equal(shared.featured.loc[~covered, TERMINAL_COLUMNS].to_numpy(),
+                                  own_rows.featured.loc[~covered, TERMINAL_COLUMNS].to_numpy())
+
+    # The proposed model records how its inputs were built (the scoring service must build them so).
+    agents[bank.bank_id].sync_models()
+    files = [p for p in (bank.state.root / "models").glob("*") if p.is_file()]
+    assert files and all(FeatureSettings.of_model_file(p.read_bytes()) == FeatureSettings(True, 3) for p in files)
+    assert all(FEATURES_ATTRIBUTE in json.loads(p.read_bytes())["learner"]["attributes"] for p in files)
+
+
+def _key_ids(history: PooledHistory) -> set[str]:
+    from sqlalchemy import select
+
+    from bank_node.terminal_history import pooled_days
+    with history.engine.connect() as connection:
+        return {row[0] for row in connection.execute(select(pooled_days.c.key_id))}
+
+
+def _held_days(history: PooledHistory) -> list[int]:
+    [key_id] = _key_ids(history)
+    return sorted(history.pooled(key_id))
+
+
+def _tags(terminals: pd.Series, key: bytes) -> np.ndarray:
+    from bank_node.federated.terminal_stats import terminal_tags
+    return terminal_tags(terminals.to_numpy(), key)
+
+
+def test_a_run_with_consortium_features_but_no_window_or_history_is_refused_before_any_round(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame],
+) -> None:
+    bank = keyed_banks[0]
+    path = bank.state.root / "transactions.parquet"
+    bank_transactions[bank.bank_id].to_parquet(path)
+    source = TransactionSource(path, train_start=date(2018, 5, 1), train_days=7)
+    no_history = BankAgent(client=bank.client, identity=bank.identity, state=bank.state,
+                           training_rows=source.rows, settings=SETTINGS)  # type: ignore[arg-type]
+    run_id = fake.open_run("xgboost", PARAMS, window=window(FIRST_NIGHT))
+    [outcome] = no_history.run_once()
+    assert outcome.status == "failed" and "keeps no pooled terminal history" in outcome.message
+    assert fake.runs[run_id].withdrawn == {bank.bank_id: outcome.message}
+    assert fake.runs[run_id].to_json()["rounds"] == []
+
+
+@pytest.mark.parametrize("params", [{"consortium_features": "yes"}, {"terminal_threshold": 2}])
+def test_feature_params_are_validated(params: dict[str, object]) -> None:
+    from schemas.errors import FedfraudInputError
+    from schemas.run import load_run_params
+
+    with pytest.raises(FedfraudInputError) as caught:
+        load_run_params("xgboost", params)
+    assert set(caught.value.errors) == {f"params.{next(iter(params))}"}
