@@ -158,9 +158,10 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
             proposal = previous
         required = contributors(session, run_id)
         agreeing = [bank_id for bank_id in required if bank_id in latest and latest[bank_id].model_digest == digest]
-        document = None
         if needs_assessment(run):
             agreeing, document = _assessed(session, run_id, agreeing, digest)
+        else:  # nothing to beat: the banks' assessment, if they sent one, is kept for the record
+            document = _assessed(session, run_id, agreeing, digest)[1]
         agreed = len(agreeing)
         model = None
         if publication_reached(agreed, len(required), run.min_banks):

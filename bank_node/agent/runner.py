@@ -409,17 +409,17 @@ class BankAgent:
     def _assess(self, run: RunInfo, window: RunWindow | None, runner: BankRunner, model: Any, digest: str,
                 terminals: TerminalPlan | None, history: ConsortiumHistory | None) -> Assessment | None:
         """The gate: pooled metrics of the candidate and the run's baseline on the validation days,
-        from one more secure sum with the same banks (None when there is nothing to compare).
+        from one more secure sum with the same banks (None without validation days; the first model
+        of a family gets its own metrics only).
 
         Each model scores the rows built as it was trained: with consortium terminal features
         if its file says so (the baseline's file is signed by the quorum, so the aggregator
         cannot change what it says)."""
-        if run.baseline_version is None or window is None or window.validation_days == 0:
+        if window is None or window.validation_days == 0:
             return None
         validation = self.training_rows(RunWindow(
             as_of=window.as_of, train_days=window.validation_days, validation_days=0,
             label_delay_days=window.label_delay_days))
-        baseline, baseline_features = self._baseline_scorer(run)
 
         def inputs(features: FeatureSettings) -> Any:
             if not features.consortium:
@@ -431,15 +431,19 @@ class BankAgent:
             pooled = replace(history, threshold=features.threshold)
             return validation.with_consortium_terminals(pooled, secret=terminals.key).X
 
-        candidate_features = terminals.settings if terminals is not None else FeatureSettings()
-        X = [inputs(candidate_features), inputs(baseline_features)]
-        metrics = runner.run(lambda: federated_evaluation([_scorer(model), baseline], X, validation.y))
-        candidate, current = (
+        scorers = [_scorer(model)]
+        X = [inputs(terminals.settings if terminals is not None else FeatureSettings())]
+        if run.baseline_version is not None:
+            baseline, baseline_features = self._baseline_scorer(run)
+            scorers.append(baseline)
+            X.append(inputs(baseline_features))
+        metrics = [
             {"auc": m.auc, "average_precision": m.average_precision, "rows": m.rows, "frauds": m.frauds}
-            for m in metrics
-        )
+            for m in runner.run(lambda: federated_evaluation(scorers, X, validation.y))
+        ]
         return Assessment(run_id=run.run_id, model_digest=digest, baseline_version=run.baseline_version,
-                          tolerance=float(run.promotion_tolerance or 0.0), candidate=candidate, baseline=current)
+                          tolerance=float(run.promotion_tolerance or 0.0), candidate=metrics[0],
+                          baseline=metrics[1] if len(metrics) > 1 else None)
 
     def _baseline_scorer(self, run: RunInfo) -> tuple[Callable[[Any], Any], FeatureSettings]:
         """The run's baseline model, downloaded and checked: the digest the consortium lists, and
