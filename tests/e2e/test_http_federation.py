@@ -184,6 +184,10 @@ def test_a_worse_candidate_is_rejected_and_the_current_model_stays(
     first = consortium.open_run("xgboost", XGB_PARAMS, window=window)
     finish(consortium, start_agents(consortium, bank_files))
     assert consortium.run(first)["state"] == "completed"
+    # The first model has nothing to beat, but its pooled metrics are on record.
+    first_model = consortium.api("GET", "/v1/models/1").json()
+    assert first_model["status"] == "promoted" and first_model["assessment"]["baseline"] is None
+    assert first_model["assessment"]["candidate"]["auc"] > 0.7
     worse = consortium.open_run("xgboost", {"n_trees": 1, "max_depth": 1, "eta": 0.01, "n_bins": 4}, window=window)
     assert consortium.run(worse)["baseline_version"] == 1
     finish(consortium, start_agents(consortium, bank_files))
