@@ -101,11 +101,14 @@ class LocalConsortium:
         self._logs.append(handle)
         return handle
 
-    def start(self, timeout: float = 60) -> None:
-        """Start the aggregator and wait until it answers its health check."""
+    def start(self, timeout: float = 60, *, launcher: Sequence[str] = FEDFRAUD) -> None:
+        """Start the aggregator and wait until it answers its health check.
+
+        ``launcher`` is the command that runs the ``fedfraud`` CLI (tests give one that sets
+        the process's clock)."""
         log = self._log("aggregator")
         self.process = subprocess.Popen(
-            [*FEDFRAUD, "consortium", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+            [*launcher, "consortium", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
         )
 
         def healthy() -> bool:
@@ -117,6 +120,11 @@ class LocalConsortium:
                 return False
 
         wait_for(healthy, timeout, "the aggregator's health check", interval=0.2)
+
+    def start_scheduler(self, *, launcher: Sequence[str] = FEDFRAUD) -> subprocess.Popen[bytes]:
+        """Start ``fedfraud consortium scheduler`` (the nightly schedule's one process)."""
+        log = self._log("scheduler")
+        return subprocess.Popen([*launcher, "consortium", "scheduler"], env=self.env, stdout=log, stderr=log)
 
     def kill(self) -> None:
         """SIGKILL the aggregator: no chance to flush or clean up."""
@@ -175,6 +183,15 @@ class LocalConsortium:
             [*FEDFRAUD, "bank", "--retry-timeout", "120", "agent", "--state-dir", str(self.state_dir(bank)),
              "--data", str(data), "--train-start", train_start, "--train-days", str(train_days), "--once",
              "--poll-interval", "0.5"],
+            env=self.env, stdout=log, stderr=log,
+        )
+
+    def start_store_agent(self, bank: str, *, poll_interval_s: float = 1.0) -> subprocess.Popen[bytes]:
+        """A long-running ``fedfraud bank agent`` for ``bank``, training from its node's store."""
+        log = self._log(f"{bank}-agent")
+        return subprocess.Popen(
+            [*FEDFRAUD, "bank", "--retry-timeout", "120", "agent", "--state-dir", str(self.state_dir(bank)),
+             "--poll-interval", str(poll_interval_s)],
             env=self.env, stdout=log, stderr=log,
         )
 
