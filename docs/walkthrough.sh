@@ -91,5 +91,6 @@ print(f"scored {len(scores)} transactions of 2018-05-19; highest fraud probabili
 PY
 
 # --- the nightly schedule --------------------------------------------------------------------------
-fedfraud consortium schedule set xgboost --cron '0 2 * * *' --params '{"n_trees": 20, "max_depth": 3}'
+fedfraud consortium schedule set xgboost --cron '0 2 * * *' \
+    --params '{"n_trees": 20, "max_depth": 3, "consortium_features": true}'
 fedfraud consortium schedule show
