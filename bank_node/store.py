@@ -256,6 +256,13 @@ class TransactionStore:
             frame = pd.DataFrame(connection.execute(query).all(), columns=[*REQUIRED_FIELDS, LABEL_FIELD])
         return _typed(frame)
 
+    def version(self) -> tuple[int, Any]:
+        """Changes whenever a transactions or labels file is recorded (for readers that cache)."""
+        with self.engine.connect() as connection:
+            count, latest = connection.execute(
+                select(func.count(), func.max(ingested_files.c.ingested_at))).one()
+        return int(count), latest
+
     def summary(self) -> dict[str, Any]:
         """Row count, labelled rows, first and last timestamps, files ingested."""
         with self.engine.connect() as connection:

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import (
-    BigInteger,
     Column,
     DateTime,
     Engine,
-    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -53,35 +53,45 @@ __all__ = ["PooledHistory", "PoolingScope", "pooling_scope", "terminal_key"]
 log = logging.getLogger(__name__)
 
 _NS_PER_SECOND: Final = 10**9
-_CHUNK: Final = 10_000
 _TERMINAL_KEY_LABEL: Final = b"fedfraud/terminal-key/v1"
+IntArray = npt.NDArray[np.int64]
 
 _metadata = MetaData()
-terminal_events = Table(
-    "consortium_terminal_events", _metadata,
-    Column("key_id", String(64), nullable=False),
-    Column("day", Integer, nullable=False),
-    Column("tag", BigInteger, nullable=False),
-    Column("second", Integer, nullable=False),
-    Column("count", Integer, nullable=False),
-    Column("frauds", Integer, nullable=False),
-    Index("ix_consortium_terminal_events_day", "key_id", "day"),
-)
 pooled_days = Table(
     "consortium_pooled_days", _metadata,
     Column("key_id", String(64), primary_key=True),
     Column("day", Integer, primary_key=True),
     Column("banks", String(4000), nullable=False),
     Column("events", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
     Column("run_id", String(64), nullable=False),
     Column("pooled_at", DateTime, nullable=False),
 )
+"""One row per pooled day: its decoded events as columns of little-endian integers (``data``,
+see :func:`_pack`), read and written whole: the features need every event of the period."""
 terminal_presence = Table(
     "consortium_terminal_presence", _metadata,
     Column("key_id", String(64), primary_key=True),
-    Column("tag", BigInteger, primary_key=True),
-    Column("banks", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
 )
+"""The last presence counts (terminal tag and how many banks saw it) per key generation."""
+
+def _pack(*columns: npt.ArrayLike) -> bytes:
+    """Equal-length integer columns as one bytes value: a count, then each column as int64."""
+    arrays = [np.ascontiguousarray(c, dtype="<i8") for c in columns]
+    n = len(arrays[0]) if arrays else 0
+    if any(len(a) != n for a in arrays):
+        raise ValueError("columns of different lengths")
+    return np.array([n], dtype="<i8").tobytes() + b"".join(a.tobytes() for a in arrays)
+
+
+def _unpack(data: bytes, n_columns: int) -> list[IntArray]:
+    n = int(np.frombuffer(data[:8], dtype="<i8")[0])
+    if len(data) != 8 + 8 * n * n_columns:
+        raise ValueError("a stored consortium history value is truncated or corrupt")
+    flat = np.frombuffer(data[8:], dtype="<i8").astype(np.int64)
+    return [flat[i * n : (i + 1) * n] for i in range(n_columns)]
 
 
 def terminal_key(secret_context: bytes) -> bytes:
@@ -177,39 +187,28 @@ class PooledHistory:
         seconds = (history.time_ns // _NS_PER_SECOND) % (NS_PER_DAY // _NS_PER_SECOND)
         event_day = history.time_ns // NS_PER_DAY
         moment = datetime.now().replace(microsecond=0)
+        days = [int(d) for d in history.days]
         with self.engine.begin() as connection:
-            for table in (terminal_events, pooled_days, terminal_presence):
+            for table in (pooled_days, terminal_presence):
                 connection.execute(delete(table).where(table.c.key_id != key_id))
             if keep_from is not None:
-                for table in (terminal_events, pooled_days):
-                    connection.execute(delete(table).where(table.c.key_id == key_id, table.c.day < keep_from))
-            days = [int(d) for d in history.days]
+                connection.execute(delete(pooled_days).where(pooled_days.c.key_id == key_id,
+                                                             pooled_days.c.day < keep_from))
             if days:
-                connection.execute(delete(terminal_events).where(
-                    terminal_events.c.key_id == key_id, terminal_events.c.day.in_(days)))
                 connection.execute(delete(pooled_days).where(pooled_days.c.key_id == key_id,
                                                              pooled_days.c.day.in_(days)))
-            records = [
-                {"key_id": key_id, "day": int(d), "tag": int(t), "second": int(s), "count": int(c), "frauds": int(f)}
-                for d, t, s, c, f in zip(event_day, history.tag, seconds, history.count, history.frauds, strict=True)
-            ]
-            for start in range(0, len(records), _CHUNK):
-                connection.execute(insert(terminal_events), records[start : start + _CHUNK])
-            if days:
-                per_day = dict(zip(*np.unique(event_day, return_counts=True), strict=True))
-                connection.execute(insert(pooled_days), [
-                    {"key_id": key_id, "day": d, "banks": _banks_text(banks), "run_id": run_id,
-                     "pooled_at": moment, "events": int(per_day.get(d, 0))}
-                    for d in days
-                ])
+                for day in days:
+                    rows = event_day == day
+                    connection.execute(insert(pooled_days).values(
+                        key_id=key_id, day=day, banks=_banks_text(banks), events=int(rows.sum()), run_id=run_id,
+                        pooled_at=moment, data=_pack(history.tag[rows], seconds[rows], history.count[rows],
+                                                     history.frauds[rows])))
             connection.execute(delete(terminal_presence).where(terminal_presence.c.key_id == key_id))
-            presence = [{"key_id": key_id, "tag": int(t), "banks": int(b)}
-                        for t, b in zip(history.presence_tags, history.presence_banks, strict=True)]
-            for start in range(0, len(presence), _CHUNK):
-                connection.execute(insert(terminal_presence), presence[start : start + _CHUNK])
+            connection.execute(insert(terminal_presence).values(
+                key_id=key_id, updated_at=moment, data=_pack(history.presence_tags, history.presence_banks)))
         log.info("consortium terminal history: pooled %d day(s) (%s), %d events, %d terminals",
                  len(days), ", ".join(day_label(d) for d in days[:3]) + (" ..." if len(days) > 3 else ""),
-                 len(records), len(presence))
+                 len(history.tag), len(history.presence_tags))
 
     def load(self, key_id: str, days: Collection[int], *, threshold: int) -> ConsortiumHistory:
         """The held history of ``days`` with the last presence counts, for computing features.
@@ -225,22 +224,23 @@ class PooledHistory:
         if missing:
             raise ValueError(f"the node holds no consortium terminal events of {len(missing)} day(s), from "
                              f"{day_label(missing[0])} to {day_label(missing[-1])}")
-        columns = (terminal_events.c.day, terminal_events.c.tag, terminal_events.c.second, terminal_events.c.count,
-                   terminal_events.c.frauds)
         with self.engine.connect() as connection:
-            events = np.array(connection.execute(
-                select(*columns).where(terminal_events.c.key_id == key_id,
-                                       terminal_events.c.day.between(wanted[0] if wanted else 0,
-                                                                     wanted[-1] if wanted else -1))
-            ).all(), dtype=np.int64).reshape(-1, 5)
-            presence = np.array(connection.execute(
-                select(terminal_presence.c.tag, terminal_presence.c.banks)
-                .where(terminal_presence.c.key_id == key_id).order_by(terminal_presence.c.tag)
-            ).all(), dtype=np.int64).reshape(-1, 2)
-        events = events[np.isin(events[:, 0], wanted)]
+            stored = connection.execute(
+                select(pooled_days.c.day, pooled_days.c.data)
+                .where(pooled_days.c.key_id == key_id, pooled_days.c.day.in_(wanted))).all()
+            presence_row = connection.execute(
+                select(terminal_presence.c.data).where(terminal_presence.c.key_id == key_id)).first()
+        parts = [(day, _unpack(data, 4)) for day, data in stored]
+        tag, second, count, frauds = (
+            np.concatenate([columns[i] for _, columns in parts]) if parts else np.empty(0, np.int64) for i in range(4))
+        day_of = np.concatenate([np.full(len(columns[0]), day, np.int64) for day, columns in parts]) if parts else (
+            np.empty(0, np.int64))
+        presence_tags, presence_banks = (_unpack(presence_row[0], 2) if presence_row is not None
+                                         else [np.empty(0, np.int64)] * 2)
+        order = np.argsort(presence_tags, kind="stable")
         return ConsortiumHistory(
-            tag=events[:, 1], time_ns=events[:, 0] * NS_PER_DAY + events[:, 2] * _NS_PER_SECOND,
-            count=events[:, 3], frauds=events[:, 4], presence_tags=presence[:, 0], presence_banks=presence[:, 1],
-            days=tuple(wanted), threshold=threshold,
+            tag=tag, time_ns=day_of * NS_PER_DAY + second * _NS_PER_SECOND, count=count, frauds=frauds,
+            presence_tags=presence_tags[order], presence_banks=presence_banks[order], days=tuple(wanted),
+            threshold=threshold,
         )
 

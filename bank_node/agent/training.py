@@ -217,6 +217,9 @@ class StoreSource:
         self.store = store
         self.train_start = train_start
         self.train_days = train_days
+        self._span: tuple[Any, date, date, pd.DataFrame] | None = None
+        # (store version, first day, end day, rows): a run reads its training, validation and
+        # terminal days, all within one span, so the store is read once per run
 
     def rows(self, window: RunWindow | None = None) -> TrainingSet:
         """The training rows of ``window`` (the run's), read from the store.
@@ -232,18 +235,34 @@ class StoreSource:
             raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
                                      {"train_start": ["missing"]})
         lookback = timedelta(days=FeatureConfig().lookback_days + 1)
+        if window is not None:  # everything the run will read: its training, validation and terminal days
+            self._read(window.train_start - lookback, window.labels_known_until)
         frame = self.transactions(train_start - lookback, train_start + timedelta(days=train_days))
         return training_rows(frame, train_start=train_start, train_days=train_days)
 
     def transactions(self, start: date, end: date) -> pd.DataFrame:
         """The stored transactions from ``start`` to before ``end`` (days); a transaction without
         a confirmed label counts as genuine."""
-        frame = self.store.between(datetime.combine(start, datetime.min.time()),
-                                   datetime.combine(end, datetime.min.time()))
+        frame = self._read(start, end)
+        stamps = frame[TIMESTAMP]
+        frame = frame[((stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))).to_numpy()].copy()
         unlabelled = int(frame[LABEL].isna().sum())
         if unlabelled:
             log.info("transactions without a confirmed label count as genuine: %d of %d", unlabelled, len(frame))
         frame[LABEL] = frame[LABEL].fillna(0).astype(np.int64)
+        return frame
+
+    def _read(self, start: date, end: date) -> pd.DataFrame:
+        """The store's rows of a span covering ``[start, end)``, read again only when the store
+        changed (a file ingested or labels recorded) or the span is not covered."""
+        version = self.store.version()
+        if self._span is not None:
+            held_version, first, stop, frame = self._span
+            if held_version == version and first <= start and end <= stop:
+                return frame
+        frame = self.store.between(datetime.combine(start, datetime.min.time()),
+                                   datetime.combine(end, datetime.min.time()))
+        self._span = (version, start, end, frame)
         return frame
 
 

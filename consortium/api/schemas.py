@@ -12,7 +12,7 @@ from consortium.secure_sum import MIN_BANKS
 from consortium.storage.models import ID_PATTERN
 
 ID_REGEX = ID_PATTERN.pattern
-TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
 
 
@@ -24,7 +24,8 @@ class StrictSchema(Schema):
 
 
 class UtcTimestamp(fields.DateTime):
-    """A naive-UTC datetime written ``2026-01-02T03:04:05Z``; documented as OpenAPI ``date-time``
+    """A naive-UTC datetime written ``2026-01-02T03:04:05.123456Z`` (rounds take well under a second,
+    so their times need the fraction); documented as OpenAPI ``date-time``
     (a custom ``format=`` string would be documented as ``"format": null``)."""
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:

@@ -97,3 +97,15 @@ def test_the_pooling_scope_reaches_back_the_windows_lookback() -> None:
     assert scope.days == tuple(range(first, (date(2018, 6, 15) - date(1970, 1, 1)).days))
     with pytest.raises(ValueError, match="no labelled day"):
         pooling_scope(date(2018, 6, 1), date(2018, 4, 1))
+
+
+def test_a_corrupt_stored_day_is_refused_not_misread(pooled: PooledHistory) -> None:
+    from sqlalchemy import update
+
+    from bank_node.terminal_history import pooled_days
+
+    pooled.save("key-a", history([DAY], per_day=10, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="run-1")
+    with pooled.engine.begin() as connection:
+        connection.execute(update(pooled_days).values(data=b"\x05" + b"\x00" * 20))
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        pooled.load("key-a", [DAY], threshold=3)
