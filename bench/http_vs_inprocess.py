@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--scheme", default="ckks", choices=["ckks", "plain"])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep the processes' files and logs here.")
     args = parser.parse_args()
     params = {"n_trees": args.trees, "max_depth": args.depth, "eta": 0.1, "n_bins": 256, "seed": 0}
     banks = [f"bank-{i + 1}" for i in range(args.banks)]
@@ -75,7 +76,8 @@ def main() -> None:
     inprocess_s = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory(prefix="fedfraud-bench-") as tmp:
-        root = Path(tmp)
+        root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         files = {}
         for i, bank in enumerate(banks):
             files[bank] = root / f"{bank}.parquet"

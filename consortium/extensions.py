@@ -17,7 +17,8 @@ from consortium.storage.database import Database
 if TYPE_CHECKING:
     from crypto.scheme import HEScheme
 
-__all__ = ["blob_store", "init_resources", "now", "public_context", "write_lock"]
+__all__ = ["blob_store", "init_resources", "now", "public_context", "round_changed", "round_generation",
+           "wait_for_round_change", "write_lock"]
 
 _KEY = "fedfraud_resources"
 
@@ -35,7 +36,32 @@ def init_resources(app: Flask) -> None:
         "write_lock": threading.RLock() if sqlite else None,
         "contexts": {},
         "context_lock": threading.Lock(),
+        "round_changes": threading.Condition(),
+        "round_generation": 0,
     }
+
+
+def round_changed(app: Flask | None = None) -> None:
+    """Wake this process's requests waiting on a round (after a release, a failure or a note
+    was committed). Requests in other processes see it at their next read."""
+    resources = _resources(app)
+    changes: threading.Condition = resources["round_changes"]
+    with changes:
+        resources["round_generation"] += 1
+        changes.notify_all()
+
+
+def round_generation(app: Flask | None = None) -> int:
+    """How many round changes this process has seen (read it before reading a round's state)."""
+    return int(_resources(app)["round_generation"])
+
+
+def wait_for_round_change(seen: int, timeout_s: float, app: Flask | None = None) -> None:
+    """Sleep until a round change after generation ``seen``, or ``timeout_s`` passed."""
+    resources = _resources(app)
+    changes: threading.Condition = resources["round_changes"]
+    with changes:
+        changes.wait_for(lambda: resources["round_generation"] != seen, timeout_s)
 
 
 def _resources(app: Flask | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from consortium.extensions import (
     context_guard,
     now,
     public_context,
+    round_changed,
     write_lock,
 )
 from consortium.secure_sum import (
@@ -61,6 +62,7 @@ __all__ = [
     "find_round",
     "get_run",
     "purge_closed_payloads",
+    "observed_round",
     "settle_round",
     "settled_round",
     "settle_run",
@@ -95,6 +97,19 @@ def settled_round(session: Session, run_id: str, round_key: str) -> RoundRow:
     if current is None:
         raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
     return settle_round(session, current)
+
+
+def observed_round(session: Session, run_id: str, round_key: str) -> RoundRow:
+    """The round as stored, for a request waiting on it: read without locking, and settled (which
+    takes the write lock) only once its deadline passed. Every other change that can release or
+    fail a round (a contribution, a withdrawal, a cancelled run) settles it itself, so a waiter
+    never needs to."""
+    current = find_round(session, run_id, round_key) if ROUND_KEY_PATTERN.match(round_key) else None
+    if current is None:
+        raise NotFound(f"no round {round_key[:80]!r} in run {run_id!r}")
+    if current.state == RoundState.OPEN.value and now() >= current.deadline:
+        return settle_round(session, current)
+    return current
 
 
 def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:
@@ -160,8 +175,8 @@ def contribute(
 
     with write_lock():
         existing = find_round(session, run_id, round_key)
-        if existing is not None:
-            settle_round(session, existing)
+        if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
+            settle_round(session, existing)  # too late: the round closes before this is looked at
         for attempt in range(_ATTEMPTS):
             try:
                 current = _store_contribution(session, run, round_key, bank, payload, signature or "")
@@ -337,6 +352,7 @@ def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     current.dropped = sorted(dropped)
     current.closed_at = now()
     session.commit()
+    round_changed()
     logger.info(
         "round released",
         extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(ordered), "dropped": sorted(dropped)},
@@ -351,6 +367,7 @@ def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     current.dropped = sorted(expected_banks(run, current.round_key) - contributed)
     current.closed_at = now()
     session.commit()
+    round_changed()
     logger.warning(
         "round failed",
         extra={"run_id": run.run_id, "round_key": current.round_key, "reason": reason, "dropped": current.dropped},
@@ -391,6 +408,8 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note
         except IntegrityError:
             session.rollback()
             raise Conflict(f"bank {bank.bank_id!r} already posted its note to round {round_key!r}") from None
+    if len(posted) + 1 >= len(summed):  # the last note: the banks waiting for all of them can go on
+        round_changed()
     return row
 
 
@@ -433,15 +452,16 @@ def purge_closed_payloads(session: Session, *, round_id: int | None = None, app:
     store = blob_store(app)
     deleted = 0
     # Files first, then the flags: a crash in between leaves flags that a later purge redoes.
-    for digest in sorted({row.payload_digest for row in rows}):
-        still_needed = session.execute(
-            select(func.count()).select_from(Contribution).where(
-                Contribution.payload_digest == digest,
-                Contribution.payload_kept.is_(True),
-                Contribution.id.not_in(batch),
-            )
-        ).scalar_one()
-        if not still_needed:
+    digests = sorted({row.payload_digest for row in rows})
+    still_needed = set(session.execute(
+        select(Contribution.payload_digest).where(
+            Contribution.payload_digest.in_(digests),
+            Contribution.payload_kept.is_(True),
+            Contribution.id.not_in(batch),
+        )
+    ).scalars())
+    for digest in digests:
+        if digest not in still_needed:
             deleted += int(store.delete(digest))
     for row in rows:
         row.payload_kept = False

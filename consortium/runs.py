@@ -155,13 +155,22 @@ def list_runs(session: Session, state: str | None = None) -> list[Run]:
 
 
 def end_run(session: Session, run: Run, state: RunState, reason: str) -> None:
-    """Mark an open run failed or cancelled with ``reason`` (commits); its open rounds then fail
-    on their next settlement."""
+    """Mark an open run failed or cancelled with ``reason`` (commits), and fail its open rounds
+    (which wakes the banks waiting on them)."""
     run.state = state.value
     run.failure_reason = reason
     run.finished_at = now()
     session.commit()
     logger.info("run ended", extra={"run_id": run.run_id, "state": state.value, "reason": reason[:200]})
+    _settle_open_rounds(session, run)
+
+
+def _settle_open_rounds(session: Session, run: Run) -> None:
+    """Settle the run's open rounds after a change of the run (its end, a withdrawal): banks that
+    wait on a round do not settle it themselves before its deadline."""
+    from consortium.rounds import settle_run
+
+    settle_run(session, run)
 
 
 def cancel_run(session: Session, run: Run, *, reason: str) -> Run:
@@ -210,6 +219,7 @@ def withdraw(session: Session, run: Run, bank_id: str, *, reason: str) -> Run:
                     f"{remaining} banks can take part, fewer than the quorum of {run.min_banks} ({reasons})")
         else:
             session.commit()
+            _settle_open_rounds(session, run)  # a round that waited only for this bank is complete
     return run
 
 

@@ -39,7 +39,7 @@ from consortium.api.schemas import (
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
 from consortium.errors import Conflict, Forbidden, Unprocessable
-from consortium.extensions import blob_store, now
+from consortium.extensions import blob_store, now, round_generation, wait_for_round_change
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
@@ -111,18 +111,24 @@ def run_view(run: Run) -> dict[str, Any]:
     }
 
 
-LONG_POLL_INTERVAL_S: Final = 0.02
+LONG_POLL_INTERVAL_S: Final = 0.05
+"""Longest pause between two reads of a waited-on round: changes made by this process wake the
+wait at once, so this bounds only how late a change made by another worker process is seen."""
 
 
-def _long_poll(read: Callable[[], RoundRow], done: Callable[[RoundRow], bool], wait_s: float) -> RoundRow:
-    """Read until ``done`` or ``wait_s`` seconds passed, ending the read transaction between
-    reads so that other workers' commits are seen."""
+def _long_poll(run_id: str, round_key: str, done: Callable[[RoundRow], bool], wait_s: float) -> RoundRow:
+    """Read the round until ``done`` or ``wait_s`` seconds passed. A change committed in this
+    process wakes the wait at once; another worker's is seen at the next read (every
+    ``LONG_POLL_INTERVAL_S``). Reads take no lock (see :func:`rounds.observed_round`), and the
+    read transaction ends between reads so that other workers' commits are seen."""
     deadline = time.monotonic() + wait_s
-    current = read()
+    seen = round_generation()
+    current = rounds.observed_round(db.session, run_id, round_key)
     while not done(current) and time.monotonic() < deadline:
         db.session.rollback()
-        time.sleep(LONG_POLL_INTERVAL_S)
-        current = read()
+        wait_for_round_change(seen, min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        seen = round_generation()
+        current = rounds.observed_round(db.session, run_id, round_key)
     return current
 
 
@@ -248,8 +254,7 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
         signature=request.headers.get("X-Fedfraud-Signature"),
     )
     if query["wait"] > 0:
-        current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key),
-                             lambda row: row.state != RoundState.OPEN.value, query["wait"])
+        current = _long_poll(run_id, round_key, lambda row: row.state != RoundState.OPEN.value, query["wait"])
         if current.state == RoundState.RELEASED.value:
             return _sum_response(current, run)
     view = round_view(current, run)
@@ -276,8 +281,7 @@ def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     round is answered when it closes or after S seconds (long poll; banks only call out)."""
     run = rounds.get_run(db.session, run_id)
     _participant(run)
-    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key),
-                         lambda row: row.state != RoundState.OPEN.value, query["wait"])
+    current = _long_poll(run_id, round_key, lambda row: row.state != RoundState.OPEN.value, query["wait"])
     view = round_view(current, run)
     if current.state == RoundState.RELEASED.value:
         return _sum_response(current, run)
@@ -335,7 +339,7 @@ def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
             return row.state != RoundState.OPEN.value
         return len(rounds.notes_of(db.session, row.id)) >= len(rounds.contributions_of(db.session, row.id))
 
-    current = _long_poll(lambda: rounds.settled_round(db.session, run_id, round_key), complete, wait_s)
+    current = _long_poll(run_id, round_key, complete, wait_s)
     return {
         "round_key": round_key,
         "state": current.state,
