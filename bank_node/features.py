@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ __all__ = [
     "FEATURE_COLUMNS",
     "FeatureConfig",
     "LABEL",
+    "MODEL_AMOUNT",
     "MODEL_INPUTS",
     "NS_PER_DAY",
     "REQUIRED_COLUMNS",
@@ -46,6 +47,7 @@ __all__ = [
     "TRANSACTION_ID",
     "calendar_features",
     "compute_features",
+    "model_matrix",
     "customer_window_features",
     "feature_columns",
     "terminal_window_features",
@@ -142,8 +144,18 @@ def feature_columns(config: FeatureConfig = FeatureConfig()) -> tuple[str, ...]:
 FEATURE_COLUMNS: tuple[str, ...] = feature_columns()
 """The handbook's 14 features for the default :class:`FeatureConfig`."""
 
-MODEL_INPUTS: tuple[str, ...] = (AMOUNT, *FEATURE_COLUMNS)
-"""The handbook baselines' 15 model inputs: ``amount`` (their ``TX_AMOUNT``) and the 14 features."""
+MODEL_AMOUNT: Final = "TX_AMOUNT"
+"""The model's name for the amount input (the handbook's; the canonical column is ``amount``)."""
+
+MODEL_INPUTS: tuple[str, ...] = (MODEL_AMOUNT, *FEATURE_COLUMNS)
+"""The handbook baselines' 15 model inputs, by the names every model file, features file and
+scoring answer uses: ``TX_AMOUNT`` and the 14 features."""
+
+
+def model_matrix(featured: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """The model inputs of featured rows (as :func:`compute_features` returns them), in
+    :data:`MODEL_INPUTS` order."""
+    return featured[[AMOUNT, *FEATURE_COLUMNS]].to_numpy(dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- search

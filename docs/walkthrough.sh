@@ -82,11 +82,11 @@ python - "$WORK/model.json" "$WORK/bank-1-transactions.parquet" <<'PY'
 import sys
 import xgboost
 from bank_node.data import load_transactions
-from bank_node.features import MODEL_INPUTS, compute_features
+from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
 model = xgboost.Booster()
 model.load_model(sys.argv[1])
 rows = compute_features(load_transactions(sys.argv[2]).frame, start="2018-05-19", end="2018-05-19")
-scores = model.predict(xgboost.DMatrix(rows[list(MODEL_INPUTS)].to_numpy(), feature_names=list(MODEL_INPUTS)))
+scores = model.predict(xgboost.DMatrix(model_matrix(rows), feature_names=list(MODEL_INPUTS)))
 print(f"scored {len(scores)} transactions of 2018-05-19; highest fraud probability {scores.max():.3f}")
 PY
 

@@ -87,7 +87,7 @@ def generate(output: Path, days: int, customers: int, terminals: int, seed: int,
 def features(input_path: Path, output: Path, start: date | None, end: date | None, columns: str) -> None:
     """Compute the handbook's 14 features for the transactions of INPUT and write them to OUTPUT."""
     from bank_node.data import load_transactions, write_table
-    from bank_node.features import compute_features
+    from bank_node.features import AMOUNT, MODEL_AMOUNT, compute_features
     from schemas.errors import FedfraudInputError
     from schemas.transaction import from_canonical, parse_column_mapping
 
@@ -101,8 +101,12 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
             start=None if start is None else start.isoformat(),
             end=None if end is None else end.isoformat(),
         )
-    write_table(from_canonical(result, loaded.columns), output)
-    click.echo(f"wrote {len(result):,} rows with features to {output}")
+    written = from_canonical(result, loaded.columns)
+    if MODEL_AMOUNT not in written.columns:  # the model's name for the amount, whatever the file's
+        written[MODEL_AMOUNT] = result[AMOUNT].to_numpy()
+    write_table(written, output)
+    click.echo(f"wrote {len(result):,} rows with features to {output}; a model's inputs are the columns "
+               f"{MODEL_AMOUNT} and the 14 features")
 
 
 def _comma_list(value: str) -> tuple[str, ...]:

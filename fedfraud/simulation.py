@@ -20,7 +20,7 @@ import pandas as pd
 
 import crypto
 from bank_node.evaluation import Windows, evaluate, in_test_set, in_train_period
-from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features
+from bank_node.features import FEATURE_COLUMNS, MODEL_INPUTS, FeatureConfig, compute_features, model_matrix
 from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.lockstep import LockstepCosts, run_lockstep
@@ -144,7 +144,7 @@ class BankData:
     @cached_property
     def X_train(self) -> npt.NDArray[np.float64]:
         """Model inputs of the training rows."""
-        return self.train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+        return model_matrix(self.train)
 
     @cached_property
     def y_train(self) -> npt.NDArray[np.float64]:
@@ -154,7 +154,7 @@ class BankData:
     @cached_property
     def X_test(self) -> npt.NDArray[np.float64]:
         """Model inputs of the test rows."""
-        return self.test[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+        return model_matrix(self.test)
 
     def top_k(self, total_cards: int) -> int:
         """Cards to rank per day for this bank's CP@k: 100 scaled to its share of the cards."""

@@ -30,6 +30,7 @@ from bank_node.features import (
     TIMESTAMP,
     FeatureConfig,
     compute_features,
+    model_matrix,
 )
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
@@ -89,7 +90,7 @@ class TrainingSet:
         shared, covered = with_consortium_terminal_features(self.featured, history, secret=secret)
         log.info("consortium terminal features: %d of %d rows covered (threshold %d banks)",
                  int(covered.sum()), len(covered), history.threshold)
-        return TrainingSet(X=shared[list(MODEL_INPUTS)].to_numpy(dtype=np.float64), y=self.y, featured=shared)
+        return TrainingSet(X=model_matrix(shared), y=self.y, featured=shared)
 
 
 def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: int) -> TrainingSet:
@@ -126,7 +127,7 @@ def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: 
             {"train_start": ["the training period holds no transaction"]},
         )
     rows = TrainingSet(
-        X=train[list(MODEL_INPUTS)].to_numpy(dtype=np.float64),
+        X=model_matrix(train),
         y=train[LABEL].to_numpy(dtype=np.float64),
         featured=train.reset_index(drop=True),
     )

@@ -12,6 +12,7 @@ import pytest
 from bank_node.features import (
     FEATURE_COLUMNS,
     MODEL_INPUTS,
+    model_matrix,
     FeatureConfig,
     compute_features,
     customer_window_features,
@@ -202,9 +203,11 @@ def test_output_is_ordered_by_timestamp_then_transaction_id() -> None:
 
 def test_exports_fourteen_features_and_fifteen_model_inputs() -> None:
     assert len(FEATURE_COLUMNS) == 14
-    assert MODEL_INPUTS == ("amount", *FEATURE_COLUMNS)
+    assert MODEL_INPUTS == ("TX_AMOUNT", *FEATURE_COLUMNS)  # the handbook's names, in every file
     out = compute_features(_frame([(1, T0, 7, 100, 10.0, 0)]))
-    assert set(MODEL_INPUTS) <= set(out.columns)
+    matrix = model_matrix(out)
+    assert matrix.shape == (1, 15) and matrix[0, 0] == 10.0
+    np.testing.assert_array_equal(matrix[:, 1:], out[list(FEATURE_COLUMNS)].to_numpy(dtype=float))
     assert out[list(FEATURE_COLUMNS[:2])].dtypes.eq("int64").all()
     assert out[list(FEATURE_COLUMNS[2:])].dtypes.eq("float64").all()
 

@@ -113,3 +113,30 @@ def test_bad_input_gives_a_readable_error(generated: Path, args: list[str], mess
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("rename", [False, True])
+def test_a_features_file_scores_with_a_model_by_its_own_names(generated: Path, tmp_path: Path, rename: bool) -> None:
+    """One set of names: every model input is a column of the features file under the model's name,
+    whatever the bank calls its amount column."""
+    import numpy as np
+    import xgboost as xgb
+
+    from bank_node.data import load_transactions
+    from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
+
+    source, args = generated, []
+    if rename:
+        source = tmp_path / "renamed.parquet"
+        pd.read_parquet(generated).rename(columns={"TX_AMOUNT": "amt_eur"}).to_parquet(source)
+        args = ["--columns", "amount=amt_eur"]
+    out = tmp_path / "features.parquet"
+    result = CliRunner().invoke(main, ["features", str(source), str(out), "--start", "2018-05-01", "--end", "2018-05-03",
+                                       *args])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    canonical = compute_features(load_transactions(generated).frame, start="2018-05-01", end="2018-05-03")
+    X = model_matrix(canonical)
+    booster = xgb.train({"max_depth": 2}, xgb.DMatrix(X, label=canonical["label"], feature_names=list(MODEL_INPUTS)), 3)
+    from_file = booster.predict(xgb.DMatrix(frame[booster.feature_names]))
+    np.testing.assert_allclose(from_file, booster.predict(xgb.DMatrix(X, feature_names=list(MODEL_INPUTS))))
