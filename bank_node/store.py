@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -246,6 +247,43 @@ class TransactionStore:
         with self.engine.connect() as connection:
             frame = pd.DataFrame(connection.execute(query).all(), columns=[*REQUIRED_FIELDS, LABEL_FIELD])
         return _typed(frame)
+
+    def record(self, frame: pd.DataFrame) -> int:
+        """Store transactions scored one by one (the scoring service), without labels.
+
+        Raises
+        ------
+        FedfraudInputError
+            A transaction id the store holds already; nothing is written.
+        """
+        ids = [int(i) for i in frame["transaction_id"].to_numpy(dtype=np.int64)]
+        with self.engine.begin() as connection:
+            seen = [int(i) for (i,) in connection.execute(
+                select(transactions.c.transaction_id).where(transactions.c.transaction_id.in_(ids)))]
+            if seen:
+                shown = ", ".join(str(i) for i in sorted(seen)[:5])
+                raise FedfraudInputError(f"{len(seen)} transaction id(s) were seen before: {shown}",
+                                         {"transaction_id": [f"seen before: {shown}"]})
+            records = _records(frame)
+            for start in range(0, len(records), _CHUNK):
+                connection.execute(transactions.insert(), records[start : start + _CHUNK])
+        return len(ids)
+
+    def related(self, customer_ids: Iterable[int], customers_since: datetime, terminal_ids: Iterable[int],
+                terminals_since: datetime, until: datetime) -> pd.DataFrame:
+        """The stored transactions that the windows of new transactions reach: those of their cards
+        from ``customers_since`` and of their terminals from ``terminals_since``, before ``until``."""
+        customers = sorted({int(c) for c in customer_ids})
+        terminals = sorted({int(t) for t in terminal_ids})
+        columns = [transactions.c[name] for name in (*REQUIRED_FIELDS, LABEL_FIELD)]
+        by_card = select(*columns).where(transactions.c.customer_id.in_(customers),
+                                         transactions.c.timestamp >= customers_since, transactions.c.timestamp < until)
+        by_terminal = select(*columns).where(transactions.c.terminal_id.in_(terminals),
+                                             transactions.c.timestamp >= terminals_since,
+                                             transactions.c.timestamp < until)
+        with self.engine.connect() as connection:
+            rows = connection.execute(by_card.union(by_terminal)).all()
+        return _typed(pd.DataFrame(rows, columns=[*REQUIRED_FIELDS, LABEL_FIELD]))
 
     def customer_history(self, customer_id: int, since: datetime) -> pd.DataFrame:
         """One card's transactions from ``since`` on (the scoring service's lookup)."""

@@ -1,0 +1,128 @@
+"""Online features of transactions scored in time order equal the batch features over the same
+history: one code path (``compute_features``) over just the rows the windows reach."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bank_node.features import FEATURE_COLUMNS, compute_features, model_matrix
+from bank_node.generator import generate_transactions
+from bank_node.online import OnlineFeatures
+from bank_node.store import TransactionStore
+from schemas.errors import FedfraudInputError
+from schemas.transaction import to_canonical
+
+WEEK = pd.Timestamp("2018-05-16")
+
+
+@pytest.fixture(scope="module")
+def transactions() -> pd.DataFrame:
+    raw = generate_transactions(n_customers=400, n_terminals=600, days=52, seed=11, start_date="2018-04-01")
+    return to_canonical(raw, None, require_label=True).sort_values(["timestamp", "transaction_id"])
+
+
+@pytest.fixture
+def store(tmp_path: Path, transactions: pd.DataFrame) -> Iterator[TransactionStore]:
+    opened = TransactionStore(f"sqlite:///{tmp_path / 'node.db'}")
+    history = transactions[transactions["timestamp"] < WEEK]
+    opened.ingest(history, name="history", sha256="0" * 64, retention_days=None)
+    yield opened
+    opened.close()
+
+
+def test_scoring_in_time_order_gives_the_batch_features(store: TransactionStore, transactions: pd.DataFrame) -> None:
+    week = transactions[transactions["timestamp"] >= WEEK].drop(columns=["label"])
+    online = OnlineFeatures(store)
+    parts = []
+    # One at a time (as authorisations arrive), then in batches of 250; each recorded once scored.
+    singles, rest = week.iloc[:150], week.iloc[150:]
+    for i in range(len(singles)):
+        one = singles.iloc[[i]]
+        parts.append(online.compute(one))
+        store.record(one)
+    for start in range(0, len(rest), 250):
+        batch = rest.iloc[start : start + 250]
+        parts.append(online.compute(batch))
+        store.record(batch)
+    scored = pd.concat(parts, ignore_index=True)
+
+    # Batch: the same history, the scored week's labels unknown (as the store held them).
+    same_history = transactions.copy()
+    same_history.loc[same_history["timestamp"] >= WEEK, "label"] = 0
+    batch = compute_features(same_history, start=WEEK, end=transactions["timestamp"].max())
+    batch = batch.set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
+    assert len(scored) == len(week) > 1000
+    # Counts exactly; averages and risks to the last bits of a float (sums start at another row).
+    counts = [c for c in FEATURE_COLUMNS if "_NB_TX_" in c or c.startswith("TX_DURING")]
+    np.testing.assert_array_equal(scored[counts].to_numpy(), batch[counts].to_numpy())
+    np.testing.assert_allclose(model_matrix(scored), model_matrix(batch), rtol=1e-12, atol=0)
+    assert scored[list(FEATURE_COLUMNS)].notna().all().all()
+
+
+def test_a_transaction_seen_before_is_refused_and_nothing_is_recorded(
+    store: TransactionStore, transactions: pd.DataFrame
+) -> None:
+    week = transactions[transactions["timestamp"] >= WEEK].drop(columns=["label"])
+    store.record(week.iloc[:3])
+    before = store.summary()["transactions"]
+    with pytest.raises(FedfraudInputError, match="1 transaction id\\(s\\) were seen before"):
+        store.record(week.iloc[2:6])
+    assert store.summary()["transactions"] == before
+    with pytest.raises(ValueError, match="appears twice"):
+        OnlineFeatures(store).compute(pd.concat([week.iloc[[7]], week.iloc[[7]]]))
+
+
+def test_consortium_terminal_features_online_equal_the_training_path(tmp_path: Path, transactions: pd.DataFrame) -> None:
+    """A bank whose model uses consortium terminal features scores with the pooled history, as
+    its training rows were built (``with_consortium_terminal_features``)."""
+    import crypto
+    from bank_node.federated.lockstep import run_lockstep
+    from bank_node.federated.terminal_stats import (
+        TerminalStatsConfig,
+        consortium_history,
+        events_by_day,
+        history_days,
+        with_consortium_terminal_features,
+    )
+    from bank_node.online import ConsortiumTerminals
+    from consortium.secure_sum import SecureSum
+    from fedfraud.simulation import partition_customers
+
+    owner = partition_customers(transactions["customer_id"], (0.5, 0.3, 0.2), seed=1)
+    banks = {f"bank-{i + 1}": transactions[owner == i] for i in range(3)}
+    key = bytes(range(32))
+    last = transactions["timestamp"].max()
+    days = history_days(WEEK, last)
+    secret = crypto.generate("plain")
+    pooled = run_lockstep(
+        {b: consortium_history(events_by_day(frame, key, days), secret=key, config=TerminalStatsConfig(threshold=2))
+         for b, frame in banks.items()},
+        contexts=dict.fromkeys(banks, secret),
+        aggregator=SecureSum(context=crypto.load_context(secret.public_context(), require_public=True)),
+    ).results["bank-1"]
+
+    own = banks["bank-1"]
+    store = TransactionStore(f"sqlite:///{tmp_path / 'node.db'}")
+    store.ingest(own[own["timestamp"] < WEEK], name="history", sha256="1" * 64, retention_days=None)
+    week = own[own["timestamp"] >= WEEK].drop(columns=["label"])
+    online = OnlineFeatures(store)
+    parts = []
+    for start in range(0, len(week), 300):
+        batch = week.iloc[start : start + 300]
+        parts.append(online.compute(batch, consortium=ConsortiumTerminals(history=pooled, key=key)))
+        store.record(batch)
+    scored = pd.concat(parts, ignore_index=True)
+    store.close()
+
+    same_history = own.copy()
+    same_history.loc[same_history["timestamp"] >= WEEK, "label"] = 0
+    batch_rows, covered = with_consortium_terminal_features(
+        compute_features(same_history, start=WEEK, end=last), pooled, secret=key)
+    assert 0.3 < covered.mean() < 1.0
+    batch_rows = batch_rows.set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
+    np.testing.assert_allclose(model_matrix(scored), model_matrix(batch_rows), rtol=1e-12, atol=0)
