@@ -1,0 +1,147 @@
+"""Scoring with the consortium's model on the bank's node: probability, decision and reasons.
+
+The reasons are the model's own attribution of the score to its inputs, on the margin (log-odds)
+scale, so that they add up, with the bias, to the score's margin:
+
+- **XGBoost**: exact TreeSHAP contributions (``Booster.predict(pred_contribs=True)``) for
+  requests of up to ``exact_reasons_max`` rows, and XGBoost's cheap approximation
+  (``approx_contribs=True``, the Saabas path attribution) for larger batches;
+- **logistic regression**: ``coef * (x - mean) / scale`` per input, exact by construction.
+
+The model in use is the newest promoted model the node's agent verified and kept (its own
+proposal, signed by its quorum of pinned members; ``bank_node/agent/runner.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+
+from bank_node.agent.state import StateDir
+from bank_node.agent.training import FeatureSettings
+from bank_node.features import MODEL_INPUTS
+from bank_node.federated.logreg import LogRegModel
+
+__all__ = ["DEFAULT_EXACT_REASONS_MAX", "LoadedModel", "Reason", "Scores", "current_model_file", "describe",
+           "load_model"]
+
+FloatArray = npt.NDArray[np.float64]
+DEFAULT_EXACT_REASONS_MAX: Final = 100
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One input's push on a score: its name, its value, and its contribution to the margin."""
+
+    feature: str
+    value: float
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of a batch of rows.
+
+    Attributes
+    ----------
+    probability
+        Fraud probability per row.
+    contributions
+        Per row and input, the contribution to the margin; the last column is the bias.
+    exact
+        Whether the contributions are exact (TreeSHAP, or a linear model) or approximated.
+    """
+
+    probability: FloatArray
+    contributions: FloatArray
+    exact: bool
+
+    def reasons(self, X: FloatArray, row: int, *, top: int = 3) -> list[Reason]:
+        """The ``top`` inputs that pushed row ``row``'s score most (by absolute contribution)."""
+        per_input = self.contributions[row, :-1]
+        order = np.argsort(-np.abs(per_input), kind="stable")[:top]
+        return [Reason(MODEL_INPUTS[i], float(X[row, i]), float(per_input[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score, with what describes it."""
+
+    version: str
+    family: str
+    features: FeatureSettings
+    booster: xgb.Booster | None = None
+    logreg: LogRegModel | None = None
+    exact_reasons_max: int = DEFAULT_EXACT_REASONS_MAX
+
+    def score(self, X: FloatArray) -> Scores:
+        """Probabilities and contributions of rows of :data:`MODEL_INPUTS`."""
+        X = np.asarray(X, dtype=np.float64)
+        if self.booster is not None:
+            data = xgb.DMatrix(X, feature_names=list(MODEL_INPUTS))
+            exact = len(X) <= self.exact_reasons_max
+            contributions = np.asarray(self.booster.predict(data, pred_contribs=True, approx_contribs=not exact),
+                                       dtype=np.float64)
+            probability = np.asarray(self.booster.predict(data), dtype=np.float64)
+            return Scores(probability=probability, contributions=contributions, exact=exact)
+        assert self.logreg is not None
+        model = self.logreg
+        per_input = (X - np.asarray(model.mean)) / np.asarray(model.scale) * np.asarray(model.coef)
+        contributions = np.hstack([per_input, np.full((len(X), 1), model.intercept)])
+        return Scores(probability=model.predict_proba(X), contributions=contributions, exact=True)
+
+
+def load_model(body: bytes, *, version: str, family: str,
+               exact_reasons_max: int = DEFAULT_EXACT_REASONS_MAX) -> LoadedModel:
+    """A model file (as the consortium publishes it) ready to score.
+
+    Raises
+    ------
+    ValueError
+        Not a model of ``family``, or one whose inputs are not :data:`MODEL_INPUTS`.
+    """
+    features = FeatureSettings.of_model_file(body)
+    if family == "xgboost":
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(body))
+        except xgb.core.XGBoostError as exc:
+            raise ValueError(f"model {version} is not an XGBoost model: {str(exc).splitlines()[0]}") from None
+        if tuple(booster.feature_names or ()) != MODEL_INPUTS:
+            raise ValueError(f"model {version} takes inputs {booster.feature_names}, not {list(MODEL_INPUTS)}")
+        return LoadedModel(version=version, family=family, features=features, booster=booster,
+                           exact_reasons_max=exact_reasons_max)
+    if family == "logreg":
+        logreg = LogRegModel.from_json(body.decode("utf-8"))
+        if tuple(logreg.feature_names) != MODEL_INPUTS:
+            raise ValueError(f"model {version} takes inputs {list(logreg.feature_names)}, not {list(MODEL_INPUTS)}")
+        return LoadedModel(version=version, family=family, features=features, logreg=logreg,
+                           exact_reasons_max=exact_reasons_max)
+    raise ValueError(f"unknown model family {family!r}")
+
+
+def current_model_file(state: StateDir, family: str = "xgboost") -> tuple[str, Path, dict[str, Any]] | None:
+    """The newest promoted model of ``family`` that this node's agent verified and kept: its
+    version, file and run record; None when there is none yet."""
+    kept = [
+        record for record in state.runs().values()
+        if record.get("status") == "published" and record.get("model") == family and record.get("promoted")
+        and record.get("matches_proposal") and record.get("model_file")
+    ]
+    if not kept:
+        return None
+    newest = max(kept, key=lambda r: int(str(r["version"])) if str(r["version"]).isdigit() else -1)
+    return str(newest["version"]), Path(newest["model_file"]), newest
+
+
+def describe(model: LoadedModel) -> dict[str, Any]:
+    """What the scoring service says about the model in use."""
+    return {"version": model.version, "family": model.family,
+            "consortium_features": model.features.consortium, "terminal_threshold": model.features.threshold,
+            "inputs": list(MODEL_INPUTS)}
+

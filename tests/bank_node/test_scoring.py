@@ -1,0 +1,102 @@
+"""Scores, decisions' inputs and reasons from the consortium's model files: the scores are the
+model's own (XGBoost's predict, the logistic model's), and the reasons add up to the margin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+import crypto
+from bank_node.agent.state import StateDir
+from bank_node.agent.training import TrainingSet, prepare_run, training_rows
+from bank_node.features import MODEL_INPUTS
+from bank_node.federated.lockstep import run_lockstep
+from bank_node.generator import generate_transactions
+from bank_node.scoring import current_model_file, load_model
+from consortium.secure_sum import SecureSum
+from fedfraud.simulation import partition_customers
+from schemas.transaction import to_canonical
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, TrainingSet]:
+    raw = generate_transactions(n_customers=450, n_terminals=500, days=50, seed=5, start_date="2018-04-01")
+    frame = to_canonical(raw, None, require_label=True)
+    owner = partition_customers(frame["customer_id"], (0.5, 0.3, 0.2), seed=0)
+    return {f"bank-{i + 1}": training_rows(frame[owner == i], train_start=pd.Timestamp("2018-05-10").date(),
+                                           train_days=7) for i in range(3)}
+
+
+def _published(model: str, params: dict[str, object], rows: dict[str, TrainingSet]) -> bytes:
+    """The file the banks would propose (the same bytes on every bank)."""
+    secret = crypto.generate("plain")
+    prepared = {b: prepare_run(model, params, r, party_index=i) for i, (b, r) in enumerate(sorted(rows.items()))}
+    result = run_lockstep({b: p.algorithm() for b, p in prepared.items()}, contexts=dict.fromkeys(rows, secret),
+                          aggregator=SecureSum(context=crypto.load_context(secret.public_context(), require_public=True)))
+    return prepared["bank-1"].serialize(result.results["bank-1"])
+
+
+def test_xgboost_scores_are_the_boosters_and_reasons_add_up_to_the_margin(rows: dict[str, TrainingSet]) -> None:
+    body = _published("xgboost", {"n_trees": 8, "max_depth": 3, "n_bins": 32}, rows)
+    model = load_model(body, version="3", family="xgboost", exact_reasons_max=50)
+    X = rows["bank-1"].X[:400]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(body))
+    data = xgb.DMatrix(X, feature_names=list(MODEL_INPUTS))
+
+    exact = model.score(X[:50])
+    assert exact.exact
+    np.testing.assert_allclose(exact.probability, booster.predict(data)[:50], rtol=0, atol=0)
+    margins = booster.predict(data, output_margin=True)
+    np.testing.assert_allclose(exact.contributions.sum(axis=1), margins[:50], atol=1e-5)
+    approx = model.score(X)  # over the limit: XGBoost's cheap approximation, which also adds up
+    assert not approx.exact
+    np.testing.assert_allclose(approx.probability, booster.predict(data))
+    np.testing.assert_allclose(approx.contributions.sum(axis=1), margins, atol=1e-5)
+
+    riskiest = int(np.argmax(exact.probability))
+    reasons = exact.reasons(X[:50], riskiest, top=3)
+    assert len(reasons) == 3 and all(r.feature in MODEL_INPUTS for r in reasons)
+    sizes = [abs(r.contribution) for r in reasons]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == np.abs(exact.contributions[riskiest, :-1]).max()
+    assert reasons[0].value == X[riskiest, MODEL_INPUTS.index(reasons[0].feature)]
+
+
+def test_logistic_scores_and_reasons_are_exact(rows: dict[str, TrainingSet]) -> None:
+    from bank_node.federated.logreg import LogRegModel
+
+    body = _published("logreg", {"max_rounds": 6}, rows)
+    model = load_model(body, version="4", family="logreg")
+    X = rows["bank-2"].X
+    scores = model.score(X)
+    reference = LogRegModel.from_json(body.decode())
+    np.testing.assert_allclose(scores.probability, reference.predict_proba(X))
+    np.testing.assert_allclose(scores.contributions.sum(axis=1), reference.decision_function(X), atol=1e-9)
+
+
+def test_a_model_with_other_inputs_or_of_another_family_is_refused(rows: dict[str, TrainingSet]) -> None:
+    body = _published("xgboost", {"n_trees": 2, "max_depth": 2, "n_bins": 16}, rows)
+    renamed = json.loads(body)
+    renamed["learner"]["feature_names"][0] = "amount"
+    with pytest.raises(ValueError, match="takes inputs"):
+        load_model(json.dumps(renamed).encode(), version="5", family="xgboost")
+    with pytest.raises(ValueError, match="not a fedfraud logistic-regression model"):
+        load_model(body, version="5", family="logreg")
+
+
+def test_the_model_in_use_is_the_newest_promoted_one_the_agent_kept(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "node")
+    state.ensure()
+    for version, status, promoted in (("1", "published", True), ("2", "published", True),
+                                      ("3", "published", False), ("4", "refused", False)):
+        path = state.save_model(version, "xgboost", b"{}")
+        state.update_run(f"run-{version}", {"status": status, "model": "xgboost", "version": version,
+                                            "model_file": str(path), "promoted": promoted, "matches_proposal": True})
+    found = current_model_file(state, "xgboost")
+    assert found is not None and found[0] == "2"
+    assert current_model_file(state, "logreg") is None
