@@ -129,7 +129,7 @@ def current_model_file(state: StateDir, family: str = "xgboost") -> tuple[str, P
     """The newest promoted model of ``family`` that this node's agent verified and kept: its
     version, file and run record; None when there is none yet."""
     kept = [
-        record for record in state.runs().values()
+        {**record, "run_id": run_id} for run_id, record in state.runs().items()
         if record.get("status") == "published" and record.get("model") == family and record.get("promoted")
         and record.get("matches_proposal") and record.get("model_file")
     ]

@@ -248,6 +248,13 @@ class TransactionStore:
             frame = pd.DataFrame(connection.execute(query).all(), columns=[*REQUIRED_FIELDS, LABEL_FIELD])
         return _typed(frame)
 
+    def known_ids(self, ids: Iterable[int]) -> list[int]:
+        """The transaction ids among ``ids`` that the store holds."""
+        wanted = sorted({int(i) for i in ids})
+        with self.engine.connect() as connection:
+            return sorted(int(i) for (i,) in connection.execute(
+                select(transactions.c.transaction_id).where(transactions.c.transaction_id.in_(wanted))))
+
     def record(self, frame: pd.DataFrame) -> int:
         """Store transactions scored one by one (the scoring service), without labels.
 

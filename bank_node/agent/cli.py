@@ -412,3 +412,41 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     if any(o.status == FAILED for o in outcomes):
         raise click.exceptions.Exit(1)
 
+
+
+@bank_cli.command("create-token")
+@click.option("--role", type=click.Choice(["scorer", "admin"]), required=True,
+              help="scorer: the risk team's systems (score, read the model); admin: also record labels.")
+@_state_dir_option
+@_store_option
+@readable_errors
+def create_token(role: str, state_dir: Path, store_url: str | None) -> None:
+    """Issue a token for the node's scoring service (printed once; only its hash is kept)."""
+    from bank_node.service.auth import issue_token
+
+    store = _open_store(state_dir, store_url)
+    try:
+        click.echo(issue_token(store.engine, role))
+    finally:
+        store.close()
+
+
+@bank_cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8081, show_default=True, type=int, help="TCP port.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Fraud probability from which a transaction is flagged 'alert'.")
+@_state_dir_option
+@_store_option
+@readable_errors
+def serve(host: str, port: int, threshold: float, state_dir: Path, store_url: str | None) -> None:
+    """Run the risk team's scoring service on werkzeug's server (development; gunicorn in production)."""
+    from werkzeug.serving import run_simple
+
+    from bank_node.service.app import create_app
+
+    app = create_app(state_dir, store_url=store_url, config={"DECISION_THRESHOLD": threshold}, watch=True)
+    serving = app.extensions["fedfraud_scoring"].holder.serving
+    click.echo(f"scoring on http://{host}:{port} with model {serving.model.version if serving else '(none yet)'}",
+               err=True)
+    run_simple(host, port, app, threaded=True, use_reloader=False)

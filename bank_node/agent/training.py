@@ -319,7 +319,10 @@ class FeatureSettings:
         document = json.loads(body)
         if not isinstance(document, dict):
             raise ValueError("a model file is a JSON object")
-        attributes = document.get("learner", {}).get("attributes", {}) if "learner" in document else document
+        learner = document.get("learner")
+        if "learner" in document and not (isinstance(learner, dict) and isinstance(learner.get("attributes", {}), dict)):
+            raise ValueError("the model file's 'learner' is not an XGBoost learner")
+        attributes = learner.get("attributes", {}) if isinstance(learner, dict) else document
         recorded = attributes.get(FEATURES_ATTRIBUTE)
         if recorded is None:
             return cls()

@@ -1,0 +1,1 @@
+"""The bank node's scoring service: the risk team's REST endpoint (``fedfraud bank serve``)."""

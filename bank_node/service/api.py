@@ -1,0 +1,213 @@
+"""The scoring service's endpoints: score, labels, the model in use, health and readiness."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flask import current_app, jsonify, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from bank_node.features import model_matrix
+from bank_node.scoring import describe
+from bank_node.service.auth import Role, requires
+from consortium.errors import BadRequest, Conflict, ConsortiumError, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from schemas.errors import FedfraudInputError
+
+__all__ = ["blp"]
+
+blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Score transactions on the bank's own node.")
+
+
+class Unavailable(ConsortiumError):
+    """503: the service cannot score now (no model yet, or its inputs cannot be built)."""
+
+    status = 503
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class TransactionSchema(_Strict):
+    transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
+    timestamp = fields.NaiveDateTime(required=True, metadata={"description": "local time of the bank, ISO 8601"})
+    customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1),
+                                 metadata={"description": "the card"})
+    terminal_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
+    amount = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=1e9))
+
+
+class ScoreRequestSchema(_Strict):
+    transactions = fields.List(fields.Nested(TransactionSchema), required=True,
+                               validate=validate.Length(min=1))
+
+
+class LabelSchema(_Strict):
+    transaction_id = fields.Integer(required=True, strict=True)
+    label = fields.Integer(required=True, strict=True, validate=validate.OneOf([0, 1]),
+                           metadata={"description": "1 confirmed fraud, 0 confirmed genuine"})
+
+
+class LabelsRequestSchema(_Strict):
+    labels = fields.List(fields.Nested(LabelSchema), required=True, validate=validate.Length(min=1))
+
+
+def _body() -> Any:
+    if not request.is_json:
+        raise UnsupportedMediaType(f"this endpoint takes application/json, not {request.mimetype or 'no content type'}")
+    limit = int(current_app.config["MAX_BODY_BYTES"])
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"a request body is at most {limit} bytes; got {len(raw)}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+
+
+def _load(schema: Schema, document: Any) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(document)
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        flat: dict[str, list[str]] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), inner)
+            else:
+                flat[prefix] = [str(m) for m in (value if isinstance(value, list) else [value])]
+
+        walk("", messages)
+        first = next(iter(flat.items()))
+        raise Unprocessable(f"invalid request: {first[0]}: {first[1][0]}", flat) from None
+    return loaded
+
+
+@blp.route("/score")
+class Score(MethodView):
+    @requires(Role.SCORER, Role.ADMIN)
+    @blp.doc(requestBody={"content": {"application/json": {"schema": ScoreRequestSchema}}})
+    def post(self) -> Any:
+        """Score one transaction (an object) or several (``{"transactions": [...]}``, in time order).
+
+        Each gets its fraud probability, the decision at the bank's threshold, the model version
+        that scored it, and the inputs that pushed its score most. Scored transactions are
+        recorded in the node's store (their card's next transaction sees them); a transaction id
+        seen before is refused (409) and nothing of the request is recorded."""
+        document = _body()
+        single = isinstance(document, dict) and "transactions" not in document
+        loaded = _load(ScoreRequestSchema(), {"transactions": [document]} if single else document)
+        limit = int(current_app.config["MAX_BATCH"])
+        if len(loaded["transactions"]) > limit:
+            raise PayloadTooLarge(f"at most {limit} transactions a request; got {len(loaded['transactions'])}",
+                                  {"transactions": [f"more than {limit}"]})
+        node = current_app.extensions["fedfraud_scoring"]
+        serving = node.holder.serving
+        if serving is None:
+            raise Unavailable("no model to score with yet: the node has not received a promoted model")
+        frame = pd.DataFrame(loaded["transactions"])
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        if frame["transaction_id"].duplicated().any():
+            raise Unprocessable("a transaction id appears twice in the request",
+                                {"transactions.transaction_id": ["duplicate"]})
+        seen = node.store.known_ids(frame["transaction_id"])
+        if seen:
+            raise Conflict(f"transaction id(s) seen before: {', '.join(map(str, seen[:5]))}",
+                           {"transactions.transaction_id": [f"seen before: {', '.join(map(str, seen[:5]))}"]})
+        try:
+            featured = node.online.compute(frame, consortium=serving.consortium)
+        except ValueError as exc:
+            raise Unavailable(f"cannot build the model's inputs: {exc}") from None
+        X = model_matrix(featured)
+        scores = serving.model.score(X)
+        try:
+            node.store.record(frame)
+        except FedfraudInputError as exc:  # a concurrent request recorded one of these ids first
+            raise Conflict(exc.message, exc.errors) from None
+        threshold = float(current_app.config["DECISION_THRESHOLD"])
+        top = int(current_app.config["TOP_REASONS"])
+        results = [
+            {
+                "transaction_id": int(tx),
+                "probability": float(scores.probability[i]),
+                "decision": "alert" if scores.probability[i] >= threshold else "pass",
+                "model_version": serving.model.version,
+                "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution}
+                            for r in scores.reasons(X, i, top=top)],
+                "reasons_exact": scores.exact,
+            }
+            for i, tx in enumerate(frame["transaction_id"].to_numpy(dtype=np.int64))
+        ]
+        node.count(results)
+        return jsonify(results[0] if single else {"model_version": serving.model.version, "results": results})
+
+
+@blp.route("/labels")
+class Labels(MethodView):
+    @requires(Role.ADMIN)
+    @blp.doc(requestBody={"content": {"application/json": {"schema": LabelsRequestSchema}}})
+    def post(self) -> Any:
+        """Record confirmed outcomes (``{"labels": [{"transaction_id", "label"}]}``) for the next
+        training; labels of transactions the node does not hold are refused (422), nothing recorded."""
+        raw = request.get_data(cache=True)
+        loaded = _load(LabelsRequestSchema(), _body())
+        node = current_app.extensions["fedfraud_scoring"]
+        labels = pd.DataFrame(loaded["labels"])
+        try:
+            result = node.store.record_labels(labels, name="POST /v1/labels", sha256=hashlib.sha256(raw).hexdigest())
+        except FedfraudInputError as exc:
+            raise Unprocessable(exc.message, exc.errors) from None
+        return jsonify({"labels": result.rows, "updated": result.updated, "unchanged": result.unchanged})
+
+
+@blp.route("/model")
+class Model(MethodView):
+    @requires(Role.SCORER, Role.ADMIN)
+    def get(self) -> Any:
+        """The model in use: version, family, inputs, how its terminal features are built, and
+        the run that trained it (as the node's agent recorded it)."""
+        node = current_app.extensions["fedfraud_scoring"]
+        serving = node.holder.serving
+        if serving is None:
+            raise Unavailable("no model in use yet")
+        record = serving.record
+        return jsonify({
+            **describe(serving.model), "run_id": record.get("run_id"),
+            "digest": record.get("digest"), "signed_by": record.get("signed_by", []),
+            "last_load_error": node.holder.last_error or None,
+        })
+
+
+@blp.route("/health")
+class Health(MethodView):
+    def get(self) -> Any:
+        """Liveness: the process answers."""
+        return jsonify({"status": "ok"})
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    def get(self) -> Any:
+        """Readiness: a model is loaded and the store answers (503 otherwise, with why)."""
+        node = current_app.extensions["fedfraud_scoring"]
+        problems = []
+        if node.holder.serving is None:
+            problems.append("no model loaded" + (f" ({node.holder.last_error})" if node.holder.last_error else ""))
+        try:
+            node.store.summary()
+        except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+            problems.append(f"store unavailable: {type(exc).__name__}")
+        if problems:
+            response = jsonify({"status": "not ready", "problems": problems})
+            response.status_code = 503
+            return response
+        return jsonify({"status": "ready", "model_version": node.holder.serving.model.version})

@@ -1,0 +1,120 @@
+"""The scoring service's Flask application factory (``fedfraud bank serve``; gunicorn in production).
+
+It runs beside the bank's agent on the bank's own node and reads what the agent keeps: the
+verified models in the state directory and the transaction store (with the pooled consortium
+terminal history). Transactions to score never leave the bank.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from bank_node.agent.state import StateDir
+from bank_node.online import OnlineFeatures
+from bank_node.scoring import DEFAULT_EXACT_REASONS_MAX
+from bank_node.service.auth import create_tables
+from bank_node.service.models import ModelHolder
+from bank_node.store import TransactionStore
+from bank_node.terminal_history import PooledHistory
+
+__all__ = ["DEFAULTS", "ScoringNode", "create_app"]
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: Mapping[str, Any] = {
+    "MODEL_FAMILY": "xgboost",
+    "DECISION_THRESHOLD": 0.5,
+    "MAX_BATCH": 1000,
+    "MAX_BODY_BYTES": 1 << 20,
+    "TOP_REASONS": 3,
+    "EXACT_REASONS_MAX": DEFAULT_EXACT_REASONS_MAX,
+    "MODEL_RELOAD_S": 30.0,
+}
+
+
+@dataclass
+class ScoringNode:
+    """What the requests share: the store, the online features, the model holder, counters."""
+
+    state: StateDir
+    store: TransactionStore
+    online: OnlineFeatures
+    holder: ModelHolder
+    decisions: dict[str, int] = field(default_factory=lambda: {"alert": 0, "pass": 0})
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def engine(self) -> Any:
+        """The node's database (tokens live there too)."""
+        return self.store.engine
+
+    def count(self, results: list[dict[str, Any]]) -> None:
+        """Count decisions (for metrics)."""
+        with self._lock:
+            for result in results:
+                self.decisions[result["decision"]] += 1
+
+
+def create_app(state_dir: str | Path, *, store_url: str | None = None,
+               config: Mapping[str, Any] | None = None, watch: bool = False) -> Flask:
+    """Build the scoring service of the node whose state directory is ``state_dir``.
+
+    Parameters
+    ----------
+    state_dir
+        The agent's state directory (models, HE secret, by default the store).
+    store_url
+        The node's store, when not the SQLite file of the state directory.
+    config
+        Overrides of :data:`DEFAULTS` (and Flask keys).
+    watch
+        Look for a newly promoted model every ``MODEL_RELOAD_S`` seconds in a background thread.
+    """
+    from bank_node.service.api import blp
+    from consortium.errors import register_error_handlers
+
+    app = Flask("fedfraud_scoring")
+    app.config.update(DEFAULTS)
+    app.config.update({
+        "API_TITLE": "fedfraud bank scoring service", "API_VERSION": "1.0.0", "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/", "OPENAPI_JSON_PATH": "openapi.json",
+        "API_SPEC_OPTIONS": {"security": [{"bearerAuth": []}],
+                             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}}},
+    })
+    app.config.update(dict(config or {}))
+    state = StateDir(state_dir)
+    store = TransactionStore(store_url) if store_url else TransactionStore.in_state_dir(state_dir)
+    create_tables(store.engine)
+    holder = ModelHolder(state, family=str(app.config["MODEL_FAMILY"]), history=PooledHistory(store.engine),
+                         exact_reasons_max=int(app.config["EXACT_REASONS_MAX"]))
+    holder.refresh()
+    app.extensions["fedfraud_scoring"] = ScoringNode(state=state, store=store, online=OnlineFeatures(store),
+                                                     holder=holder)
+    api = Api(app)
+    api.register_blueprint(blp)
+    register_error_handlers(app)
+    if watch:
+        _watch(holder, float(app.config["MODEL_RELOAD_S"]))
+    return app
+
+
+def _watch(holder: ModelHolder, every_s: float) -> threading.Thread:
+    def loop() -> None:
+        while True:
+            threading.Event().wait(every_s)
+            try:
+                holder.refresh()
+            except Exception:  # the watcher must survive anything; the old model keeps serving
+                log.exception("looking for a new model failed")
+
+    thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,92 @@
+"""Tokens of the scoring service, stored hashed in the node's database, each with one role.
+
+- ``scorer``: the risk team's systems; score transactions and read the model in use.
+- ``admin``: the node's operators; also record confirmed outcomes (labels).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from flask import current_app, request
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert, select
+
+from consortium.errors import Forbidden, Unauthorized
+
+__all__ = ["Role", "issue_token", "requires"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_metadata = MetaData()
+service_tokens = Table(
+    "scoring_tokens", _metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+class Role(enum.StrEnum):
+    """What a token may do."""
+
+    SCORER = "scorer"
+    ADMIN = "admin"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def issue_token(engine: Engine, role: Role | str) -> str:
+    """A new random token of ``role``; only its SHA-256 is stored."""
+    role = Role(role)
+    _metadata.create_all(engine)
+    token = secrets.token_urlsafe(32)
+    with engine.begin() as connection:
+        connection.execute(insert(service_tokens).values(token_sha256=_hash(token), role=role.value,
+                                                         created_at=datetime.now().replace(microsecond=0)))
+    return token
+
+
+def _role_of(engine: Engine, token: str) -> Role | None:
+    digest = _hash(token)
+    with engine.connect() as connection:
+        row = connection.execute(select(service_tokens.c.token_sha256, service_tokens.c.role)
+                                 .where(service_tokens.c.token_sha256 == digest)).first()
+    if row is None or not hmac.compare_digest(row[0], digest):
+        return None
+    return Role(row[1])
+
+
+def requires(*roles: Role) -> Callable[[F], F]:
+    """401 without a known bearer token, 403 for a token of another role."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("send a bearer token (Authorization: Bearer ...)")
+            role = _role_of(current_app.extensions["fedfraud_scoring"].engine, token.strip())
+            if role is None:
+                raise Unauthorized("unknown token")
+            if role not in roles:
+                raise Forbidden(f"a {role.value} token may not do this; it takes {' or '.join(r.value for r in roles)}")
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the tokens table if it is missing."""
+    _metadata.create_all(engine)

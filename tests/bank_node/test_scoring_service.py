@@ -1,0 +1,179 @@
+"""The risk team's scoring service: scores equal the model's on the batch features, reasons,
+recording, roles, clear errors, and a model swap that leaves no request half-served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from bank_node.agent.state import StateDir
+from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
+from bank_node.generator import generate_transactions
+from bank_node.service.app import create_app
+from bank_node.service.auth import issue_token
+from bank_node.store import TransactionStore
+from schemas.transaction import to_canonical
+from tests.bank_node.test_scoring import _published
+
+START = pd.Timestamp("2018-05-16")
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    raw = generate_transactions(n_customers=300, n_terminals=400, days=50, seed=21, start_date="2018-04-01")
+    return to_canonical(raw, None, require_label=True).sort_values(["timestamp", "transaction_id"])
+
+
+@pytest.fixture(scope="module")
+def model_files(data: pd.DataFrame) -> dict[str, bytes]:
+    from bank_node.agent.training import training_rows
+    from fedfraud.simulation import partition_customers
+
+    owner = partition_customers(data["customer_id"], (0.5, 0.3, 0.2), seed=0)
+    rows = {f"bank-{i + 1}": training_rows(data[owner == i], train_start=pd.Timestamp("2018-05-06").date(),
+                                           train_days=7) for i in range(3)}
+    return {"small": _published("xgboost", {"n_trees": 4, "max_depth": 2, "n_bins": 32}, rows),
+            "large": _published("xgboost", {"n_trees": 12, "max_depth": 3, "n_bins": 32}, rows)}
+
+
+def keep_model(state: StateDir, version: str, body: bytes, *, promoted: bool = True) -> None:
+    """What the agent does with a verified, published model."""
+    path = state.save_model(version, "xgboost", body)
+    state.update_run(f"run-{version}", {"status": "published", "model": "xgboost", "version": version,
+                                        "model_file": str(path), "promoted": promoted, "matches_proposal": True,
+                                        "digest": "d" * 64, "signed_by": ["bank-1", "bank-2", "bank-3"]})
+
+
+class Node:
+    def __init__(self, root: Path, data: pd.DataFrame) -> None:
+        self.state = StateDir(root)
+        self.state.ensure()
+        store = TransactionStore.in_state_dir(root)
+        store.ingest(data[data["timestamp"] < START], name="history", sha256="2" * 64, retention_days=None)
+        self.scorer = issue_token(store.engine, "scorer")
+        self.admin = issue_token(store.engine, "admin")
+        store.close()
+        self.app = create_app(root, config={"MAX_BATCH": 300, "EXACT_REASONS_MAX": 50})
+        self.client = self.app.test_client()
+
+    def post(self, path: str, body: Any, token: str | None = None) -> Any:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return self.client.post(path, json=body, headers=headers)
+
+
+def as_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{"transaction_id": int(r.transaction_id), "timestamp": r.timestamp.isoformat(),
+             "customer_id": int(r.customer_id), "terminal_id": int(r.terminal_id), "amount": float(r.amount)}
+            for r in frame.itertuples()]
+
+
+@pytest.fixture
+def node(tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]) -> Node:
+    made = Node(tmp_path / "node", data)
+    keep_model(made.state, "1", model_files["small"])
+    made.app.extensions["fedfraud_scoring"].holder.refresh()
+    return made
+
+
+def test_scores_are_the_models_on_the_batch_features_and_scored_transactions_are_recorded(
+    node: Node, data: pd.DataFrame, model_files: dict[str, bytes]
+) -> None:
+    week = data[(data["timestamp"] >= START) & (data["timestamp"] < START + pd.Timedelta(days=2))]
+    answers = []
+    for tx in as_json(week.iloc[:40]):  # one at a time, as authorisations arrive
+        response = node.post("/v1/score", tx, node.scorer)
+        assert response.status_code == 200, response.get_json()
+        answers.append(response.get_json())
+    batch = node.post("/v1/score", {"transactions": as_json(week.iloc[40:240])}, node.scorer)
+    assert batch.status_code == 200, batch.get_json()
+    answers += batch.get_json()["results"]
+
+    same_history = data[data["timestamp"] < START + pd.Timedelta(days=2)].copy()
+    same_history.loc[same_history["timestamp"] >= START, "label"] = 0
+    features = compute_features(same_history, start=START, end=START).set_index("transaction_id")
+    features = features.loc[week["transaction_id"].iloc[:240]].reset_index()
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model_files["small"]))
+    expected = booster.predict(xgb.DMatrix(model_matrix(features), feature_names=list(MODEL_INPUTS)))
+    np.testing.assert_allclose([a["probability"] for a in answers], expected, rtol=1e-6)
+    assert {a["model_version"] for a in answers} == {"1"}
+    assert all(a["decision"] == ("alert" if a["probability"] >= 0.5 else "pass") for a in answers)
+    assert all(len(a["reasons"]) == 3 and a["reasons"][0]["feature"] in MODEL_INPUTS for a in answers)
+    assert answers[0]["reasons_exact"] is True
+    # Recorded: the same transaction again is refused, and nothing of that request is recorded.
+    again = node.post("/v1/score", {"transactions": as_json(week.iloc[239:241])}, node.scorer)
+    assert again.status_code == 409 and "seen before" in again.get_json()["message"]
+    fresh = node.post("/v1/score", as_json(week.iloc[[240]])[0], node.scorer)
+    assert fresh.status_code == 200
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"transactions": []}, 422, "transactions"),
+    ({"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2}, 422,
+     "transactions.0.amount"),
+    ({"transaction_id": "x1", "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2,
+      "amount": 3.0}, 422, "transactions.0.transaction_id"),
+    ({"transaction_id": 1, "timestamp": "yesterday", "customer_id": 1, "terminal_id": 2, "amount": 3.0}, 422,
+     "transactions.0.timestamp"),
+    ({"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, "amount": 3.0,
+      "pan": "4111111111111111"}, 422, "transactions.0.pan"),
+])
+def test_bad_input_is_named(node: Node, body: Any, status: int, field: str) -> None:
+    response = node.post("/v1/score", body, node.scorer)
+    assert response.status_code == status
+    assert field in response.get_json()["errors"], response.get_json()
+
+
+def test_limits_tokens_and_roles(node: Node, data: pd.DataFrame) -> None:
+    many = as_json(data[data["timestamp"] >= START].iloc[:301])
+    over = node.post("/v1/score", {"transactions": many}, node.scorer)
+    assert over.status_code == 413 and "at most 300" in over.get_json()["message"]
+    assert node.post("/v1/score", many[0]).status_code == 401
+    assert node.post("/v1/score", many[0], "not-a-token").status_code == 401
+    assert node.client.post("/v1/score", data="x", headers={"Authorization": f"Bearer {node.scorer}"}).status_code == 415
+    labels = {"labels": [{"transaction_id": many[0]["transaction_id"], "label": 1}]}
+    assert node.post("/v1/labels", labels, node.scorer).status_code == 403
+    node.post("/v1/score", many[0], node.scorer)
+    recorded = node.post("/v1/labels", labels, node.admin)
+    assert recorded.status_code == 200 and recorded.get_json()["updated"] == 1
+    unknown = node.post("/v1/labels", {"labels": [{"transaction_id": 10**15, "label": 1}]}, node.admin)
+    assert unknown.status_code == 422 and "does not hold" in unknown.get_json()["message"]
+
+
+def test_a_promoted_model_replaces_the_old_one_and_a_broken_one_does_not(
+    node: Node, data: pd.DataFrame, model_files: dict[str, bytes]
+) -> None:
+    holder = node.app.extensions["fedfraud_scoring"].holder
+    txs = as_json(data[data["timestamp"] >= START].iloc[:3])
+    first = node.post("/v1/score", txs[0], node.scorer).get_json()
+    keep_model(node.state, "2", model_files["large"])
+    assert holder.refresh()
+    second = node.post("/v1/score", txs[1], node.scorer).get_json()
+    assert (first["model_version"], second["model_version"]) == ("1", "2")
+    assert node.client.get("/v1/model", headers={"Authorization": f"Bearer {node.scorer}"}).get_json()["run_id"] == "run-2"
+
+    keep_model(node.state, "3", b'{"learner": "not a model"}')
+    assert not holder.refresh()
+    assert "model 3 not loaded, model 2 stays in use" in holder.last_error
+    third = node.post("/v1/score", txs[2], node.scorer).get_json()
+    assert third["model_version"] == "2"
+    ready = node.client.get("/v1/ready")
+    assert ready.status_code == 200 and ready.get_json()["model_version"] == "2"
+
+
+def test_without_a_model_the_node_is_not_ready_and_says_why(tmp_path: Path, data: pd.DataFrame) -> None:
+    bare = Node(tmp_path / "bare", data)
+    assert bare.client.get("/v1/health").status_code == 200
+    ready = bare.client.get("/v1/ready")
+    assert ready.status_code == 503 and "no model loaded" in ready.get_json()["problems"][0]
+    tx = as_json(data[data["timestamp"] >= START].iloc[:1])[0]
+    refused = bare.post("/v1/score", tx, bare.scorer)
+    assert refused.status_code == 503 and "no model" in refused.get_json()["message"]
+    assert bare.client.get("/openapi.json").get_json()["paths"]["/v1/score"]["post"]
+    json.dumps(bare.client.get("/openapi.json").get_json())
