@@ -63,6 +63,7 @@ pooled_days = Table(
     Column("day", Integer, primary_key=True),
     Column("banks", String(4000), nullable=False),
     Column("events", Integer, nullable=False),
+    Column("labels_until", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("run_id", String(64), nullable=False),
     Column("pooled_at", DateTime, nullable=False),
@@ -108,17 +109,22 @@ def terminal_key(secret_context: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class PoolingScope:
-    """The days of consortium events a run's window needs, as days since 1970-01-01.
+    """The days of consortium events a run pools, as days since 1970-01-01.
 
     Attributes
     ----------
     days
-        From the lookback of the first training day to the last day whose labels are known:
-        the training and validation rows' windows reach the first part; the rest keeps the
-        history fresh for scoring.
+        From the lookback of the first training day to the last day that transactions scored
+        before the next night's run reach (``as_of + 1 - delay``): the training and validation
+        rows' windows need the first part, the scoring service the rest.
+    labels_until
+        The first day whose fraud labels are not known yet (the window's
+        ``labels_known_until``): days from it on are pooled with the labels known tonight, and
+        pooled again once their labels are known.
     """
 
     days: tuple[int, ...]
+    labels_until: int
 
     @property
     def first(self) -> int:
@@ -130,14 +136,15 @@ def _day_number(day: date) -> int:
     return int(pd.Timestamp(day).value // NS_PER_DAY)
 
 
-def pooling_scope(train_start: date, labels_known_until: date, config: FeatureConfig = FeatureConfig()) -> PoolingScope:
-    """The days pooled for a window training from ``train_start`` with labels known before
-    ``labels_known_until``."""
+def pooling_scope(train_start: date, labels_known_until: date, as_of: date,
+                  config: FeatureConfig = FeatureConfig()) -> PoolingScope:
+    """The days pooled for a window training from ``train_start``, with labels known before
+    ``labels_known_until``, on the night ``as_of``."""
     first = _day_number(train_start) - config.lookback_days
-    end = _day_number(labels_known_until)
+    end = _day_number(as_of) + 2 - config.delay_days  # until the next night, scoring reaches as_of + 1 - delay
     if end <= first:
-        raise ValueError(f"no labelled day between {day_label(first)} and {labels_known_until}")
-    return PoolingScope(days=tuple(range(first, end)))
+        raise ValueError(f"no day to pool between {day_label(first)} and {as_of}")
+    return PoolingScope(days=tuple(range(first, end)), labels_until=_day_number(labels_known_until))
 
 
 def _banks_text(banks: Iterable[str]) -> str:
@@ -171,14 +178,25 @@ class PooledHistory:
                 select(pooled_days.c.day, pooled_days.c.banks).where(pooled_days.c.key_id == key_id)).all()
         return {int(day): frozenset(b for b in banks.split(",") if b) for day, banks in rows}
 
-    def stale_days(self, key_id: str, days: Collection[int], banks: Collection[str]) -> set[int]:
-        """The days of ``days`` not held, or held with other banks than ``banks``."""
-        held = self.pooled(key_id)
+    def stale_days(self, key_id: str, days: Collection[int], banks: Collection[str], *,
+                   labels_until: int) -> set[int]:
+        """The days of ``days`` to pool tonight: not held, held with other banks than ``banks``,
+        or pooled before their labels were known that are known now (before ``labels_until``)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(pooled_days.c.day, pooled_days.c.banks, pooled_days.c.labels_until)
+                                      .where(pooled_days.c.key_id == key_id)).all()
+        held = {int(day): (frozenset(b for b in text.split(",") if b), int(known)) for day, text, known in rows}
         wanted = frozenset(banks)
-        return {d for d in days if held.get(d) != wanted}
+        stale = set()
+        for day in days:
+            if day not in held or held[day][0] != wanted:
+                stale.add(day)
+            elif held[day][1] <= day < labels_until:  # its labels were unknown then, known now
+                stale.add(day)
+        return stale
 
     def save(self, key_id: str, history: ConsortiumHistory, *, banks: Collection[str], run_id: str,
-             keep_from: int | None = None) -> None:
+             labels_until: int, keep_from: int | None = None) -> None:
         """Keep a night's pooling: its days' events (replacing what was held for them) and the
         presence counts (replacing the last night's), in one database transaction.
 
@@ -201,6 +219,7 @@ class PooledHistory:
                     rows = event_day == day
                     connection.execute(insert(pooled_days).values(
                         key_id=key_id, day=day, banks=_banks_text(banks), events=int(rows.sum()), run_id=run_id,
+                        labels_until=labels_until,
                         pooled_at=moment, data=_pack(history.tag[rows], seconds[rows], history.count[rows],
                                                      history.frauds[rows])))
             connection.execute(delete(terminal_presence).where(terminal_presence.c.key_id == key_id))

@@ -1,7 +1,8 @@
 """One nightly run at handbook scale over HTTP, phase by phase, against the same night in one process.
 
 The night: 5 banks (the simulator's card shares), CKKS, 100 trees of depth 3, consortium terminal
-features with one new day to pool (the night before pooled the rest), then the promotion gate's
+features with one new day to pool and one whose labels became known (the night before pooled the
+rest), then the promotion gate's
 evaluation against the current model. Over HTTP it is the real thing: an aggregator process, one
 ``fedfraud bank agent`` process per bank training from its node's store (filled with
 ``fedfraud bank ingest``). In one process it is the same algorithms in lockstep (masks, CKKS
@@ -79,8 +80,9 @@ def in_process(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[
     contexts = {b: secret for b in banks}
     seconds: dict[str, float] = {}
     key = terminal_key(secret.secret_context())
-    scope = pooling_scope(window.train_start, window.labels_known_until)
+    scope = pooling_scope(window.train_start, window.labels_known_until, window.as_of)
     config = TerminalStatsConfig(threshold=threshold)
+    tonight = {scope.days[-1], scope.labels_until - 1}  # the new day, and the one whose labels became known
 
     t0 = time.perf_counter()
     own = {b: training_rows(frames[b], train_start=window.train_start, train_days=window.train_days) for b in banks}
@@ -94,7 +96,7 @@ def in_process(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[
                             for b in banks}, contexts=contexts, aggregator=aggregator()).results[banks[0]]
     err.print("in-process: tonight ...")
     t0 = time.perf_counter()
-    run_lockstep({b: nightly_pooling(events[b], stale={scope.days[-1]}, party_index=i, n_participants=len(banks),
+    run_lockstep({b: nightly_pooling(events[b], stale=tonight, party_index=i, n_participants=len(banks),
                                      secret=key, config=config) for i, b in enumerate(banks)},
                  contexts=contexts, aggregator=aggregator())
     rows = {b: own[b].with_consortium_terminals(history, secret=key) for b in banks}
@@ -233,7 +235,7 @@ def main() -> None:
 
     err.print(f"loading {DATA} ...")
     frame = load_transactions(DATA, require_label=True).frame
-    scope = pooling_scope(window.train_start, window.labels_known_until)
+    scope = pooling_scope(window.train_start, window.labels_known_until, window.as_of)
     first_day = pd.Timestamp(date(1970, 1, 1) + timedelta(days=scope.first - 1))
     frame = frame[((frame["timestamp"] >= first_day) & (frame["timestamp"] < pd.Timestamp(args.as_of))).to_numpy()]
     owner = partition_customers(frame["customer_id"], SimulationConfig(n_banks=args.banks).shares, seed=0)

@@ -62,12 +62,12 @@ def plan_terminals(run: RunInfo, window: RunWindow | None, *, settings: FeatureS
         raise ValueError("a run with consortium features must carry a window (every bank pools the same days)")
     if transactions is None or history is None:
         raise ValueError("this agent keeps no pooled terminal history (it was started without a store for it)")
-    scope = pooling_scope(window.train_start, window.labels_known_until)
+    scope = pooling_scope(window.train_start, window.labels_known_until, window.as_of)
     key = terminal_key(secret_context)
     first = date(1970, 1, 1) + timedelta(days=scope.first)
-    frame = transactions(first, window.labels_known_until)
+    frame = transactions(first, date(1970, 1, 1) + timedelta(days=scope.days[-1] + 1))
     events = events_by_day(frame, key, scope.days)
-    stale = frozenset(history.stale_days(key_id, scope.days, run.active))
+    stale = frozenset(history.stale_days(key_id, scope.days, run.active, labels_until=scope.labels_until))
     log.info("run %s: consortium terminal features over %d days from %s, %d to pool", run.run_id,
              len(scope.days), first, len(stale))
     return TerminalPlan(settings=settings, key=key, key_id=key_id, scope=scope, events=events, stale=stale)
@@ -82,5 +82,6 @@ def pool_terminals(runner: BankRunner, run: RunInfo, plan: TerminalPlan,
         plan.events, stale=plan.stale, party_index=run.party_index(runner.bank), n_participants=len(participants),
         secret=plan.key, config=TerminalStatsConfig(threshold=plan.settings.threshold)))
     banks = [participants[i] for i in sorted(pooling.contributors)]
-    history.save(plan.key_id, pooling.history, banks=banks, run_id=run.run_id, keep_from=plan.scope.first)
+    history.save(plan.key_id, pooling.history, banks=banks, run_id=run.run_id, labels_until=plan.scope.labels_until,
+                 keep_from=plan.scope.first)
     return history.load(plan.key_id, plan.scope.days, threshold=plan.settings.threshold), len(pooling.history.days)

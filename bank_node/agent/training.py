@@ -237,7 +237,7 @@ class StoreSource:
                                      {"train_start": ["missing"]})
         lookback = timedelta(days=FeatureConfig().lookback_days + 1)
         if window is not None:  # everything the run will read: its training, validation and terminal days
-            self._read(window.train_start - lookback, window.labels_known_until)
+            self._read(window.train_start - lookback, window.as_of + timedelta(days=1))
         frame = self.transactions(train_start - lookback, train_start + timedelta(days=train_days))
         return training_rows(frame, train_start=train_start, train_days=train_days)
 

@@ -158,11 +158,14 @@ def test_three_nights_by_themselves(nightly: LocalConsortium, bank_days: dict[st
     finally:
         consortium.stop()
 
-    first_scope = pooling_scope(as_of_window(NIGHTS[0]).train_start, as_of_window(NIGHTS[0]).labels_known_until)
+    first_scope = pooling_scope(as_of_window(NIGHTS[0]).train_start, as_of_window(NIGHTS[0]).labels_known_until,
+                                NIGHTS[0])
     for n, (run, records, held) in enumerate(results):
-        scope = pooling_scope(as_of_window(NIGHTS[n]).train_start, as_of_window(NIGHTS[n]).labels_known_until)
-        # The terminal statistics grew by the one new day (the first night pooled the whole period).
-        assert {r["terminal_days_pooled"] for r in records.values()} == {len(first_scope.days) if n == 0 else 1}
+        scope = pooling_scope(as_of_window(NIGHTS[n]).train_start, as_of_window(NIGHTS[n]).labels_known_until,
+                              NIGHTS[n])
+        # The terminal statistics grew by the one new day, and the day whose labels became known was
+        # pooled again (the first night pooled the whole period).
+        assert {r["terminal_days_pooled"] for r in records.values()} == {len(first_scope.days) if n == 0 else 2}
         assert all(days == list(scope.days) for days in held.values()), held
         model = models[run["run_id"]]
         assert model["lineage"]["window"]["as_of"] == NIGHTS[n].isoformat()

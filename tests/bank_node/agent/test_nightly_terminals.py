@@ -60,14 +60,16 @@ def test_each_night_pools_only_the_new_day_and_trains_on_consortium_terminal_fea
         assert len(digests) == 1  # every bank computed the same consortium features, so the same model
         records = [b.state.run_record(run_id) or {} for b in keyed_banks]
         pooled_per_night.append({r["terminal_days_pooled"] for r in records})
-        scope = pooling_scope(load_window(window(as_of)).train_start, load_window(window(as_of)).labels_known_until)
+        run_window = load_window(window(as_of))
+        scope = pooling_scope(run_window.train_start, run_window.labels_known_until, as_of)
         assert {r["terminal_days"] for r in records} == {len(scope.days)}
         # The first round of the run agrees the plan, then presence, then only the days to pool.
         keys = [r["key"] for r in fake.runs[run_id].to_json()["rounds"]]
         assert keys[0].startswith("terminals/plan/") and any(k.startswith("gbdt/") for k in keys)
-    first_scope = pooling_scope(load_window(window(FIRST_NIGHT)).train_start,
-                                load_window(window(FIRST_NIGHT)).labels_known_until)
-    assert pooled_per_night == [{len(first_scope.days)}, {1}]
+    first_window = load_window(window(FIRST_NIGHT))
+    first_scope = pooling_scope(first_window.train_start, first_window.labels_known_until, FIRST_NIGHT)
+    # The second night: its one new day, and the day whose labels became known since.
+    assert pooled_per_night == [{len(first_scope.days)}, {2}]
 
     # Every node holds the same history, keyed by the consortium's key (never sent to the server).
     secret = keyed_banks[0].state.load_secret_context()
