@@ -168,7 +168,7 @@ def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: 
     return SimulationConfig(sizes=shares, models=_comma_list(models), train_start=train_start.isoformat(), **kwargs)
 
 
-def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_dir: Path | None) -> None:
+def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_dir: Path | None) -> Any:
     import json
 
     from fedfraud.progress import steps
@@ -184,6 +184,7 @@ def _run_simulation(frame: Any, config: Any, *, json_path: Path | None, report_d
         click.echo(f"results written to {json_path}")
     if report_dir is not None:
         click.echo(f"report written to {plot_report(result, report_dir)}")
+    return result
 
 
 @main.command()
@@ -206,8 +207,12 @@ def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
                f"in {out_dir / 'transactions.parquet'}")
     config = _simulation_config(n_banks=banks, sizes="", models="xgboost,logreg", scheme=scheme, seed=seed,
                                 train_start=date(2018, 6, 1), n_trees=100, max_depth=3, consortium_features=True)
-    _run_simulation(to_canonical(raw, require_label=True), config, json_path=out_dir / "results.json",
-                    report_dir=out_dir)
+    frame = to_canonical(raw, require_label=True)
+    result = _run_simulation(frame, config, json_path=out_dir / "results.json", report_dir=out_dir)
+    if "xgboost" in result.models:
+        from fedfraud.demo_scoring import score_through_the_api
+
+        score_through_the_api(frame, result.models["xgboost"], config, out_dir)
 
 
 def _mount_subcommands() -> None:
