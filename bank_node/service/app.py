@@ -16,6 +16,8 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_flask_exporter import PrometheusMetrics
 
 from bank_node.agent.state import StateDir
 from bank_node.online import OnlineFeatures
@@ -42,14 +44,27 @@ DEFAULTS: Mapping[str, Any] = {
 
 @dataclass
 class ScoringNode:
-    """What the requests share: the store, the online features, the model holder, counters."""
+    """What the requests share: the store, the online features, the model holder, the metrics."""
 
     state: StateDir
     store: TransactionStore
     online: OnlineFeatures
     holder: ModelHolder
-    decisions: dict[str, int] = field(default_factory=lambda: {"alert": 0, "pass": 0})
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.decisions = Counter("fedfraud_scores", "Transactions scored, by decision", ["decision"],
+                                 registry=self.registry)
+        self.model_version = Gauge("fedfraud_model_version", "Version of the model in use (0: none)",
+                                   registry=self.registry, multiprocess_mode="liveall")
+        self.model_load_failures = Gauge("fedfraud_model_load_failing",
+                                         "1 while the newest promoted model could not be loaded", registry=self.registry)
+        self.model_version.set_function(self._version)
+        self.model_load_failures.set_function(lambda: 1.0 if self.holder.last_error else 0.0)
+
+    def _version(self) -> float:
+        serving = self.holder.serving
+        return float(serving.model.version) if serving is not None and serving.model.version.isdigit() else 0.0
 
     @property
     def engine(self) -> Any:
@@ -58,9 +73,8 @@ class ScoringNode:
 
     def count(self, results: list[dict[str, Any]]) -> None:
         """Count decisions (for metrics)."""
-        with self._lock:
-            for result in results:
-                self.decisions[result["decision"]] += 1
+        for result in results:
+            self.decisions.labels(decision=result["decision"]).inc()
 
 
 def create_app(state_dir: str | Path, *, store_url: str | None = None,
@@ -101,6 +115,9 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     api = Api(app)
     api.register_blueprint(blp)
     register_error_handlers(app)
+    # Request latency histogram per endpoint and status, at /metrics (scraped from inside the bank).
+    PrometheusMetrics(app, registry=app.extensions["fedfraud_scoring"].registry, group_by="endpoint",
+                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
     if watch:
         _watch(holder, float(app.config["MODEL_RELOAD_S"]))
     return app

@@ -177,3 +177,26 @@ def test_without_a_model_the_node_is_not_ready_and_says_why(tmp_path: Path, data
     assert refused.status_code == 503 and "no model" in refused.get_json()["message"]
     assert bare.client.get("/openapi.json").get_json()["paths"]["/v1/score"]["post"]
     json.dumps(bare.client.get("/openapi.json").get_json())
+
+
+def test_metrics_show_latency_decisions_and_the_model_in_use(node: Node, data: pd.DataFrame) -> None:
+    txs = as_json(data[data["timestamp"] >= START].iloc[:5])
+    answers = [node.post("/v1/score", tx, node.scorer).get_json() for tx in txs]
+    alerts = sum(a["decision"] == "alert" for a in answers)
+    text = node.client.get("/metrics").get_data(as_text=True)
+    assert 'flask_http_request_duration_seconds_count{endpoint="scoring.Score",method="POST",status="200"} 5.0' in text
+    assert f'fedfraud_scores_total{{decision="pass"}} {float(5 - alerts)}' in text
+    assert "fedfraud_model_version 1.0" in text and "fedfraud_model_load_failing 0.0" in text
+
+
+def test_tokens_are_stored_hashed(node: Node) -> None:
+    from sqlalchemy import select
+
+    from bank_node.service.auth import service_tokens
+
+    engine = node.app.extensions["fedfraud_scoring"].engine
+    with engine.connect() as connection:
+        stored = [row[0] for row in connection.execute(select(service_tokens.c.token_sha256))]
+    assert len(stored) == 2 and node.scorer not in stored and node.admin not in stored
+    import hashlib
+    assert hashlib.sha256(node.scorer.encode()).hexdigest() in stored
