@@ -436,16 +436,19 @@ def create_token(role: str, state_dir: Path, store_url: str | None) -> None:
 @click.option("--port", default=8081, show_default=True, type=int, help="TCP port.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Fraud probability from which a transaction is flagged 'alert'.")
+@click.option("--model-reload", "reload_s", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
+              help="Seconds between two looks for a newly promoted model.")
 @_state_dir_option
 @_store_option
 @readable_errors
-def serve(host: str, port: int, threshold: float, state_dir: Path, store_url: str | None) -> None:
+def serve(host: str, port: int, threshold: float, reload_s: float, state_dir: Path, store_url: str | None) -> None:
     """Run the risk team's scoring service on werkzeug's server (development; gunicorn in production)."""
     from werkzeug.serving import run_simple
 
     from bank_node.service.app import create_app
 
-    app = create_app(state_dir, store_url=store_url, config={"DECISION_THRESHOLD": threshold}, watch=True)
+    app = create_app(state_dir, store_url=store_url, config={"DECISION_THRESHOLD": threshold,
+                                                              "MODEL_RELOAD_S": reload_s}, watch=True)
     serving = app.extensions["fedfraud_scoring"].holder.serving
     click.echo(f"scoring on http://{host}:{port} with model {serving.model.version if serving else '(none yet)'}",
                err=True)
