@@ -41,6 +41,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     delete,
+    func,
     insert,
     select,
 )
@@ -178,6 +179,14 @@ class PooledHistory:
                 select(pooled_days.c.day, pooled_days.c.banks).where(pooled_days.c.key_id == key_id)).all()
         return {int(day): frozenset(b for b in banks.split(",") if b) for day, banks in rows}
 
+    def version(self, key_id: str) -> tuple[int, int, str]:
+        """Changes whenever a night's pooling is saved: (days held, last day, last pooled at)."""
+        with self.engine.connect() as connection:
+            count, last, moment = connection.execute(
+                select(func.count(), func.max(pooled_days.c.day), func.max(pooled_days.c.pooled_at))
+                .where(pooled_days.c.key_id == key_id)).one()
+        return int(count), int(last or 0), str(moment)
+
     def stale_days(self, key_id: str, days: Collection[int], banks: Collection[str], *,
                    labels_until: int) -> set[int]:
         """The days of ``days`` to pool tonight: not held, held with other banks than ``banks``,
@@ -204,7 +213,7 @@ class PooledHistory:
         """
         seconds = (history.time_ns // _NS_PER_SECOND) % (NS_PER_DAY // _NS_PER_SECOND)
         event_day = history.time_ns // NS_PER_DAY
-        moment = datetime.now().replace(microsecond=0)
+        moment = datetime.now()  # to the microsecond: it tells a reader that the history changed
         days = [int(d) for d in history.days]
         with self.engine.begin() as connection:
             for table in (pooled_days, terminal_presence):

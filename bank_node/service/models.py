@@ -8,6 +8,7 @@ one serving, and says so in the log and in :attr:`ModelHolder.last_error`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class Serving:
     model: LoadedModel
     record: dict[str, Any] = field(default_factory=dict)
     consortium: ConsortiumTerminals | None = None
-    pooled_days: int = 0
+    history_version: tuple[int, int, str] | None = None
 
 
 class ModelHolder:
@@ -56,6 +57,7 @@ class ModelHolder:
         self.exact_reasons_max = exact_reasons_max
         self._serving: Serving | None = None
         self._lock = threading.Lock()
+        self._key: tuple[bytes, str, bytes] | None = None  # (secret digest, key id, terminal key)
         self.last_error = ""
 
     @property
@@ -64,51 +66,58 @@ class ModelHolder:
         return self._serving
 
     def refresh(self) -> bool:
-        """Load the newest promoted model if it is not the one in use; True if it changed."""
+        """Load the newest promoted model if it is not the one in use, or the pooled history if it
+        changed since; True if what serves changed."""
         with self._lock:
             found = current_model_file(self.state, self.family)
             if found is None:
                 return False
             version, path, record = found
+            key = self._consortium_key()
+            history_version = None if key is None or self.history is None else self.history.version(key[0])
             held = self._serving
-            pooled_days = self._pooled_days()
-            if held is not None and held.model.version == version and held.pooled_days == pooled_days:
+            if held is not None and held.model.version == version and held.history_version == history_version:
                 return False
             try:
                 model = load_model(path.read_bytes(), version=version, family=self.family,
                                    exact_reasons_max=self.exact_reasons_max)
-                consortium = self._consortium(model) if model.features.consortium else None
+                consortium = self._consortium(model, key) if model.features.consortium else None
             except (OSError, ValueError) as exc:
                 self.last_error = f"model {version} not loaded, model {held.model.version if held else 'none'} " \
                                   f"stays in use: {exc}"
                 log.error("%s", self.last_error)
                 return False
-            self._serving = Serving(model=model, record=record, consortium=consortium, pooled_days=pooled_days)
+            self._serving = Serving(model=model, record=record, consortium=consortium,
+                                    history_version=history_version)
             self.last_error = ""
             log.info("scoring with model %s (%s%s)", version, self.family,
                      ", consortium terminal features" if consortium else "")
             return True
 
-    def _pooled_days(self) -> int:
-        if self.history is None:
-            return 0
-        return sum(len(self.history.pooled(key_id)) for key_id in self._key_ids())
-
-    def _key_ids(self) -> list[str]:
+    def _consortium_key(self) -> tuple[str, bytes] | None:
+        """The HE key id and the terminal key of the node's secret context (None before the
+        ceremony); the context is parsed again only when its bytes change."""
         from bank_node.agent.ceremony import load_secret_scheme
+        from bank_node.agent.errors import CeremonyError
 
-        try:
-            return [load_secret_scheme(self.state).key_id]
-        except Exception:  # noqa: BLE001 - no key yet: no consortium history to use
-            return []
-
-    def _consortium(self, model: LoadedModel) -> ConsortiumTerminals:
         secret = self.state.load_secret_context()
-        key_ids = self._key_ids()
-        if self.history is None or secret is None or not key_ids:
+        if secret is None:
+            return None
+        digest = hashlib.sha256(secret).digest()
+        if self._key is None or self._key[0] != digest:
+            try:
+                key_id = load_secret_scheme(self.state).key_id
+            except CeremonyError as exc:
+                log.error("the node's HE secret context is unusable: %s", exc)
+                return None
+            self._key = (digest, key_id, terminal_key(secret))
+        return self._key[1], self._key[2]
+
+    def _consortium(self, model: LoadedModel, key: tuple[str, bytes] | None) -> ConsortiumTerminals:
+        if self.history is None or key is None:
             raise ValueError("it uses consortium terminal features and this node holds no pooled history")
-        days = sorted(self.history.pooled(key_ids[0]))
+        days = sorted(self.history.pooled(key[0]))
         if not days:
             raise ValueError("it uses consortium terminal features and this node has pooled none yet")
-        return ConsortiumTerminals(history=self.history.load(key_ids[0], days, threshold=model.features.threshold),
-                                   key=terminal_key(secret))
+        return ConsortiumTerminals(history=self.history.load(key[0], days, threshold=model.features.threshold),
+                                   key=key[1])

@@ -200,3 +200,34 @@ def test_tokens_are_stored_hashed(node: Node) -> None:
     assert len(stored) == 2 and node.scorer not in stored and node.admin not in stored
     import hashlib
     assert hashlib.sha256(node.scorer.encode()).hexdigest() in stored
+
+
+def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
+    tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
+) -> None:
+    """The pooled period slides by a day each night (as many days held as before): the service
+    must still see the change, or it would miss the newest day's consortium events."""
+    import crypto
+    from bank_node.agent.training import FEATURES_ATTRIBUTE
+    from bank_node.terminal_history import PooledHistory
+    from tests.bank_node.test_terminal_history import history
+
+    made = Node(tmp_path / "node", data)
+    made.state.save_secret_context(crypto.generate("plain").secret_context())
+    document = json.loads(model_files["small"])
+    document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(
+        {"terminal_features": "consortium", "terminal_threshold": 3})
+    keep_model(made.state, "1", json.dumps(document).encode())
+    holder = made.app.extensions["fedfraud_scoring"].holder
+    from bank_node.agent.ceremony import load_secret_scheme
+    key_id = load_secret_scheme(made.state).key_id
+    pooled = PooledHistory(made.app.extensions["fedfraud_scoring"].engine)
+    pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
+                labels_until=100)
+    assert holder.refresh() and holder.serving is not None and holder.serving.consortium is not None
+    assert holder.serving.consortium.history.days == (100, 101)
+    assert not holder.refresh()  # nothing changed: nothing reloaded
+    pooled.save(key_id, history([102], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r2",
+                labels_until=101, keep_from=101)
+    assert holder.refresh()
+    assert holder.serving.consortium.history.days == (101, 102)
