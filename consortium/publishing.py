@@ -160,8 +160,9 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
         agreeing = [bank_id for bank_id in required if bank_id in latest and latest[bank_id].model_digest == digest]
         if needs_assessment(run):
             agreeing, document = _assessed(session, run_id, agreeing, digest)
-        else:  # nothing to beat: the banks' assessment, if they sent one, is kept for the record
-            document = _assessed(session, run_id, agreeing, digest)[1]
+        else:  # nothing to beat: the banks' assessment is kept for the record if a quorum wrote it
+            assessed, chosen = _assessed(session, run_id, agreeing, digest)
+            document = chosen if len(assessed) >= run.min_banks else None
         agreed = len(agreeing)
         model = None
         if publication_reached(agreed, len(required), run.min_banks):

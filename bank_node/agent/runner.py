@@ -92,6 +92,9 @@ class AgentSettings:
         is not trusted).
     development
         Take part under the unencrypted ``plain`` scheme (tests only; refused otherwise).
+    max_promotion_tolerance
+        The largest AUC loss this bank lets a run's gate accept (the operator sets the run's; a
+        bank does not sign an assessment that would promote anything).
     """
 
     poll_interval_s: float = 30.0
@@ -101,6 +104,7 @@ class AgentSettings:
     sum_poll_max_s: float = 2.0
     quorum: int = MIN_QUORUM
     development: bool = False
+    max_promotion_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class _Preparation:
     window: RunWindow | None
     rows: TrainingSet
     terminals: TerminalPlan | None
+    baseline: tuple[Callable[[Any], Any], FeatureSettings] | None = None
 
 
 class CannotTakePartError(ValueError):
@@ -334,7 +339,16 @@ class BankAgent:
             raise CannotTakePartError(
                 f"run {run.run_id} was opened under HE key {run.key_id}; this bank holds {context.key_id}"
             )
+        tolerance = float(run.promotion_tolerance or 0.0)
+        if tolerance > self.settings.max_promotion_tolerance:
+            raise CannotTakePartError(
+                f"run {run.run_id} would promote a candidate up to {tolerance:g} AUC worse than the current "
+                f"model; this bank accepts at most {self.settings.max_promotion_tolerance:g}")
         window = None if run.window is None else load_window(run.window)
+        # The baseline is checked before any round: a baseline this bank cannot use costs no training.
+        baseline = None
+        if run.baseline_version is not None and window is not None and window.validation_days > 0:
+            baseline = self._baseline_scorer(run)
         rows = self.training_rows(window)
         prepare_run(run.model, run.params, rows, party_index=run.party_index(self.bank_id))  # checks the params
         features = feature_settings(run.model, run.params)
@@ -343,7 +357,8 @@ class BankAgent:
             terminals = plan_terminals(run, window, settings=features, key_id=context.key_id,
                                        secret_context=self.state.load_secret_context() or b"",
                                        transactions=self.transactions, history=self.terminal_history)
-        return _Preparation(context=context, roster=roster, window=window, rows=rows, terminals=terminals)
+        return _Preparation(context=context, roster=roster, window=window, rows=rows, terminals=terminals,
+                            baseline=baseline)
 
     def _train_and_propose(self, run: RunInfo, preparation: _Preparation) -> RunOutcome:
         context, roster, window, rows = preparation.context, preparation.roster, preparation.window, preparation.rows
@@ -372,7 +387,7 @@ class BankAgent:
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
         digest = prepared.digest(body)
-        assessment = self._assess(run, window, runner, model, digest, preparation.terminals, history)
+        assessment = self._assess(run, window, runner, model, digest, preparation, history)
         document = None if assessment is None else assessment.to_bytes()
         if assessment is not None and document is not None:
             self.client.put_assessment(run.run_id, document,
@@ -407,7 +422,7 @@ class BankAgent:
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 
     def _assess(self, run: RunInfo, window: RunWindow | None, runner: BankRunner, model: Any, digest: str,
-                terminals: TerminalPlan | None, history: ConsortiumHistory | None) -> Assessment | None:
+                preparation: _Preparation, history: ConsortiumHistory | None) -> Assessment | None:
         """The gate: pooled metrics of the candidate and the run's baseline on the validation days,
         from one more secure sum with the same banks (None without validation days; the first model
         of a family gets its own metrics only).
@@ -420,6 +435,7 @@ class BankAgent:
         validation = self.training_rows(RunWindow(
             as_of=window.as_of, train_days=window.validation_days, validation_days=0,
             label_delay_days=window.label_delay_days))
+        terminals = preparation.terminals
 
         def inputs(features: FeatureSettings) -> Any:
             if not features.consortium:
@@ -433,8 +449,8 @@ class BankAgent:
 
         scorers = [_scorer(model)]
         X = [inputs(terminals.settings if terminals is not None else FeatureSettings())]
-        if run.baseline_version is not None:
-            baseline, baseline_features = self._baseline_scorer(run)
+        if preparation.baseline is not None:
+            baseline, baseline_features = preparation.baseline
             scorers.append(baseline)
             X.append(inputs(baseline_features))
         metrics = [
@@ -464,13 +480,16 @@ class BankAgent:
             raise CannotTakePartError(
                 f"baseline model {version} is signed by {len(signers)} pinned members; this bank requires "
                 f"{self.settings.quorum}")
+        if info.model and info.model != run.model:
+            raise CannotTakePartError(f"baseline model {version} is a {info.model} model; this run trains {run.model}")
         try:
             features = FeatureSettings.of_model_file(body)
-        except ValueError as exc:
-            raise CannotTakePartError(f"baseline model {version}: {exc}") from None
-        if run.model == "xgboost":
-            return _scorer(from_xgboost_json(json.loads(body))), features
-        return _scorer(LogRegModel.from_json(body.decode())), features
+            if run.model == "xgboost":
+                return _scorer(from_xgboost_json(json.loads(body))), features
+            return _scorer(LogRegModel.from_json(body.decode())), features
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # whatever the file holds, it is said
+            raise CannotTakePartError(f"baseline model {version} is not a usable {run.model} model: "
+                                      f"{type(exc).__name__}: {exc}") from None
 
     def _pinned_signers(self, run_id: str, info: ModelInfo, body: bytes) -> set[str]:
         pinned = load_pinned(self.state)
@@ -582,10 +601,20 @@ class BankAgent:
         self.state.update_run(
             run_id,
             {"status": PUBLISHED, "version": info.version, "model_file": str(path), "matches_proposal": True,
-             "signed_by": sorted(info.proposals), "promoted": info.status == "promoted"},
+             "signed_by": sorted(info.proposals), "promoted": self._promoted(record, info)},
         )
         log.info("run %s: published model %s saved to %s", run_id, info.version, path)
         return path
+
+    @staticmethod
+    def _promoted(record: dict[str, Any], info: ModelInfo) -> bool:
+        """Whether this bank counts a published model as promoted: by its own signed assessment
+        when it made one (the aggregator's word is not enough to get a model served), else by
+        the consortium's status (a family's first, ungated model)."""
+        own = record.get("assessment")
+        if own:
+            return bool(own.get("promote"))
+        return info.status == "promoted"
 
     def _model_problem(self, run_id: str, record: dict[str, Any], info: ModelInfo, body: bytes, digest: str) -> str:
         """Why a published model must not be used, or "" if it is this bank's own proposal and a

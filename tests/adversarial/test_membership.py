@@ -245,7 +245,7 @@ def test_a_baseline_no_quorum_signed_is_not_compared_with(
     fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]
 ) -> None:
     """The operator serves a "current model" that only it vouches for, as the run's baseline:
-    the banks train, refuse to evaluate against it, and say why (nothing is proposed)."""
+    the banks refuse it before training, and say why (nothing is proposed)."""
     from bank_node.agent.training import training_rows
     from tests.bank_node.agent.conftest import TRAIN_DAYS, TRAIN_START, XGB_PARAMS
 
@@ -275,3 +275,74 @@ def test_a_baseline_no_quorum_signed_is_not_compared_with(
     assert all("baseline model 1 is signed by 0 pinned members" in o.message for o in outcomes)
     assert fake.runs[run_id].proposals == {} and fake.runs[run_id].state == "failed"
     assert all("baseline" in reason for reason in fake.runs[run_id].withdrawn.values())
+
+
+def _run_all(fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]) -> list[Any]:
+    from bank_node.agent.training import training_rows
+    from tests.bank_node.agent.conftest import TRAIN_DAYS, TRAIN_START
+
+    rows = {b.bank_id: training_rows(bank_transactions[b.bank_id], train_start=TRAIN_START, train_days=TRAIN_DAYS)
+            for b in keyed_banks}
+    results: dict[str, Any] = {}
+
+    def take_part(bank: Bank) -> None:
+        agent = BankAgent(client=bank.client, identity=bank.identity, state=bank.state,
+                          training_rows=lambda window, b=bank: rows[b.bank_id], settings=SETTINGS)
+        results[bank.bank_id] = agent.run_once()
+
+    threads = [threading.Thread(target=take_part, args=(bank,)) for bank in keyed_banks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return [o for found in results.values() for o in found]
+
+
+@pytest.mark.parametrize("listed_family", ["logreg", "xgboost"])
+def test_a_signed_baseline_of_another_family_is_refused_not_crashed_on(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any], listed_family: str
+) -> None:
+    """The operator names as an xgboost run's baseline a logistic model the banks did publish (so
+    signed by all of them), listed as what it is or disguised as xgboost: every agent refuses it
+    before any round and says why, instead of dying on the file."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    logistic = json.dumps({"model": "logistic_regression", "format_version": 1, "feature_names": [], "mean": [],
+                           "scale": [], "coef": [], "intercept": 0.0}, sort_keys=True).encode()
+    fake.model_files["1"] = logistic
+    fake.models[:] = [{"version": 1, "run_id": "run-0", "family": listed_family,
+                       "digest": hashlib.sha256(logistic).hexdigest(),
+                       "proposals": [{"bank_id": b.bank_id, "signature": b.identity.sign_proposal("run-0", logistic)}
+                                     for b in keyed_banks]}]
+    window = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+    run_id = fake.open_run("xgboost", XGB_PARAMS, window=window)
+    fake.runs[run_id].baseline_version = 1
+    outcomes = _run_all(fake, keyed_banks, bank_transactions)
+    assert outcomes and all(o.status == FAILED for o in outcomes), outcomes
+    expected = "is a logreg model" if listed_family == "logreg" else "is not a usable xgboost model"
+    assert all(expected in o.message for o in outcomes), outcomes
+    assert fake.runs[run_id].to_json()["rounds"] == [] and fake.runs[run_id].state == "failed"
+
+
+def test_an_operator_tolerance_that_would_promote_anything_is_refused(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]
+) -> None:
+    """The operator opens a run whose gate would accept a candidate 0.5 AUC worse: no bank signs
+    up to that; each withdraws before any round, saying why."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    window = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+    run_id = fake.open_run("xgboost", XGB_PARAMS, window=window)
+    fake.runs[run_id].promotion_tolerance = 0.5
+    outcomes = _run_all(fake, keyed_banks, bank_transactions)
+    assert outcomes and all(o.status == FAILED and "accepts at most 0.05" in o.message for o in outcomes), outcomes
+    assert fake.runs[run_id].to_json()["rounds"] == [] and fake.runs[run_id].state == "failed"
+
+
+def test_a_model_the_banks_assessed_as_worse_is_not_counted_promoted_whatever_the_host_says() -> None:
+    from bank_node.agent.resources import ModelInfo
+
+    lied = ModelInfo(version="2", run_id="run-2", model="xgboost", digest="", status="promoted")
+    assert BankAgent._promoted({"assessment": {"promote": False}}, lied) is False
+    assert BankAgent._promoted({"assessment": {"promote": True}}, lied) is True
+    assert BankAgent._promoted({"assessment": None}, lied) is True  # a family's first, ungated model

@@ -148,3 +148,23 @@ def test_one_bank_lying_in_its_assessment_cannot_flip_the_decision(
     assert finished["state"] == "rejected" and _current(consortium) == [("xgboost", 1)]
     model = consortium.client.get(f"/v1/models/{finished['model_version']}", headers=bearer(consortium.operator))
     assert model.get_json()["banks"] == ["bank-2", "bank-3", "bank-4"]
+
+
+def test_one_bank_cannot_decide_the_record_of_an_ungated_run(consortium: Consortium, he_key: crypto.HEScheme) -> None:
+    """Without validation days nothing is gated; one bank's assessment saying "worse" is not the
+    record of the published model and does not reject it."""
+    _train(consortium, he_key, _model("first"), auc=0.8)
+    run = consortium.open_run(window={"as_of": "2018-06-12", "train_days": 7, "validation_days": 0,
+                                      "label_delay_days": 0})
+    run_id, body = run["run_id"], _model("second")
+    for bank in consortium.banks.values():
+        assert bank.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    lone = Assessment(run_id=run_id, model_digest=hashlib.sha256(body).hexdigest(),
+                      baseline_version=run["baseline_version"], tolerance=run["promotion_tolerance"],
+                      candidate=_metrics(0.5), baseline=_metrics(0.9)).to_bytes()
+    assert consortium.bank("bank-1").assess(run_id, lone).status_code == 201
+    for bank in consortium.banks.values():
+        bank.propose(run_id, body)
+    finished = consortium.run(run_id)
+    model = consortium.client.get(f"/v1/models/{finished['model_version']}", headers=bearer(consortium.operator)).get_json()
+    assert model["status"] == "promoted" and model["assessment"] is None

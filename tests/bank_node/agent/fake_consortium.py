@@ -72,6 +72,7 @@ class FakeRun:
     withdrawn: dict[str, str] = field(default_factory=dict)
     window: dict[str, Any] | None = None
     baseline_version: int | None = None
+    promotion_tolerance: float = 0.005
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -91,7 +92,7 @@ class FakeRun:
             "window": self.window,
             "withdrawn": self.withdrawn,
             "baseline_version": self.baseline_version,
-            "promotion_tolerance": 0.005,
+            "promotion_tolerance": self.promotion_tolerance,
         }
 
 
