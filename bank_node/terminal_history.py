@@ -23,7 +23,7 @@ import hmac
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 
 from bank_node.features import NS_PER_DAY, FeatureConfig
-from bank_node.federated.terminal_stats import ConsortiumHistory, day_label
+from bank_node.federated.terminal_stats import ConsortiumHistory, day_label, history_days
 
 __all__ = ["PooledHistory", "PoolingScope", "pooling_scope", "terminal_key"]
 
@@ -141,11 +141,11 @@ def pooling_scope(train_start: date, labels_known_until: date, as_of: date,
                   config: FeatureConfig = FeatureConfig()) -> PoolingScope:
     """The days pooled for a window training from ``train_start``, with labels known before
     ``labels_known_until``, on the night ``as_of``."""
-    first = _day_number(train_start) - config.lookback_days
-    end = _day_number(as_of) + 2 - config.delay_days  # until the next night, scoring reaches as_of + 1 - delay
-    if end <= first:
-        raise ValueError(f"no day to pool between {day_label(first)} and {as_of}")
-    return PoolingScope(days=tuple(range(first, end)), labels_until=_day_number(labels_known_until))
+    try:  # the days the windows of rows from train_start to the next night (as_of + 1) reach
+        days = history_days(pd.Timestamp(train_start), pd.Timestamp(as_of + timedelta(days=1)), config)
+    except ValueError:
+        raise ValueError(f"no day to pool: the training starts {train_start}, after the night {as_of}") from None
+    return PoolingScope(days=tuple(days), labels_until=_day_number(labels_known_until))
 
 
 def _banks_text(banks: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ process starts on 127.0.0.1, and the first transactions of the test period are s
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,7 +47,8 @@ def score_through_the_api(frame: pd.DataFrame, model: Any, config: SimulationCon
     body = canonical_json(to_xgboost_json(model, params=config.gbdt_params, feature_names=MODEL_INPUTS))
     path = state.save_model("1", "xgboost", body)
     state.update_run("demo-run", {"status": "published", "model": "xgboost", "version": "1", "model_file": str(path),
-                                  "promoted": True, "matches_proposal": True})
+                                  "promoted": True, "matches_proposal": True,
+                                  "digest": hashlib.sha256(body).hexdigest()})
 
     port = free_port()
     log = open(out_dir / "scoring-service.log", "wb")  # noqa: SIM115 - closed below

@@ -389,7 +389,7 @@ class BankAgent:
         digest = prepared.digest(body)
         assessment = self._assess(run, window, runner, model, digest, preparation, history)
         document = None if assessment is None else assessment.to_bytes()
-        if assessment is not None and document is not None:
+        if assessment is not None and document is not None:  # (document is for mypy)
             self.client.put_assessment(run.run_id, document,
                                        signature=self.identity.sign_assessment(run.run_id, document))
             log.info("run %s: candidate AUC %.4f AP %.4f against %s: %s", run.run_id, assessment.candidate["auc"],

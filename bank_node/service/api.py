@@ -203,7 +203,7 @@ class Ready(MethodView):
         if node.holder.serving is None:
             problems.append("no model loaded" + (f" ({node.holder.last_error})" if node.holder.last_error else ""))
         try:
-            node.store.summary()
+            node.store.version()  # one small query, not a scan of the transactions
         except Exception as exc:  # noqa: BLE001 - any database failure means not ready
             problems.append(f"store unavailable: {type(exc).__name__}")
         if problems:

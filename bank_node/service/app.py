@@ -56,7 +56,7 @@ class ScoringNode:
         self.decisions = Counter("fedfraud_scores", "Transactions scored, by decision", ["decision"],
                                  registry=self.registry)
         self.model_version = Gauge("fedfraud_model_version", "Version of the model in use (0: none)",
-                                   registry=self.registry, multiprocess_mode="liveall")
+                                   registry=self.registry)
         self.model_load_failures = Gauge("fedfraud_model_load_failing",
                                          "1 while the newest promoted model could not be loaded", registry=self.registry)
         self.model_version.set_function(self._version)

@@ -79,7 +79,12 @@ class ModelHolder:
             if held is not None and held.model.version == version and held.history_version == history_version:
                 return False
             try:
-                model = load_model(path.read_bytes(), version=version, family=self.family,
+                body = path.read_bytes()
+                digest = hashlib.sha256(body).hexdigest()
+                if digest != record.get("digest"):  # not the bytes the agent verified and signed for
+                    raise ValueError(f"its file's sha256 {digest[:16]} is not the verified model's "
+                                     f"{str(record.get('digest'))[:16]}")
+                model = load_model(body, version=version, family=self.family,
                                    exact_reasons_max=self.exact_reasons_max)
                 consortium = self._consortium(model, key) if model.features.consortium else None
             except (OSError, ValueError) as exc:

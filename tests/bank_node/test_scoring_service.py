@@ -3,6 +3,7 @@ recording, roles, clear errors, and a model swap that leaves no request half-ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def keep_model(state: StateDir, version: str, body: bytes, *, promoted: bool = T
     path = state.save_model(version, "xgboost", body)
     state.update_run(f"run-{version}", {"status": "published", "model": "xgboost", "version": version,
                                         "model_file": str(path), "promoted": promoted, "matches_proposal": True,
-                                        "digest": "d" * 64, "signed_by": ["bank-1", "bank-2", "bank-3"]})
+                                        "digest": hashlib.sha256(body).hexdigest(),
+                                        "signed_by": ["bank-1", "bank-2", "bank-3"]})
 
 
 class Node:
@@ -161,6 +163,14 @@ def test_a_promoted_model_replaces_the_old_one_and_a_broken_one_does_not(
     keep_model(node.state, "3", b'{"learner": "not a model"}')
     assert not holder.refresh()
     assert "model 3 not loaded, model 2 stays in use" in holder.last_error
+    auth = {"Authorization": f"Bearer {node.scorer}"}
+    assert "model 3 not loaded" in node.client.get("/v1/model", headers=auth).get_json()["last_load_error"]
+    assert "fedfraud_model_load_failing 1.0" in node.client.get("/metrics").get_data(as_text=True)
+    # A file changed on disk after the agent verified it is not served either.
+    keep_model(node.state, "4", model_files["small"])
+    tampered = Path(node.state.runs()["run-4"]["model_file"])
+    tampered.write_bytes(model_files["large"])
+    assert not holder.refresh() and "is not the verified model's" in holder.last_error
     third = node.post("/v1/score", txs[2], node.scorer).get_json()
     assert third["model_version"] == "2"
     ready = node.client.get("/v1/ready")
@@ -175,8 +185,9 @@ def test_without_a_model_the_node_is_not_ready_and_says_why(tmp_path: Path, data
     tx = as_json(data[data["timestamp"] >= START].iloc[:1])[0]
     refused = bare.post("/v1/score", tx, bare.scorer)
     assert refused.status_code == 503 and "no model" in refused.get_json()["message"]
-    assert bare.client.get("/openapi.json").get_json()["paths"]["/v1/score"]["post"]
-    json.dumps(bare.client.get("/openapi.json").get_json())
+    spec = bare.client.get("/openapi.json").get_json()
+    assert {"/v1/score", "/v1/labels", "/v1/model", "/v1/health", "/v1/ready"} <= set(spec["paths"])
+    assert "ScoreRequest" in spec["components"]["schemas"]
 
 
 def test_metrics_show_latency_decisions_and_the_model_in_use(node: Node, data: pd.DataFrame) -> None:
