@@ -18,10 +18,11 @@ import pandas as pd
 
 from bank_node.agent.resources import RunInfo
 from bank_node.agent.training import FeatureSettings
-from bank_node.federated.rounds import BankRunner
+from bank_node.federated.rounds import Algorithm, BankRunner
 from bank_node.federated.terminal_stats import (
     ConsortiumHistory,
     DayEvents,
+    NightlyPooling,
     TerminalStatsConfig,
     events_by_day,
     nightly_pooling,
@@ -46,7 +47,6 @@ class TerminalPlan:
     key_id: str
     scope: PoolingScope
     events: dict[int, DayEvents]
-    stale: frozenset[int]
 
 
 def plan_terminals(run: RunInfo, window: RunWindow | None, *, settings: FeatureSettings, secret_context: bytes,
@@ -67,10 +67,8 @@ def plan_terminals(run: RunInfo, window: RunWindow | None, *, settings: FeatureS
     first = date(1970, 1, 1) + timedelta(days=scope.first)
     frame = transactions(first, date(1970, 1, 1) + timedelta(days=scope.days[-1] + 1))
     events = events_by_day(frame, key, scope.days)
-    stale = frozenset(history.stale_days(key_id, scope.days, run.active, labels_until=scope.labels_until))
-    log.info("run %s: consortium terminal features over %d days from %s, %d to pool", run.run_id,
-             len(scope.days), first, len(stale))
-    return TerminalPlan(settings=settings, key=key, key_id=key_id, scope=scope, events=events, stale=stale)
+    log.info("run %s: consortium terminal features over %d days from %s", run.run_id, len(scope.days), first)
+    return TerminalPlan(settings=settings, key=key, key_id=key_id, scope=scope, events=events)
 
 
 def pool_terminals(runner: BankRunner, run: RunInfo, plan: TerminalPlan,
@@ -78,9 +76,18 @@ def pool_terminals(runner: BankRunner, run: RunInfo, plan: TerminalPlan,
     """Pool the days some bank lacks, keep them, and return the history of the run's whole
     period and how many days were pooled now."""
     participants = sorted(run.participants)
-    pooling = runner.run(lambda: nightly_pooling(
-        plan.events, stale=plan.stale, party_index=run.party_index(runner.bank), n_participants=len(participants),
-        secret=plan.key, config=TerminalStatsConfig(threshold=plan.settings.threshold)))
+
+    def pooling_of_this_epoch() -> Algorithm[NightlyPooling]:
+        # Stale against the banks of this epoch: after a restart without a bank, a day held with
+        # its events is pooled again without them, so the history never mixes the two.
+        stale = history.stale_days(plan.key_id, plan.scope.days, runner.epoch_participants,
+                                   labels_until=plan.scope.labels_until)
+        log.info("run %s: %d of %d days of terminal statistics to pool", run.run_id, len(stale), len(plan.scope.days))
+        return nightly_pooling(plan.events, stale=stale, party_index=run.party_index(runner.bank),
+                               n_participants=len(participants), secret=plan.key,
+                               config=TerminalStatsConfig(threshold=plan.settings.threshold))
+
+    pooling = runner.run(pooling_of_this_epoch)
     banks = [participants[i] for i in sorted(pooling.contributors)]
     history.save(plan.key_id, pooling.history, banks=banks, run_id=run.run_id, labels_until=plan.scope.labels_until,
                  keep_from=plan.scope.first)

@@ -287,6 +287,8 @@ class BankRunner:
         self.channel = channel
         self.sealer = MaskedSum(context=context, masks=masks, quorum=quorum)
         self.participants = frozenset(participants)
+        self.epoch_participants = self.participants
+        """The banks of the epoch being run (an algorithm factory may read it when called)."""
         if bank not in self.participants:
             raise ValueError(f"bank {bank!r} is not a participant")
         self.max_epochs = max_epochs
@@ -307,6 +309,7 @@ class BankRunner:
         """
         participants = self.participants
         for epoch in range(self.max_epochs):
+            self.epoch_participants = participants
             generator = algorithm() if callable(algorithm) else algorithm
             try:
                 return self._run_epoch(generator, epoch, participants)

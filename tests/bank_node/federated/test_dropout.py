@@ -93,3 +93,39 @@ def test_a_bank_that_drops_out_leaves_the_model_of_a_run_without_it(gbdt_data, u
         for ours, theirs in zip(model.trees, reference.trees, strict=True):  # type: ignore[attr-defined]
             np.testing.assert_array_equal(ours.threshold, theirs.threshold)
             np.testing.assert_array_equal(ours.value, theirs.value)
+
+
+def test_an_algorithm_started_over_sees_the_banks_of_its_epoch() -> None:
+    """What lets the nightly terminal pooling decide, per epoch, which held days were pooled with a
+    bank that has since dropped out (``bank_node/agent/terminals.py``)."""
+    from bank_node.federated.rounds import SumRequest
+
+    secret = crypto.generate("plain")
+    aggregator = SecureSum(context=crypto.load_context(secret.public_context(), require_public=True))
+    channel = InMemoryChannel(aggregator=aggregator, participants=BANKS, timeout_s=2.0)
+    sessions = simulated_mask_sessions(BANKS, "run-epochs")
+    runners = {bank: BankRunner(bank=bank, context=secret, masks=sessions[bank], participants=BANKS,
+                                channel=channel if bank != "bank-4" else _Dropping(channel, uploads=False))
+               for bank in BANKS}
+    seen: dict[str, list[frozenset[str]]] = {bank: [] for bank in BANKS}
+
+    def factory(bank: str):  # type: ignore[no-untyped-def]
+        def algorithm():  # type: ignore[no-untyped-def]
+            seen[bank].append(runners[bank].epoch_participants)
+            total = yield SumRequest("plan", np.ones(2))
+            return total
+        return algorithm
+
+    def run(bank: str) -> None:
+        try:
+            runners[bank].run(factory(bank))
+        except _Vanished:
+            pass
+
+    threads = [threading.Thread(target=run, args=(bank,)) for bank in BANKS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for bank in BANKS[:3]:
+        assert seen[bank] == [frozenset(BANKS), frozenset(BANKS[:3])]
