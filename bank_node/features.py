@@ -45,6 +45,7 @@ __all__ = [
     "TERMINAL_ID",
     "TIMESTAMP",
     "TRANSACTION_ID",
+    "TerminalWindows",
     "calendar_features",
     "compute_features",
     "model_matrix",
@@ -172,32 +173,21 @@ def _group_time_order(group: IntArray, time: IntArray) -> tuple[IntArray, IntArr
     return by_time, by_group_time
 
 
-def _rows_at_or_before(
-    table_group: IntArray,
-    table_time: IntArray,
-    query_group: IntArray,
-    query_time: IntArray,
-    offsets: Sequence[int],
-) -> tuple[IntArray, list[IntArray]]:
-    """Count table rows up to ``(group, time - offset)`` for each query, by binary search.
+class _GroupTimeIndex:
+    """A table's rows sorted by ``(group, time, row)``, searchable by ``(group, time)``.
+
+    Built once, it answers any number of searches (the scoring service keeps one over the
+    pooled consortium history between nights).
 
     Parameters
     ----------
     table_group, table_time : ndarray of int64
         The table, any order.
-    query_group, query_time : ndarray of int64
-        The queries, any order; may be the table's own arrays.
-    offsets : sequence of int
-        Shifts subtracted from ``query_time``, one search each.
 
-    Returns
-    -------
+    Attributes
+    ----------
     order : ndarray of int64
         Indices sorting the table by group, then time, then row.
-    positions : list of ndarray of int64
-        Per offset and query (in query order), the number of table rows with
-        ``(group, time) <= (query_group, query_time - offset)``; an index into the
-        sorted table, since rows of lower groups are counted too.
 
     Notes
     -----
@@ -206,45 +196,65 @@ def _rows_at_or_before(
     int64 without overflow (ranks stay below the row count). Queries are searched in
     sorted order, which keeps the binary searches cache friendly.
     """
-    table_by_time, order = _group_time_order(table_group, table_time)
-    sorted_times = table_time[table_by_time]
-    new_time = _run_starts(sorted_times)
-    distinct_times = sorted_times[new_time]
-    table_time_rank = np.empty(len(table_time), dtype=np.int64)
-    table_time_rank[table_by_time] = np.cumsum(new_time)
 
-    grouped = table_group[order]
-    new_group = _run_starts(grouped)
-    distinct_groups = grouped[new_group]
-    stride = np.int64(len(distinct_times) + 1)
-    table_key = (np.cumsum(new_group) - 1) * stride + table_time_rank[order]
+    def __init__(self, table_group: IntArray, table_time: IntArray) -> None:
+        self._group, self._time = table_group, table_time
+        self._by_time, self.order = _group_time_order(table_group, table_time)
+        sorted_times = table_time[self._by_time]
+        new_time = _run_starts(sorted_times)
+        self._distinct_times = sorted_times[new_time]
+        time_rank = np.empty(len(table_time), dtype=np.int64)
+        time_rank[self._by_time] = np.cumsum(new_time)
 
-    if query_group is table_group and query_time is table_time:
-        query_by_time, query_order = table_by_time, order
-    else:
-        query_by_time, query_order = _group_time_order(query_group, query_time)
-    # Where each query of the (group, time) order sits in the time order.
-    time_to_group_order = np.empty(len(query_time), dtype=np.int64)
-    time_to_group_order[query_by_time] = np.arange(len(query_time))
-    time_to_group_order = time_to_group_order[query_order]
+        grouped = table_group[self.order]
+        new_group = _run_starts(grouped)
+        self._distinct_groups = grouped[new_group]
+        self._stride = np.int64(len(self._distinct_times) + 1)
+        self._key = (np.cumsum(new_group) - 1) * self._stride + time_rank[self.order]
 
-    grouped_queries = query_group[query_order]
-    query_code = np.searchsorted(distinct_groups, grouped_queries).astype(np.int64)
-    known = query_code < len(distinct_groups)
-    known[known] = distinct_groups[query_code[known]] == grouped_queries[known]
-    times_in_time_order = query_time[query_by_time]
+    def positions(self, query_group: IntArray, query_time: IntArray, offsets: Sequence[int]) -> list[IntArray]:
+        """Count table rows up to ``(group, time - offset)`` for each query, by binary search.
 
-    positions = []
-    for offset in offsets:
-        rank = np.searchsorted(distinct_times, times_in_time_order - offset, side="right")
-        rank = rank[time_to_group_order]
-        # A group absent from the table sorts just before the next group's first row.
-        rank[~known] = 0
-        found = np.searchsorted(table_key, query_code * stride + rank, side="right")
-        in_query_order = np.empty(len(found), dtype=np.int64)
-        in_query_order[query_order] = found
-        positions.append(in_query_order)
-    return order, positions
+        Parameters
+        ----------
+        query_group, query_time : ndarray of int64
+            The queries, any order; may be the table's own arrays.
+        offsets : sequence of int
+            Shifts subtracted from ``query_time``, one search each.
+
+        Returns
+        -------
+        list of ndarray of int64
+            Per offset and query (in query order), the number of table rows with
+            ``(group, time) <= (query_group, query_time - offset)``; an index into the
+            sorted table, since rows of lower groups are counted too.
+        """
+        if query_group is self._group and query_time is self._time:
+            query_by_time, query_order = self._by_time, self.order
+        else:
+            query_by_time, query_order = _group_time_order(query_group, query_time)
+        # Where each query of the (group, time) order sits in the time order.
+        time_to_group_order = np.empty(len(query_time), dtype=np.int64)
+        time_to_group_order[query_by_time] = np.arange(len(query_time))
+        time_to_group_order = time_to_group_order[query_order]
+
+        grouped_queries = query_group[query_order]
+        query_code = np.searchsorted(self._distinct_groups, grouped_queries).astype(np.int64)
+        known = query_code < len(self._distinct_groups)
+        known[known] = self._distinct_groups[query_code[known]] == grouped_queries[known]
+        times_in_time_order = query_time[query_by_time]
+
+        positions = []
+        for offset in offsets:
+            rank = np.searchsorted(self._distinct_times, times_in_time_order - offset, side="right")
+            rank = rank[time_to_group_order]
+            # A group absent from the table sorts just before the next group's first row.
+            rank[~known] = 0
+            found = np.searchsorted(self._key, query_code * self._stride + rank, side="right")
+            in_query_order = np.empty(len(found), dtype=np.int64)
+            in_query_order[query_order] = found
+            positions.append(in_query_order)
+        return positions
 
 
 def _run_starts(sorted_values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -330,7 +340,8 @@ def customer_window_features(
         raise ValueError("customer_window_features: input arrays differ in length")
 
     offsets = [w * NS_PER_DAY for w in config.windows_days]
-    order, starts = _rows_at_or_before(customer_id, time_ns, customer_id, time_ns, offsets)
+    index = _GroupTimeIndex(customer_id, time_ns)
+    order, starts = index.order, index.positions(customer_id, time_ns, offsets)
     sorted_card = customer_id[order]
     sorted_rows = np.arange(len(order), dtype=np.int64)
     # Running sums restart at each card, so their rounding error stays at the scale
@@ -389,37 +400,60 @@ def terminal_window_features(
         ``TERMINAL_ID_NB_TX_{w}DAY_WINDOW`` and ``TERMINAL_ID_RISK_{w}DAY_WINDOW`` per window,
         aligned with the queries. Risk is 0 for an empty window.
     """
-    query_terminal_id = np.asarray(query_terminal_id, dtype=np.int64)
-    query_time_ns = np.asarray(query_time_ns, dtype=np.int64)
-    history_terminal_id = np.asarray(history_terminal_id, dtype=np.int64)
-    history_time_ns = np.asarray(history_time_ns, dtype=np.int64)
-    # Float sums stay exact for integer counts below 2**53 and also admit noisy counts.
-    frauds = np.asarray(history_frauds, dtype=np.float64)
-    counts = (
-        np.ones(len(history_time_ns), dtype=np.float64)
-        if history_counts is None
-        else np.asarray(history_counts, dtype=np.float64)
-    )
-    if not len(history_terminal_id) == len(history_time_ns) == len(frauds) == len(counts):
-        raise ValueError("terminal_window_features: history arrays differ in length")
-    if len(query_terminal_id) != len(query_time_ns):
-        raise ValueError("terminal_window_features: query arrays differ in length")
+    windows = TerminalWindows(history_terminal_id, history_time_ns, history_frauds, history_counts)
+    return windows.features(query_terminal_id, query_time_ns, config=config)
 
-    delay = config.delay_days * NS_PER_DAY
-    offsets = [delay] + [delay + w * NS_PER_DAY for w in config.windows_days]
-    order, (end, *starts) = _rows_at_or_before(
-        history_terminal_id, history_time_ns, query_terminal_id, query_time_ns, offsets
-    )
-    fraud_sums = _prefix_sums(frauds[order])
-    count_sums = _prefix_sums(counts[order])
 
-    out: dict[str, FloatArray] = {}
-    for w, start in zip(config.windows_days, starts):
-        n_tx = count_sums[end] - count_sums[start]
-        n_fraud = fraud_sums[end] - fraud_sums[start]
-        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = n_tx
-        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = window_risk(n_fraud, n_tx)
-    return out
+class TerminalWindows:
+    """A terminal history prepared once (sorted, with running sums) for the windows of many queries.
+
+    :func:`terminal_window_features` is this class built and asked once; the scoring service
+    keeps one over the pooled consortium history, so each request costs binary searches only.
+
+    Parameters
+    ----------
+    terminal_id, time_ns : ndarray of int64
+        Terminal and timestamp (ns) of each history row; any order.
+    frauds : array_like
+        Frauds per history row (the 0/1 label for single transactions).
+    counts : array_like, optional
+        Transactions per history row; 1 each when omitted (need not be integers).
+    """
+
+    def __init__(self, terminal_id: npt.ArrayLike, time_ns: npt.ArrayLike, frauds: npt.ArrayLike,
+                 counts: npt.ArrayLike | None = None) -> None:
+        self._terminal = np.asarray(terminal_id, dtype=np.int64)
+        self._time = np.asarray(time_ns, dtype=np.int64)
+        # Float sums stay exact for integer counts below 2**53 and also admit noisy counts.
+        fraud = np.asarray(frauds, dtype=np.float64)
+        count = np.ones(len(self._time), dtype=np.float64) if counts is None else np.asarray(counts, dtype=np.float64)
+        if not len(self._terminal) == len(self._time) == len(fraud) == len(count):
+            raise ValueError("terminal_window_features: history arrays differ in length")
+        self._index = _GroupTimeIndex(self._terminal, self._time)
+        self._fraud_sums = _prefix_sums(fraud[self._index.order])
+        self._count_sums = _prefix_sums(count[self._index.order])
+
+    def __len__(self) -> int:
+        return len(self._time)
+
+    def features(self, query_terminal_id: npt.ArrayLike, query_time_ns: npt.ArrayLike, *,
+                 config: FeatureConfig = FeatureConfig()) -> dict[str, FloatArray]:
+        """Count and fraud share of each query's terminal over ``(t - delay - w, t - delay]``
+        (see :func:`terminal_window_features`)."""
+        query_terminal = np.asarray(query_terminal_id, dtype=np.int64)
+        query_time = np.asarray(query_time_ns, dtype=np.int64)
+        if len(query_terminal) != len(query_time):
+            raise ValueError("terminal_window_features: query arrays differ in length")
+        delay = config.delay_days * NS_PER_DAY
+        offsets = [delay] + [delay + w * NS_PER_DAY for w in config.windows_days]
+        end, *starts = self._index.positions(query_terminal, query_time, offsets)
+        out: dict[str, FloatArray] = {}
+        for w, start in zip(config.windows_days, starts):
+            n_tx = self._count_sums[end] - self._count_sums[start]
+            n_fraud = self._fraud_sums[end] - self._fraud_sums[start]
+            out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = n_tx
+            out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = window_risk(n_fraud, n_tx)
+        return out
 
 
 def window_risk(n_fraud: npt.ArrayLike, n_tx: npt.ArrayLike) -> FloatArray:

@@ -3,9 +3,15 @@
 A transaction being scored gets the handbook's features from what the node's store holds: its
 card's transactions of the last 30 days, and its terminal's transactions of the windows
 ``(t - 37 d, t - 7 d]``, with the labels known so far (unknown counts as genuine, as in training).
-The rows are computed by :func:`bank_node.features.compute_features` itself, over just the rows
-their windows reach, so online and batch features cannot drift apart: the scoring service's
-features of a transaction equal ``fedfraud features`` over the store's history at that moment.
+The windows are computed by the batch path's own functions
+(:func:`bank_node.features.customer_window_features`, :func:`~bank_node.features.terminal_window_features`,
+:func:`~bank_node.features.calendar_features`) over just the rows they reach, so online and batch
+features cannot drift apart: the scoring service's features of a transaction equal
+``fedfraud features`` over the store's history at that moment.
+
+Those rows come from the worker's in-memory copy of the store's recent rows
+(:class:`bank_node.recent.RecentTransactions`, brought up to date before each request), or from
+the store itself for a transaction older than what the copy holds.
 
 Where the model was trained on consortium terminal features, the terminal columns of terminals
 above the threshold are replaced from the pooled consortium history, as in training
@@ -18,21 +24,32 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from bank_node.features import (
+    AMOUNT,
     CUSTOMER_ID,
     LABEL,
+    NS_PER_DAY,
     TERMINAL_ID,
     TIMESTAMP,
     TRANSACTION_ID,
     FeatureConfig,
+    calendar_features,
     compute_features,
+    customer_window_features,
+    feature_columns,
+    terminal_window_features,
+    timestamps_ns,
 )
-from bank_node.federated.terminal_stats import ConsortiumHistory, with_consortium_terminal_features
+from bank_node.federated.terminal_stats import ConsortiumHistory, consortium_terminal_values
+from bank_node.recent import RecentTransactions
 from bank_node.store import TransactionStore
 
-__all__ = ["ConsortiumTerminals", "OnlineFeatures"]
+__all__ = ["ConsortiumTerminals", "Featured", "OnlineFeatures"]
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,35 @@ class ConsortiumTerminals:
 
     history: ConsortiumHistory
     key: bytes
+
+
+@dataclass(frozen=True)
+class Featured:
+    """Transactions to score and their features, in the order given.
+
+    Attributes
+    ----------
+    new
+        The transactions (canonical columns).
+    features
+        Each feature column (:func:`bank_node.features.feature_columns`), aligned with ``new``.
+    """
+
+    new: pd.DataFrame
+    features: dict[str, FloatArray]
+
+    @property
+    def matrix(self) -> FloatArray:
+        """The model inputs (:data:`bank_node.features.MODEL_INPUTS` order: amount, then the features)."""
+        return np.column_stack([self.new[AMOUNT].to_numpy(dtype=np.float64),
+                                *(np.asarray(v, dtype=np.float64) for v in self.features.values())])
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as ``compute_features`` returns them (label 0: not known when scored)."""
+        out = self.new.reset_index(drop=True)
+        out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP])
+        out[LABEL] = 0
+        return pd.concat([out, pd.DataFrame(self.features)], axis=1)
 
 
 class OnlineFeatures:
@@ -57,9 +103,10 @@ class OnlineFeatures:
     def __init__(self, store: TransactionStore, config: FeatureConfig = FeatureConfig()) -> None:
         self.store = store
         self.config = config
+        self.recent = RecentTransactions(store, keep_days=config.lookback_days)
 
-    def compute(self, new: pd.DataFrame, *, consortium: ConsortiumTerminals | None = None) -> pd.DataFrame:
-        """The featured rows of ``new`` (canonical columns, not stored yet), in the order given.
+    def compute(self, new: pd.DataFrame, *, consortium: ConsortiumTerminals | None = None) -> Featured:
+        """The features of ``new`` (canonical columns, not stored yet), in the order given.
 
         Raises
         ------
@@ -69,6 +116,64 @@ class OnlineFeatures:
         """
         if new[TRANSACTION_ID].duplicated().any():
             raise ValueError("a transaction id appears twice among the transactions to score")
+        time = timestamps_ns(pd.to_datetime(new[TIMESTAMP]))
+        with self.recent.lock:  # one consistent view: no other thread's pruning in between
+            self.recent.sync()
+            held = self.recent.covers(int(time.min()), self.config.lookback_days * NS_PER_DAY)
+            features = self._from_memory(new, time) if held else None
+        if features is None:
+            features = self._from_store(new)
+        if consortium is not None:
+            shared, covered = consortium_terminal_values(new[TERMINAL_ID].to_numpy(), time, consortium.history,
+                                                         secret=consortium.key, config=self.config)
+            for name, values in shared.items():
+                features[name] = features[name].copy()
+                features[name][covered] = values
+        return Featured(new=new, features=features)
+
+    def record(self, new: pd.DataFrame) -> int:
+        """Record scored transactions in the store (and in this worker's copy); the store version.
+
+        Raises
+        ------
+        schemas.errors.FedfraudInputError
+            A transaction id the store holds already; nothing is recorded.
+        """
+        version = self.store.record(new)
+        self.recent.recorded(new, version)
+        return version
+
+    def _from_memory(self, new: pd.DataFrame, time: npt.NDArray[np.int64]) -> dict[str, FloatArray]:
+        config = self.config
+        txid = new[TRANSACTION_ID].to_numpy(dtype=np.int64)
+        card = new[CUSTOMER_ID].to_numpy(dtype=np.int64)
+        terminal = new[TERMINAL_ID].to_numpy(dtype=np.int64)
+        amount = new[AMOUNT].to_numpy(dtype=np.float64)
+        first, last = int(time.min()), int(time.max())
+
+        # Card windows over the card's held rows and the new ones, in (time, id) order as in batch.
+        held = self.recent.card_rows(np.unique(card).tolist(), first - max(config.windows_days) * NS_PER_DAY)
+        all_card = np.concatenate([held.card, card])
+        all_time = np.concatenate([held.time, time])
+        order = np.lexsort((np.concatenate([held.txid, txid]), all_time))
+        windows = customer_window_features(all_card[order], all_time[order],
+                                           np.concatenate([held.amount, amount])[order], config=config)
+        place = np.empty(len(order), dtype=np.int64)
+        place[order] = np.arange(len(order))
+        mine = place[len(held.time):]
+        features = {name: values[mine] for name, values in windows.items()}
+
+        # Terminal windows over the terminal's held rows and the new ones (label unknown: 0).
+        delay = config.delay_days * NS_PER_DAY
+        reached = self.recent.terminal_rows(np.unique(terminal).tolist(), first - config.lookback_days * NS_PER_DAY,
+                                            last - delay)
+        features.update(terminal_window_features(
+            terminal, time, np.concatenate([reached.terminal, terminal]), np.concatenate([reached.time, time]),
+            np.concatenate([reached.fraud, np.zeros(len(time))]), config=config))
+        features.update({name: flag.astype(np.float64) for name, flag in calendar_features(time, config=config).items()})
+        return {name: features[name] for name in feature_columns(config)}
+
+    def _from_store(self, new: pd.DataFrame) -> dict[str, FloatArray]:
         stamps = pd.to_datetime(new[TIMESTAMP])
         first, last = stamps.min().to_pydatetime(), stamps.max().to_pydatetime()
         card_days = max(self.config.windows_days)
@@ -80,14 +185,11 @@ class OnlineFeatures:
         history = history[~history[TRANSACTION_ID].isin(new[TRANSACTION_ID])]
         history[LABEL] = history[LABEL].fillna(0).astype(np.int64)
         scored = new.copy()
+        scored[TIMESTAMP] = stamps
         scored[LABEL] = 0  # not known yet; only an earlier row's label enters a window, never its own
         frame = pd.concat([history, scored[history.columns]], ignore_index=True)
         day = pd.Timestamp(first).normalize()
         featured = compute_features(frame, start=day, end=pd.Timestamp(last).normalize(), config=self.config)
         featured = featured[featured[TRANSACTION_ID].isin(new[TRANSACTION_ID])]
-        if consortium is not None:
-            featured, _ = with_consortium_terminal_features(featured, consortium.history, secret=consortium.key,
-                                                            config=self.config)
         order = pd.Index(featured[TRANSACTION_ID]).get_indexer(new[TRANSACTION_ID])
-        return featured.iloc[order].reset_index(drop=True)
-
+        return {name: featured[name].to_numpy(dtype=np.float64)[order] for name in feature_columns(self.config)}

@@ -32,6 +32,7 @@ a bank's day (e.g. randomized response on the fraud flag, dummy events) before t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
@@ -48,7 +49,7 @@ from bank_node.features import (
     TERMINAL_ID,
     TIMESTAMP,
     FeatureConfig,
-    terminal_window_features,
+    TerminalWindows,
     timestamps_ns,
 )
 from bank_node.federated.iblt import (
@@ -212,6 +213,11 @@ class ConsortiumHistory:
     def eligible(self, tags: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Whether each terminal gets consortium values (seen by at least ``threshold`` banks)."""
         return self.banks_seen(tags) >= self.threshold
+
+    @functools.cached_property
+    def windows(self) -> TerminalWindows:
+        """The events sorted once for terminal windows (kept: a scoring service asks at every request)."""
+        return TerminalWindows(self.tag, self.time_ns, self.frauds, self.count)
 
 
 def _table_seed(key: bytes, label: str) -> bytes:
@@ -474,9 +480,36 @@ def with_consortium_terminal_features(
         A copy with the ``TERMINAL_ID_*`` columns replaced on covered rows, and which rows are
         covered (their terminal passed the threshold). Other rows keep the bank's own values.
     """
+    values, covered = consortium_terminal_values(featured[TERMINAL_ID].to_numpy(), timestamps_ns(featured[TIMESTAMP]),
+                                                 history, secret=secret, config=config)
+    out = featured.copy()
+    for name, column in values.items():
+        out.loc[covered, name] = column
+    return out, covered
+
+
+def consortium_terminal_values(
+    terminal_ids: npt.ArrayLike,
+    time_ns: IntArray,
+    history: ConsortiumHistory,
+    *,
+    secret: bytes,
+    config: FeatureConfig = FeatureConfig(),
+) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.bool_]]:
+    """The consortium-wide terminal features of the rows whose terminal passed the threshold.
+
+    Returns
+    -------
+    values, covered
+        ``TERMINAL_ID_*`` columns for the covered rows only, and which rows are covered.
+
+    Raises
+    ------
+    ValueError
+        The history lacks days the rows' windows reach.
+    """
     days = set(history.days)
-    time_ns = timestamps_ns(featured[TIMESTAMP])
-    described = time_ns // NS_PER_DAY
+    described = np.asarray(time_ns, dtype=np.int64) // NS_PER_DAY
     needed = {int(d) - k for d in np.unique(described) for k in range(config.delay_days, config.lookback_days + 1)}
     if not needed <= days:
         missing = sorted(needed - days)
@@ -484,22 +517,11 @@ def with_consortium_terminal_features(
             f"the consortium history lacks {len(missing)} day(s) these rows' windows reach, "
             f"from {day_label(missing[0])} to {day_label(missing[-1])}"
         )
-    tags = terminal_tags(featured[TERMINAL_ID].to_numpy(), secret)
+    tags = terminal_tags(terminal_ids, secret)
     covered = history.eligible(tags)
-    out = featured.copy()
-    if covered.any():
-        values = terminal_window_features(
-            tags[covered],
-            time_ns[covered],
-            history.tag,
-            history.time_ns,
-            history.frauds,
-            history.count,
-            config=config,
-        )
-        for name, column in values.items():
-            out.loc[covered, name] = column
-    return out, covered
+    if not covered.any():
+        return {}, covered
+    return history.windows.features(tags[covered], np.asarray(time_ns, dtype=np.int64)[covered], config=config), covered
 
 
 __all__ = [
@@ -509,6 +531,7 @@ __all__ = [
     "EventNoise",
     "TerminalStatsConfig",
     "consortium_history",
+    "consortium_terminal_values",
     "day_label",
     "estimate_distinct",
     "events_by_day",

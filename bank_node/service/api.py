@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,6 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from bank_node.features import model_matrix
 from bank_node.scoring import describe
 from bank_node.service.auth import Role, requires
 from consortium.errors import BadRequest, Conflict, ConsortiumError, PayloadTooLarge, Unprocessable, UnsupportedMediaType
@@ -119,20 +119,25 @@ class Score(MethodView):
         if frame["transaction_id"].duplicated().any():
             raise Unprocessable("a transaction id appears twice in the request",
                                 {"transactions.transaction_id": ["duplicate"]})
-        seen = node.store.known_ids(frame["transaction_id"])
-        if seen:
-            raise Conflict(f"transaction id(s) seen before: {', '.join(map(str, seen[:5]))}",
-                           {"transactions.transaction_id": [f"seen before: {', '.join(map(str, seen[:5]))}"]})
+        # A timestamp far ahead of the node's clock is a mistake; recorded, it would also become
+        # the newest transaction, which every later window is measured back from.
+        latest = datetime.now() + timedelta(seconds=float(current_app.config["MAX_CLOCK_AHEAD_S"]))
+        ahead = np.flatnonzero(frame["timestamp"].to_numpy() > np.datetime64(latest))
+        if len(ahead):
+            raise Unprocessable(f"transactions.{ahead[0]}.timestamp: {frame['timestamp'].iloc[ahead[0]]} is ahead of "
+                                f"the node's clock ({datetime.now():%Y-%m-%d %H:%M}) by more than "
+                                f"{current_app.config['MAX_CLOCK_AHEAD_S']} s",
+                                {f"transactions.{ahead[0]}.timestamp": ["ahead of the node's clock"]})
         try:
             featured = node.online.compute(frame, consortium=serving.consortium)
         except ValueError as exc:
             raise Unavailable(f"cannot build the model's inputs: {exc}") from None
-        X = model_matrix(featured)
+        X = featured.matrix
         scores = serving.model.score(X)
         try:
-            node.store.record(frame)
-        except FedfraudInputError as exc:  # a concurrent request recorded one of these ids first
-            raise Conflict(exc.message, exc.errors) from None
+            node.online.record(frame)
+        except FedfraudInputError as exc:  # seen before (or a concurrent request recorded it first)
+            raise Conflict(exc.message, {"transactions.transaction_id": exc.errors.get("transaction_id", [])}) from None
         threshold = float(current_app.config["DECISION_THRESHOLD"])
         top = int(current_app.config["TOP_REASONS"])
         results = [

@@ -39,6 +39,8 @@ DEFAULTS: Mapping[str, Any] = {
     "TOP_REASONS": 3,
     "EXACT_REASONS_MAX": DEFAULT_EXACT_REASONS_MAX,
     "MODEL_RELOAD_S": 30.0,
+    # Transactions are timestamped in the bank's local time; a day covers any zone confusion.
+    "MAX_CLOCK_AHEAD_S": 86_400,
 }
 
 

@@ -43,11 +43,11 @@ def test_scoring_in_time_order_gives_the_batch_features(store: TransactionStore,
     singles, rest = week.iloc[:150], week.iloc[150:]
     for i in range(len(singles)):
         one = singles.iloc[[i]]
-        parts.append(online.compute(one))
+        parts.append(online.compute(one).frame())
         store.record(one)
     for start in range(0, len(rest), 250):
         batch = rest.iloc[start : start + 250]
-        parts.append(online.compute(batch))
+        parts.append(online.compute(batch).frame())
         store.record(batch)
     scored = pd.concat(parts, ignore_index=True)
 
@@ -114,7 +114,7 @@ def test_consortium_terminal_features_online_equal_the_training_path(tmp_path: P
     parts = []
     for start in range(0, len(week), 300):
         batch = week.iloc[start : start + 300]
-        parts.append(online.compute(batch, consortium=ConsortiumTerminals(history=pooled, key=key)))
+        parts.append(online.compute(batch, consortium=ConsortiumTerminals(history=pooled, key=key)).frame())
         store.record(batch)
     scored = pd.concat(parts, ignore_index=True)
     store.close()
@@ -126,3 +126,65 @@ def test_consortium_terminal_features_online_equal_the_training_path(tmp_path: P
     assert 0.3 < covered.mean() < 1.0
     batch_rows = batch_rows.set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
     np.testing.assert_allclose(model_matrix(scored), model_matrix(batch_rows), rtol=1e-12, atol=0)
+
+
+def test_workers_sharing_a_store_see_each_others_writes_and_labels_that_arrive(
+    tmp_path: Path, transactions: pd.DataFrame
+) -> None:
+    """Two scoring workers (each its own connection and in-memory copy) score in turns; half-way,
+    labels of the last days before the week arrive through a third process. Every feature equals
+    the batch features over the store as it was when the transaction was scored."""
+    late = transactions["timestamp"] >= WEEK - pd.Timedelta(days=12)
+    history = transactions[transactions["timestamp"] < WEEK]
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    ingest = TransactionStore(url)
+    ingest.ingest(history.assign(label=history["label"].where(~late[history.index], np.nan)), name="history",
+                  sha256="3" * 64, retention_days=None)
+    workers = [OnlineFeatures(TransactionStore(url)), OnlineFeatures(TransactionStore(url))]
+    week = transactions[transactions["timestamp"] >= WEEK].drop(columns=["label"])
+    halves = np.array_split(np.arange(len(week)), 2)
+    scored = []
+    for half, rows in enumerate(halves):
+        if half == 1:
+            late_rows = history[late[history.index]]
+            ingest.record_labels(late_rows[["transaction_id", "label"]], name="late labels", sha256="4" * 64)
+        parts = []
+        for i, start in enumerate(range(0, len(rows), 40)):
+            worker = workers[i % 2]
+            batch = week.iloc[rows[start : start + 40]]
+            parts.append(worker.compute(batch).frame())
+            worker.record(batch)
+        scored.append(pd.concat(parts, ignore_index=True))
+
+    def batch_features(labels_known: bool) -> pd.DataFrame:
+        same = transactions.copy()
+        same.loc[same["timestamp"] >= WEEK, "label"] = 0
+        if not labels_known:
+            same.loc[late & (same["timestamp"] < WEEK), "label"] = 0
+        return compute_features(same, start=WEEK, end=transactions["timestamp"].max()).set_index("transaction_id")
+
+    for half, labels_known in ((0, False), (1, True)):
+        expected = batch_features(labels_known).loc[scored[half]["transaction_id"]].reset_index()
+        np.testing.assert_allclose(model_matrix(scored[half]), model_matrix(expected), rtol=1e-12, atol=0)
+    # The labels mattered: without them the second half's terminal risks would differ.
+    unaware = batch_features(False).loc[scored[1]["transaction_id"]]
+    assert (unaware["TERMINAL_ID_RISK_30DAY_WINDOW"].to_numpy() != scored[1]["TERMINAL_ID_RISK_30DAY_WINDOW"]).any()
+
+
+def test_a_transaction_older_than_what_memory_holds_is_featured_from_the_store(
+    tmp_path: Path, transactions: pd.DataFrame
+) -> None:
+    history = transactions[transactions["timestamp"] < WEEK]
+    old = history[history["timestamp"] < WEEK - pd.Timedelta(days=10)].iloc[[-1]]
+    store = TransactionStore(f"sqlite:///{tmp_path / 'node.db'}")
+    store.ingest(history.drop(old.index), name="history", sha256="5" * 64, retention_days=None)
+    online = OnlineFeatures(store)
+    scored = online.compute(old.drop(columns=["label"])).frame()
+    first = int(old["timestamp"].iloc[0].value)
+    assert not online.recent.covers(first, online.config.lookback_days * 86_400 * 10**9)  # not from memory
+
+    same = history.copy()
+    same.loc[old.index, "label"] = 0
+    expected = compute_features(same, start=WEEK - pd.Timedelta(days=11), end=WEEK).set_index("transaction_id")
+    expected = expected.loc[old["transaction_id"]].reset_index()
+    np.testing.assert_allclose(model_matrix(scored), model_matrix(expected), rtol=1e-12, atol=0)

@@ -110,9 +110,9 @@ def test_retention_and_one_cards_history(store: TransactionStore, raw: pd.DataFr
     kept = int((pd.to_datetime(raw["TX_DATETIME"]) >= newest - pd.Timedelta(days=14)).sum())
     assert store.summary()["transactions"] == kept and result.deleted_by_retention == len(raw) - kept
     card = int(raw["CUSTOMER_ID"].iloc[-1])
-    history = store.customer_history(card, datetime(2018, 1, 1))
-    assert len(history) > 0 and set(history["customer_id"]) == {card}
-    assert history["timestamp"].is_monotonic_increasing
+    history = store.related([card], datetime(2018, 1, 1), [], datetime(2018, 1, 1), until=datetime(2019, 1, 1))
+    assert 0 < len(history) == int((raw["CUSTOMER_ID"].iloc[-kept:] == card).sum())
+    assert set(history["customer_id"]) == {card}
 
 
 def test_the_command_line_ingests_labels_and_refuses_a_bad_file_whole(raw: pd.DataFrame, tmp_path: Path) -> None:
@@ -139,3 +139,54 @@ def test_the_command_line_ingests_labels_and_refuses_a_bad_file_whole(raw: pd.Da
         assert store.summary()["transactions"] == 300 and store.summary()["labelled"] == 300
     finally:
         store.close()
+
+
+def test_a_reader_following_versions_misses_no_write_of_concurrent_writers(
+    store: TransactionStore, raw: pd.DataFrame
+) -> None:
+    """Scoring workers keep recent rows in memory and read only the versions after the last one
+    they saw: with writers racing (each its own connection), a reader polling all along must end
+    up with every row, and a relabelled row must come back with its new label."""
+    import threading
+    import time
+
+    from schemas.transaction import to_canonical
+
+    frame = to_canonical(raw.iloc[:400].drop(columns=["TX_FRAUD"]), None)
+    seen: dict[int, float] = {}
+    version = 0
+    done = threading.Event()
+
+    def read() -> None:
+        nonlocal version
+        while True:
+            finished = done.is_set()
+            changed, version = store.changes(version, limit=50)
+            seen.update(zip(changed["transaction_id"].tolist(), changed["label"].tolist(), strict=True))
+            if finished and changed.empty:
+                return
+            time.sleep(0.002)
+
+    def write(rows: pd.DataFrame) -> None:
+        writer = TransactionStore(store.url)
+        for i in range(len(rows)):
+            writer.record(rows.iloc[[i]])
+        writer.close()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(frame.iloc[part],)) for part in np.array_split(np.arange(len(frame)), 4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    reader.join(timeout=60)
+    assert sorted(seen) == sorted(frame["transaction_id"].tolist())
+    assert all(np.isnan(label) for label in seen.values())
+
+    relabelled = frame.iloc[:5].assign(label=1)[["transaction_id", "label"]]
+    store.record_labels(relabelled, name="labels", sha256="9" * 64)
+    changed, newer = store.changes(version, limit=50)
+    assert newer > version and sorted(changed["transaction_id"]) == sorted(relabelled["transaction_id"])
+    assert (changed["label"] == 1).all()

@@ -1,0 +1,244 @@
+"""The recent transactions a scoring worker keeps in memory, in step with the node's store.
+
+A transaction's features reach back at most ``lookback_days`` (its card's last 30 days, its
+terminal's days 8 to 37 before it). Reading those rows from the database at every request costs
+milliseconds; each scoring worker therefore holds the store's recent rows per card and per
+terminal, and before every request reads only what changed since: the rows of store versions
+above the last one it applied (:meth:`bank_node.store.TransactionStore.changes`). Rows other
+workers recorded, files ingested and labels that arrived are all versioned writes, so every
+worker sees every committed write, however many processes write.
+
+Applying a row is idempotent (a row held already only takes its new label), so a snapshot that
+also holds rows of later versions, or a row seen twice, changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from bank_node.features import (
+    AMOUNT,
+    CUSTOMER_ID,
+    LABEL,
+    NS_PER_DAY,
+    TERMINAL_ID,
+    TIMESTAMP,
+    TRANSACTION_ID,
+    timestamps_ns,
+)
+from bank_node.store import TransactionStore
+
+__all__ = ["CardRows", "RecentTransactions", "TerminalRows"]
+
+log = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+#: More changed rows than this at one sync are read as a fresh snapshot instead (a large ingest).
+MAX_CHANGES: Final = 50_000
+#: Days kept beyond the features' lookback, so transactions that arrive late still find their rows.
+MARGIN_DAYS: Final = 2
+
+
+class _Rows:
+    """One card's or one terminal's rows, sorted by (time, transaction id), with one value each."""
+
+    __slots__ = ("time", "txid", "value")
+
+    def __init__(self, typecode: str) -> None:
+        self.time = array("q")
+        self.txid = array("q")
+        self.value: array[Any] = array(typecode)
+
+    def put(self, time: int, txid: int, value: float) -> None:
+        """Insert the row, or give the row held already (same id) its new value."""
+        times, n = self.time, len(self.time)
+        i = bisect_left(times, time)
+        while i < n and times[i] == time and self.txid[i] < txid:
+            i += 1
+        if i < n and times[i] == time and self.txid[i] == txid:
+            self.value[i] = value
+            return
+        times.insert(i, time)
+        self.txid.insert(i, txid)
+        self.value.insert(i, value)
+
+    def drop_before(self, cutoff: int) -> None:
+        """Forget the rows timed before ``cutoff``."""
+        k = bisect_left(self.time, cutoff)
+        if k:
+            del self.time[:k], self.txid[:k], self.value[:k]
+
+
+@dataclass(frozen=True)
+class CardRows:
+    """Rows of some cards: card, time (ns), transaction id, amount."""
+
+    card: IntArray
+    time: IntArray
+    txid: IntArray
+    amount: FloatArray
+
+
+@dataclass(frozen=True)
+class TerminalRows:
+    """Rows of some terminals: terminal, time (ns), 1 for a known fraud (0 otherwise)."""
+
+    terminal: IntArray
+    time: IntArray
+    fraud: FloatArray
+
+
+class RecentTransactions:
+    """The store's rows of the last ``keep_days`` (plus a margin), per card and per terminal.
+
+    Parameters
+    ----------
+    store
+        The node's store.
+    keep_days
+        Days of history the features reach back (``FeatureConfig.lookback_days``).
+    """
+
+    def __init__(self, store: TransactionStore, *, keep_days: int) -> None:
+        self.store = store
+        self.keep_ns = (keep_days + MARGIN_DAYS) * NS_PER_DAY
+        self.lock = threading.RLock()
+        self._cards: dict[int, _Rows] = {}
+        self._terminals: dict[int, _Rows] = {}
+        self.version = 0
+        self.covered_from = 0  # every store row timed at or after it is held
+        self.newest = 0
+        self._loaded = False
+
+    def __len__(self) -> int:
+        return sum(len(rows.time) for rows in self._cards.values())
+
+    # ------------------------------------------------------------------------- keeping in step
+
+    def load(self) -> None:
+        """Read the recent rows afresh (at start, and after a change too large to apply)."""
+        with self.lock:
+            newest = self.store.newest_timestamp()
+            since = None if newest is None else pd.Timestamp(newest).value - self.keep_ns
+            frame, version = self.store.recent(
+                datetime.min if since is None else pd.Timestamp(since).to_pydatetime())
+            self._cards, self._terminals = {}, {}
+            self.covered_from = -(2**63) if since is None else since
+            self.newest = self.covered_from
+            self._apply(frame)
+            self.version = version
+            self._loaded = True
+            log.info("holding %d recent transactions of %d cards and %d terminals (store version %d)",
+                     len(self), len(self._cards), len(self._terminals), version)
+
+    def sync(self) -> None:
+        """Apply what other writers changed since the last version seen."""
+        with self.lock:
+            if not self._loaded:
+                self.load()
+                return
+            frame, version = self.store.changes(self.version, limit=MAX_CHANGES)
+            if len(frame) >= MAX_CHANGES:
+                self.load()
+                return
+            self._apply(frame)
+            self.version = version
+
+    def recorded(self, frame: pd.DataFrame, version: int) -> None:
+        """Take in rows this worker just recorded as store version ``version`` (no labels)."""
+        with self.lock:
+            self._apply(frame)
+            if version == self.version + 1:  # nothing else was written in between
+                self.version = version
+
+    def _apply(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        time = timestamps_ns(frame[TIMESTAMP])
+        labels = frame[LABEL].to_numpy(dtype=np.float64) if LABEL in frame.columns else np.zeros(len(frame))
+        fraud = np.nan_to_num(labels, nan=0.0) == 1
+        cards, terminals = self._cards, self._terminals
+        for t, tx, card, terminal, amount, is_fraud in zip(
+            time.tolist(), frame[TRANSACTION_ID].to_numpy(dtype=np.int64).tolist(),
+            frame[CUSTOMER_ID].to_numpy(dtype=np.int64).tolist(), frame[TERMINAL_ID].to_numpy(dtype=np.int64).tolist(),
+            frame[AMOUNT].to_numpy(dtype=np.float64).tolist(), fraud.tolist(), strict=True,
+        ):
+            if t < self.covered_from:
+                continue  # older than what this worker holds; never read from memory
+            rows = cards.get(card)
+            if rows is None:
+                rows = cards[card] = _Rows("d")
+            rows.put(t, tx, amount)
+            rows = terminals.get(terminal)
+            if rows is None:
+                rows = terminals[terminal] = _Rows("b")
+            rows.put(t, tx, 1 if is_fraud else 0)
+        self.newest = max(self.newest, int(time.max()))
+        if self.newest - self.covered_from > self.keep_ns + NS_PER_DAY:
+            self._prune(self.newest - self.keep_ns)
+
+    def _prune(self, cutoff: int) -> None:
+        for table in (self._cards, self._terminals):
+            for key in list(table):
+                rows = table[key]
+                rows.drop_before(cutoff)
+                if not rows.time:
+                    del table[key]
+        self.covered_from = cutoff
+
+    # ---------------------------------------------------------------------------------- reads
+
+    def covers(self, first_ns: int, reach_ns: int) -> bool:
+        """Whether the rows from ``first_ns - reach_ns`` on are all held."""
+        with self.lock:
+            return self._loaded and first_ns - reach_ns >= self.covered_from
+
+    def card_rows(self, cards: Iterable[int], after: int) -> CardRows:
+        """The held rows of ``cards`` timed after ``after`` (ns)."""
+        parts: list[tuple[int, array[int], array[int], array[Any]]] = []
+        with self.lock:
+            for card in cards:
+                rows = self._cards.get(card)
+                if rows is not None:
+                    k = bisect_right(rows.time, after)
+                    parts.append((card, rows.time[k:], rows.txid[k:], rows.value[k:]))
+        time = _concat([p[1] for p in parts], np.int64)
+        return CardRows(card=np.repeat(np.asarray([p[0] for p in parts], dtype=np.int64),
+                                       [len(p[1]) for p in parts]).astype(np.int64),
+                        time=time, txid=_concat([p[2] for p in parts], np.int64),
+                        amount=_concat([p[3] for p in parts], np.float64))
+
+    def terminal_rows(self, terminals: Iterable[int], after: int, until: int) -> TerminalRows:
+        """The held rows of ``terminals`` timed in ``(after, until]`` (ns)."""
+        parts: list[tuple[int, array[int], array[Any]]] = []
+        with self.lock:
+            for terminal in terminals:
+                rows = self._terminals.get(terminal)
+                if rows is not None:
+                    lo, hi = bisect_right(rows.time, after), bisect_right(rows.time, until)
+                    if hi > lo:
+                        parts.append((terminal, rows.time[lo:hi], rows.value[lo:hi]))
+        return TerminalRows(
+            terminal=np.repeat(np.asarray([p[0] for p in parts], dtype=np.int64),
+                               [len(p[1]) for p in parts]).astype(np.int64),
+            time=_concat([p[1] for p in parts], np.int64),
+            fraud=_concat([p[2] for p in parts], np.int8).astype(np.float64))
+
+
+def _concat(parts: list[array[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return np.concatenate([np.frombuffer(p, dtype=dtype) for p in parts])
