@@ -11,11 +11,9 @@ The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consorti
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
-from gunicorn.glogging import Logger
+from fedfraud.gunicorn_logs import ACCESS_LOG_FORMAT, JsonAccessLogger
 
 wsgi_app = "consortium.app:create_app()"
 
@@ -38,27 +36,8 @@ accesslog = "-"
 errorlog = "-"
 # One JSON object per request: who, what, outcome, size, time. Never bodies or headers
 # (so never the Authorization token or the signature).
-
-
-class JsonAccessLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger with string atoms escaped for JSON, so that each access line stays one
-    valid JSON object whatever the request path holds. gunicorn escapes double quotes itself;
-    this adds backslashes and control characters."""
-
-    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
-        atoms = super().atoms(resp, req, environ, request_time)
-        return {k: _json_escaped(v) if isinstance(v, str) else v for k, v in atoms.items()}
-
-
-def _json_escaped(text: str) -> str:
-    return json.dumps(text)[1:-1].replace('\\"', '"')
-
-
 logger_class = JsonAccessLogger
-access_log_format = (
-    '{"type": "access", "remote": "%(h)s", "time": "%(t)s", "method": "%(m)s", "path": "%(U)s", '
-    '"status": %(s)s, "bytes": "%(B)s", "duration_us": %(D)s}'
-)
+access_log_format = ACCESS_LOG_FORMAT
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,10 @@
 It runs beside the bank's agent on the bank's own node and reads what the agent keeps: the
 verified models in the state directory and the transaction store (with the pooled consortium
 terminal history). Transactions to score never leave the bank.
+
+Under gunicorn with several workers (``ops/gunicorn-scoring.conf.py``), each worker keeps its own
+model and recent transactions, kept in step with the store (:mod:`bank_node.recent`), and the
+metrics of all workers are added up at ``/metrics`` through ``PROMETHEUS_MULTIPROC_DIR``.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import os
+
 from flask import Flask
 from flask_smorest import Api
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from bank_node.agent.state import StateDir
 from bank_node.online import OnlineFeatures
@@ -57,16 +64,21 @@ class ScoringNode:
     def __post_init__(self) -> None:
         self.decisions = Counter("fedfraud_scores", "Transactions scored, by decision", ["decision"],
                                  registry=self.registry)
+        # Per worker process ("liveall": one series per live worker, labelled by pid, when several run).
         self.model_version = Gauge("fedfraud_model_version", "Version of the model in use (0: none)",
-                                   registry=self.registry)
+                                   registry=self.registry, multiprocess_mode="liveall")
         self.model_load_failures = Gauge("fedfraud_model_load_failing",
-                                         "1 while the newest promoted model could not be loaded", registry=self.registry)
-        self.model_version.set_function(self._version)
-        self.model_load_failures.set_function(lambda: 1.0 if self.holder.last_error else 0.0)
+                                         "1 while the newest promoted model could not be loaded", registry=self.registry,
+                                         multiprocess_mode="liveall")
 
-    def _version(self) -> float:
+    def refresh(self) -> bool:
+        """Take up a newly promoted model (or a new night's pooled history); the gauges say what serves."""
+        changed = self.holder.refresh()
         serving = self.holder.serving
-        return float(serving.model.version) if serving is not None and serving.model.version.isdigit() else 0.0
+        version = serving.model.version if serving is not None else ""
+        self.model_version.set(float(version) if version.isdigit() else 0.0)
+        self.model_load_failures.set(1.0 if self.holder.last_error else 0.0)
+        return changed
 
     @property
     def engine(self) -> Any:
@@ -111,26 +123,31 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     create_tables(store.engine)
     holder = ModelHolder(state, family=str(app.config["MODEL_FAMILY"]), history=PooledHistory(store.engine),
                          exact_reasons_max=int(app.config["EXACT_REASONS_MAX"]))
-    holder.refresh()
-    app.extensions["fedfraud_scoring"] = ScoringNode(state=state, store=store, online=OnlineFeatures(store),
-                                                     holder=holder)
+    node = ScoringNode(state=state, store=store, online=OnlineFeatures(store), holder=holder)
+    node.refresh()
+    node.online.recent.load()  # before the first request, not during it
+    app.extensions["fedfraud_scoring"] = node
     api = Api(app)
     api.register_blueprint(blp)
     register_error_handlers(app)
     # Request latency histogram per endpoint and status, at /metrics (scraped from inside the bank).
-    PrometheusMetrics(app, registry=app.extensions["fedfraud_scoring"].registry, group_by="endpoint",
-                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    options: dict[str, Any] = {"group_by": "endpoint",
+                               "buckets": (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)}
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several gunicorn workers: add theirs up
+        GunicornInternalPrometheusMetrics(app, **options)
+    else:
+        PrometheusMetrics(app, registry=node.registry, **options)
     if watch:
-        _watch(holder, float(app.config["MODEL_RELOAD_S"]))
+        _watch(node, float(app.config["MODEL_RELOAD_S"]))
     return app
 
 
-def _watch(holder: ModelHolder, every_s: float) -> threading.Thread:
+def _watch(node: ScoringNode, every_s: float) -> threading.Thread:
     def loop() -> None:
         while True:
             threading.Event().wait(every_s)
             try:
-                holder.refresh()
+                node.refresh()
             except Exception:  # the watcher must survive anything; the old model keeps serving
                 log.exception("looking for a new model failed")
 

@@ -79,7 +79,7 @@ def as_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def node(tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]) -> Node:
     made = Node(tmp_path / "node", data)
     keep_model(made.state, "1", model_files["small"])
-    made.app.extensions["fedfraud_scoring"].holder.refresh()
+    made.app.extensions["fedfraud_scoring"].refresh()
     return made
 
 
@@ -153,17 +153,18 @@ def test_limits_tokens_and_roles(node: Node, data: pd.DataFrame) -> None:
 def test_a_promoted_model_replaces_the_old_one_and_a_broken_one_does_not(
     node: Node, data: pd.DataFrame, model_files: dict[str, bytes]
 ) -> None:
-    holder = node.app.extensions["fedfraud_scoring"].holder
+    scoring = node.app.extensions["fedfraud_scoring"]
+    holder = scoring.holder
     txs = as_json(data[data["timestamp"] >= START].iloc[:3])
     first = node.post("/v1/score", txs[0], node.scorer).get_json()
     keep_model(node.state, "2", model_files["large"])
-    assert holder.refresh()
+    assert scoring.refresh()
     second = node.post("/v1/score", txs[1], node.scorer).get_json()
     assert (first["model_version"], second["model_version"]) == ("1", "2")
     assert node.client.get("/v1/model", headers={"Authorization": f"Bearer {node.scorer}"}).get_json()["run_id"] == "run-2"
 
     keep_model(node.state, "3", b'{"learner": "not a model"}')
-    assert not holder.refresh()
+    assert not scoring.refresh()
     assert "model 3 not loaded, model 2 stays in use" in holder.last_error
     auth = {"Authorization": f"Bearer {node.scorer}"}
     assert "model 3 not loaded" in node.client.get("/v1/model", headers=auth).get_json()["last_load_error"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import requests
 
 from fedfraud.localnet import free_port, wait_for
@@ -52,3 +53,92 @@ def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
     access = [json.loads(line) for line in text.splitlines() if line.startswith('{"type": "access"')]
     assert {entry["path"] for entry in access} >= {"/v1/health", "/v1/runs", '/v1/runs/a"b\\c'}
     assert "not-a-real-token" not in text
+
+
+def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: Path) -> None:
+    """ops/gunicorn-scoring.conf.py (two workers) and a second service process (``fedfraud bank
+    serve``) on the same node, each process with its own copy of the recent transactions. A
+    card's transactions go to one process and the other in turn; every score must still be the
+    model's on the batch features of the whole history, and /metrics must add up the workers."""
+    import pandas as pd
+    import xgboost as xgb
+
+    from bank_node.agent.state import StateDir
+    from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
+    from bank_node.generator import generate_transactions
+    from bank_node.service.auth import issue_token
+    from bank_node.store import TransactionStore
+    from schemas.transaction import to_canonical
+    from tests.bank_node.test_scoring_service import as_json, keep_model
+
+    start = pd.Timestamp("2018-05-16")
+    raw = generate_transactions(n_customers=300, n_terminals=400, days=50, seed=4, start_date="2018-04-01")
+    data = to_canonical(raw, None, require_label=True).sort_values(["timestamp", "transaction_id"])
+    # A model that reads the card windows finely, so a transaction missed by one process shows.
+    past = compute_features(data[data["timestamp"] < start], start="2018-04-15")
+    average = past["CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"]
+    target = (average > average.median()) ^ (past["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] >= 3)
+    trained = xgb.train({"max_depth": 6, "objective": "binary:logistic", "eta": 0.3},
+                        xgb.DMatrix(model_matrix(past), label=target, feature_names=list(MODEL_INPUTS)), 40)
+    model = bytes(trained.save_raw("json"))
+    root = tmp_path / "node"
+    state = StateDir(root)
+    state.ensure()
+    store = TransactionStore.in_state_dir(root)
+    store.ingest(data[data["timestamp"] < start], name="history", sha256="7" * 64, retention_days=None)
+    token = issue_token(store.engine, "scorer")
+    store.close()
+    keep_model(state, "1", model)
+    # The busiest cards' next transactions: each one's windows hold the ones scored before it.
+    week = data[data["timestamp"] >= start]
+    busy = week["customer_id"].value_counts().index[:4]
+    chosen = week[week["customer_id"].isin(busy)].head(60)
+    assert chosen["customer_id"].value_counts().min() > 5
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDFRAUD_", "PROMETHEUS_"))}
+    env.update(FEDFRAUD_STATE_DIR=str(root), FEDFRAUD_SCORING_BIND=f"127.0.0.1:{port}",
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    log = open(tmp_path / "scoring.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([str(gunicorn), "-c", str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env,
+                               cwd=tmp_path, stdout=log, stderr=log)
+    other_port = free_port()
+    other = subprocess.Popen([str(Path(sys.executable).with_name("fedfraud")), "bank", "serve", "--state-dir", str(root),
+                              "--port", str(other_port)], cwd=tmp_path, stdout=log, stderr=log,
+                             env={k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{other_port}"]
+    try:
+        def ready() -> bool:
+            assert process.poll() is None and other.poll() is None, (tmp_path / "scoring.log").read_text()
+            try:
+                return all(requests.get(f"{url}/v1/ready", timeout=2).status_code == 200 for url in urls)
+            except requests.RequestException:
+                return False
+
+        wait_for(ready, 60, "the scoring services")
+        answers = []
+        for i, tx in enumerate(as_json(chosen)):
+            response = requests.post(f"{urls[i % 2]}/v1/score", json=tx, timeout=10,
+                                     headers={"Authorization": f"Bearer {token}", "Connection": "close"})
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+        metrics = requests.get(f"{urls[0]}/metrics", timeout=5).text
+    finally:
+        for running in (process, other):
+            running.terminate()
+            running.wait(timeout=30)
+        log.close()
+
+    history = data[(data["timestamp"] < start) | data["transaction_id"].isin(chosen["transaction_id"])].copy()
+    history.loc[history["timestamp"] >= start, "label"] = 0
+    featured = compute_features(history, start=start).set_index("transaction_id").loc[chosen["transaction_id"]]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model))
+    expected = booster.predict(xgb.DMatrix(model_matrix(featured.reset_index()), feature_names=list(MODEL_INPUTS)))
+    np.testing.assert_allclose([a["probability"] for a in answers], expected, rtol=1e-6)
+    scored = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith("fedfraud_scores_total{"))
+    assert scored == (len(chosen) + 1) // 2  # the gunicorn workers' share
+    versions = [line for line in metrics.splitlines() if line.startswith("fedfraud_model_version{")]
+    assert len(versions) == 2 and all(line.endswith(" 1.0") for line in versions)  # one per worker
