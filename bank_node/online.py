@@ -20,8 +20,10 @@ above the threshold are replaced from the pooled consortium history, as in train
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,9 +49,10 @@ from bank_node.federated.terminal_stats import ConsortiumHistory, consortium_ter
 from bank_node.recent import RecentTransactions
 from bank_node.store import TransactionStore
 
-__all__ = ["ConsortiumTerminals", "Featured", "OnlineFeatures"]
+__all__ = ["ConsortiumTerminals", "Featured", "NewTransactions", "OnlineFeatures"]
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -61,30 +64,65 @@ class ConsortiumTerminals:
 
 
 @dataclass(frozen=True)
+class NewTransactions:
+    """Transactions to score, as arrays (no DataFrame on the request path: it cost milliseconds)."""
+
+    txid: IntArray
+    time_ns: IntArray
+    card: IntArray
+    terminal: IntArray
+    amount: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.txid)
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> NewTransactions:
+        """From validated mappings with the canonical fields (``timestamp`` a naive datetime)."""
+        stamps = np.array([r[TIMESTAMP] for r in records], dtype="datetime64[us]").astype("datetime64[ns]")
+        return cls(txid=np.array([r[TRANSACTION_ID] for r in records], dtype=np.int64), time_ns=stamps.view(np.int64),
+                   card=np.array([r[CUSTOMER_ID] for r in records], dtype=np.int64),
+                   terminal=np.array([r[TERMINAL_ID] for r in records], dtype=np.int64),
+                   amount=np.array([r[AMOUNT] for r in records], dtype=np.float64))
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> NewTransactions:
+        """From a frame with the canonical columns."""
+        return cls(txid=frame[TRANSACTION_ID].to_numpy(dtype=np.int64),
+                   time_ns=timestamps_ns(pd.to_datetime(frame[TIMESTAMP])),
+                   card=frame[CUSTOMER_ID].to_numpy(dtype=np.int64),
+                   terminal=frame[TERMINAL_ID].to_numpy(dtype=np.int64),
+                   amount=frame[AMOUNT].to_numpy(dtype=np.float64))
+
+    def frame(self) -> pd.DataFrame:
+        """The canonical columns."""
+        return pd.DataFrame({TRANSACTION_ID: self.txid, TIMESTAMP: self.time_ns.view("datetime64[ns]"),
+                             CUSTOMER_ID: self.card, TERMINAL_ID: self.terminal, AMOUNT: self.amount})
+
+
+@dataclass(frozen=True)
 class Featured:
     """Transactions to score and their features, in the order given.
 
     Attributes
     ----------
     new
-        The transactions (canonical columns).
+        The transactions.
     features
         Each feature column (:func:`bank_node.features.feature_columns`), aligned with ``new``.
     """
 
-    new: pd.DataFrame
+    new: NewTransactions
     features: dict[str, FloatArray]
 
     @property
     def matrix(self) -> FloatArray:
         """The model inputs (:data:`bank_node.features.MODEL_INPUTS` order: amount, then the features)."""
-        return np.column_stack([self.new[AMOUNT].to_numpy(dtype=np.float64),
-                                *(np.asarray(v, dtype=np.float64) for v in self.features.values())])
+        return np.column_stack([self.new.amount, *(np.asarray(v, dtype=np.float64) for v in self.features.values())])
 
     def frame(self) -> pd.DataFrame:
         """The rows as ``compute_features`` returns them (label 0: not known when scored)."""
-        out = self.new.reset_index(drop=True)
-        out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP])
+        out = self.new.frame()
         out[LABEL] = 0
         return pd.concat([out, pd.DataFrame(self.features)], axis=1)
 
@@ -105,8 +143,9 @@ class OnlineFeatures:
         self.config = config
         self.recent = RecentTransactions(store, keep_days=config.lookback_days)
 
-    def compute(self, new: pd.DataFrame, *, consortium: ConsortiumTerminals | None = None) -> Featured:
-        """The features of ``new`` (canonical columns, not stored yet), in the order given.
+    def compute(self, new: NewTransactions | pd.DataFrame, *,
+                consortium: ConsortiumTerminals | None = None) -> Featured:
+        """The features of ``new`` (not stored yet), in the order given.
 
         Raises
         ------
@@ -114,24 +153,25 @@ class OnlineFeatures:
             ``new`` repeats a transaction id, or the consortium history lacks days the rows'
             windows reach.
         """
-        if new[TRANSACTION_ID].duplicated().any():
+        if isinstance(new, pd.DataFrame):
+            new = NewTransactions.from_frame(new)
+        if len(np.unique(new.txid)) != len(new):
             raise ValueError("a transaction id appears twice among the transactions to score")
-        time = timestamps_ns(pd.to_datetime(new[TIMESTAMP]))
         with self.recent.lock:  # one consistent view: no other thread's pruning in between
             self.recent.sync()
-            held = self.recent.covers(int(time.min()), self.config.lookback_days * NS_PER_DAY)
-            features = self._from_memory(new, time) if held else None
+            held = self.recent.covers(int(new.time_ns.min()), self.config.lookback_days * NS_PER_DAY)
+            features = self._from_memory(new) if held else None
         if features is None:
             features = self._from_store(new)
         if consortium is not None:
-            shared, covered = consortium_terminal_values(new[TERMINAL_ID].to_numpy(), time, consortium.history,
+            shared, covered = consortium_terminal_values(new.terminal, new.time_ns, consortium.history,
                                                          secret=consortium.key, config=self.config)
             for name, values in shared.items():
                 features[name] = features[name].copy()
                 features[name][covered] = values
         return Featured(new=new, features=features)
 
-    def record(self, new: pd.DataFrame) -> int:
+    def record(self, new: NewTransactions | pd.DataFrame) -> int:
         """Record scored transactions in the store (and in this worker's copy); the store version.
 
         Raises
@@ -139,16 +179,17 @@ class OnlineFeatures:
         schemas.errors.FedfraudInputError
             A transaction id the store holds already; nothing is recorded.
         """
-        version = self.store.record(new)
-        self.recent.recorded(new, version)
+        if isinstance(new, pd.DataFrame):
+            new = NewTransactions.from_frame(new)
+        rows = list(zip(new.txid.tolist(), new.time_ns.tolist(), new.card.tolist(), new.terminal.tolist(),
+                        new.amount.tolist(), strict=True))
+        version = self.store.record_rows(rows)
+        self.recent.recorded(rows, version)
         return version
 
-    def _from_memory(self, new: pd.DataFrame, time: npt.NDArray[np.int64]) -> dict[str, FloatArray]:
+    def _from_memory(self, new: NewTransactions) -> dict[str, FloatArray]:
         config = self.config
-        txid = new[TRANSACTION_ID].to_numpy(dtype=np.int64)
-        card = new[CUSTOMER_ID].to_numpy(dtype=np.int64)
-        terminal = new[TERMINAL_ID].to_numpy(dtype=np.int64)
-        amount = new[AMOUNT].to_numpy(dtype=np.float64)
+        txid, time, card, terminal, amount = new.txid, new.time_ns, new.card, new.terminal, new.amount
         first, last = int(time.min()), int(time.max())
 
         # Card windows over the card's held rows and the new ones, in (time, id) order as in batch.
@@ -173,8 +214,9 @@ class OnlineFeatures:
         features.update({name: flag.astype(np.float64) for name, flag in calendar_features(time, config=config).items()})
         return {name: features[name] for name in feature_columns(config)}
 
-    def _from_store(self, new: pd.DataFrame) -> dict[str, FloatArray]:
-        stamps = pd.to_datetime(new[TIMESTAMP])
+    def _from_store(self, transactions: NewTransactions) -> dict[str, FloatArray]:
+        new = transactions.frame()
+        stamps = new[TIMESTAMP]
         first, last = stamps.min().to_pydatetime(), stamps.max().to_pydatetime()
         card_days = max(self.config.windows_days)
         history = self.store.related(
@@ -185,7 +227,6 @@ class OnlineFeatures:
         history = history[~history[TRANSACTION_ID].isin(new[TRANSACTION_ID])]
         history[LABEL] = history[LABEL].fillna(0).astype(np.int64)
         scored = new.copy()
-        scored[TIMESTAMP] = stamps
         scored[LABEL] = 0  # not known yet; only an earlier row's label enters a window, never its own
         frame = pd.concat([history, scored[history.columns]], ignore_index=True)
         day = pd.Timestamp(first).normalize()

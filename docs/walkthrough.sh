@@ -77,7 +77,7 @@ until [ "$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN" \
 VERSION=$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN" \
     | python -c 'import json, sys; run = json.load(sys.stdin); print(run["model_version"] or sys.exit(run["failure_reason"]))')
 curl -sf -H "Authorization: Bearer $OPERATOR" -o "$WORK/model.json" "$URL/v1/models/$VERSION/download"
-echo "model version $VERSION saved to $WORK/model.json (every bank also keeps it in its state directory)"
+echo "model version $VERSION saved to $WORK/model.json (each bank's agent keeps it too, at its next poll)"
 python - "$WORK/model.json" "$WORK/bank-1-transactions.parquet" <<'PY'
 import sys
 import xgboost
@@ -89,6 +89,24 @@ rows = compute_features(load_transactions(sys.argv[2]).frame, start="2018-05-19"
 scores = model.predict(xgboost.DMatrix(model_matrix(rows), feature_names=list(MODEL_INPUTS)))
 print(f"scored {len(scores)} transactions of 2018-05-19; highest fraud probability {scores.max():.3f}")
 PY
+
+# --- bank-1's risk team scores an authorisation on bank-1's own node ---------------------------------
+# The scoring service serves the promoted model that bank-1's agent verified and kept (production:
+# gunicorn -c ops/gunicorn-scoring.conf.py); the transaction never leaves the bank.
+# Its agent (run without --once, it does this at every poll) keeps the published model once it has
+# checked that the model is its own proposal, signed by its quorum.
+fedfraud bank agent --state-dir "$WORK/bank-1" --once >> "$WORK/bank-1-agent.log" 2>&1
+SCORER=$(fedfraud bank create-token --role scorer --state-dir "$WORK/bank-1")      # printed once
+SCORING_PORT=${SCORING_PORT:-$((PORT + 1))}
+fedfraud bank serve --state-dir "$WORK/bank-1" --port "$SCORING_PORT" > "$WORK/bank-1-scoring.log" 2>&1 &
+SCORING=$!
+trap 'kill $SERVER $SCORING 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$SCORING_PORT/v1/ready" > /dev/null; do sleep 0.5; done
+curl -sf -H "Authorization: Bearer $SCORER" -H "Content-Type: application/json" \
+    -d '{"transaction_id": 900000001, "timestamp": "2018-05-21T10:15:00", "customer_id": 42,
+         "terminal_id": 7, "amount": 57.3}' \
+    "http://127.0.0.1:$SCORING_PORT/v1/score"
+echo
 
 # --- the nightly schedule --------------------------------------------------------------------------
 fedfraud consortium schedule set xgboost --cron '0 2 * * *' \

@@ -14,6 +14,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from bank_node.online import NewTransactions
 from bank_node.scoring import describe
 from bank_node.service.auth import Role, requires
 from consortium.errors import BadRequest, Conflict, ConsortiumError, PayloadTooLarge, Unprocessable, UnsupportedMediaType
@@ -35,9 +36,17 @@ class _Strict(Schema):
         unknown = RAISE
 
 
+class _LocalTime(fields.NaiveDateTime):
+    """A naive ISO 8601 timestamp, parsed by the standard library's C parser (marshmallow's own
+    took 45 µs a value: most of a 1,000-transaction request's validation)."""
+
+    DESERIALIZATION_FUNCS = {**fields.NaiveDateTime.DESERIALIZATION_FUNCS, "iso": datetime.fromisoformat}
+
+
 class TransactionSchema(_Strict):
     transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
-    timestamp = fields.NaiveDateTime(required=True, metadata={"description": "local time of the bank, ISO 8601"})
+    timestamp = _LocalTime(required=True, validate=validate.Range(min=datetime(1970, 1, 1)),
+                                     metadata={"description": "local time of the bank, ISO 8601"})
     customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1),
                                  metadata={"description": "the card"})
     terminal_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
@@ -114,45 +123,45 @@ class Score(MethodView):
         serving = node.holder.serving
         if serving is None:
             raise Unavailable("no model to score with yet: the node has not received a promoted model")
-        frame = pd.DataFrame(loaded["transactions"])
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-        if frame["transaction_id"].duplicated().any():
-            raise Unprocessable("a transaction id appears twice in the request",
-                                {"transactions.transaction_id": ["duplicate"]})
         # A timestamp far ahead of the node's clock is a mistake; recorded, it would also become
         # the newest transaction, which every later window is measured back from.
         latest = datetime.now() + timedelta(seconds=float(current_app.config["MAX_CLOCK_AHEAD_S"]))
-        ahead = np.flatnonzero(frame["timestamp"].to_numpy() > np.datetime64(latest))
-        if len(ahead):
-            raise Unprocessable(f"transactions.{ahead[0]}.timestamp: {frame['timestamp'].iloc[ahead[0]]} is ahead of "
-                                f"the node's clock ({datetime.now():%Y-%m-%d %H:%M}) by more than "
-                                f"{current_app.config['MAX_CLOCK_AHEAD_S']} s",
-                                {f"transactions.{ahead[0]}.timestamp": ["ahead of the node's clock"]})
+        for i, tx in enumerate(loaded["transactions"]):
+            if tx["timestamp"] > latest:
+                raise Unprocessable(f"transactions.{i}.timestamp: {tx['timestamp']} is ahead of the node's clock "
+                                    f"({datetime.now():%Y-%m-%d %H:%M}) by more than "
+                                    f"{current_app.config['MAX_CLOCK_AHEAD_S']} s",
+                                    {f"transactions.{i}.timestamp": ["ahead of the node's clock"]})
+        new = NewTransactions.from_records(loaded["transactions"])
+        if len(np.unique(new.txid)) != len(new):
+            raise Unprocessable("a transaction id appears twice in the request",
+                                {"transactions.transaction_id": ["duplicate"]})
         try:
-            featured = node.online.compute(frame, consortium=serving.consortium)
+            featured = node.online.compute(new, consortium=serving.consortium)
         except ValueError as exc:
             raise Unavailable(f"cannot build the model's inputs: {exc}") from None
         X = featured.matrix
         scores = serving.model.score(X)
         try:
-            node.online.record(frame)
+            node.online.record(new)
         except FedfraudInputError as exc:  # seen before (or a concurrent request recorded it first)
             raise Conflict(exc.message, {"transactions.transaction_id": exc.errors.get("transaction_id", [])}) from None
         threshold = float(current_app.config["DECISION_THRESHOLD"])
         top = int(current_app.config["TOP_REASONS"])
+        version = serving.model.version
         results = [
             {
-                "transaction_id": int(tx),
-                "probability": float(scores.probability[i]),
-                "decision": "alert" if scores.probability[i] >= threshold else "pass",
-                "model_version": serving.model.version,
-                "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution}
-                            for r in scores.reasons(X, i, top=top)],
+                "transaction_id": tx,
+                "probability": probability,
+                "decision": "alert" if probability >= threshold else "pass",
+                "model_version": version,
+                "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution} for r in reasons],
                 "reasons_exact": scores.exact,
             }
-            for i, tx in enumerate(frame["transaction_id"].to_numpy(dtype=np.int64))
+            for tx, probability, reasons in zip(new.txid.tolist(), scores.probability.tolist(),
+                                                scores.all_reasons(X, top=top), strict=True)
         ]
-        node.count(results)
+        node.count(int((scores.probability >= threshold).sum()), len(results))
         return jsonify(results[0] if single else {"model_version": serving.model.version, "results": results})
 
 

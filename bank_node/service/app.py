@@ -11,6 +11,7 @@ metrics of all workers are added up at ``/metrics`` through ``PROMETHEUS_MULTIPR
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Mapping
@@ -85,10 +86,12 @@ class ScoringNode:
         """The node's database (tokens live there too)."""
         return self.store.engine
 
-    def count(self, results: list[dict[str, Any]]) -> None:
+    def count(self, alerts: int, scored: int) -> None:
         """Count decisions (for metrics)."""
-        for result in results:
-            self.decisions.labels(decision=result["decision"]).inc()
+        if alerts:
+            self.decisions.labels(decision="alert").inc(alerts)
+        if scored - alerts:
+            self.decisions.labels(decision="pass").inc(scored - alerts)
 
 
 def create_app(state_dir: str | Path, *, store_url: str | None = None,
@@ -120,12 +123,17 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     app.config.update(dict(config or {}))
     state = StateDir(state_dir)
     store = TransactionStore(store_url) if store_url else TransactionStore.in_state_dir(state_dir)
+    store.checkpoint_in_background()
     create_tables(store.engine)
     holder = ModelHolder(state, family=str(app.config["MODEL_FAMILY"]), history=PooledHistory(store.engine),
                          exact_reasons_max=int(app.config["EXACT_REASONS_MAX"]))
     node = ScoringNode(state=state, store=store, online=OnlineFeatures(store), holder=holder)
     node.refresh()
     node.online.recent.load()  # before the first request, not during it
+    # What is loaded now lives as long as the process: out of the collector's sight, so that its
+    # full collections (pauses of the requests in flight) do not walk it again and again.
+    gc.collect()
+    gc.freeze()
     app.extensions["fedfraud_scoring"] = node
     api = Api(app)
     api.register_blueprint(blp)

@@ -11,9 +11,10 @@ import functools
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from flask import current_app, request
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert, select
@@ -55,14 +56,29 @@ def issue_token(engine: Engine, role: Role | str) -> str:
     return token
 
 
+#: Seconds a known token's role is taken from memory before the database is asked again.
+ROLE_CACHE_S: Final = 10.0
+_known: dict[str, tuple[Role, float]] = {}
+
+
 def _role_of(engine: Engine, token: str) -> Role | None:
+    """The token's role; a known token is looked up in the database at most every
+    :data:`ROLE_CACHE_S` seconds (a query per request cost more than scoring)."""
     digest = _hash(token)
+    cached = _known.get(digest)
+    if cached is not None and time.monotonic() < cached[1]:
+        return cached[0]
     with engine.connect() as connection:
         row = connection.execute(select(service_tokens.c.token_sha256, service_tokens.c.role)
                                  .where(service_tokens.c.token_sha256 == digest)).first()
     if row is None or not hmac.compare_digest(row[0], digest):
+        _known.pop(digest, None)
         return None
-    return Role(row[1])
+    role = Role(row[1])
+    if len(_known) > 10_000:  # tokens are few; never let the cache grow without bound
+        _known.clear()
+    _known[digest] = (role, time.monotonic() + ROLE_CACHE_S)
+    return role
 
 
 def requires(*roles: Role) -> Callable[[F], F]:

@@ -124,5 +124,6 @@ class ModelHolder:
         days = sorted(self.history.pooled(key[0]))
         if not days:
             raise ValueError("it uses consortium terminal features and this node has pooled none yet")
-        return ConsortiumTerminals(history=self.history.load(key[0], days, threshold=model.features.threshold),
-                                   key=key[1])
+        history = self.history.load(key[0], days, threshold=model.features.threshold)
+        history.windows  # noqa: B018 - sorted here, at load, not in the first request
+        return ConsortiumTerminals(history=history, key=key[1])

@@ -117,6 +117,8 @@ def test_scores_are_the_models_on_the_batch_features_and_scored_transactions_are
 
 @pytest.mark.parametrize(("body", "status", "field"), [
     ({"transactions": []}, 422, "transactions"),
+    ({"transaction_id": 1, "timestamp": "1212-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, "amount": 3.0},
+     422, "transactions.0.timestamp"),
     ({"transaction_id": 1, "timestamp": "2999-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, "amount": 3.0},
      422, "transactions.0.timestamp"),
     ({"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2}, 422,
