@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-scoring clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedfraud needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -26,6 +26,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/he_throughput.py
 	$(BIN)/python bench/features_speed.py
 	$(BIN)/python bench/terminal_stats.py --scenarios 10k,1m-sparse
+
+# The scoring service under gunicorn with locust (needs the handbook data under ../shared; ~4 min).
+bench-scoring: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/scoring.py --json $(OUT)/bench/scoring.json --png $(OUT)/bench/scoring.png
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
