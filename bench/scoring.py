@@ -49,7 +49,7 @@ import crypto  # noqa: E402
 from bank_node.agent.ceremony import load_secret_scheme  # noqa: E402
 from bank_node.agent.state import StateDir  # noqa: E402
 from bank_node.agent.training import FEATURES_ATTRIBUTE  # noqa: E402
-from bank_node.features import MODEL_INPUTS, NS_PER_DAY, compute_features, model_matrix, timestamps_ns  # noqa: E402
+from bank_node.features import MODEL_INPUTS, compute_features, model_matrix, timestamps_ns  # noqa: E402
 from bank_node.federated.terminal_stats import (  # noqa: E402
     ConsortiumHistory,
     terminal_tags,

@@ -52,6 +52,19 @@ def keep_model(state: StateDir, version: str, body: bytes, *, promoted: bool = T
                                         "signed_by": ["bank-1", "bank-2", "bank-3"]})
 
 
+def scoring_node(root: Path, history: pd.DataFrame, model: bytes) -> str:
+    """A bank node ready to score: ``history`` in its store, ``model`` kept as version 1 (as its
+    agent keeps a promoted model); returns a scorer token."""
+    state = StateDir(root)
+    state.ensure()
+    store = TransactionStore.in_state_dir(root)
+    store.ingest(history, name="history", sha256=hashlib.sha256(root.name.encode()).hexdigest(), retention_days=None)
+    token = issue_token(store.engine, "scorer")
+    store.close()
+    keep_model(state, "1", model)
+    return token
+
+
 class Node:
     def __init__(self, root: Path, data: pd.DataFrame) -> None:
         self.state = StateDir(root)

@@ -63,13 +63,10 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
     import pandas as pd
     import xgboost as xgb
 
-    from bank_node.agent.state import StateDir
     from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
     from bank_node.generator import generate_transactions
-    from bank_node.service.auth import issue_token
-    from bank_node.store import TransactionStore
     from schemas.transaction import to_canonical
-    from tests.bank_node.test_scoring_service import as_json, keep_model
+    from tests.bank_node.test_scoring_service import as_json, scoring_node
 
     start = pd.Timestamp("2018-05-16")
     raw = generate_transactions(n_customers=300, n_terminals=400, days=50, seed=4, start_date="2018-04-01")
@@ -82,13 +79,7 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
                         xgb.DMatrix(model_matrix(past), label=target, feature_names=list(MODEL_INPUTS)), 40)
     model = bytes(trained.save_raw("json"))
     root = tmp_path / "node"
-    state = StateDir(root)
-    state.ensure()
-    store = TransactionStore.in_state_dir(root)
-    store.ingest(data[data["timestamp"] < start], name="history", sha256="7" * 64, retention_days=None)
-    token = issue_token(store.engine, "scorer")
-    store.close()
-    keep_model(state, "1", model)
+    token = scoring_node(root, data[data["timestamp"] < start], model)
     # The busiest cards' next transactions: each one's windows hold the ones scored before it.
     week = data[data["timestamp"] >= start]
     busy = week["customer_id"].value_counts().index[:4]

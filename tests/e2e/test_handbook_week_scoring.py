@@ -3,7 +3,6 @@ model's own ``Booster.predict`` on the same history."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,14 +12,11 @@ import pytest
 import xgboost as xgb
 from click.testing import CliRunner
 
-from bank_node.agent.state import StateDir
 from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
 from bank_node.service.app import create_app
-from bank_node.service.auth import issue_token
-from bank_node.store import TransactionStore
 from fedfraud.cli import main as fedfraud_cli
 from schemas.transaction import to_canonical
-from tests.bank_node.test_scoring_service import as_json
+from tests.bank_node.test_scoring_service import as_json, scoring_node
 
 pytestmark = pytest.mark.slow
 
@@ -38,17 +34,8 @@ def test_a_handbook_week_scored_through_the_api_equals_the_batch_features(handbo
     train = compute_features(history, start="2018-07-15")
     booster = xgb.train({"max_depth": 6, "objective": "binary:logistic", "nthread": 2},
                         xgb.DMatrix(model_matrix(train), label=train["label"], feature_names=list(MODEL_INPUTS)), 100)
-    body = bytes(booster.save_raw("json"))
     root = tmp_path / "node"
-    state = StateDir(root)
-    state.ensure()
-    path = state.save_model("1", "xgboost", body)
-    state.update_run("r", {"status": "published", "model": "xgboost", "version": "1", "model_file": str(path),
-                           "promoted": True, "matches_proposal": True, "digest": hashlib.sha256(body).hexdigest()})
-    store = TransactionStore.in_state_dir(root)
-    store.ingest(history, name="history", sha256="h" * 64, retention_days=None)
-    token = issue_token(store.engine, "scorer")
-    store.close()
+    token = scoring_node(root, history, bytes(booster.save_raw("json")))
     client = create_app(root).test_client()
     headers = {"Authorization": f"Bearer {token}"}
 

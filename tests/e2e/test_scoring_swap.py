@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -18,11 +16,9 @@ import xgboost as xgb
 from bank_node.agent.state import StateDir
 from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
 from bank_node.generator import generate_transactions
-from bank_node.service.auth import issue_token
-from bank_node.store import TransactionStore
 from fedfraud.localnet import FEDFRAUD, free_port, wait_for
 from schemas.transaction import to_canonical
-from tests.bank_node.test_scoring_service import as_json, keep_model
+from tests.bank_node.test_scoring_service import as_json, keep_model, scoring_node
 from tests.bank_node.test_scoring import _published
 
 pytestmark = pytest.mark.slow
@@ -45,12 +41,7 @@ def test_no_request_fails_and_each_names_the_model_that_scored_it(tmp_path: Path
 
     root = tmp_path / "node"
     state = StateDir(root)
-    state.ensure()
-    store = TransactionStore.in_state_dir(root)
-    store.ingest(data[data["timestamp"] < START], name="history", sha256="3" * 64, retention_days=None)
-    token = issue_token(store.engine, "scorer")
-    store.close()
-    keep_model(state, "1", old)
+    token = scoring_node(root, data[data["timestamp"] < START], old)
 
     # One transaction per card: each one's features depend on the stored history only, whatever
     # order the senders' requests arrive in, so each answer can be checked against both models.
