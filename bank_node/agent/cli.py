@@ -432,6 +432,42 @@ def create_token(role: str, state_dir: Path, store_url: str | None) -> None:
 
 
 @bank_cli.command()
+@_state_dir_option
+@_store_option
+@readable_errors
+def tokens(state_dir: Path, store_url: str | None) -> None:
+    """List the scoring service's tokens in force (ids, roles, when issued; never the tokens)."""
+    from bank_node.service.auth import list_tokens
+
+    store = _open_store(state_dir, store_url)
+    try:
+        for token in list_tokens(store.engine):
+            click.echo(f"{token['id']}  {token['role']:<6}  issued {token['created_at']:%Y-%m-%d %H:%M:%S}")
+    finally:
+        store.close()
+
+
+@bank_cli.command("revoke-token")
+@click.argument("token_id")
+@_state_dir_option
+@_store_option
+@readable_errors
+def revoke_token_command(token_id: str, state_dir: Path, store_url: str | None) -> None:
+    """Revoke the scoring-service token TOKEN_ID (as `fedfraud bank tokens` lists it); every
+    service process refuses it within 10 s."""
+    from bank_node.service.auth import revoke_token
+
+    store = _open_store(state_dir, store_url)
+    try:
+        role = revoke_token(store.engine, token_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"revoked the {role} token {token_id}")
+
+
+@bank_cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8081, show_default=True, type=int, help="TCP port.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,

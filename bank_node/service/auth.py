@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from flask import current_app, request
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert, select
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, insert, select
 
 from consortium.errors import Forbidden, Unauthorized
 
-__all__ = ["Role", "issue_token", "requires"]
+__all__ = ["Role", "issue_token", "list_tokens", "requires", "revoke_token"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +54,38 @@ def issue_token(engine: Engine, role: Role | str) -> str:
         connection.execute(insert(service_tokens).values(token_sha256=_hash(token), role=role.value,
                                                          created_at=datetime.now().replace(microsecond=0)))
     return token
+
+
+def list_tokens(engine: Engine) -> list[dict[str, Any]]:
+    """The tokens in force: an id (the first 12 hex digits of the stored SHA-256, which tells
+    nothing of the token), the role, when issued."""
+    _metadata.create_all(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(select(service_tokens).order_by(service_tokens.c.created_at)).all()
+    return [{"id": row.token_sha256[:12], "role": row.role, "created_at": row.created_at} for row in rows]
+
+
+def revoke_token(engine: Engine, token_id: str) -> str:
+    """Revoke the token whose id (see :func:`list_tokens`) is ``token_id``; its role.
+
+    Every service process stops taking it within :data:`ROLE_CACHE_S` seconds.
+
+    Raises
+    ------
+    ValueError
+        No token, or more than one, has that id.
+    """
+    token_id = token_id.strip().lower()
+    if len(token_id) < 8 or any(c not in "0123456789abcdef" for c in token_id):
+        raise ValueError(f"a token id is at least 8 hex digits (from `fedfraud bank tokens`), not {token_id!r}")
+    with engine.begin() as connection:
+        found = connection.execute(select(service_tokens.c.token_sha256, service_tokens.c.role)
+                                   .where(service_tokens.c.token_sha256.startswith(token_id))).all()
+        if len(found) != 1:
+            raise ValueError(f"{len(found)} tokens have the id {token_id}; give the one `fedfraud bank tokens` shows")
+        connection.execute(delete(service_tokens).where(service_tokens.c.token_sha256 == found[0][0]))
+    _known.pop(found[0][0], None)
+    return str(found[0][1])
 
 
 #: Seconds a known token's role is taken from memory before the database is asked again.

@@ -218,6 +218,32 @@ def test_metrics_show_latency_decisions_and_the_model_in_use(node: Node, data: p
     assert "fedfraud_model_version 1.0" in text and "fedfraud_model_load_failing 0.0" in text
 
 
+def test_a_revoked_token_is_refused_and_listing_shows_no_token(node: Node) -> None:
+    from click.testing import CliRunner
+
+    from bank_node.agent.cli import bank_cli
+    from bank_node.service import auth
+
+    auth_header = {"Authorization": f"Bearer {node.scorer}"}
+    assert node.client.get("/v1/model", headers=auth_header).status_code == 200
+    runner, where = CliRunner(), ["--state-dir", str(node.state.root)]
+    listed = runner.invoke(bank_cli, ["tokens", *where])
+    scorer_id = hashlib.sha256(node.scorer.encode()).hexdigest()[:12]
+    assert listed.exit_code == 0 and f"{scorer_id}  scorer" in listed.output and "admin" in listed.output
+    assert node.scorer not in listed.output and node.admin not in listed.output
+    assert "0 tokens have the id" in runner.invoke(bank_cli, ["revoke-token", "00000000", *where]).output
+    assert "at least 8 hex digits" in runner.invoke(bank_cli, ["revoke-token", "scorer", *where]).output
+    revoked = runner.invoke(bank_cli, ["revoke-token", scorer_id, *where])
+    assert revoked.exit_code == 0 and f"revoked the scorer token {scorer_id}" in revoked.output
+    # Another process still holding the role in memory asks the database again once it expires.
+    digest = hashlib.sha256(node.scorer.encode()).hexdigest()
+    auth._known[digest] = (auth.Role.SCORER, 0.0)
+    refused = node.client.get("/v1/model", headers=auth_header)
+    assert refused.status_code == 401 and refused.get_json()["message"] == "unknown token"
+    admin = {"Authorization": f"Bearer {node.admin}"}
+    assert node.client.get("/v1/model", headers=admin).status_code == 200  # the other token still works
+
+
 def test_tokens_are_stored_hashed(node: Node) -> None:
     from sqlalchemy import select
 
