@@ -243,6 +243,17 @@ class ConsortiumClient:
         document = self._json("GET", "/v1/models")
         return _parse("GET /v1/models", lambda: [ModelInfo.from_json(r) for r in items_of(document, "models")])
 
+    def current_models(self) -> dict[str, dict[str, Any]]:
+        """``GET /v1/models/current``: per family, the version it serves now (the last promoted
+        one, or one an operator rolled back to), since when and why."""
+        document = self._json("GET", "/v1/models/current")
+
+        def parse() -> dict[str, dict[str, Any]]:
+            return {str(row["family"]): {"version": str(row["version"]), "since": str(row["since"]),
+                                         "reason": str(row["reason"])} for row in document}
+
+        return _parse("GET /v1/models/current", parse)
+
     def get_model(self, version: str) -> ModelInfo:
         """``GET /v1/models/{version}``: one published model's metadata; 404 if none."""
         document = self._json("GET", f"/v1/models/{_segment(version)}")

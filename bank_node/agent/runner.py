@@ -239,7 +239,22 @@ class BankAgent:
         """Take part in every open run this bank has not finished, then fetch published models."""
         outcomes = [self.take_part(run) for run in self.pending_runs()]
         self.sync_models()
+        self.follow_current_models()
         return outcomes
+
+    def follow_current_models(self) -> None:
+        """Record which version of each family the consortium serves now (an operator may roll
+        back to an earlier promoted one); the scoring service serves it if this bank kept it."""
+        try:
+            current = self.client.current_models()
+        except AuthError:
+            raise
+        except ConsortiumError as exc:  # read again at the next poll; the runs' outcomes are kept
+            log.warning("the consortium's current models not read now: %s", exc)
+            return
+        if current != self.state.current_models():
+            self.state.save_current_models(current)
+            log.info("the consortium serves %s", ", ".join(f"{f} {c['version']}" for f, c in sorted(current.items())))
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Poll until ``stop`` is set; an unreachable consortium is waited out, not fatal.

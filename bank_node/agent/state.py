@@ -86,6 +86,7 @@ class StateDir:
     ROSTER = "roster.json"
     SECRET_CONTEXT = "he-secret.ctx"
     RUNS = "runs.json"
+    CURRENT = "current_models.json"
     MODELS = "models"
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -179,6 +180,15 @@ class StateDir:
         runs[run_id] = record
         self.write_secret(self.RUNS, json.dumps(runs, indent=2, sort_keys=True).encode())
         return record
+
+    def current_models(self) -> dict[str, dict[str, Any]]:
+        """Per model family, the version the consortium serves now (as the agent last read it)."""
+        raw = self.read_secret(self.CURRENT)
+        return {} if raw is None else dict(json.loads(raw))
+
+    def save_current_models(self, current: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the consortium's current version of each family."""
+        self.write_secret(self.CURRENT, json.dumps(current, indent=2, sort_keys=True).encode())
 
     # -------------------------------------------------------------------------- models
 

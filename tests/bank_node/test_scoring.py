@@ -100,3 +100,10 @@ def test_the_model_in_use_is_the_newest_promoted_one_the_agent_kept(tmp_path: Pa
     found = current_model_file(state, "xgboost")
     assert found is not None and found[0] == "2"
     assert current_model_file(state, "logreg") is None
+    # The consortium serves version 1 again (an operator's rollback): so does the node.
+    state.save_current_models({"xgboost": {"version": "1", "since": "2018-06-12T09:00:00", "reason": "rollback"}})
+    assert current_model_file(state, "xgboost")[0] == "1"  # type: ignore[index]
+    # A version this bank did not promote or did not keep is never served, whatever the consortium says.
+    for version in ("3", "4", "7"):
+        state.save_current_models({"xgboost": {"version": version, "since": "2018-06-12T09:00:00", "reason": "x"}})
+        assert current_model_file(state, "xgboost")[0] == "2"  # type: ignore[index]

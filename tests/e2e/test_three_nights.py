@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from bank_node.agent.state import StateDir
+from bank_node.scoring import current_model_file
 from bank_node.terminal_history import pooling_scope
 from fedfraud.localnet import LocalConsortium, wait_for
 from fedfraud.simulation import partition_customers
@@ -154,6 +156,16 @@ def test_three_nights_by_themselves(nightly: LocalConsortium, bank_days: dict[st
         models = {m["run_id"]: consortium.api("GET", f"/v1/models/{m['version']}").json()
                   for m in consortium.api("GET", "/v1/models").json()}
         current = consortium.api("GET", "/v1/models/current").json()
+        # The agents followed the consortium's current model; the scoring service serves it.
+        node = StateDir(consortium.state_dir("bank-1"))
+        assert node.current_models()["xgboost"]["version"] == "2"
+        assert current_model_file(node, "xgboost")[0] == "2"  # type: ignore[index]
+        # The operator rolls back to version 1: at its next poll the agent follows, and so does scoring.
+        rolled = consortium.api("PUT", "/v1/models/1/current", json={"reason": "v2 misfires on Mondays"})
+        assert rolled.status_code == 200, rolled.text
+        consortium.cli("bank", "agent", "--state-dir", str(consortium.state_dir("bank-1")), "--once")
+        assert "misfires" in node.current_models()["xgboost"]["reason"]
+        assert current_model_file(node, "xgboost")[0] == "1"  # type: ignore[index]
     finally:
         consortium.stop()
 

@@ -448,6 +448,13 @@ class FakeConsortium:
             with fake.lock:
                 return jsonify(list(fake.models))
 
+        @app.get("/v1/models/current")
+        def current_models() -> Any:  # the newest model of each family (every model promoted here)
+            with fake.lock:
+                newest = {m["family"]: m for m in fake.models}
+            return jsonify([{"family": f, "version": m["version"], "since": m["created_at"], "reason": "promoted"}
+                            for f, m in sorted(newest.items())])
+
         @app.get("/v1/models/<int:version>")
         def get_model(version: int) -> Any:
             with fake.lock:
