@@ -20,7 +20,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -154,8 +154,7 @@ class RecentTransactions:
             if len(rows) >= MAX_CHANGES:
                 self.load()
                 return
-            self._apply((tx, _ns(stamp), card, terminal, amount, label == 1)
-                        for tx, stamp, card, terminal, amount, label in rows)
+            self._apply((tx, ns, card, terminal, amount, label == 1) for tx, ns, card, terminal, amount, label in rows)
             self.version = version
 
     def recorded(self, rows: Sequence[tuple[int, int, int, int, float]], version: int) -> None:
@@ -238,15 +237,6 @@ class RecentTransactions:
                                [len(p[1]) for p in parts]).astype(np.int64),
             time=_concat([p[1] for p in parts], np.int64),
             fraud=_concat([p[2] for p in parts], np.int8).astype(np.float64))
-
-
-def _ns(stamp: datetime) -> int:
-    """Nanoseconds since 1970 of a naive datetime (as the store returns them)."""
-    return (stamp - _EPOCH) // _MICROSECOND * 1000
-
-
-_EPOCH: Final = datetime(1970, 1, 1)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def _concat(parts: list[array[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:

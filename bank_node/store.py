@@ -377,11 +377,12 @@ class TransactionStore:
 
     def changes(self, since: int, *, limit: int) -> tuple[list[Any], int]:
         """The rows added or relabelled after store version ``since`` (at most ``limit``, oldest
-        versions first; each ``(transaction_id, timestamp, customer_id, terminal_id, amount,
-        label)``), and the newest version among them (``since`` when there are none)."""
+        versions first; each ``(transaction_id, timestamp in ns, customer_id, terminal_id,
+        amount, label)``), and the newest version among them (``since`` when there are none)."""
         with self.engine.connect() as connection:
             rows = connection.execute(self._changes_query, {"since": since, "limit": limit}).all()
-        return [row[:-1] for row in rows], max((int(row[-1]) for row in rows), default=since)
+        changed = [(row[0], _ns(row[1]), *row[2:6]) for row in rows]
+        return changed, max((int(row[-1]) for row in rows), default=since)
 
     def recent(self, since: datetime) -> tuple[pd.DataFrame, int]:
         """The rows timed from ``since`` on, and a store version they include every write of
@@ -435,7 +436,13 @@ def _datetime(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
+def _ns(stamp: datetime) -> int:
+    """Nanoseconds since 1970 of a naive datetime (what :func:`_datetime` stored)."""
+    return (stamp - _EPOCH) // _MICROSECOND * 1000
+
+
 _EPOCH: Final = datetime(1970, 1, 1)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def _now() -> datetime:

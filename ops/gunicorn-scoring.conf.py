@@ -59,10 +59,16 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
-    """Structured logs for the app's own loggers in every worker."""
+    """Structured logs for the app's own loggers in every worker; then what the app loaded (the
+    model, the recent transactions) is put out of the garbage collector's sight: it lives as long
+    as the worker, and full collections walking it paused the requests in flight."""
+    import gc
+
     from consortium.logs import configure_logging
 
     configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"))
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]

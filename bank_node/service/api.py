@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from bank_node.online import NewTransactions
 from bank_node.scoring import describe
 from bank_node.service.auth import Role, requires
-from consortium.errors import BadRequest, Conflict, ConsortiumError, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from consortium.api.bodies import parse_json_body
+from consortium.errors import Conflict, ConsortiumError, PayloadTooLarge, Unprocessable
 from schemas.errors import FedfraudInputError
 
 __all__ = ["blp"]
@@ -69,16 +69,7 @@ class LabelsRequestSchema(_Strict):
 
 
 def _body() -> Any:
-    if not request.is_json:
-        raise UnsupportedMediaType(f"this endpoint takes application/json, not {request.mimetype or 'no content type'}")
-    limit = int(current_app.config["MAX_BODY_BYTES"])
-    raw = request.get_data(cache=True)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"a request body is at most {limit} bytes; got {len(raw)}")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from None
+    return parse_json_body(int(current_app.config["MAX_BODY_BYTES"]))
 
 
 def _load(schema: Schema, document: Any) -> dict[str, Any]:

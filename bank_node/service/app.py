@@ -11,7 +11,6 @@ metrics of all workers are added up at ``/metrics`` through ``PROMETHEUS_MULTIPR
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections.abc import Mapping
@@ -107,7 +106,8 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     config
         Overrides of :data:`DEFAULTS` (and Flask keys).
     watch
-        Look for a newly promoted model every ``MODEL_RELOAD_S`` seconds in a background thread.
+        Run as a long-lived server: look for a newly promoted model every ``MODEL_RELOAD_S``
+        seconds, and checkpoint the store's write-ahead log, in background threads.
     """
     from bank_node.service.api import blp
     from consortium.errors import register_error_handlers
@@ -123,17 +123,14 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     app.config.update(dict(config or {}))
     state = StateDir(state_dir)
     store = TransactionStore(store_url) if store_url else TransactionStore.in_state_dir(state_dir)
-    store.checkpoint_in_background()
+    if watch:
+        store.checkpoint_in_background()
     create_tables(store.engine)
     holder = ModelHolder(state, family=str(app.config["MODEL_FAMILY"]), history=PooledHistory(store.engine),
                          exact_reasons_max=int(app.config["EXACT_REASONS_MAX"]))
     node = ScoringNode(state=state, store=store, online=OnlineFeatures(store), holder=holder)
     node.refresh()
     node.online.recent.load()  # before the first request, not during it
-    # What is loaded now lives as long as the process: out of the collector's sight, so that its
-    # full collections (pauses of the requests in flight) do not walk it again and again.
-    gc.collect()
-    gc.freeze()
     app.extensions["fedfraud_scoring"] = node
     api = Api(app)
     api.register_blueprint(blp)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import hmac
 import secrets
 import time
@@ -19,6 +18,7 @@ from typing import Any, Final, TypeVar
 from flask import current_app, request
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, insert, select
 
+from consortium.auth import hash_token
 from consortium.errors import Forbidden, Unauthorized
 
 __all__ = ["Role", "issue_token", "list_tokens", "requires", "revoke_token"]
@@ -41,17 +41,13 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 def issue_token(engine: Engine, role: Role | str) -> str:
     """A new random token of ``role``; only its SHA-256 is stored."""
     role = Role(role)
     _metadata.create_all(engine)
     token = secrets.token_urlsafe(32)
     with engine.begin() as connection:
-        connection.execute(insert(service_tokens).values(token_sha256=_hash(token), role=role.value,
+        connection.execute(insert(service_tokens).values(token_sha256=hash_token(token), role=role.value,
                                                          created_at=datetime.now().replace(microsecond=0)))
     return token
 
@@ -96,7 +92,7 @@ _known: dict[str, tuple[Role, float]] = {}
 def _role_of(engine: Engine, token: str) -> Role | None:
     """The token's role; a known token is looked up in the database at most every
     :data:`ROLE_CACHE_S` seconds (a query per request cost more than scoring)."""
-    digest = _hash(token)
+    digest = hash_token(token)
     cached = _known.get(digest)
     if cached is not None and time.monotonic() < cached[1]:
         return cached[0]

@@ -11,7 +11,7 @@ from flask import request
 
 from consortium.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
-__all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body"]
+__all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body", "parse_json_body"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,31 +42,34 @@ def binary_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {BINARY: {"schema": _BINARY_SCHEMA}}}
 
 
-def json_body(view: F) -> F:
-    """415 unless the body is JSON; 400 naming the problem if it does not parse.
+def parse_json_body(limit: int = MAX_JSON_BYTES) -> Any:
+    """The request's JSON document: 415 unless the body is JSON, 413 over ``limit`` bytes (before
+    parsing), 400 naming the problem if it does not parse."""
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"this endpoint takes application/json, not {request.mimetype or 'a body without content type'}"
+        )
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"a JSON body is at most {limit} bytes; got {request.content_length}")
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"a JSON body is at most {limit} bytes; got {len(raw)}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BadRequest("malformed JSON body: nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"malformed JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
-    Runs before flask-smorest's ``@blp.arguments`` (put it above).
-    """
+
+def json_body(view: F) -> F:
+    """:func:`parse_json_body` before the view (put it above flask-smorest's ``@blp.arguments``)."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not request.is_json:
-            raise UnsupportedMediaType(
-                f"this endpoint takes application/json, not {request.mimetype or 'a body without content type'}"
-            )
-        if (request.content_length or 0) > MAX_JSON_BYTES:
-            raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; got {request.content_length}")
-        raw = request.get_data(cache=True)
-        if len(raw) > MAX_JSON_BYTES:
-            raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; got {len(raw)}")
-        try:
-            json.loads(raw.decode("utf-8"))
-        except RecursionError:
-            raise BadRequest("malformed JSON body: nested too deeply") from None
-        except UnicodeDecodeError as exc:
-            raise BadRequest(f"malformed JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        parse_json_body()
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

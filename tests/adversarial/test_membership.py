@@ -241,42 +241,6 @@ def test_signatures_are_checked_with_pinned_keys_not_served_ones(fake: FakeConso
     assert pinned.roster.signing_keys()["bank-1"] == served_before["bank-1"]["signing_key"]
 
 
-def test_a_baseline_no_quorum_signed_is_not_compared_with(
-    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]
-) -> None:
-    """The operator serves a "current model" that only it vouches for, as the run's baseline:
-    the banks refuse it before training, and say why (nothing is proposed)."""
-    from bank_node.agent.training import training_rows
-    from tests.bank_node.agent.conftest import TRAIN_DAYS, TRAIN_START, XGB_PARAMS
-
-    rogue = json.dumps({"learner": {"trees": ["operator's"]}}).encode()
-    fake.model_files["1"] = rogue
-    fake.models[:] = [{"version": 1, "run_id": "run-0", "family": "xgboost",
-                       "digest": hashlib.sha256(rogue).hexdigest(), "proposals": []}]
-    window = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
-    run_id = fake.open_run("xgboost", XGB_PARAMS, window=window)
-    fake.runs[run_id].baseline_version = 1
-    rows = {b.bank_id: training_rows(bank_transactions[b.bank_id], train_start=TRAIN_START, train_days=TRAIN_DAYS)
-            for b in keyed_banks}
-    results: dict[str, Any] = {}
-
-    def take_part(bank: Bank) -> None:
-        agent = BankAgent(client=bank.client, identity=bank.identity, state=bank.state,
-                          training_rows=lambda window, b=bank: rows[b.bank_id], settings=SETTINGS)
-        results[bank.bank_id] = agent.run_once()
-
-    threads = [threading.Thread(target=take_part, args=(bank,)) for bank in keyed_banks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    outcomes = [o for found in results.values() for o in found]
-    assert outcomes and all(o.status == FAILED for o in outcomes), outcomes
-    assert all("baseline model 1 is signed by 0 pinned members" in o.message for o in outcomes)
-    assert fake.runs[run_id].proposals == {} and fake.runs[run_id].state == "failed"
-    assert all("baseline" in reason for reason in fake.runs[run_id].withdrawn.values())
-
-
 def _run_all(fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]) -> list[Any]:
     from bank_node.agent.training import training_rows
     from tests.bank_node.agent.conftest import TRAIN_DAYS, TRAIN_START
@@ -296,6 +260,27 @@ def _run_all(fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: d
     for thread in threads:
         thread.join(120)
     return [o for found in results.values() for o in found]
+
+
+def test_a_baseline_no_quorum_signed_is_not_compared_with(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]
+) -> None:
+    """The operator serves a "current model" that only it vouches for, as the run's baseline:
+    the banks refuse it before training, and say why (nothing is proposed)."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    rogue = json.dumps({"learner": {"trees": ["operator's"]}}).encode()
+    fake.model_files["1"] = rogue
+    fake.models[:] = [{"version": 1, "run_id": "run-0", "family": "xgboost",
+                       "digest": hashlib.sha256(rogue).hexdigest(), "proposals": []}]
+    window = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+    run_id = fake.open_run("xgboost", XGB_PARAMS, window=window)
+    fake.runs[run_id].baseline_version = 1
+    outcomes = _run_all(fake, keyed_banks, bank_transactions)
+    assert outcomes and all(o.status == FAILED for o in outcomes), outcomes
+    assert all("baseline model 1 is signed by 0 pinned members" in o.message for o in outcomes)
+    assert fake.runs[run_id].proposals == {} and fake.runs[run_id].state == "failed"
+    assert all("baseline" in reason for reason in fake.runs[run_id].withdrawn.values())
 
 
 @pytest.mark.parametrize("listed_family", ["logreg", "xgboost"])
