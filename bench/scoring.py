@@ -49,7 +49,7 @@ import crypto  # noqa: E402
 from bank_node.agent.ceremony import load_secret_scheme  # noqa: E402
 from bank_node.agent.state import StateDir  # noqa: E402
 from bank_node.agent.training import FEATURES_ATTRIBUTE  # noqa: E402
-from bank_node.features import MODEL_INPUTS, compute_features, model_matrix, timestamps_ns  # noqa: E402
+from bank_node.features import MODEL_INPUTS, FeatureConfig, compute_features, model_matrix, timestamps_ns  # noqa: E402
 from bank_node.federated.terminal_stats import (  # noqa: E402
     ConsortiumHistory,
     terminal_tags,
@@ -132,7 +132,7 @@ def recent_memory(root: Path) -> dict[str, float]:
     store = TransactionStore.in_state_dir(root)
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    recent = RecentTransactions(store, keep_days=37)
+    recent = RecentTransactions(store, keep_days=FeatureConfig().lookback_days)
     recent.load()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
