@@ -139,22 +139,12 @@ def load_model(body: bytes, *, version: str, family: str,
 
 
 def current_model_file(state: StateDir, family: str = "xgboost") -> tuple[str, Path, dict[str, Any]] | None:
-    """The model of ``family`` to score with: among the promoted models this node's agent verified
-    and kept, the one the consortium serves now (an operator may have rolled back to an earlier
-    one), else the newest; its version, file and run record; None when there is none yet."""
-    kept = [
-        {**record, "run_id": run_id} for run_id, record in state.runs().items()
-        if record.get("status") == "published" and record.get("model") == family and record.get("promoted")
-        and record.get("matches_proposal") and record.get("model_file")
-    ]
-    if not kept:
+    """The model of ``family`` to score with (:meth:`StateDir.served_model`): its version, file
+    and run record; None when there is none yet."""
+    record = state.served_model(family)
+    if record is None:
         return None
-    serving = str(state.current_models().get(family, {}).get("version", ""))
-    chosen = [r for r in kept if str(r["version"]) == serving]
-    if chosen:
-        return str(chosen[0]["version"]), Path(chosen[0]["model_file"]), chosen[0]
-    newest = max(kept, key=lambda r: int(str(r["version"])) if str(r["version"]).isdigit() else -1)
-    return str(newest["version"]), Path(newest["model_file"]), newest
+    return str(record["version"]), Path(record["model_file"]), record
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

@@ -108,6 +108,12 @@ def open_run(
     if len(chosen) < min_banks:
         message = f"{len(chosen)} participants, fewer than the quorum of {min_banks}"
         raise Unprocessable(message, {"participants": [message]})
+    baseline = _current_version(session, model)
+    if baseline is not None and window.validation_days == 0:
+        # The banks refuse such a run (their served model would be replaced unchecked); say it now.
+        message = (f"the {model} family serves model {baseline}: a run that may replace it needs validation days "
+                   "for the promotion gate")
+        raise Unprocessable(message, {"window": [message]})
     with write_lock():
         moment = now()
         run = Run(
@@ -119,7 +125,7 @@ def open_run(
             participants=chosen,
             key_id=material.key_id,
             window=window.to_json(),
-            baseline_version=_current_version(session, model),
+            baseline_version=baseline,
             promotion_tolerance=promotion_tolerance,
             deadline=moment + timedelta(seconds=run_timeout_s),
             withdrawn={},

@@ -237,6 +237,9 @@ class BankAgent:
 
     def run_once(self) -> list[RunOutcome]:
         """Take part in every open run this bank has not finished, then fetch published models."""
+        # The current models first: a run's baseline is the consortium's current model, which an
+        # operator may just have rolled back.
+        self.follow_current_models()
         outcomes = [self.take_part(run) for run in self.pending_runs()]
         self.sync_models()
         self.follow_current_models()
@@ -360,6 +363,7 @@ class BankAgent:
                 f"run {run.run_id} would promote a candidate up to {tolerance:g} AUC worse than the current "
                 f"model; this bank accepts at most {self.settings.max_promotion_tolerance:g}")
         window = None if run.window is None else load_window(run.window)
+        self._check_gate(run, window)
         # The baseline is checked before any round: a baseline this bank cannot use costs no training.
         baseline = None
         if run.baseline_version is not None and window is not None and window.validation_days > 0:
@@ -374,6 +378,34 @@ class BankAgent:
                                        transactions=self.transactions, history=self.terminal_history)
         return _Preparation(context=context, roster=roster, window=window, rows=rows, terminals=terminals,
                             baseline=baseline)
+
+    def _check_gate(self, run: RunInfo, window: RunWindow | None) -> None:
+        """Once this bank serves a model of the run's family, a candidate replaces it only through
+        the promotion gate: validation days, and a baseline no older than the model it serves. The
+        operator alone cannot skip the gate (no validation days, no baseline) nor stage it against
+        a weaker, older model.
+
+        Raises
+        ------
+        CannotTakePartError
+            The run would bypass the gate; the message says how.
+        """
+        serving = self.state.served_model(run.model)
+        if serving is None:
+            return  # the family's first model: nothing to replace, its metrics are its own
+        version = str(serving["version"])
+        if window is None or window.validation_days == 0:
+            raise CannotTakePartError(
+                f"run {run.run_id} has no validation days: its {run.model} model would replace model {version}, "
+                f"which this bank serves, without the promotion gate")
+        if run.baseline_version is None:
+            raise CannotTakePartError(
+                f"run {run.run_id} names no baseline: its {run.model} model would replace model {version}, "
+                f"which this bank serves, without being compared with it")
+        if version.isdigit() and run.baseline_version < int(version):
+            raise CannotTakePartError(
+                f"run {run.run_id} compares its candidate with model {run.baseline_version}, older than model "
+                f"{version}, which this bank serves")
 
     def _train_and_propose(self, run: RunInfo, preparation: _Preparation) -> RunOutcome:
         context, roster, window, rows = preparation.context, preparation.roster, preparation.window, preparation.rows
@@ -621,15 +653,15 @@ class BankAgent:
         log.info("run %s: published model %s saved to %s", run_id, info.version, path)
         return path
 
-    @staticmethod
-    def _promoted(record: dict[str, Any], info: ModelInfo) -> bool:
+    def _promoted(self, record: dict[str, Any], info: ModelInfo) -> bool:
         """Whether this bank counts a published model as promoted: by its own signed assessment
         when it made one (the aggregator's word is not enough to get a model served), else by
-        the consortium's status (a family's first, ungated model)."""
+        the consortium's status, and only as the family's first model (an ungated model never
+        replaces one this bank serves)."""
         own = record.get("assessment")
         if own:
             return bool(own.get("promote"))
-        return info.status == "promoted"
+        return info.status == "promoted" and self.state.served_model(info.model or str(record.get("model"))) is None
 
     def _model_problem(self, run_id: str, record: dict[str, Any], info: ModelInfo, body: bytes, digest: str) -> str:
         """Why a published model must not be used, or "" if it is this bank's own proposal and a

@@ -324,10 +324,85 @@ def test_an_operator_tolerance_that_would_promote_anything_is_refused(
     assert fake.runs[run_id].to_json()["rounds"] == [] and fake.runs[run_id].state == "failed"
 
 
-def test_a_model_the_banks_assessed_as_worse_is_not_counted_promoted_whatever_the_host_says() -> None:
+def test_a_model_the_banks_assessed_as_worse_is_not_counted_promoted_whatever_the_host_says(
+    keyed_banks: list[Bank],
+) -> None:
     from bank_node.agent.resources import ModelInfo
 
+    bank = keyed_banks[0]
+    agent = BankAgent(client=bank.client, identity=bank.identity, state=bank.state, training_rows=_no_rows,
+                      settings=SETTINGS)
     lied = ModelInfo(version="2", run_id="run-2", model="xgboost", digest="", status="promoted")
-    assert BankAgent._promoted({"assessment": {"promote": False}}, lied) is False
-    assert BankAgent._promoted({"assessment": {"promote": True}}, lied) is True
-    assert BankAgent._promoted({"assessment": None}, lied) is True  # a family's first, ungated model
+    assert agent._promoted({"assessment": {"promote": False}}, lied) is False
+    assert agent._promoted({"assessment": {"promote": True}}, lied) is True
+    assert agent._promoted({"assessment": None}, lied) is True  # a family's first, ungated model
+
+
+WINDOW = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+
+
+def _served(keyed_banks: list[Bank]) -> set[str | None]:
+    found = [b.state.served_model("xgboost") for b in keyed_banks]
+    return {None if record is None else str(record["version"]) for record in found}
+
+
+def _publish_served(fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]) -> str:
+    """One gated run that every bank completes, published, and served by every bank."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    run_id = fake.open_run("xgboost", XGB_PARAMS, window=WINDOW)
+    outcomes = _run_all(fake, keyed_banks, bank_transactions)
+    assert [o.status for o in outcomes] == ["proposed"] * 3, outcomes
+    _run_all(fake, keyed_banks, bank_transactions)  # every bank fetches the model once all proposed
+    version = str(fake.models[-1]["version"])
+    assert fake.models[-1]["run_id"] == run_id and _served(keyed_banks) == {version}
+    return version
+
+
+@pytest.mark.parametrize("skip", ["no validation days", "no baseline", "an older baseline"])
+def test_the_operator_alone_cannot_replace_the_served_model_without_the_gate(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any], skip: str
+) -> None:
+    """Once the banks serve a model, the operator opens a run that would replace it unchecked: with
+    no validation days (no assessment at all), with no baseline (the candidate judged alone), or
+    against an older, weaker model than the one served. Every bank refuses before any round and
+    says why; the served model stays."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    served = _publish_served(fake, keyed_banks, bank_transactions)
+    if skip == "an older baseline":
+        served = _publish_served(fake, keyed_banks, bank_transactions)
+        run_id = fake.open_run("xgboost", XGB_PARAMS, window=WINDOW, baseline_version=1)
+        expected = f"compares its candidate with model 1, older than model {served}, which this bank serves"
+    elif skip == "no baseline":
+        run_id = fake.open_run("xgboost", XGB_PARAMS, window=WINDOW, baseline_version=None)
+        expected = f"names no baseline: its xgboost model would replace model {served}"
+    else:
+        run_id = fake.open_run("xgboost", XGB_PARAMS, window={**WINDOW, "validation_days": 0})
+        expected = f"has no validation days: its xgboost model would replace model {served}"
+    outcomes = _run_all(fake, keyed_banks, bank_transactions)
+    assert outcomes and all(o.status == FAILED and expected in o.message for o in outcomes), outcomes
+    assert fake.runs[run_id].to_json()["rounds"] == [] and fake.runs[run_id].state == "failed"
+    assert set(fake.runs[run_id].withdrawn) == {b.bank_id for b in keyed_banks}
+    assert _served(keyed_banks) == {served}
+
+
+def test_of_two_ungated_runs_opened_at_once_the_second_does_not_replace_the_first(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, Any]
+) -> None:
+    """Before the family has a model, the operator opens two runs without validation days at once
+    (each is a "first" model when the banks look): the banks take part in both, but only the first
+    published is served; the second would replace it without a gate, whatever the host says."""
+    from tests.bank_node.agent.conftest import XGB_PARAMS
+
+    ungated = {**WINDOW, "validation_days": 0}
+    first, second = (fake.open_run("xgboost", XGB_PARAMS, window=ungated) for _ in range(2))
+    assert {o.status for o in _run_all(fake, keyed_banks, bank_transactions)} == {"proposed"}
+    _run_all(fake, keyed_banks, bank_transactions)
+    versions = {m["run_id"]: str(m["version"]) for m in fake.models}
+    assert set(versions) == {first, second}  # both published, and listed as promoted by the host
+    for bank in keyed_banks:
+        assert (bank.state.run_record(first) or {})["promoted"] is True
+        assert (bank.state.run_record(second) or {})["promoted"] is False
+    # The host's current model is the second; no bank serves it, having never counted it promoted.
+    assert _served(keyed_banks) == {versions[first]}

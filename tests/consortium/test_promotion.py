@@ -150,18 +150,34 @@ def test_one_bank_lying_in_its_assessment_cannot_flip_the_decision(
     assert model.get_json()["banks"] == ["bank-2", "bank-3", "bank-4"]
 
 
-def test_one_bank_cannot_decide_the_record_of_an_ungated_run(consortium: Consortium, he_key: crypto.HEScheme) -> None:
-    """Without validation days nothing is gated; one bank's assessment saying "worse" is not the
-    record of the published model and does not reject it."""
+UNGATED = {"as_of": "2018-06-12", "train_days": 7, "validation_days": 0, "label_delay_days": 0}
+
+
+def test_a_run_without_validation_days_is_refused_once_the_family_serves_a_model(
+    consortium: Consortium, he_key: crypto.HEScheme
+) -> None:
+    """The banks would refuse it (their served model replaced unchecked): the service says so at
+    the door, naming the field, and opens nothing."""
     _train(consortium, he_key, _model("first"), auc=0.8)
-    run = consortium.open_run(window={"as_of": "2018-06-12", "train_days": 7, "validation_days": 0,
-                                      "label_delay_days": 0})
+    response = consortium.client.post("/v1/runs", headers=bearer(consortium.operator),
+                                      json={"model": "xgboost", "params": {}, "window": UNGATED})
+    assert response.status_code == 422
+    body = response.get_json()
+    assert "serves model 1" in body["message"] and "validation days" in str(body["errors"]["window"])
+    runs = consortium.client.get("/v1/runs", headers=bearer(consortium.operator)).get_json()
+    assert [r["state"] for r in runs] == ["completed"]
+
+
+def test_one_bank_cannot_decide_the_record_of_an_ungated_run(consortium: Consortium, he_key: crypto.HEScheme) -> None:
+    """Without validation days nothing is gated (a family's first model); one bank's assessment
+    saying "worse" is not the record of the published model and does not reject it."""
+    run = consortium.open_run(window=UNGATED)
     run_id, body = run["run_id"], _model("second")
     for bank in consortium.banks.values():
         assert bank.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
     lone = Assessment(run_id=run_id, model_digest=hashlib.sha256(body).hexdigest(),
                       baseline_version=run["baseline_version"], tolerance=run["promotion_tolerance"],
-                      candidate=_metrics(0.5), baseline=_metrics(0.9)).to_bytes()
+                      candidate=_metrics(0.5), baseline=None).to_bytes()
     assert consortium.bank("bank-1").assess(run_id, lone).status_code == 201
     for bank in consortium.banks.values():
         bank.propose(run_id, body)

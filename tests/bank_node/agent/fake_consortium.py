@@ -12,6 +12,7 @@ failed on demand (``fail_round``). The real service has its own tests; this is a
 from __future__ import annotations
 
 import base64
+import json
 import hashlib
 import secrets
 import threading
@@ -37,6 +38,7 @@ from consortium.secure_sum import (
 )
 from crypto.scheme import CryptoError, PayloadError, read_header
 from crypto.roster import Roster, RosterError, roster_message
+from schemas.assessment import assessment_message
 from schemas.round_key import parse_round_key
 from crypto.signing import (
     SignatureError,
@@ -73,6 +75,7 @@ class FakeRun:
     window: dict[str, Any] | None = None
     baseline_version: int | None = None
     promotion_tolerance: float = 0.005
+    assessments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -135,11 +138,19 @@ class FakeConsortium:
         return token
 
     def open_run(self, model: str, params: dict[str, Any], *, participants: list[str] | None = None,
-                 min_banks: int = 3, window: dict[str, Any] | None = None) -> str:
+                 min_banks: int = 3, window: dict[str, Any] | None = None,
+                 baseline_version: int | None | str = "current") -> str:
+        """Open a run; its baseline is the family's newest model, as the real consortium's current
+        model, unless the test names one (or None)."""
         with self.lock:
             run_id = f"run-{len(self.runs) + 1}"
             members = participants or sorted(b for b, info in self.banks.items() if info["box_key"])
-            self.runs[run_id] = FakeRun(run_id, model, params, members, min_banks, window=window)
+            if baseline_version == "current":
+                family = [m["version"] for m in self.models if m["family"] == model]
+                baseline_version = family[-1] if family else None
+            assert baseline_version is None or isinstance(baseline_version, int)
+            self.runs[run_id] = FakeRun(run_id, model, params, members, min_banks, window=window,
+                                        baseline_version=baseline_version)
             return run_id
 
     def fail_next(self, method: str, path_prefix: str, status: int, *, times: int = 1,
@@ -418,6 +429,16 @@ class FakeConsortium:
                 if len(run.participants) - len(run.withdrawn) < run.min_banks:
                     run.state, run.failure_reason = "failed", "too few banks can take part"
                 return jsonify({"run_id": run_id, "state": run.state, "withdrawn": run.withdrawn})
+
+        @app.put("/v1/runs/<run_id>/assessments")
+        def post_assessment(run_id: str) -> Any:
+            with fake.lock:
+                run = run_of(run_id)
+                bank = participant(run)
+                data = request.get_data()
+                check_signature(bank, assessment_message(run_id, bank, data))
+                run.assessments[bank] = json.loads(data)
+            return jsonify({"run_id": run_id, "bank_id": bank}), 201
 
         @app.post("/v1/runs/<run_id>/proposals")
         def propose(run_id: str) -> Any:

@@ -24,8 +24,8 @@ PARAMS = {**XGB_PARAMS, "consortium_features": True, "terminal_threshold": 3}
 TERMINAL_COLUMNS = [f"TERMINAL_ID_{kind}_{w}DAY_WINDOW" for w in (1, 7, 30) for kind in ("NB_TX", "RISK")]
 
 
-def window(as_of: date) -> dict[str, object]:
-    return {"as_of": as_of.isoformat(), "train_days": 7, "validation_days": 0, "label_delay_days": 7}
+def window(as_of: date, validation_days: int = 1) -> dict[str, object]:
+    return {"as_of": as_of.isoformat(), "train_days": 7, "validation_days": validation_days, "label_delay_days": 7}
 
 
 def nightly_agents(keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame]) -> dict[str, BankAgent]:
