@@ -26,6 +26,7 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "ProofError",
+    "Tree",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -60,55 +61,107 @@ def _split(n: int) -> int:
 
 def root(leaves: Sequence[bytes]) -> bytes:
     """The tree hash of the leaf hashes ``leaves``."""
-    if not leaves:
-        return EMPTY_ROOT
-    level = list(leaves)
-    # Pairing left to right, with an odd node carried up, gives the RFC's left-heavy tree.
-    while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
+    return Tree(leaves).root()
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The audit path of leaf ``index`` in the tree of ``leaves`` (leaf hashes)."""
-    if not 0 <= index < len(leaves):
-        raise ValueError(f"leaf {index} is not in a tree of {len(leaves)}")
-    path: list[bytes] = []
-    lo, hi = 0, len(leaves)
-    while hi - lo > 1:
-        k = _split(hi - lo)
-        if index < lo + k:
-            path.append(root(leaves[lo + k : hi]))
-            hi = lo + k
-        else:
-            path.append(root(leaves[lo : lo + k]))
-            lo += k
-    return path[::-1]
+    return Tree(leaves).inclusion_proof(index)
 
 
 def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
     """The proof that the first ``old_size`` leaves form a prefix of the tree of ``leaves``."""
-    size = len(leaves)
-    if not 0 <= old_size <= size:
-        raise ValueError(f"a tree of {old_size} is not a prefix of a tree of {size}")
-    if old_size in (0, size):
-        return []
-    proof: list[bytes] = []
-    lo, hi, m, complete = 0, size, old_size, True
-    while m != hi - lo:
-        k = _split(hi - lo)
-        if m <= k:
-            proof.append(root(leaves[lo + k : hi]))
-            hi = lo + k
-        else:
-            proof.append(root(leaves[lo : lo + k]))
-            lo, m, complete = lo + k, m - k, False
-    if not complete:
-        proof.append(root(leaves[lo:hi]))
-    return proof[::-1]
+    return Tree(leaves).consistency_proof(old_size)
+
+
+class Tree:
+    """A growing log's tree that keeps every perfect subtree's hash, so that roots and proofs of
+    any of its sizes cost O(log² n) hashes instead of rehashing every leaf.
+
+    ``levels[k][i]`` is the hash of leaves ``[i * 2**k, (i + 1) * 2**k)``. Roots and proofs equal
+    :func:`root`, :func:`inclusion_proof` and :func:`consistency_proof` over the same leaves.
+    """
+
+    def __init__(self, leaves: Sequence[bytes] = ()) -> None:
+        self.levels: list[list[bytes]] = [[]]
+        for leaf in leaves:
+            self.append(leaf)
+
+    @property
+    def size(self) -> int:
+        """Leaves appended so far."""
+        return len(self.levels[0])
+
+    def append(self, leaf: bytes) -> None:
+        """Add the next leaf hash."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash has {HASH_SIZE} bytes, not {len(leaf)}")
+        self.levels[0].append(leaf)
+        k = 0
+        while len(self.levels[k]) % 2 == 0:  # a subtree of 2**(k+1) leaves just completed
+            if len(self.levels) == k + 1:
+                self.levels.append([])
+            self.levels[k + 1].append(node_hash(self.levels[k][-2], self.levels[k][-1]))
+            k += 1
+
+    def _hash(self, lo: int, hi: int) -> bytes:
+        """The tree hash of leaves ``[lo, hi)`` as the RFC splits them (``lo`` is a multiple of
+        the largest power of two not above ``hi - lo``, as every range the proofs ask for is)."""
+        n = hi - lo
+        if n & (n - 1) == 0:
+            k = n.bit_length() - 1
+            return self.levels[k][lo >> k]
+        k = _split(n)
+        return node_hash(self._hash(lo, lo + k), self._hash(lo + k, hi))
+
+    def _check_size(self, size: int | None) -> int:
+        size = self.size if size is None else size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"the tree holds {self.size} leaves, not {size}")
+        return size
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root of the tree's first ``size`` leaves (all by default)."""
+        size = self._check_size(size)
+        return EMPTY_ROOT if size == 0 else self._hash(0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """The audit path of leaf ``index`` in the tree of the first ``size`` leaves."""
+        size = self._check_size(size)
+        if not 0 <= index < size:
+            raise ValueError(f"leaf {index} is not in a tree of {size}")
+        path: list[bytes] = []
+        lo, hi = 0, size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._hash(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._hash(lo, lo + k))
+                lo += k
+        return path[::-1]
+
+    def consistency_proof(self, old_size: int, size: int | None = None) -> list[bytes]:
+        """The proof that the first ``old_size`` leaves are a prefix of the first ``size``."""
+        size = self._check_size(size)
+        if not 0 <= old_size <= size:
+            raise ValueError(f"a tree of {old_size} is not a prefix of a tree of {size}")
+        if old_size in (0, size):
+            return []
+        proof: list[bytes] = []
+        lo, hi, m, complete = 0, size, old_size, True
+        while m != hi - lo:
+            k = _split(hi - lo)
+            if m <= k:
+                proof.append(self._hash(lo + k, hi))
+                hi = lo + k
+            else:
+                proof.append(self._hash(lo, lo + k))
+                lo, m, complete = lo + k, m - k, False
+        if not complete:
+            proof.append(self._hash(lo, hi))
+        return proof[::-1]
 
 
 def _check_hashes(name: str, values: Sequence[bytes]) -> None:

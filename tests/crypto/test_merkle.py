@@ -14,9 +14,11 @@ import pytest
 from crypto.merkle import (
     EMPTY_ROOT,
     ProofError,
+    Tree,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
+    node_hash,
     root,
     verify_consistency,
     verify_inclusion,
@@ -164,3 +166,49 @@ def test_malformed_input_is_a_proof_error_not_a_crash() -> None:
         inclusion_proof(leaves, 5)
     with pytest.raises(ValueError):
         consistency_proof(leaves, 6)
+
+
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 9162 2.1.1, word for word: the oracle the incremental tree is checked against."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return node_hash(_mth(leaves[:k]), _mth(leaves[k:]))
+
+
+def _path(m: int, leaves: list[bytes]) -> list[bytes]:
+    if len(leaves) == 1:
+        return []
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    if m < k:
+        return [*_path(m, leaves[:k]), _mth(leaves[k:])]
+    return [*_path(m - k, leaves[k:]), _mth(leaves[:k])]
+
+
+def _subproof(m: int, leaves: list[bytes], complete: bool) -> list[bytes]:
+    if m == len(leaves):
+        return [] if complete else [_mth(leaves)]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    if m <= k:
+        return [*_subproof(m, leaves[:k], complete), _mth(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], False), _mth(leaves[:k])]
+
+
+def test_one_tree_grown_leaf_by_leaf_answers_every_earlier_size_as_the_rfc_defines() -> None:
+    """The ledger keeps one tree per process and appends to it: roots and proofs of any earlier
+    size must be those of the RFC's recursive definitions over that prefix."""
+    leaves = _tree(70)
+    tree = Tree()
+    for leaf in leaves:
+        tree.append(leaf)
+    assert tree.size == 70 and tree.root(0) == EMPTY_ROOT
+    for size in range(1, 71):
+        assert tree.root(size) == _mth(leaves[:size])
+        for index in range(size):
+            assert tree.inclusion_proof(index, size) == _path(index, leaves[:size])
+        for old in range(1, size):
+            assert tree.consistency_proof(old, size) == _subproof(old, leaves[:size], True)
+    with pytest.raises(ValueError, match="holds 70 leaves"):
+        tree.root(71)
+    with pytest.raises(ValueError, match="32 bytes"):
+        tree.append(b"short")
