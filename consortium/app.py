@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from consortium import errors
     from consortium.api import register_blueprints
     from consortium.extensions import init_resources
+    from consortium.ledger import init_ledger
     from consortium.storage.database import Database, db
 
     app = Flask("consortium", instance_relative_config=True)
@@ -79,6 +80,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.info("empty database: applying migrations")
         upgrade(Database.engine_for(app))
     init_resources(app)
+    init_ledger(app)
     if app.config["DEVELOPMENT_MODE"]:
         logger.warning("DEVELOPMENT MODE: the unencrypted 'plain' HE scheme is accepted; never run this in production")
 

@@ -49,8 +49,13 @@ def issue_token(session: Session, role: Role | str, bank_id: str | None = None) 
     role = Role(role)
     if (role is Role.BANK) != (bank_id is not None):
         raise ValueError("a bank token needs a bank id, and only a bank token may have one")
+    from consortium.ledger import record
+
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.add(Token(token_sha256=hash_token(token), role=role.value, bank_id=bank_id))
+    row = Token(token_sha256=hash_token(token), role=role.value, bank_id=bank_id)
+    session.add(row)
+    session.flush()
+    record(session, "token.issued", bank_id=bank_id, details={"token_id": row.id, "role": role.value})
     return token
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from consortium.auth import issue_token
 from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from consortium.extensions import blob_store, now, write_lock
+from consortium.ledger import record
 from consortium.roster import roster_by_digest
 from consortium.storage.models import ID_PATTERN, Bank, KeyMaterial, KeyShare, Role
 
@@ -52,6 +53,7 @@ def enrol_bank(session: Session, *, bank_id: str, name: str) -> tuple[Bank, str]
         session.add(bank)
         session.flush()
         token = issue_token(session, Role.BANK, bank_id)
+        record(session, "bank.enrolled", bank_id=bank_id, details={"name": name})
         try:
             session.commit()
         except IntegrityError:
@@ -89,6 +91,8 @@ def register_keys(session: Session, bank: Bank, *, signing_key: str, box_key: st
         bank.signing_key = signing_key
         bank.box_key = box_key
         bank.keys_registered_at = now()
+        record(session, "bank.keys_registered", bank_id=bank.bank_id,
+               details={"signing_key": signing_key, "box_key": box_key})
         session.commit()
     logger.info("bank keys registered", extra={"bank_id": bank.bank_id})
     return bank
@@ -180,6 +184,10 @@ def publish_context(
             roster_version=roster.version,
             roster_digest=relayed.digest,
         )
+        record(session, "key.published", bank_id=bank.bank_id,
+               details={"key_id": context.key_id, "scheme": context.name, "generation": material.id,
+                        "context_sha256": digest, "context_size": len(body), "roster_version": roster.version,
+                        "roster_digest": relayed.digest, "signature": signature or ""})
         _commit_with_blob(session, material, digest, "another HE context was published concurrently")
     logger.info("public context published", extra={"bank_id": bank.bank_id, "scheme": context.name,
                                                    "key_id": context.key_id, "generation": material.id})
@@ -243,6 +251,9 @@ def post_share(
             signature=signature or "",
             posted_at=now(),
         )
+        record(session, "key.share_posted", bank_id=recipient.bank_id,
+               details={"key_id": material.key_id, "posted_by": publisher.bank_id, "share_sha256": digest,
+                        "share_size": len(body)})
         _commit_with_blob(session, share, digest, f"the share for bank {recipient.bank_id!r} was posted already")
     logger.info("sealed share relayed", extra={"bank_id": recipient.bank_id, "size": len(body)})
     return share

@@ -68,6 +68,11 @@ class ConsortiumConfig:
     DEVELOPMENT_MODE
         Accept the ``plain`` (unencrypted) HE scheme; logged as a warning at start-up. Never in
         production: with ``plain`` the aggregator reads every sum.
+    LEDGER_KEY_FILE
+        The Ed25519 key that signs the contribution ledger's checkpoints (created on first start,
+        mode 0600); default ``ledger-signing.key`` beside the blob directory.
+    LEDGER_ORIGIN
+        The ledger's name in its signed checkpoints.
     CLOCK
         Callable returning the naive-UTC time; tests replace it (not settable from env).
     """
@@ -91,6 +96,8 @@ class ConsortiumConfig:
     KEEP_CONTRIBUTION_BLOBS: bool = False
     LOG_LEVEL: str = "INFO"
     DEVELOPMENT_MODE: bool = False
+    LEDGER_KEY_FILE: str = ""
+    LEDGER_ORIGIN: str = "fedfraud-consortium"
     CLOCK: Callable[[], datetime] = field(default=utcnow)
 
     def as_flask_config(self) -> dict[str, Any]:

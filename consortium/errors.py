@@ -24,6 +24,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Unauthorized",
+    "Unavailable",
     "Unprocessable",
     "UnsupportedMediaType",
     "error_response",
@@ -104,6 +105,12 @@ class Unprocessable(ConsortiumError):
     """422: well-formed but invalid (validation errors, a payload of another key)."""
 
     status = 422
+
+
+class Unavailable(ConsortiumError):
+    """503: the service cannot change state now (its ledger no longer holds)."""
+
+    status = 503
 
 
 def error_response(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from consortium.extensions import blob_store, now, write_lock
+from consortium.ledger import record
 from consortium.rounds import get_run
 from consortium.secure_sum import MIN_BANKS, RoundState
 from consortium.storage.models import (
@@ -153,6 +154,8 @@ def propose(session: Session, *, run_id: str, bank: Bank, body: bytes, signature
             session.add(proposal)
             session.flush()
             latest[bank.bank_id] = proposal
+            record(session, "proposal.received", bank_id=bank.bank_id, run_id=run_id,
+                   details={"model_sha256": digest, "model_size": len(body), "signature": signature or ""})
         else:
             assert previous is not None
             proposal = previous
@@ -244,6 +247,8 @@ def post_assessment(session: Session, *, run_id: str, bank: Bank, body: bytes, s
         row = Assessment(run_id=run_id, bank_id=bank.bank_id, document=body.decode(), signature=signature or "",
                          posted_at=now())
         session.add(row)
+        record(session, "assessment.posted", bank_id=bank.bank_id, run_id=run_id,
+               details={"document": json.loads(body), "signature": signature or ""})
         session.commit()
     logger.info("assessment posted", extra={"run_id": run_id, "bank_id": bank.bank_id, "promote": document.promote})
     return row
@@ -256,6 +261,8 @@ def current_model(session: Session, family: str) -> CurrentModel | None:
 
 def make_current(session: Session, model: PublishedModel, reason: str) -> CurrentModel:
     """Point ``model``'s family at it (promotion, or an operator's rollback); no commit."""
+    record(session, "model.current", run_id=model.run_id, model_version=model.version,
+           details={"family": model.family, "reason": reason})
     current = session.get(CurrentModel, model.family)
     if current is None:
         current = CurrentModel(family=model.family, version=model.version, since=now(), reason=reason)
@@ -301,6 +308,10 @@ def _publish(session: Session, run: Run, digest: str, size: int, banks: list[str
     )
     session.add(model)
     session.flush()
+    record(session, "model.published", run_id=run.run_id, model_version=model.version,
+           details={"family": run.model, "model_sha256": digest, "model_size": size, "status": model.status,
+                    "banks": list(banks), "baseline_version": run.baseline_version,
+                    "assessment": None if assessment is None else json.loads(assessment)})
     if promoted:
         make_current(session, model, f"promoted by run {run.run_id}")
         run.state = RunState.COMPLETED.value
@@ -313,6 +324,8 @@ def _publish(session: Session, run: Run, digest: str, size: int, banks: list[str
             "the current model stays"
         )
     run.finished_at = moment
+    record(session, f"run.{run.state}", run_id=run.run_id, model_version=model.version,
+           details={"reason": run.failure_reason or f"model {model.version} promoted"})
     session.flush()
     return model
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from consortium.errors import BadRequest, Conflict, Unprocessable
 from consortium.extensions import now, write_lock
+from consortium.ledger import record
 from consortium.storage.models import Bank, RosterDocument, RosterSignature
 from crypto.roster import Roster, RosterError, roster_message
 from crypto.signing import SignatureError, verify
@@ -76,6 +77,9 @@ def sign_roster(session: Session, bank: Bank, *, body: bytes, signature: str | N
         if existing is None:
             session.add(RosterSignature(roster_digest=stored.digest, bank_id=bank.bank_id, signature=signature or "",
                                         signed_at=now()))
+            record(session, "roster.signed", bank_id=bank.bank_id,
+                   details={"version": roster.version, "roster_digest": roster.digest, "signature": signature or "",
+                            "members": list(roster.bank_ids)})
         try:
             session.commit()
         except IntegrityError:

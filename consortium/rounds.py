@@ -28,6 +28,7 @@ from consortium.extensions import (
     round_changed,
     write_lock,
 )
+from consortium.ledger import record
 from consortium.secure_sum import (
     Decision,
     InvalidContributionError,
@@ -133,7 +134,7 @@ def _verify_contribution_signature(bank: Bank, run_id: str, round_key: str, payl
 
 def contribute(
     session: Session, *, run_id: str, round_key: str, bank_id: str, payload: bytes, signature: str | None
-) -> RoundRow:
+) -> tuple[RoundRow, int]:
     """Store one bank's signed ciphertext for a round, opening the round if it is the first.
 
     Parameters
@@ -149,8 +150,9 @@ def contribute(
 
     Returns
     -------
-    RoundRow
-        The round after the contribution (released if it completed the round).
+    RoundRow, int
+        The round after the contribution (released if it completed the round), and the index of
+        the ``contribution.accepted`` entry in the ledger (for the bank's receipt).
 
     Raises
     ------
@@ -179,14 +181,14 @@ def contribute(
             settle_round(session, existing)  # too late: the round closes before this is looked at
         for attempt in range(_ATTEMPTS):
             try:
-                current = _store_contribution(session, run, round_key, bank, payload, signature or "")
+                current, entry = _store_contribution(session, run, round_key, bank, payload, signature or "")
                 break
             except IntegrityError:
                 session.rollback()
                 if attempt == _ATTEMPTS - 1:
                     raise
         settle_round(session, current)
-    return current
+    return current, entry
 
 
 def expected_banks(run: Run, round_key: str) -> frozenset[str]:
@@ -206,7 +208,7 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 def _store_contribution(
     session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str
-) -> RoundRow:
+) -> tuple[RoundRow, int]:
     session.refresh(run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
@@ -263,6 +265,9 @@ def _store_contribution(
                 payload_kept=True,
             )
         )
+        entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
+                       details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
+                                "n_values": header.n_values, "key_id": material.key_id, "signature": signature})
         session.commit()
     except BaseException:
         session.rollback()
@@ -273,7 +278,7 @@ def _store_contribution(
         "contribution stored",
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
-    return current
+    return current, entry.seq
 
 
 def contributions_of(session: Session, round_id: int) -> list[Contribution]:
@@ -351,6 +356,10 @@ def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     current.n_addends = len(ordered)
     current.dropped = sorted(dropped)
     current.closed_at = now()
+    record(session, "round.released", run_id=current.run_id,
+           details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": len(total),
+                    "contributions": [{"bank_id": row.bank_id, "payload_sha256": row.payload_digest} for row in ordered],
+                    "dropped": sorted(dropped)})
     session.commit()
     round_changed()
     logger.info(
@@ -366,6 +375,8 @@ def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     # Banks the round expected and did not get; a bank left out or withdrawn did not drop out.
     current.dropped = sorted(expected_banks(run, current.round_key) - contributed)
     current.closed_at = now()
+    record(session, "round.failed", run_id=run.run_id,
+           details={"round_key": current.round_key, "reason": reason, "dropped": current.dropped})
     session.commit()
     round_changed()
     logger.warning(

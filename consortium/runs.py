@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from consortium.ceremony import key_material
 from consortium.errors import Conflict, Unprocessable
 from consortium.extensions import now, write_lock
+from consortium.ledger import record
 from consortium.roster import roster_by_digest
 from consortium.secure_sum import check_quorum
 from consortium.storage.models import Bank, CurrentModel, Run, RunState
@@ -133,6 +134,11 @@ def open_run(
             created_at=moment,
         )
         session.add(run)
+        record(session, "run.opened", run_id=run.run_id,
+               details={"model": model, "params": dict(params), "participants": chosen, "min_banks": min_banks,
+                        "key_id": material.key_id, "window": window.to_json(), "baseline_version": baseline,
+                        "promotion_tolerance": promotion_tolerance, "round_timeout_s": round_timeout_s,
+                        "deadline": run.deadline.isoformat() + "Z" if run.deadline else None})
         session.commit()
     logger.info("run opened", extra={"run_id": run.run_id, "model": model, "participants": chosen})
     return run
@@ -166,6 +172,7 @@ def end_run(session: Session, run: Run, state: RunState, reason: str) -> None:
     run.state = state.value
     run.failure_reason = reason
     run.finished_at = now()
+    record(session, f"run.{state.value}", run_id=run.run_id, details={"reason": reason})
     session.commit()
     logger.info("run ended", extra={"run_id": run.run_id, "state": state.value, "reason": reason[:200]})
     _settle_open_rounds(session, run)
@@ -217,6 +224,7 @@ def withdraw(session: Session, run: Run, bank_id: str, *, reason: str) -> Run:
             raise Conflict(f"bank {bank_id!r} withdrew from run {run.run_id!r} already")
         withdrawn[bank_id] = reason
         run.withdrawn = withdrawn
+        record(session, "run.withdrawal", bank_id=bank_id, run_id=run.run_id, details={"reason": reason})
         remaining = len(run.participants) - len(withdrawn)
         logger.info("bank withdrew from run", extra={"run_id": run.run_id, "bank_id": bank_id})
         if remaining < run.min_banks:

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from consortium.errors import ConsortiumError, Unprocessable
 from consortium.extensions import now, write_lock
+from consortium.ledger import record
 from consortium.runs import open_run
 from consortium.storage.database import db
 from consortium.storage.models import Run, RunState, Schedule
@@ -212,6 +213,7 @@ def set_schedule(session: Session, config: Any, model: str, changes: dict[str, A
         for name, value in changes.items():
             setattr(schedule, name, value)
         schedule.updated_at = now()
+        record(session, "schedule.changed", details={"model": model, "changes": changes})
         session.commit()
     logger.info("schedule changed", extra={"model": model, "fields": sorted(changes)})
     return schedule

@@ -104,6 +104,27 @@ class Tree:
             self.levels[k + 1].append(node_hash(self.levels[k][-2], self.levels[k][-1]))
             k += 1
 
+    def root_with(self, *leaves: bytes) -> bytes:
+        """The root the tree would have with ``leaves`` appended, leaving the tree as it is (the
+        ledger signs it before the transaction that appends the entries commits)."""
+        peaks: list[tuple[int, bytes]] = []
+        offset = 0
+        for k in range(len(self.levels) - 1, -1, -1):
+            if self.size >> k & 1:
+                peaks.append((1 << k, self.levels[k][offset >> k]))
+                offset += 1 << k
+        for leaf in leaves:
+            peaks.append((1, leaf))
+            while len(peaks) > 1 and peaks[-1][0] == peaks[-2][0]:
+                (n, left), (_, right) = peaks[-2], peaks[-1]
+                peaks[-2:] = [(2 * n, node_hash(left, right))]
+        if not peaks:
+            return EMPTY_ROOT
+        top = peaks[-1][1]
+        for _, left in reversed(peaks[:-1]):
+            top = node_hash(left, top)
+        return top
+
     def _hash(self, lo: int, hi: int) -> bytes:
         """The tree hash of leaves ``[lo, hi)`` as the RFC splits them (``lo`` is a multiple of
         the largest power of two not above ``hi - lo``, as every range the proofs ask for is)."""

@@ -12,7 +12,7 @@ from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
-from consortium import publishing, rounds, runs
+from consortium import ledger, publishing, rounds, runs
 from consortium.api.bodies import (
     BINARY,
     BINARY_REQUEST,
@@ -38,7 +38,7 @@ from consortium.api.schemas import (
 )
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
-from consortium.errors import Conflict, Forbidden, Unprocessable
+from consortium.errors import Conflict, ConsortiumError, Forbidden, Unprocessable
 from consortium.extensions import blob_store, now, round_generation, wait_for_round_change
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
@@ -46,6 +46,8 @@ from consortium.storage.database import db
 from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundRow, Run
 from schemas.round_key import training_progress
 from schemas.run import RunWindow
+
+RECEIPT_HEADER: Final = "X-Fedfraud-Receipt"
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
 
@@ -245,20 +247,29 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     run = rounds.get_run(db.session, run_id)
     bank_id = _participant(run)
     payload = read_binary()
-    current = rounds.contribute(
-        db.session,
-        run_id=run_id,
-        round_key=round_key,
-        bank_id=bank_id,
-        payload=payload,
-        signature=request.headers.get("X-Fedfraud-Signature"),
-    )
+    try:
+        current, entry = rounds.contribute(
+            db.session,
+            run_id=run_id,
+            round_key=round_key,
+            bank_id=bank_id,
+            payload=payload,
+            signature=request.headers.get("X-Fedfraud-Signature"),
+        )
+    except ConsortiumError as exc:
+        ledger.record_refusal(db.session, bank_id=bank_id, run_id=run_id, round_key=round_key, payload=payload,
+                              refusal=exc)
+        raise
+    receipt = ledger.receipt(db.session, entry)
     if query["wait"] > 0:
         current = _long_poll(run_id, round_key, lambda row: row.state != RoundState.OPEN.value, query["wait"])
         if current.state == RoundState.RELEASED.value:
-            return _sum_response(current, run)
+            response = _sum_response(current, run)
+            response.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
+            return response
     view = round_view(current, run)
     return {
+        "receipt": receipt,
         "run_id": run_id,
         "round_key": round_key,
         "bank_id": bank_id,

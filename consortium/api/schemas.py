@@ -264,6 +264,10 @@ class ContributionStoredSchema(Schema):
     state = fields.String(required=True, metadata={"description": "the round's state after this contribution"})
     contributed = fields.Integer(required=True)
     participants = fields.Integer(required=True)
+    receipt = fields.Dict(required=True, metadata={"description": (
+        "the ledger's receipt of this contribution: the entry, its index, an inclusion proof and the "
+        "signed checkpoint (docs/ledger.md); with ?wait and a 200 answer, in the X-Fedfraud-Receipt header "
+        "as base64 JSON")})
 
 
 class NotePostedSchema(Schema):

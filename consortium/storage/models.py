@@ -307,3 +307,32 @@ class CurrentModel(Base):
     version: Mapped[int] = mapped_column(ForeignKey("models.version"))
     since: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class LedgerHead(Base):
+    """The ledger's size, one row: appending an entry first increments it, which serializes the
+    writers of entries (a row lock on PostgreSQL, the write lock on SQLite)."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LedgerEntry(Base):
+    """One entry of the contribution ledger (``schemas/ledger.py``) and the signed checkpoint of
+    the log up to it. ``body`` is what was signed; the other columns copy it for filtering."""
+
+    __tablename__ = "ledger_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event: Mapped[str] = mapped_column(String(40), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    bank_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True, default=None)
+    run_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True, default=None)
+    model_version: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+    body: Mapped[str] = mapped_column(Text)
+    leaf_hash: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    root: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(String(128))

@@ -208,6 +208,10 @@ def test_one_tree_grown_leaf_by_leaf_answers_every_earlier_size_as_the_rfc_defin
             assert tree.inclusion_proof(index, size) == _path(index, leaves[:size])
         for old in range(1, size):
             assert tree.consistency_proof(old, size) == _subproof(old, leaves[:size], True)
+    for size in range(70):
+        before = Tree(leaves[:size])
+        assert before.root_with(leaves[size]) == _mth(leaves[: size + 1]) and before.size == size
+        assert before.root_with(*leaves[size : size + 3]) == _mth(leaves[: size + 3])
     with pytest.raises(ValueError, match="holds 70 leaves"):
         tree.root(71)
     with pytest.raises(ValueError, match="32 bytes"):

@@ -1,0 +1,342 @@
+"""The contribution ledger in the consortium's database: append, prove, check, export.
+
+Every state change calls :func:`record` before its ``session.commit()``: the entry and the change
+commit together or not at all. Appending increments the single ``ledger_head`` row first, which
+serializes the writers of entries (a row lock on PostgreSQL, the write lock on SQLite), so entries
+commit in index order. The entry is signed in the same transaction: the row stores the Ed25519
+checkpoint of the log up to and including it (``schemas/ledger.py``).
+
+Each process keeps the Merkle tree of the committed entries (:class:`crypto.merkle.Tree`) and
+brings it up to date from the database before it appends or proves. While doing so it checks every
+new row: its leaf hash, and the signed root stored with it. A row that does not hold marks the
+ledger broken at that entry: the process then refuses every state change (503) and signs nothing
+more, rather than extend, under its key, a history someone rewrote.
+
+The signing key is the consortium's own (``LEDGER_KEY_FILE``, created on first start, mode 0600);
+it signs checkpoints only. Banks pin its public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+from nacl.signing import SigningKey
+from sqlalchemy import Select, event, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, SessionTransaction
+
+from consortium.errors import ConsortiumError, Unavailable
+from consortium.extensions import now, write_lock
+from consortium.storage.models import LedgerEntry, LedgerHead
+from crypto.checkpoint import Checkpoint
+from crypto.merkle import EMPTY_ROOT, Tree, leaf_hash
+from crypto.signing import b64encode
+from schemas.ledger import LogVerifier, Verification, canonical_entry, parse_entry, receipt_document
+
+__all__ = [
+    "Ledger",
+    "checkpoint_of",
+    "export_csv",
+    "export_jsonl",
+    "init_ledger",
+    "ledger",
+    "receipt",
+    "receipt_header",
+    "record",
+    "record_refusal",
+    "verify_database",
+]
+
+logger = logging.getLogger("consortium.ledger")
+
+_EXTENSION = "fedfraud_ledger"
+_PENDING = "fedfraud_ledger_pending"
+KEY_FILE_NAME = "ledger-signing.key"
+
+
+def _load_or_create_key(path: Path) -> SigningKey:
+    """The key stored at ``path``, created there if absent. Two processes starting at once agree:
+    the file appears whole (written aside, then linked), and the loser reads the winner's."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".ledger-key-")
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, base64.b64encode(bytes(SigningKey.generate())) + b"\n")
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(temporary, path)
+                logger.info("ledger signing key created", extra={"path": str(path)})
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(temporary)
+    if path.stat().st_mode & 0o077:
+        raise RuntimeError(f"the ledger signing key {path} is readable by others: chmod 600 it")
+    return SigningKey(base64.b64decode(path.read_bytes().strip(), validate=True))
+
+
+@dataclass
+class Ledger:
+    """One process's view of the log: the signing key and the tree of committed entries."""
+
+    key: SigningKey
+    origin: str
+    tree: Tree = field(default_factory=Tree)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    broken: tuple[int, str] | None = None
+
+    @property
+    def public_key(self) -> str:
+        return b64encode(bytes(self.key.verify_key))
+
+    def sync(self, session: Session, below: int | None = None) -> Tree:
+        """Bring the tree up to the committed entries (those under ``below`` when given),
+        checking each new one; call with :attr:`lock` held."""
+        query = select(LedgerEntry.seq, LedgerEntry.body, LedgerEntry.leaf_hash, LedgerEntry.root) \
+            .where(LedgerEntry.seq >= self.tree.size).order_by(LedgerEntry.seq)
+        if below is not None:
+            query = query.where(LedgerEntry.seq < below)
+        for seq, body, stored_leaf, stored_root in session.execute(query):
+            if self.broken is not None:
+                break
+            leaf = leaf_hash(body.encode("utf-8"))
+            if seq != self.tree.size:
+                self._break(self.tree.size, f"entry {self.tree.size} is missing")
+            elif leaf.hex() != stored_leaf:
+                self._break(seq, f"entry {seq} is not the entry that was appended (its leaf hash differs)")
+            elif self.tree.root_with(leaf).hex() != stored_root:
+                self._break(seq, f"entry {seq}: the log up to it is not the one the consortium signed")
+            else:
+                self.tree.append(leaf)
+        return self.tree
+
+    def _break(self, seq: int, problem: str) -> None:
+        self.broken = (seq, problem)
+        logger.error("the ledger is broken: no state change is accepted until it is restored",
+                     extra={"entry": seq, "problem": problem})
+
+    def check_intact(self) -> None:
+        """Raise :class:`Unavailable` if this process found the log rewritten."""
+        if self.broken is not None:
+            raise Unavailable(f"the contribution ledger is broken at entry {self.broken[0]} ({self.broken[1]}): "
+                              "the consortium changes nothing until it is restored from a backup",
+                              ledger_broken_at=self.broken[0])
+
+    def sign(self, size: int, root: bytes, at: datetime) -> Checkpoint:
+        return Checkpoint(self.origin, size, root, _ms(at)).signed(self.key)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def init_ledger(app: Flask) -> None:
+    """Load (or create) the signing key and attach an empty view of the log to ``app``."""
+    path = Path(app.config.get("LEDGER_KEY_FILE") or Path(app.config["BLOB_DIR"]).parent / KEY_FILE_NAME)
+    app.extensions[_EXTENSION] = Ledger(key=_load_or_create_key(path), origin=app.config["LEDGER_ORIGIN"])
+
+
+def ledger(app: Flask | None = None) -> Ledger:
+    """The app's ledger view."""
+    return (app or current_app).extensions[_EXTENSION]  # type: ignore[no-any-return]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def record(session: Session, event_name: str, *, bank_id: str | None = None, run_id: str | None = None,
+           model_version: int | None = None, details: Mapping[str, Any] | None = None) -> LedgerEntry:
+    """Append an entry to the ledger in ``session``'s transaction (commit it with the state change
+    it records). The log's first entry, ``ledger.started``, is written before the first event.
+
+    Raises
+    ------
+    Unavailable
+        The ledger was found rewritten: no state change is accepted.
+    """
+    view = ledger()
+    view.check_intact()
+    seq = _next_seq(session)
+    pending: list[bytes] = session.info.setdefault(_PENDING, [])
+    at = now()
+    with view.lock:
+        if not pending:
+            view.sync(session, below=seq)
+            view.check_intact()
+            if view.tree.size != seq:  # only if the database lost committed entries under us
+                view._break(view.tree.size, f"entry {view.tree.size} is missing")
+                view.check_intact()
+        if seq == 0:
+            _append(session, view, pending, 0, "ledger.started", at,
+                    details={"origin": view.origin, "public_key": view.public_key})
+            seq = _next_seq(session)
+        return _append(session, view, pending, seq, event_name, at, bank_id=bank_id, run_id=run_id,
+                       model_version=model_version, details=details)
+
+
+def _next_seq(session: Session) -> int:
+    size = session.execute(update(LedgerHead).where(LedgerHead.id == 1).values(size=LedgerHead.size + 1)
+                           .returning(LedgerHead.size)).scalar_one()
+    return int(size) - 1
+
+
+def _append(session: Session, view: Ledger, pending: list[bytes], seq: int, event_name: str, at: datetime,
+            **fields: Any) -> LedgerEntry:
+    body = canonical_entry(seq, event_name, at, **fields)
+    leaf = leaf_hash(body)
+    root = view.tree.root_with(*pending, leaf)
+    checkpoint = view.sign(seq + 1, root, at)
+    row = LedgerEntry(seq=seq, event=event_name, at=at, bank_id=fields.get("bank_id"), run_id=fields.get("run_id"),
+                      model_version=fields.get("model_version"), body=body.decode("utf-8"), leaf_hash=leaf.hex(),
+                      root=root.hex(), timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature)
+    session.add(row)
+    pending.append(leaf)
+    return row
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def record_refusal(session: Session, *, bank_id: str, run_id: str, round_key: str, payload: bytes,
+                   refusal: ConsortiumError) -> None:
+    """Record in its own transaction that a bank's contribution was refused, and why (nothing
+    else changed: the refusal is the event). A ledger that cannot take it is logged, not raised:
+    the bank hears the refusal itself."""
+    session.rollback()
+    try:
+        with write_lock():
+            record(session, "contribution.refused", bank_id=bank_id, run_id=run_id,
+                   details={"round_key": round_key, "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                            "payload_size": len(payload), "status": refusal.status, "reason": str(refusal)[:500]})
+            session.commit()
+    except (ConsortiumError, SQLAlchemyError) as exc:
+        session.rollback()
+        logger.error("a refused contribution was not recorded in the ledger", extra={"problem": str(exc)[:200]})
+
+
+def receipt_header(receipt: Mapping[str, Any]) -> str:
+    """A receipt as one header value (base64 of its compact JSON)."""
+    return base64.b64encode(json.dumps(receipt, separators=(",", ":")).encode()).decode("ascii")
+
+
+def checkpoint_of(row: LedgerEntry, origin: str) -> Checkpoint:
+    """The signed checkpoint stored with an entry."""
+    return Checkpoint(origin, row.seq + 1, bytes.fromhex(row.root), row.timestamp_ms, row.signature)
+
+
+def latest_checkpoint(session: Session) -> Checkpoint:
+    """The newest signed checkpoint (of the empty log, signed now, before any entry)."""
+    view = ledger()
+    with view.lock:
+        view.sync(session)
+    view.check_intact()
+    row = session.get(LedgerEntry, view.tree.size - 1) if view.tree.size else None
+    if row is None:
+        return view.sign(0, EMPTY_ROOT, now())
+    return checkpoint_of(row, view.origin)
+
+
+def receipt(session: Session, seq: int) -> dict[str, Any]:
+    """A committed entry's receipt: the entry, an inclusion proof, the signed checkpoint stored
+    with it."""
+    view = ledger()
+    with view.lock:
+        view.sync(session, below=seq + 1)
+        proof = view.tree.inclusion_proof(seq, seq + 1)
+    view.check_intact()
+    row = session.get(LedgerEntry, seq)
+    assert row is not None, f"entry {seq} was committed"
+    return receipt_document(row.body.encode("utf-8"), seq, proof, checkpoint_of(row, view.origin))
+
+
+def proofs(session: Session) -> Tree:
+    """The process's tree, brought up to date (for inclusion and consistency proofs)."""
+    view = ledger()
+    with view.lock:
+        view.sync(session)
+    view.check_intact()
+    return view.tree
+
+
+def _rows(session: Session, query: Select[Any] | None = None) -> Iterator[LedgerEntry]:
+    query = query if query is not None else select(LedgerEntry).order_by(LedgerEntry.seq)
+    yield from session.execute(query.execution_options(yield_per=2000)).scalars()
+
+
+_COLUMNS = ("bank_id", "run_id", "model_version", "event")
+
+
+def verify_database(session: Session, public_key: str | None = None) -> Verification:
+    """Check the whole log as stored, from the first entry, with the log's public key (the
+    service's own by default): every entry canonical and in its place, its filter columns those of
+    the signed entry, and the signed root stored with it that of the log up to it."""
+    view = ledger()
+    verifier = LogVerifier(public_key or view.public_key, origin=view.origin)
+    for position, row in enumerate(_rows(session)):
+        verifier.add(position, row.body, checkpoint_of(row, view.origin))
+        if verifier.result.ok:
+            fields = parse_entry(row.body)
+            stale = [c for c in _COLUMNS if getattr(row, c) != fields[c]]
+            if stale or row.at != datetime.fromisoformat(fields["at"].removesuffix("Z")):
+                verifier.result.first_bad = position
+                verifier.result.problem = (f"entry {position}: the columns {', '.join(stale or ['at'])} differ "
+                                           "from the signed entry")
+                verifier.result.verified -= 1
+    return verifier.result
+
+
+# ------------------------------------------------------------------------------------ export
+
+def export_jsonl(session: Session, query: Select[Any] | None = None) -> Iterator[str]:
+    """The log as JSON Lines: a header (origin, public key), then per entry its body, its signed
+    checkpoint and the inclusion proof of the entry in that checkpoint's tree (each line is a
+    receipt). The whole log with ``query`` None: what ``fedfraud ledger verify`` checks."""
+    view = ledger()
+    yield json.dumps({"format": "fedfraud-ledger-v1", "origin": view.origin, "public_key": view.public_key}) + "\n"
+    tree = Tree()
+    for row in _rows(session, query):
+        if query is None:
+            tree.append(leaf_hash(row.body.encode("utf-8")))
+            proof = tree.inclusion_proof(row.seq, row.seq + 1) if tree.size == row.seq + 1 else []
+        else:
+            proof = []
+        document = receipt_document(row.body.encode("utf-8"), row.seq, proof, checkpoint_of(row, view.origin))
+        yield json.dumps(document, separators=(",", ":")) + "\n"
+
+
+def export_csv(session: Session, query: Select[Any] | None = None) -> Iterator[str]:
+    """The entries as CSV, one row each, with the signed checkpoint's root and signature."""
+    columns = ["index", "at", "event", "bank_id", "run_id", "model_version", "details", "entry_sha256_leaf",
+               "checkpoint_root", "checkpoint_timestamp_ms", "checkpoint_signature"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in _rows(session, query):
+        fields = parse_entry(row.body)
+        writer.writerow([row.seq, fields["at"], fields["event"], fields["bank_id"] or "", fields["run_id"] or "",
+                         "" if fields["model_version"] is None else fields["model_version"],
+                         json.dumps(fields["details"], sort_keys=True), row.leaf_hash, row.root, row.timestamp_ms,
+                         row.signature])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
