@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from consortium.errors import ConsortiumError, Unavailable
 from consortium.extensions import now, write_lock
 from consortium.storage.models import LedgerEntry, LedgerHead
-from crypto.checkpoint import Checkpoint
+from crypto.checkpoint import Checkpoint, CheckpointError
 from crypto.merkle import EMPTY_ROOT, Tree, leaf_hash
 from crypto.signing import b64encode
 from schemas.ledger import LogVerifier, Verification, canonical_entry, parse_entry, receipt_document
@@ -107,26 +107,49 @@ class Ledger:
 
     def sync(self, session: Session, below: int | None = None) -> Tree:
         """Bring the tree up to the committed entries (those under ``below`` when given),
-        checking each new one; call with :attr:`lock` held."""
-        query = select(LedgerEntry.seq, LedgerEntry.body, LedgerEntry.leaf_hash, LedgerEntry.root) \
+        checking each new one; call with :attr:`lock` held.
+
+        Each new row's leaf must hash its body and its stored root must be the root of the log up
+        to it; the newest row's signature is checked, which with the chain of roots proves every
+        body read is the one signed. A row that fails is looked for precisely (every signature
+        from the start) so that the first bad entry is named."""
+        query = select(LedgerEntry.seq, LedgerEntry.body, LedgerEntry.leaf_hash, LedgerEntry.root,
+                       LedgerEntry.timestamp_ms, LedgerEntry.signature) \
             .where(LedgerEntry.seq >= self.tree.size).order_by(LedgerEntry.seq)
         if below is not None:
             query = query.where(LedgerEntry.seq < below)
-        for seq, body, stored_leaf, stored_root in session.execute(query):
+        last = None
+        for seq, body, stored_leaf, stored_root, timestamp_ms, signature in session.execute(query):
             if self.broken is not None:
                 break
             leaf = leaf_hash(body.encode("utf-8"))
             if seq != self.tree.size:
-                self._break(self.tree.size, f"entry {self.tree.size} is missing")
+                self._break(session, self.tree.size, f"entry {self.tree.size} is missing")
             elif leaf.hex() != stored_leaf:
-                self._break(seq, f"entry {seq} is not the entry that was appended (its leaf hash differs)")
+                self._break(session, seq, f"entry {seq} is not the entry that was appended (its leaf hash differs)")
             elif self.tree.root_with(leaf).hex() != stored_root:
-                self._break(seq, f"entry {seq}: the log up to it is not the one the consortium signed")
+                self._break(session, seq, f"entry {seq}: the log up to it is not the one the consortium signed")
             else:
                 self.tree.append(leaf)
+                last = Checkpoint(self.origin, seq + 1, bytes.fromhex(stored_root), timestamp_ms, signature)
+        if self.broken is None and last is not None:
+            try:
+                last.verify(self.public_key)
+            except CheckpointError:
+                self._break(session, last.size - 1, f"entry {last.size - 1}: its checkpoint is not signed by the "
+                                                    "log's key")
         return self.tree
 
-    def _break(self, seq: int, problem: str) -> None:
+    def _break(self, session: Session, seq: int, problem: str) -> None:
+        """Mark the log broken, at the first entry that fails a full check up to ``seq``."""
+        verifier = LogVerifier(self.public_key, origin=self.origin)
+        for position, row in enumerate(_rows(session, select(LedgerEntry).where(LedgerEntry.seq <= seq)
+                                                      .order_by(LedgerEntry.seq))):
+            verifier.add(position, row.body, checkpoint_of(row, self.origin))
+            if not verifier.result.ok:
+                break
+        if verifier.result.first_bad is not None and verifier.result.problem is not None:
+            seq, problem = verifier.result.first_bad, verifier.result.problem
         self.broken = (seq, problem)
         logger.error("the ledger is broken: no state change is accepted until it is restored",
                      extra={"entry": seq, "problem": problem})
@@ -183,7 +206,7 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
             view.sync(session, below=seq)
             view.check_intact()
             if view.tree.size != seq:  # only if the database lost committed entries under us
-                view._break(view.tree.size, f"entry {view.tree.size} is missing")
+                view._break(session, view.tree.size, f"entry {view.tree.size} is missing")
                 view.check_intact()
         if seq == 0:
             _append(session, view, pending, 0, "ledger.started", at,

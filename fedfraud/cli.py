@@ -6,6 +6,7 @@ input problem reaches the user as one readable line (exit status 2), never a tra
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -213,6 +214,39 @@ def demo(out_dir: Path, banks: int, scheme: str, seed: int) -> None:
         from fedfraud.demo_scoring import score_through_the_api
 
         score_through_the_api(frame, result.models["xgboost"], config, out_dir)
+
+
+@main.group()
+def ledger() -> None:
+    """Check the consortium's contribution ledger offline."""
+
+
+@ledger.command("verify")
+@click.argument("export", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", "public_key", default=None, metavar="BASE64",
+              help="The consortium's ledger public key, as pinned (GET /v1/ledger/key); default: the export's own.")
+@click.option("--receipts", "receipts_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder of receipts (*.json) to prove still in the log, e.g. a bank agent's state/receipts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@readable_errors
+def ledger_verify(export: Path, public_key: str | None, receipts_dir: Path | None, as_json: bool) -> None:
+    """Check an exported ledger (JSON Lines) from its first entry; name the first bad entry.
+
+    Exit status 0 when every entry and receipt holds, 1 otherwise."""
+    from crypto.signing import b64decode_key
+    from fedfraud.ledger import check_export, load_receipts
+
+    if public_key is not None:
+        b64decode_key(public_key, what="--key")
+    receipts = load_receipts(receipts_dir) if receipts_dir is not None else []
+    outcome = check_export(export, public_key=public_key, receipts=receipts)
+    if as_json:
+        click.echo(json.dumps(outcome.to_json(), indent=2))
+    else:
+        for line in outcome.lines():
+            click.echo(line)
+    if not outcome.ok:
+        raise SystemExit(1)
 
 
 def _mount_subcommands() -> None:

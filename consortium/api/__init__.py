@@ -7,7 +7,7 @@ from flask_smorest import Api
 
 def register_blueprints(api: Api) -> None:
     """Register every resource's blueprint on ``api``."""
-    from consortium.api import banks, health, keys, models, roster, runs, schedules
+    from consortium.api import banks, health, keys, ledger, models, roster, runs, schedules
 
-    for module in (health, banks, roster, keys, runs, models, schedules):
+    for module in (health, banks, roster, keys, runs, models, schedules, ledger):
         api.register_blueprint(module.blp)

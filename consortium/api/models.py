@@ -11,13 +11,14 @@ from sqlalchemy import func, select
 
 from consortium import publishing
 from consortium.api.bodies import BINARY, binary_response, json_body
-from consortium.api.schemas import CurrentModelSchema, MakeCurrentSchema, ModelSchema
+from consortium.api.schemas import CurrentModelSchema, LineageSchema, MakeCurrentSchema, ModelSchema
 from consortium.auth import requires
 from consortium.extensions import blob_store
 from consortium.storage.database import db
 from consortium.rounds import get_run
 from consortium.secure_sum import RoundState
-from consortium.storage.models import CurrentModel, PublishedModel, Role, RoundRow
+from consortium.storage.models import CurrentModel, LedgerEntry, PublishedModel, Role, RoundRow
+from schemas.ledger import parse_entry
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Published global models")
 
@@ -98,3 +99,42 @@ def download_model(version: int) -> Response:
     response.set_etag(model.model_digest)
     response.headers["Content-Disposition"] = f'attachment; filename="fedfraud-model-v{model.version}-{model.family}.json"'
     return response
+
+
+@blp.route("/<int:version>/lineage", methods=["GET"])
+@requires(Role.COMPLIANCE, Role.OPERATOR)
+@blp.response(200, LineageSchema)
+def lineage(version: int) -> Any:
+    """Where a model comes from: its run (window, parameters, participants), every round with the
+    contributions it added (bank, payload digest and size, ledger entry), the proposals and
+    assessments, and the run's ledger entries."""
+    model = publishing.get_model(db.session, version)
+    run = get_run(db.session, model.run_id)
+    entries = list(db.session.execute(select(LedgerEntry).where(LedgerEntry.run_id == run.run_id)
+                                      .order_by(LedgerEntry.seq)).scalars())
+    accepted = {}
+    for row in entries:
+        if row.event == "contribution.accepted":
+            accepted[(parse_entry(row.body)["details"]["round_key"], row.bank_id)] = row.seq
+    rounds = []
+    for current in run.rounds:
+        rounds.append({
+            "round_key": current.round_key, "state": current.state, "n_addends": current.n_addends,
+            "aggregate_sha256": current.aggregate_digest, "dropped": list(current.dropped or []),
+            "contributions": [
+                {"bank_id": c.bank_id, "payload_sha256": c.payload_digest, "payload_size": c.payload_size,
+                 "received_at": c.received_at, "ledger_index": accepted.get((current.round_key, c.bank_id))}
+                for c in current.contributions
+            ],
+        })
+    return {
+        "version": model.version, "family": model.family, "model_sha256": model.model_digest,
+        "status": model.status, "banks": list(model.banks), "baseline_version": model.baseline_version,
+        "run": {"run_id": run.run_id, "state": run.state, "window": run.window, "params": run.params,
+                "participants": list(run.participants), "withdrawn": dict(run.withdrawn or {}),
+                "created_at": run.created_at, "finished_at": run.finished_at},
+        "rounds": rounds,
+        "proposals": [{"bank_id": p.bank_id, "model_sha256": p.model_digest, "signature": p.signature}
+                      for p in publishing.proposals_for(db.session, model)],
+        "ledger_entries": [row.seq for row in entries],
+    }

@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from schemas.errors import FedfraudInputError
+from schemas.ledger import EVENTS as LEDGER_EVENTS
 from schemas.run import MODEL_FAMILIES, RunWindowSchema, load_run_params
 from consortium.secure_sum import MIN_BANKS
 from consortium.storage.models import ID_PATTERN
@@ -322,3 +323,137 @@ class ModelSchema(Schema):
     current = fields.Boolean(metadata={"description": "whether its family serves it now"})
     assessment = fields.Dict(allow_none=True, metadata={"description": "pooled metrics against the baseline"})
     lineage = fields.Dict(metadata={"description": "run, window, rounds released, banks"})
+
+
+MAX_INDEX = 2**31 - 1  # ledger indexes and model versions (a database integer)
+
+
+class LedgerKeySchema(Schema):
+    origin = fields.String(required=True)
+    public_key = fields.String(required=True, metadata={"description": "base64 Ed25519 key that signs checkpoints"})
+
+
+class CheckpointSchema(Schema):
+    origin = fields.String(required=True)
+    size = fields.Integer(required=True)
+    root = fields.String(required=True, metadata={"description": "base64 Merkle root (RFC 9162)"})
+    timestamp_ms = fields.Integer(required=True)
+    signature = fields.String(required=True)
+
+
+class LedgerEntrySchema(Schema):
+    index = fields.Integer(required=True)
+    at = fields.String(required=True)
+    event = fields.String(required=True)
+    bank_id = fields.String(allow_none=True)
+    run_id = fields.String(allow_none=True)
+    model_version = fields.Integer(allow_none=True)
+    details = fields.Dict(required=True)
+    entry = fields.String(required=True, metadata={"description": "the signed entry's exact text"})
+    checkpoint = fields.Nested(CheckpointSchema, required=True,
+                               metadata={"description": "the signed checkpoint of the log up to this entry"})
+
+
+class LedgerPageSchema(Schema):
+    entries = fields.List(fields.Nested(LedgerEntrySchema), required=True)
+    next_after = fields.Integer(allow_none=True, metadata={"description": "pass as ?after= for the next page"})
+    total = fields.Integer(required=True, metadata={"description": "entries matching the filters"})
+
+
+class LedgerQuerySchema(StrictSchema):
+    bank_id = fields.String(validate=validate.Length(max=64))
+    event = fields.String(validate=validate.OneOf(sorted(LEDGER_EVENTS)))
+    run_id = fields.String(validate=validate.Length(max=64))
+    model_version = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX))
+    since = fields.DateTime(metadata={"description": "entries at or after (ISO 8601; naive means UTC)"})
+    until = fields.DateTime(metadata={"description": "entries before"})
+    after = fields.Integer(load_default=-1, validate=validate.Range(min=-1, max=MAX_INDEX),
+                           metadata={"description": "entries with a larger index (paging)"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class ExportQuerySchema(StrictSchema):
+    format = fields.String(load_default="jsonl", validate=validate.OneOf(("jsonl", "csv")))
+
+
+class InclusionQuerySchema(StrictSchema):
+    index = fields.Integer(required=True, validate=validate.Range(min=0, max=MAX_INDEX))
+    size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
+
+
+class ConsistencyQuerySchema(StrictSchema):
+    old = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INDEX))
+    new = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
+
+
+class ProofSchema(Schema):
+    proof = fields.List(fields.String(), required=True, metadata={"description": "base64 hashes"})
+    checkpoint = fields.Nested(CheckpointSchema, required=True,
+                               metadata={"description": "the signed checkpoint of the tree the proof leads to"})
+    index = fields.Integer()
+    entry = fields.String()
+    old = fields.Integer()
+
+
+class VerificationSchema(Schema):
+    ok = fields.Boolean(required=True)
+    size = fields.Integer(required=True)
+    verified = fields.Integer(required=True)
+    first_bad = fields.Integer(allow_none=True)
+    problem = fields.String(allow_none=True)
+    checkpoint = fields.Nested(CheckpointSchema, allow_none=True)
+
+
+class BankSummarySchema(Schema):
+    bank_id = fields.String(required=True)
+    name = fields.String(required=True)
+    runs_joined = fields.Integer(required=True)
+    contributions = fields.Integer(required=True)
+    bytes = fields.Integer(required=True)
+    refusals = fields.Integer(required=True)
+    withdrawals = fields.Integer(required=True)
+    proposals = fields.Integer(required=True)
+    last_seen = fields.String(allow_none=True)
+    privacy_budget_spent = fields.Float(allow_none=True,
+                                        metadata={"description": "null until runs use differential privacy"})
+
+
+class LineageContributionSchema(Schema):
+    bank_id = fields.String(required=True)
+    payload_sha256 = fields.String(required=True)
+    payload_size = fields.Integer(required=True)
+    received_at = _timestamp(required=True)
+    ledger_index = fields.Integer(allow_none=True)
+
+
+class LineageRoundSchema(Schema):
+    round_key = fields.String(required=True)
+    state = fields.String(required=True)
+    n_addends = fields.Integer(allow_none=True)
+    aggregate_sha256 = fields.String(allow_none=True)
+    dropped = fields.List(fields.String(), required=True)
+    contributions = fields.List(fields.Nested(LineageContributionSchema), required=True)
+
+
+class LineageRunSchema(Schema):
+    run_id = fields.String(required=True)
+    state = fields.String(required=True)
+    window = fields.Dict(allow_none=True)
+    params = fields.Dict(required=True)
+    participants = fields.List(fields.String(), required=True)
+    withdrawn = fields.Dict(required=True)
+    created_at = _timestamp(required=True)
+    finished_at = _timestamp(allow_none=True)
+
+
+class LineageSchema(Schema):
+    version = fields.Integer(required=True)
+    family = fields.String(required=True)
+    model_sha256 = fields.String(required=True)
+    status = fields.String(required=True)
+    banks = fields.List(fields.String(), required=True)
+    baseline_version = fields.Integer(allow_none=True)
+    run = fields.Nested(LineageRunSchema, required=True)
+    rounds = fields.List(fields.Nested(LineageRoundSchema), required=True)
+    proposals = fields.List(fields.Dict(), required=True)
+    ledger_entries = fields.List(fields.Integer(), required=True)

@@ -1,0 +1,330 @@
+"""The contribution ledger: every state change is an entry committed with it, each entry carries the
+signed checkpoint of the log up to it, and tampering with the stored log (by anyone who does not
+hold the signing key, or who re-signs with another) is detected and the first bad entry named: by
+the service's own check, by a process starting on the database, by ``fedfraud ledger verify``
+on an export, and from the banks' receipts."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from nacl.signing import SigningKey
+from sqlalchemy import text
+
+import crypto
+from consortium.app import create_app
+from consortium.storage.database import Database
+from crypto.checkpoint import Checkpoint
+from crypto.merkle import Tree, leaf_hash
+from fedfraud.cli import main
+from schemas.ledger import LedgerError, canonical_entry, verify_receipt
+from tests.consortium.conftest import Consortium, bearer
+
+
+def _run_to_publication(consortium: Consortium, he: crypto.HEScheme) -> tuple[str, list[dict[str, Any]]]:
+    """One run: a released round of three contributions, three proposals, a published model.
+    Returns the run id and the receipts the banks got."""
+    run_id = consortium.open_run()["run_id"]
+    receipts = []
+    for bank in consortium.banks.values():
+        response = bank.contribute(run_id, "r/n3", he.encrypt(np.arange(3.0)))
+        assert response.status_code == 201, response.get_json()
+        receipts.append(response.get_json()["receipt"])
+    body = json.dumps({"learner": {"trees": ["ledger"]}}).encode()
+    for bank in consortium.banks.values():
+        assert bank.propose(run_id, body).status_code in (200, 201)
+    assert consortium.run(run_id)["state"] == "completed"
+    return run_id, receipts
+
+
+def _entries(consortium: Consortium, token: str, **query: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = -1
+    while True:
+        page = consortium.client.get("/v1/ledger/entries", query_string={**query, "after": after, "limit": 7},
+                                     headers=bearer(token))
+        assert page.status_code == 200, page.get_json()
+        document = page.get_json()
+        found += document["entries"]
+        if document["next_after"] is None:
+            assert len(found) == document["total"]
+            return found
+        after = document["next_after"]
+
+
+def _public_key(consortium: Consortium) -> str:
+    return str(consortium.client.get("/v1/ledger/key", headers=bearer(consortium.operator)).get_json()["public_key"])
+
+
+def test_every_state_change_of_a_run_is_an_entry_and_the_banks_get_receipts(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    run_id, receipts = _run_to_publication(consortium, he_key)
+    entries = _entries(consortium, compliance_token)
+    events = [e["event"] for e in entries]
+    assert events[0] == "ledger.started" and [e["index"] for e in entries] == list(range(len(entries)))
+    for expected in ("bank.enrolled", "bank.keys_registered", "token.issued", "roster.signed", "key.published",
+                     "key.share_posted", "run.opened"):
+        assert expected in events
+    tail = events[events.index("run.opened"):]
+    assert tail == ["run.opened"] + ["contribution.accepted"] * 3 + ["round.released"] + ["proposal.received"] * 3 \
+        + ["model.published", "model.current", "run.completed"]
+    released = next(e for e in entries if e["event"] == "round.released")
+    accepted = [e for e in entries if e["event"] == "contribution.accepted"]
+    assert released["details"]["contributions"] == [
+        {"bank_id": e["bank_id"], "payload_sha256": e["details"]["payload_sha256"]} for e in accepted]
+    published = next(e for e in entries if e["event"] == "model.published")
+    assert published["run_id"] == run_id and published["model_version"] == 1
+    assert published["details"]["banks"] == ["bank-1", "bank-2", "bank-3"]
+
+    # Each bank's receipt proves its own entry under the pinned key, and nothing else.
+    key = _public_key(consortium)
+    for bank_id, receipt in zip(("bank-1", "bank-2", "bank-3"), receipts, strict=True):
+        fields, checkpoint = verify_receipt(receipt, key)
+        assert fields["bank_id"] == bank_id and fields["event"] == "contribution.accepted"
+        assert fields["details"]["round_key"] == "r/n3" and checkpoint.size == fields["index"] + 1
+        assert fields["details"]["signature"]  # the bank's own signature over the payload
+        forged = {**receipt, "entry": receipt["entry"].replace(bank_id, "bank-9")}
+        with pytest.raises(LedgerError):
+            verify_receipt(forged, key)
+        with pytest.raises(LedgerError, match="signature"):
+            verify_receipt(receipt, base64.b64encode(bytes(SigningKey.generate().verify_key)).decode())
+
+    # The service's own check, and the filters.
+    check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+    assert check["ok"] and check["verified"] == check["size"] == len(entries)
+    assert {e["bank_id"] for e in _entries(consortium, compliance_token, bank_id="bank-2")} == {"bank-2"}
+    assert len(_entries(consortium, compliance_token, event="contribution.accepted", run_id=run_id)) == 3
+    assert [e["event"] for e in _entries(consortium, compliance_token, model_version=1)] == [
+        "model.published", "model.current", "run.completed"]
+    at = entries[-1]["at"]
+    assert _entries(consortium, compliance_token, since=at) == [e for e in entries if e["at"] >= at]
+    assert _entries(consortium, compliance_token, until="2000-01-01T00:00:00Z") == []
+
+
+def test_who_reads_what(consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str) -> None:
+    _run_to_publication(consortium, he_key)
+    bank = consortium.bank("bank-1")
+    for path in ("/v1/ledger/entries", "/v1/ledger/export", "/v1/ledger/verification", "/v1/ledger/banks",
+                 "/v1/models/1/lineage"):
+        assert consortium.client.get(path, headers=bank.auth).status_code == 403, path
+        assert consortium.client.get(path).status_code == 401, path
+        assert consortium.client.get(path, headers=bearer(compliance_token)).status_code == 200, path
+    for path in ("/v1/ledger/key", "/v1/ledger/checkpoint", "/v1/ledger/proofs/consistency?old=1",
+                 "/v1/ledger/proofs/inclusion?index=0"):
+        assert consortium.client.get(path, headers=bank.auth).status_code == 200, path
+    # Compliance reads; it changes nothing.
+    refused = consortium.client.post("/v1/runs", json={"model": "xgboost", "params": {}},
+                                     headers=bearer(compliance_token))
+    assert refused.status_code == 403
+    bad = consortium.client.get("/v1/ledger/entries?event=run.exploded", headers=bearer(compliance_token))
+    assert bad.status_code == 422 and "event" in json.dumps(bad.get_json()["errors"])
+
+
+def test_proofs_let_a_bank_follow_the_log_from_one_checkpoint_to_the_next(
+    consortium: Consortium, he_key: crypto.HEScheme
+) -> None:
+    from crypto.checkpoint import check_growth
+
+    bank = consortium.bank("bank-1")
+    key = _public_key(consortium)
+    first = Checkpoint.from_json(consortium.client.get("/v1/ledger/checkpoint", headers=bank.auth).get_json())
+    first.verify(key)
+    _run_to_publication(consortium, he_key)
+    latest = Checkpoint.from_json(consortium.client.get("/v1/ledger/checkpoint", headers=bank.auth).get_json())
+    proof = consortium.client.get(f"/v1/ledger/proofs/consistency?old={first.size}", headers=bank.auth).get_json()
+    assert Checkpoint.from_json(proof["checkpoint"]) == latest and latest.size > first.size
+    check_growth(first, latest, [base64.b64decode(p) for p in proof["proof"]], key)
+    beyond = consortium.client.get(f"/v1/ledger/proofs/consistency?old={latest.size + 1}", headers=bank.auth)
+    assert beyond.status_code == 422
+
+
+def test_lineage_and_bank_summaries(consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str) -> None:
+    run_id, receipts = _run_to_publication(consortium, he_key)
+    lineage = consortium.client.get("/v1/models/1/lineage", headers=bearer(compliance_token)).get_json()
+    assert lineage["run"]["run_id"] == run_id and lineage["banks"] == ["bank-1", "bank-2", "bank-3"]
+    [round_] = lineage["rounds"]
+    assert round_["state"] == "released" and round_["n_addends"] == 3
+    indexes = sorted(c["ledger_index"] for c in round_["contributions"])
+    assert indexes == sorted(r["index"] for r in receipts)
+    summaries = {s["bank_id"]: s for s in
+                 consortium.client.get("/v1/ledger/banks", headers=bearer(compliance_token)).get_json()}
+    assert summaries["bank-1"]["runs_joined"] == 1 and summaries["bank-1"]["contributions"] == 1
+    assert summaries["bank-1"]["proposals"] == 1 and summaries["bank-1"]["refusals"] == 0
+    assert summaries["bank-1"]["bytes"] == round_["contributions"][0]["payload_size"]
+
+
+def test_a_refused_contribution_is_recorded_and_a_failed_state_change_leaves_no_entry(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    assert one.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    before = _entries(consortium, compliance_token)
+    assert one.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 409
+    [refused] = _entries(consortium, compliance_token)[len(before):]
+    assert refused["event"] == "contribution.refused" and refused["bank_id"] == "bank-1"
+    assert refused["details"]["status"] == 409 and "already contributed" in refused["details"]["reason"]
+    # An enrolment refused (the id is taken) changes nothing, so records nothing.
+    count = len(_entries(consortium, compliance_token))
+    taken = consortium.client.post("/v1/banks", json={"bank_id": "bank-1", "name": "again"},
+                                   headers=bearer(consortium.operator))
+    assert taken.status_code == 409 and len(_entries(consortium, compliance_token)) == count
+
+
+# ------------------------------------------------------------------------------------ tampering
+
+def _sql(app: Flask, statement: str, **params: Any) -> None:
+    engine = Database.engine_for(app)
+    with engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+def _row(app: Flask, seq: int) -> dict[str, Any]:
+    with Database.engine_for(app).connect() as connection:
+        return dict(connection.execute(text("SELECT * FROM ledger_entries WHERE seq = :s"), {"s": seq}).mappings().one())
+
+
+def _export(consortium: Consortium, token: str, path: Path) -> Path:
+    response = consortium.client.get("/v1/ledger/export", headers=bearer(token))
+    assert response.status_code == 200
+    path.write_bytes(response.data)
+    response.close()  # a streamed response keeps its request (and database session) until closed
+    return path
+
+
+def _verify_cli(export: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["ledger", "verify", str(export), *args])
+    return result.exit_code, result.output
+
+
+def _swap(app: Flask, a: int, b: int) -> None:
+    rows = {seq: _row(app, seq) for seq in (a, b)}
+    for seq, other in ((a, b), (b, a)):
+        _sql(app, "UPDATE ledger_entries SET body = :body, leaf_hash = :leaf, root = :root, signature = :sig, "
+                  "timestamp_ms = :ts WHERE seq = :seq", body=rows[other]["body"], leaf=rows[other]["leaf_hash"],
+             root=rows[other]["root"], sig=rows[other]["signature"], ts=rows[other]["timestamp_ms"], seq=seq)
+
+
+TAMPERING = ["changed", "changed and rehashed", "deleted", "inserted", "reordered"]
+
+
+@pytest.mark.parametrize("tampering", TAMPERING)
+def test_tampering_in_the_database_is_found_and_the_first_bad_entry_named(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, app: Flask,
+    app_config: dict[str, Any], tmp_path: Path, tampering: str,
+) -> None:
+    _, receipts = _run_to_publication(consortium, he_key)
+    key = _public_key(consortium)
+    target = receipts[1]["index"]  # bank-2's contribution
+    row = _row(app, target)
+    if tampering == "changed":
+        _sql(app, "UPDATE ledger_entries SET body = :b WHERE seq = :s",
+             b=row["body"].replace('"payload_size":', '"payload_size":1'), s=target)
+    elif tampering == "changed and rehashed":  # the DBA recomputes the hashes but cannot sign
+        body = row["body"].replace("bank-2", "bank-3")
+        tree = Tree([bytes.fromhex(_row(app, seq)["leaf_hash"]) for seq in range(target)])
+        leaf = leaf_hash(body.encode())
+        _sql(app, "UPDATE ledger_entries SET body = :b, bank_id = 'bank-3', leaf_hash = :l, root = :r WHERE seq = :s",
+             b=body, l=leaf.hex(), r=tree.root_with(leaf).hex(), s=target)
+    elif tampering == "deleted":
+        _sql(app, "DELETE FROM ledger_entries WHERE seq = :s", s=target)
+    elif tampering == "inserted":  # entries moved up by one, a forged entry in the gap, signed by another key
+        _sql(app, "UPDATE ledger_entries SET seq = seq + 100000 WHERE seq >= :s", s=target)
+        _sql(app, "UPDATE ledger_entries SET seq = seq - 99999 WHERE seq >= 100000")
+        body = canonical_entry(target, "run.failed", datetime(2025, 3, 1), run_id=row["run_id"],
+                               details={"reason": "forged"})
+        tree = Tree([bytes.fromhex(_row(app, seq)["leaf_hash"]) for seq in range(target)])
+        forged = Checkpoint("fedfraud-consortium", target + 1, tree.root_with(leaf_hash(body)), 0) \
+            .signed(SigningKey.generate())
+        _sql(app, "INSERT INTO ledger_entries (seq, event, at, run_id, body, leaf_hash, root, timestamp_ms, signature)"
+                  " VALUES (:s, 'run.failed', :at, :run, :b, :l, :r, 0, :sig)", s=target, at=datetime(2025, 3, 1),
+             run=row["run_id"], b=body.decode(), l=leaf_hash(body).hex(), r=forged.root.hex(), sig=forged.signature)
+    else:
+        _swap(app, target, target + 1)
+
+    # The service's own check names the entry ...
+    check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+    assert not check["ok"] and check["first_bad"] == target and check["verified"] == target, check
+    # ... so does the offline verifier on an export, pinned key or not ...
+    export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
+    for args in ((), ("--key", key)):
+        status, output = _verify_cli(export, *args)
+        assert status == 1 and f"BROKEN at entry {target}" in output and f"first bad entry: {target}" in output, output
+    # ... and a process starting on this database refuses to change anything, naming it.
+    restarted = create_app(app_config)
+    try:
+        response = restarted.test_client().post("/v1/banks", json={"bank_id": "bank-9", "name": "Nine"},
+                                                headers=bearer(consortium.operator))
+        assert response.status_code == 503 and f"broken at entry {target}" in response.get_json()["message"]
+        with restarted.app_context():
+            from consortium.storage.database import db
+            from consortium.storage.models import Bank
+
+            assert db.session.get(Bank, "bank-9") is None
+    finally:
+        Database.engine_for(restarted).dispose()
+
+
+def test_an_intact_log_verifies_offline_with_the_banks_receipts(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, tmp_path: Path
+) -> None:
+    _, receipts = _run_to_publication(consortium, he_key)
+    folder = tmp_path / "receipts"
+    folder.mkdir()
+    for receipt in receipts:
+        (folder / f"{receipt['index']}.json").write_text(json.dumps(receipt))
+    export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
+    status, output = _verify_cli(export, "--key", _public_key(consortium), "--receipts", str(folder))
+    assert status == 0 and "verified: all" in output and "receipts: 3 of 3 still proven" in output, output
+    status, output = _verify_cli(tmp_path / "missing.jsonl")
+    assert status != 0 and "cannot be read" in output and "Traceback" not in output
+    (tmp_path / "not.jsonl").write_text("hello\n")
+    status, output = _verify_cli(tmp_path / "not.jsonl")
+    assert status == 2 and "not a fedfraud ledger export" in output
+
+
+def test_a_whole_log_rewritten_and_re_signed_with_a_new_key_is_caught_by_the_receipts(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, app: Flask, tmp_path: Path
+) -> None:
+    """The operator holds the database and the key file: it rewrites bank-2's contribution, then
+    re-signs every checkpoint with a new key. The export is consistent under its own new key, so
+    only what the banks kept can tell: their receipts, signed under the key they pinned."""
+    _, receipts = _run_to_publication(consortium, he_key)
+    old_key = _public_key(consortium)
+    target = receipts[1]["index"]
+    new_key = SigningKey.generate()
+    with Database.engine_for(app).connect() as connection:
+        rows = [dict(r) for r in connection.execute(text("SELECT * FROM ledger_entries ORDER BY seq")).mappings()]
+    tree = Tree()
+    origin = "fedfraud-consortium"
+    for row in rows:
+        body = row["body"].replace("bank-2", "bank-3") if row["seq"] == target else row["body"]
+        tree.append(leaf_hash(body.encode()))
+        signed = Checkpoint(origin, row["seq"] + 1, tree.root(), row["timestamp_ms"]).signed(new_key)
+        _sql(app, "UPDATE ledger_entries SET body = :b, leaf_hash = :l, root = :r, signature = :sig WHERE seq = :s",
+             b=body, l=tree.levels[0][-1].hex(), r=tree.root().hex(), sig=signed.signature, s=row["seq"])
+    rewritten = tmp_path / "rewritten.jsonl"
+    lines = _export(consortium, compliance_token, rewritten).read_text().splitlines()
+    header = json.loads(lines[0])
+    header["public_key"] = base64.b64encode(bytes(new_key.verify_key)).decode()
+    rewritten.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+
+    status, output = _verify_cli(rewritten)  # consistent under its own key: nothing to see
+    assert status == 0, output
+    status, output = _verify_cli(rewritten, "--key", old_key)  # the pinned key: not this log
+    assert status == 1 and "first bad entry: 0" in output
+    folder = tmp_path / "receipts"
+    folder.mkdir()
+    for receipt in receipts:
+        (folder / f"{receipt['index']}.json").write_text(json.dumps(receipt))
+    status, output = _verify_cli(rewritten, "--receipts", str(folder))
+    assert status == 1 and "re-signed with another key" in output, output
