@@ -100,6 +100,7 @@ class Ledger:
     tree: Tree = field(default_factory=Tree)
     lock: threading.Lock = field(default_factory=threading.Lock)
     broken: tuple[int, str] | None = None
+    last_ms: int = 0
 
     @property
     def public_key(self) -> str:
@@ -131,6 +132,7 @@ class Ledger:
                 self._break(session, seq, f"entry {seq}: the log up to it is not the one the consortium signed")
             else:
                 self.tree.append(leaf)
+                self.last_ms = max(self.last_ms, timestamp_ms)
                 last = Checkpoint(self.origin, seq + 1, bytes.fromhex(stored_root), timestamp_ms, signature)
         if self.broken is None and last is not None:
             try:
@@ -161,8 +163,11 @@ class Ledger:
                               "the consortium changes nothing until it is restored from a backup",
                               ledger_broken_at=self.broken[0])
 
-    def sign(self, size: int, root: bytes, at: datetime) -> Checkpoint:
-        return Checkpoint(self.origin, size, root, _ms(at)).signed(self.key)
+    def sign(self, size: int, root: bytes, at: datetime, *, not_before_ms: int = 0) -> Checkpoint:
+        """A checkpoint signed now, dated ``at`` but never before the last one this process read
+        nor ``not_before_ms``: the banks refuse a checkpoint older than one they accepted, and the
+        clocks of two processes (the service and its scheduler) need not agree to the millisecond."""
+        return Checkpoint(self.origin, size, root, max(_ms(at), self.last_ms, not_before_ms)).signed(self.key)
 
 
 def _ms(at: datetime) -> int:
@@ -199,7 +204,7 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
     view = ledger()
     view.check_intact()
     seq = _next_seq(session)
-    pending: list[bytes] = session.info.setdefault(_PENDING, [])
+    pending: list[tuple[bytes, int]] = session.info.setdefault(_PENDING, [])
     at = now()
     with view.lock:
         if not pending:
@@ -222,17 +227,18 @@ def _next_seq(session: Session) -> int:
     return int(size) - 1
 
 
-def _append(session: Session, view: Ledger, pending: list[bytes], seq: int, event_name: str, at: datetime,
+def _append(session: Session, view: Ledger, pending: list[tuple[bytes, int]], seq: int, event_name: str,
+            at: datetime,
             **fields: Any) -> LedgerEntry:
     body = canonical_entry(seq, event_name, at, **fields)
     leaf = leaf_hash(body)
-    root = view.tree.root_with(*pending, leaf)
-    checkpoint = view.sign(seq + 1, root, at)
+    root = view.tree.root_with(*(p[0] for p in pending), leaf)
+    checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p[1] for p in pending), default=0))
     row = LedgerEntry(seq=seq, event=event_name, at=at, bank_id=fields.get("bank_id"), run_id=fields.get("run_id"),
                       model_version=fields.get("model_version"), body=body.decode("utf-8"), leaf_hash=leaf.hex(),
                       root=root.hex(), timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature)
     session.add(row)
-    pending.append(leaf)
+    pending.append((leaf, checkpoint.timestamp_ms))
     return row
 
 
@@ -272,8 +278,8 @@ def latest_checkpoint(session: Session) -> Checkpoint:
         view.sync(session)
     view.check_intact()
     row = session.get(LedgerEntry, view.tree.size - 1) if view.tree.size else None
-    if row is None:
-        return view.sign(0, EMPTY_ROOT, now())
+    if row is None:  # dated 0: the empty log proves nothing, and no later checkpoint may seem older
+        return Checkpoint(view.origin, 0, EMPTY_ROOT, 0).signed(view.key)
     return checkpoint_of(row, view.origin)
 
 

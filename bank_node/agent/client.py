@@ -11,6 +11,8 @@ and not in any log line or error message.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +29,7 @@ from bank_node.agent.errors import (
 from bank_node.agent.resources import (
     AggregateStatus,
     BankInfo,
+    Contributed,
     ModelInfo,
     RelayedRoster,
     RunInfo,
@@ -164,18 +167,39 @@ class ConsortiumClient:
         return _parse(f"GET /v1/runs/{run_id}", lambda: RunInfo.from_json(document))
 
     def put_contribution(self, run_id: str, round_key: str, payload: bytes, *, signature: str,
-                         wait_s: float = 0.0) -> AggregateStatus | None:
+                         wait_s: float = 0.0) -> Contributed:
         """``PUT /v1/runs/{run_id}/contributions/{round_key}``; 409 on a replay or closed round.
 
         With ``wait_s``, the consortium answers with the round's sum if it is released within
-        that time (returned), else as without (None)."""
+        that time (in the result), else as without. The result carries the ledger's receipt of
+        the contribution when the consortium gives one (not yet verified)."""
         path = f"/v1/runs/{_segment(run_id)}/contributions/{_round_path(round_key)}"
         response = self._request("PUT", path, data=payload, signature=signature,
                                  params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
         if response.status_code != 200:
-            return None
+            receipt = _json_body(response).get("receipt")
+            return Contributed(released=None, receipt=receipt if isinstance(receipt, dict) else None)
         named = response.headers.get("X-Fedfraud-Contributors", "")
-        return AggregateStatus(payload=response.content, contributors=frozenset(n for n in named.split(",") if n))
+        return Contributed(
+            released=AggregateStatus(payload=response.content, contributors=frozenset(n for n in named.split(",") if n)),
+            receipt=_header_receipt(response.headers.get(RECEIPT_HEADER)))
+
+    # ---------------------------------------------------------------------------- ledger
+
+    def ledger_key(self) -> dict[str, str]:
+        """``GET /v1/ledger/key``: the ledger's origin and public key; 404 before the ledger existed."""
+        document = self._json("GET", "/v1/ledger/key")
+        return _parse("GET /v1/ledger/key", lambda: {"origin": str(document["origin"]),
+                                                     "public_key": str(document["public_key"])})
+
+    def ledger_checkpoint(self) -> dict[str, Any]:
+        """``GET /v1/ledger/checkpoint``: the newest signed checkpoint (not yet verified)."""
+        return dict(self._json("GET", "/v1/ledger/checkpoint"))
+
+    def ledger_consistency(self, old: int, new: int) -> dict[str, Any]:
+        """``GET /v1/ledger/proofs/consistency``: the proof that the log of ``old`` entries is a
+        prefix of the log of ``new``, with the checkpoint of ``new``."""
+        return dict(self._json("GET", "/v1/ledger/proofs/consistency", params={"old": old, "new": new}))
 
     def get_aggregate(self, run_id: str, round_key: str, *, wait_s: float = 0.0) -> AggregateStatus:
         """``GET /v1/runs/{run_id}/aggregates/{round_key}``: the sum, or progress while open.
@@ -363,3 +387,17 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None  # an HTTP date: rare from our service; the backoff applies
+
+
+RECEIPT_HEADER = "X-Fedfraud-Receipt"
+
+
+def _header_receipt(value: str | None) -> dict[str, Any] | None:
+    """A receipt sent as a header (base64 JSON), or None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        document = json.loads(base64.b64decode(value, validate=True))
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None

@@ -72,6 +72,9 @@ class HttpChannel:
         polling). The sum arrives as soon as it is released, with one request instead of many.
     signing_keys
         Bank id to base64 Ed25519 key: notes are accepted only with a valid signature by it.
+    receipts
+        Called with (run id, round key, payload, receipt or None) after each stored
+        contribution: the agent checks and keeps the ledger's receipts.
     sleep, clock
         Injected for tests.
     """
@@ -89,8 +92,10 @@ class HttpChannel:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         signing_keys: Mapping[str, str] | None = None,
+        receipts: Callable[[str, str, bytes, dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.signing_keys = dict(signing_keys or {})
+        self.receipts = receipts
         self.client = client
         self.identity = identity
         self.run_id = run_id
@@ -121,9 +126,12 @@ class HttpChannel:
         signature = self.identity.sign_contribution(self.run_id, key, payload)
         try:
             # One request for the upload and the sum, when the last upload lands within the wait.
-            summed = self.client.put_contribution(self.run_id, key, payload, signature=signature,
+            result = self.client.put_contribution(self.run_id, key, payload, signature=signature,
                                                   wait_s=min(self.long_poll_s, self.timeout_s))
             self.stats.contributed += 1
+            if self.receipts is not None:
+                self.receipts(self.run_id, key, payload, result.receipt)
+            summed = result.released
             if summed is not None and summed.payload is not None:
                 _check_aggregate(summed.payload, key=key, n_values=n_values)
                 return Released(payload=summed.payload, contributors=summed.contributors)

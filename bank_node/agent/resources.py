@@ -107,6 +107,15 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class Contributed:
+    """What the consortium answered to a contribution: the round's sum if it was released within
+    the wait, and the ledger's receipt of the contribution (as sent, not yet verified)."""
+
+    released: AggregateStatus | None
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class AggregateStatus:
     """A round's sum if released (``payload``), else how far it got."""
 

@@ -39,6 +39,7 @@ from bank_node.agent.errors import (
     RoundFailedError,
 )
 from bank_node.agent.http_channel import HttpChannel
+from bank_node.agent.ledger_watch import LedgerWatch
 from bank_node.agent.identity import BankIdentity
 from bank_node.agent.membership import PinnedRoster, load_pinned
 from bank_node.agent.resources import ModelInfo, RunInfo
@@ -225,6 +226,7 @@ class BankAgent:
         self.transactions = transactions
         self.terminal_history = terminal_history
         self.settings = settings
+        self.ledger = LedgerWatch(client, state, identity.bank_id)
         self._sleep = sleep
         self._clock = clock
 
@@ -236,7 +238,15 @@ class BankAgent:
     # ---------------------------------------------------------------------------- loop
 
     def run_once(self) -> list[RunOutcome]:
-        """Take part in every open run this bank has not finished, then fetch published models."""
+        """Check that the consortium's ledger only grew, take part in every open run this bank
+        has not finished, then fetch published models.
+
+        Raises
+        ------
+        LedgerRewrittenError
+            The ledger was rewritten or forked: nothing more is done.
+        """
+        self.ledger.watch()
         # The current models first: a run's baseline is the consortium's current model, which an
         # operator may just have rolled back.
         self.follow_current_models()
@@ -417,6 +427,7 @@ class BankAgent:
             timeout_s=self._round_wait_s(run),
             poll_initial_s=self.settings.sum_poll_initial_s,
             poll_max_s=self.settings.sum_poll_max_s,
+            receipts=self.ledger.keep,
             sleep=self._sleep,
             clock=self._clock,
         )

@@ -27,6 +27,7 @@ from crypto.merkle import Tree, leaf_hash
 from fedfraud.cli import main
 from schemas.ledger import LedgerError, canonical_entry, verify_receipt
 from tests.consortium.conftest import Consortium, bearer
+from tests.ledger_rewrite import rewrite_ledger
 
 
 def _run_to_publication(consortium: Consortium, he: crypto.HEScheme) -> tuple[str, list[dict[str, Any]]]:
@@ -302,16 +303,7 @@ def test_a_whole_log_rewritten_and_re_signed_with_a_new_key_is_caught_by_the_rec
     old_key = _public_key(consortium)
     target = receipts[1]["index"]
     new_key = SigningKey.generate()
-    with Database.engine_for(app).connect() as connection:
-        rows = [dict(r) for r in connection.execute(text("SELECT * FROM ledger_entries ORDER BY seq")).mappings()]
-    tree = Tree()
-    origin = "fedfraud-consortium"
-    for row in rows:
-        body = row["body"].replace("bank-2", "bank-3") if row["seq"] == target else row["body"]
-        tree.append(leaf_hash(body.encode()))
-        signed = Checkpoint(origin, row["seq"] + 1, tree.root(), row["timestamp_ms"]).signed(new_key)
-        _sql(app, "UPDATE ledger_entries SET body = :b, leaf_hash = :l, root = :r, signature = :sig WHERE seq = :s",
-             b=body, l=tree.levels[0][-1].hex(), r=tree.root().hex(), sig=signed.signature, s=row["seq"])
+    rewrite_ledger(Database.engine_for(app), target, lambda body: body.replace("bank-2", "bank-3"), new_key)
     rewritten = tmp_path / "rewritten.jsonl"
     lines = _export(consortium, compliance_token, rewritten).read_text().splitlines()
     header = json.loads(lines[0])

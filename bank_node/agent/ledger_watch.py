@@ -1,0 +1,160 @@
+"""The bank's watch over the consortium's contribution ledger.
+
+At every poll the agent reads the ledger's newest signed checkpoint and accepts it only with a
+consistency proof from the last checkpoint it accepted (:func:`crypto.checkpoint.check_growth`): a
+log rewritten, forked, shrunk or re-signed with another key stops the agent, whoever did it. The
+ledger's public key is pinned the first time it is read (or given to the agent); a consortium that
+stops serving the ledger once a key is pinned is treated the same way.
+
+Every accepted contribution comes with a receipt: the agent checks that it proves this bank's own
+contribution (this run, this round, these bytes) in a checkpoint signed by the pinned key, and
+keeps it in ``receipts/`` of its state directory, for ``fedfraud ledger verify --receipts``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from typing import Any
+
+from bank_node.agent.client import ConsortiumClient
+from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError
+from bank_node.agent.state import StateDir
+from crypto.checkpoint import Checkpoint, CheckpointError, check_growth
+from schemas.ledger import LedgerError, verify_receipt
+
+__all__ = ["LedgerRewrittenError", "LedgerWatch"]
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "ledger.json"
+RECEIPTS = "receipts"
+
+
+class LedgerRewrittenError(CeremonyError):
+    """The consortium's ledger no longer extends what this bank saw: the agent stops."""
+
+
+class LedgerWatch:
+    """Pins the ledger's key, follows its checkpoints, checks and keeps receipts."""
+
+    def __init__(self, client: ConsortiumClient, state: StateDir, bank_id: str) -> None:
+        self.client = client
+        self.state = state
+        self.bank_id = bank_id
+
+    # ------------------------------------------------------------------------------ state
+
+    def _load(self) -> dict[str, Any]:
+        raw = self.state.read_secret(LEDGER_FILE)
+        return {} if raw is None else dict(json.loads(raw))
+
+    def _save(self, record: dict[str, Any]) -> None:
+        self.state.write_secret(LEDGER_FILE, json.dumps(record, indent=2, sort_keys=True).encode())
+
+    @property
+    def public_key(self) -> str | None:
+        """The pinned ledger key, if any."""
+        key = self._load().get("public_key")
+        return str(key) if key else None
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint this bank accepted."""
+        document = self._load().get("checkpoint")
+        return None if document is None else Checkpoint.from_json(document)
+
+    def pin(self, public_key: str, origin: str) -> None:
+        """Pin the ledger's key (given out of band, or read the first time)."""
+        record = self._load()
+        if record.get("public_key") not in (None, public_key):
+            raise LedgerRewrittenError(f"this bank pinned ledger key {record['public_key']}; refusing to "
+                                       f"replace it with {public_key}")
+        self._save({**record, "public_key": public_key, "origin": origin})
+
+    # ------------------------------------------------------------------------------ watch
+
+    def watch(self) -> Checkpoint | None:
+        """Accept the newest checkpoint if the log only grew since the last one; None if the
+        consortium keeps no ledger (and no key was pinned) or is unreachable now.
+
+        Raises
+        ------
+        LedgerRewrittenError
+            The log was rewritten, forked, shrunk or re-signed, or has gone: the agent stops.
+        """
+        key = self.public_key
+        try:
+            if key is None:
+                found = self.client.ledger_key()
+                self.pin(found["public_key"], found["origin"])
+                key = found["public_key"]
+                log.info("ledger key pinned: %s (origin %s)", key, found["origin"])
+            new = Checkpoint.from_json(self.client.ledger_checkpoint())
+            old = self.checkpoint()
+            proof: list[bytes] = []
+            if old is not None and 0 < old.size < new.size:
+                document = self.client.ledger_consistency(old.size, new.size)
+                signed = Checkpoint.from_json(document.get("checkpoint"))
+                if signed != new:
+                    raise CheckpointError(f"the consistency proof comes with another checkpoint of size {signed.size}")
+                proof = [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
+        except NotFoundError:
+            if key is None:
+                log.warning("the consortium keeps no contribution ledger: nothing to watch")
+                return None
+            raise LedgerRewrittenError("the consortium no longer serves its contribution ledger, whose key this "
+                                       "bank pinned: the agent stops") from None
+        except ConsortiumError as exc:
+            if exc.document.get("ledger_broken_at") is not None:  # the consortium found it rewritten itself
+                raise LedgerRewrittenError(f"{exc.message}: the agent stops") from None
+            if exc.retryable:
+                log.warning("the ledger's checkpoint not read now: %s", exc)
+                return None
+            raise
+        except (CheckpointError, ValueError, TypeError) as exc:
+            raise LedgerRewrittenError(f"the consortium's ledger answered what is not a valid checkpoint or proof: "
+                                       f"{exc}") from None
+        try:
+            if old is None:
+                new.verify(key)
+            else:
+                check_growth(old, new, proof, key)
+        except CheckpointError as exc:
+            raise LedgerRewrittenError(
+                f"the consortium's ledger does not extend the one this bank saw ({exc}); the agent stops until "
+                "the consortium's operators explain it (fedfraud ledger verify with this bank's receipts)") from None
+        self._save({**self._load(), "checkpoint": new.to_json()})
+        return new
+
+    # ------------------------------------------------------------------------------ receipts
+
+    def keep(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None) -> None:
+        """Check a contribution's receipt and keep it.
+
+        Raises
+        ------
+        LedgerRewrittenError
+            A receipt under another key, or one that does not prove this very contribution.
+        """
+        key = self.public_key
+        if key is None:
+            return  # a consortium without a ledger
+        if receipt is None:
+            raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the consortium stored this bank's "
+                                       "contribution without a ledger receipt")
+        try:
+            fields, _ = verify_receipt(receipt, key)
+        except LedgerError as exc:
+            raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt does not hold: {exc}") from None
+        details = fields.get("details") or {}
+        expected = {"event": "contribution.accepted", "bank_id": self.bank_id, "run_id": run_id}
+        if any(fields.get(name) != value for name, value in expected.items()) \
+                or details.get("round_key") != round_key \
+                or details.get("payload_sha256") != hashlib.sha256(payload).hexdigest():
+            raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt records another contribution "
+                                       f"(entry {fields.get('index')})")
+        folder = self.state.root / RECEIPTS
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / f"{fields['index']:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")

@@ -1,0 +1,188 @@
+"""A bank agent watching the consortium's ledger over real HTTP: the real aggregator app on a local
+port, and the operator's attacks on its database and key file between two polls."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from flask import Flask
+from nacl.signing import SigningKey
+from sqlalchemy import text
+
+from bank_node.agent.client import ConsortiumClient
+from bank_node.agent.ledger_watch import LedgerRewrittenError, LedgerWatch
+from bank_node.agent.state import StateDir
+from consortium.app import create_app
+from consortium.auth import issue_token
+from consortium.storage.database import Database, db
+from crypto.checkpoint import Checkpoint
+from crypto.merkle import Tree, leaf_hash
+from schemas.ledger import canonical_entry, receipt_document
+from tests.bank_node.agent.conftest import FAST_RETRY
+from tests.bank_node.agent.fake_consortium import serve
+from tests.ledger_rewrite import rewrite_ledger
+
+
+class Aggregator:
+    """The real consortium app on a local port; restartable on the same database and key file."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True)
+        self.config = {"DATABASE_URL": f"sqlite:///{root / 'consortium.db'}", "BLOB_DIR": str(root / "blobs"),
+                       "LEDGER_KEY_FILE": str(root / "ledger.key")}
+        self.app: Flask = create_app(self.config)
+        with self.app.app_context():
+            self.operator = issue_token(db.session, "operator")
+            db.session.commit()
+        self.url = ""
+
+    def restart(self) -> None:
+        """A new process on the same database and key file (its view of the log starts empty)."""
+        Database.engine_for(self.app).dispose()
+        self.app = create_app(self.config)
+
+    def enrol(self, bank_id: str) -> str:
+        response = self.app.test_client().post("/v1/banks", json={"bank_id": bank_id, "name": bank_id},
+                                               headers={"Authorization": f"Bearer {self.operator}"})
+        assert response.status_code == 201, response.get_json()
+        return str(response.get_json()["token"])
+
+    @property
+    def engine(self) -> Any:
+        return Database.engine_for(self.app)
+
+
+@pytest.fixture
+def aggregator(tmp_path: Path) -> Iterator[Aggregator]:
+    served = Aggregator(tmp_path / "consortium")
+    holder = SimpleNamespace(app=None)
+
+    def dispatch(environ: Any, start_response: Any) -> Any:  # follows restarts
+        return served.app(environ, start_response)
+
+    holder.app = dispatch
+    with serve(holder) as url:  # type: ignore[arg-type]
+        served.url = url
+        yield served
+    Database.engine_for(served.app).dispose()
+
+
+@pytest.fixture
+def watch(aggregator: Aggregator, tmp_path: Path) -> LedgerWatch:
+    token = aggregator.enrol("bank-1")
+    state = StateDir(tmp_path / "bank-1")
+    state.ensure()
+    return LedgerWatch(ConsortiumClient(base_url=aggregator.url, token=token, retry=FAST_RETRY), state, "bank-1")
+
+
+def test_the_watch_pins_the_key_and_follows_a_growing_log(aggregator: Aggregator, watch: LedgerWatch) -> None:
+    first = watch.watch()
+    assert first is not None and first.size >= 3  # started, bank-1 enrolled, its token
+    key = aggregator.app.test_client().get("/v1/ledger/key",
+                                           headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
+    assert watch.public_key == key["public_key"]
+    aggregator.enrol("bank-2")
+    aggregator.restart()  # another process serves the next poll: the log is the same
+    second = watch.watch()
+    assert second is not None and second.size == first.size + 2 and watch.checkpoint() == second
+
+
+ATTACKS: dict[str, Callable[[Aggregator, int], None]] = {
+    "an entry rewritten and the log re-signed with the same key":
+        lambda agg, n: rewrite_ledger(agg.engine, _enrolment(agg), lambda b: b.replace("bank-1", "bank-0"),
+                                      SigningKey(base64.b64decode(Path(agg.config["LEDGER_KEY_FILE"]).read_bytes()))),
+    "the log re-signed with a new key":
+        lambda agg, n: (rewrite_ledger(agg.engine, 1, lambda b: b, new := SigningKey.generate()),
+                        Path(agg.config["LEDGER_KEY_FILE"]).write_bytes(base64.b64encode(bytes(new)))),
+    "the newest entries deleted":
+        lambda agg, n: _sql(agg, "DELETE FROM ledger_entries WHERE seq >= :n; UPDATE ledger_head SET size = :n",
+                            n=n - 1),
+    "an entry changed without the key":
+        lambda agg, n: _sql(agg, "UPDATE ledger_entries SET body = replace(body, 'bank-1', 'bank-0') WHERE seq = :s",
+                            s=_enrolment(agg)),
+}
+
+
+def _enrolment(aggregator: Aggregator) -> int:
+    """The entry of bank-1's enrolment."""
+    with aggregator.engine.connect() as connection:
+        return int(connection.execute(text("SELECT seq FROM ledger_entries WHERE event = 'bank.enrolled' "
+                                           "AND bank_id = 'bank-1'")).scalar_one())
+
+
+def _sql(aggregator: Aggregator, statements: str, **params: Any) -> None:
+    with aggregator.engine.begin() as connection:
+        for statement in statements.split(";"):
+            connection.execute(text(statement), {k: v for k, v in params.items() if f":{k}" in statement})
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_an_operator_rewriting_the_log_between_two_polls_stops_the_agent(
+    aggregator: Aggregator, watch: LedgerWatch, attack: str
+) -> None:
+    seen = watch.watch()
+    assert seen is not None
+    enrolment = _enrolment(aggregator)
+    aggregator.enrol("bank-2")  # the log grows as usual ...
+    ATTACKS[attack](aggregator, seen.size)  # ... and is rewritten behind the service
+    aggregator.restart()
+    with pytest.raises(LedgerRewrittenError) as raised:
+        watch.watch()
+    expected = {
+        "an entry rewritten and the log re-signed with the same key": "rewritten or forked",
+        "the log re-signed with a new key": "signature",
+        "the newest entries deleted": "shrank",
+        "an entry changed without the key": f"broken at entry {enrolment}",
+    }[attack]
+    assert expected in str(raised.value), str(raised.value)
+    assert watch.checkpoint() == seen  # what the bank accepted stays its evidence
+
+
+# ------------------------------------------------------------------------------------ receipts
+
+def _signed_log(key: SigningKey, bodies: list[bytes]) -> tuple[Tree, list[Checkpoint]]:
+    tree, checkpoints = Tree(), []
+    for body in bodies:
+        tree.append(leaf_hash(body))
+        checkpoints.append(Checkpoint("fedfraud-consortium", tree.size, tree.root(), tree.size).signed(key))
+    return tree, checkpoints
+
+
+def test_receipts_are_kept_only_when_they_prove_this_banks_own_contribution(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    key = SigningKey.generate()
+    state = StateDir(tmp_path / "bank-1")
+    state.ensure()
+    watch = LedgerWatch(ConsortiumClient(base_url="http://127.0.0.1:9", token="token"), state, "bank-1")
+    watch.pin(base64.b64encode(bytes(key.verify_key)).decode(), "fedfraud-consortium")
+    payload = b"ciphertext"
+    mine = canonical_entry(1, "contribution.accepted", datetime(2026, 12, 2), bank_id="bank-1", run_id="run-1",
+                           details={"round_key": "r/n3", "payload_sha256": hashlib.sha256(payload).hexdigest()})
+    bodies = [canonical_entry(0, "ledger.started", datetime(2026, 12, 2)), mine]
+    tree, checkpoints = _signed_log(key, bodies)
+    receipt = receipt_document(mine, 1, tree.inclusion_proof(1, 2), checkpoints[1])
+    watch.keep("run-1", "r/n3", payload, receipt)
+    kept = json.loads((state.root / "receipts" / "000000000001.json").read_text())
+    assert kept == receipt
+
+    for run_id, round_key, data, why in (("run-2", "r/n3", payload, "another contribution"),
+                                         ("run-1", "r/n4", payload, "another contribution"),
+                                         ("run-1", "r/n3", b"other bytes", "another contribution")):
+        with pytest.raises(LedgerRewrittenError, match=why):
+            watch.keep(run_id, round_key, data, receipt)
+    with pytest.raises(LedgerRewrittenError, match="without a ledger receipt"):
+        watch.keep("run-1", "r/n3", payload, None)
+    other = SigningKey.generate()
+    _, foreign = _signed_log(other, bodies)
+    with pytest.raises(LedgerRewrittenError, match="does not hold"):
+        watch.keep("run-1", "r/n3", payload, {**receipt, "checkpoint": foreign[1].to_json()})
+    with pytest.raises(LedgerRewrittenError, match="refusing to replace"):
+        watch.pin(base64.b64encode(bytes(other.verify_key)).decode(), "fedfraud-consortium")
