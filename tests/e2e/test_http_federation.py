@@ -127,6 +127,26 @@ def test_http_training_publishes_the_simulators_models(
     assert abs(published.intercept - expected.intercept) < 1e-6
     for run_id in (xgb_run, lr_run):
         assert consortium.run(run_id)["state"] == "completed"
+    check_the_ledger_with_the_banks_receipts(consortium)
+
+
+def check_the_ledger_with_the_banks_receipts(consortium: LocalConsortium) -> None:
+    """Every bank kept a receipt per contribution; the exported ledger, checked offline under the
+    key each bank pinned, still proves all of them."""
+    export = consortium.root / "ledger.jsonl"
+    response = consortium.api("GET", "/v1/ledger/export")
+    assert response.status_code == 200
+    export.write_bytes(response.content)
+    entries = [json.loads(line) for line in export.read_text().splitlines()[1:]]
+    for bank in BANKS:
+        state = consortium.state_dir(bank)
+        pinned = json.loads((state / "ledger.json").read_text())["public_key"]
+        receipts = sorted((state / "receipts").glob("*.json"))
+        mine = [e for e in entries if json.loads(e["entry"])["event"] == "contribution.accepted"
+                and json.loads(e["entry"])["bank_id"] == bank]
+        assert len(receipts) == len(mine) > 0
+        output = consortium.cli("ledger", "verify", str(export), "--key", pinned, "--receipts", str(state / "receipts"))
+        assert "verified: all" in output and f"receipts: {len(mine)} of {len(mine)} still proven" in output, output
 
 
 def test_aggregator_killed_mid_run_recovers_with_the_same_model(
