@@ -61,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from consortium.api import register_blueprints
     from consortium.extensions import init_resources
     from consortium.ledger import init_ledger
+    from consortium.web import init_web
     from consortium.storage.database import Database, db
 
     app = Flask("consortium", instance_relative_config=True)
@@ -81,6 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         upgrade(Database.engine_for(app))
     init_resources(app)
     init_ledger(app)
+    init_web(app)
     if app.config["DEVELOPMENT_MODE"]:
         logger.warning("DEVELOPMENT MODE: the unencrypted 'plain' HE scheme is accepted; never run this in production")
 

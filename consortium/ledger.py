@@ -205,7 +205,8 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
     view.check_intact()
     seq = _next_seq(session)
     pending: list[tuple[bytes, int]] = session.info.setdefault(_PENDING, [])
-    at = now()
+    moment = now()
+    at = moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # the entry states milliseconds
     with view.lock:
         if not pending:
             view.sync(session, below=seq)

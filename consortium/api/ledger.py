@@ -203,6 +203,11 @@ def export(query: dict[str, Any]) -> Response:
 def bank_summaries() -> Any:
     """Per bank: runs joined, contributions and their bytes, refusals, withdrawals, proposals,
     last seen in the ledger."""
+    return summaries_view()
+
+
+def summaries_view() -> list[dict[str, Any]]:
+    """Per-bank summaries (the API's and the compliance pages')."""
     session = db.session
     contributed = {bank_id: (runs, count, size) for bank_id, runs, count, size in session.execute(
         select(Contribution.bank_id, func.count(func.distinct(Contribution.run_id)), func.count(),

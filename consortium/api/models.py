@@ -107,7 +107,12 @@ def download_model(version: int) -> Response:
 def lineage(version: int) -> Any:
     """Where a model comes from: its run (window, parameters, participants), every round with the
     contributions it added (bank, payload digest and size, ledger entry), the proposals and
-    assessments, and the run's ledger entries."""
+    the run's ledger entries."""
+    return lineage_view(version)
+
+
+def lineage_view(version: int) -> dict[str, Any]:
+    """A model's lineage (the API's and the compliance pages')."""
     model = publishing.get_model(db.session, version)
     run = get_run(db.session, model.run_id)
     entries = list(db.session.execute(select(LedgerEntry).where(LedgerEntry.run_id == run.run_id)

@@ -320,3 +320,17 @@ def test_a_whole_log_rewritten_and_re_signed_with_a_new_key_is_caught_by_the_rec
         (folder / f"{receipt['index']}.json").write_text(json.dumps(receipt))
     status, output = _verify_cli(rewritten, "--receipts", str(folder))
     assert status == 1 and "re-signed with another key" in output, output
+
+
+def test_entries_at_sub_millisecond_times_still_verify(
+    consortium: Consortium, compliance_token: str, clock: Any
+) -> None:
+    """Entries state milliseconds; the stored time must be the stated one, whatever the clock's
+    precision (a real clock's microseconds once made every entry look tampered with)."""
+    for i in range(3):
+        clock.advance(0.0004567 + i)
+        response = consortium.client.post("/v1/banks", json={"bank_id": f"bank-{10 + i}", "name": "Ten"},
+                                          headers=bearer(consortium.operator))
+        assert response.status_code == 201
+    check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+    assert check["ok"], check
