@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -35,7 +36,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from nacl.signing import SigningKey
-from sqlalchemy import Select, event, select, update
+from sqlalchemy import Select, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -65,6 +66,7 @@ logger = logging.getLogger("consortium.ledger")
 
 _EXTENSION = "fedfraud_ledger"
 _PENDING = "fedfraud_ledger_pending"
+_APPENDED = "fedfraud_ledger_appended"
 KEY_FILE_NAME = "ledger-signing.key"
 
 
@@ -101,6 +103,7 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     broken: tuple[int, str] | None = None
     last_ms: int = 0
+    witness: Path | None = None
     verified: dict[int, bytes] = field(default_factory=dict)
     """Digest of each stored row as :func:`verify_database` last verified it."""
 
@@ -134,7 +137,6 @@ class Ledger:
                 self._break(session, seq, f"entry {seq}: the log up to it is not the one the consortium signed")
             else:
                 self.tree.append(leaf)
-                self.last_ms = max(self.last_ms, timestamp_ms)
                 last = Checkpoint(self.origin, seq + 1, bytes.fromhex(stored_root), timestamp_ms, signature)
         if self.broken is None and last is not None:
             try:
@@ -142,7 +144,47 @@ class Ledger:
             except CheckpointError:
                 self._break(session, last.size - 1, f"entry {last.size - 1}: its checkpoint is not signed by the "
                                                     "log's key")
+            else:  # only a signed time may hold back the next checkpoints' times
+                self.last_ms = max(self.last_ms, last.timestamp_ms)
+        if self.broken is None:
+            self._check_witness(session)
         return self.tree
+
+    # The witness: the newest size and root this service signed, kept beside the key, outside the
+    # database. Whoever deletes the newest entries from the database cannot hide it from a process
+    # that starts later (a running process notices by itself: its tree is longer than the log).
+
+    def record_witness(self, size: int, root: bytes) -> None:
+        """Remember that the log held ``size`` entries with ``root`` (never lowers what is kept)."""
+        if self.witness is None:
+            return
+        with open(self.witness, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            kept = _read_witness(handle.read())
+            if kept is None or size > kept[0]:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps({"size": size, "root": root.hex()}))
+                handle.flush()
+
+    def _check_witness(self, session: Session) -> None:
+        if self.witness is None or not self.witness.exists():
+            return
+        kept = _read_witness(self.witness.read_text(encoding="utf-8"))
+        if kept is None:
+            return
+        size, root = kept
+        if self.tree.size >= size:
+            if self.tree.root(size).hex() != root:
+                self._break(session, size - 1, f"the log's first {size} entries are not those this service signed")
+            return
+        committed = session.connection().execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+        if committed < size:
+            self.broken = (int(committed), f"entries {committed} to {size - 1} are missing: this service signed a "
+                                           f"log of {size} entries")
+            logger.error("the ledger is broken: no state change is accepted until it is restored",
+                         extra={"entry": committed, "problem": self.broken[1]})
 
     def _break(self, session: Session, seq: int, problem: str) -> None:
         """Mark the log broken, at the first entry that fails a full check up to ``seq``."""
@@ -179,7 +221,8 @@ def _ms(at: datetime) -> int:
 def init_ledger(app: Flask) -> None:
     """Load (or create) the signing key and attach an empty view of the log to ``app``."""
     path = Path(app.config.get("LEDGER_KEY_FILE") or Path(app.config["BLOB_DIR"]).parent / KEY_FILE_NAME)
-    app.extensions[_EXTENSION] = Ledger(key=_load_or_create_key(path), origin=app.config["LEDGER_ORIGIN"])
+    app.extensions[_EXTENSION] = Ledger(key=_load_or_create_key(path), origin=app.config["LEDGER_ORIGIN"],
+                                        witness=path.with_name(path.name + ".head"))
 
 
 def ledger(app: Flask | None = None) -> Ledger:
@@ -191,6 +234,15 @@ def ledger(app: Flask | None = None) -> Ledger:
 def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(_APPENDED, None)
+
+
+@event.listens_for(Session, "after_commit")
+def _witness_commit(session: Session) -> None:
+    appended = session.info.get(_APPENDED)
+    if appended is not None:
+        view, size, root = appended
+        view.record_witness(size, root)
 
 
 def record(session: Session, event_name: str, *, bank_id: str | None = None, run_id: str | None = None,
@@ -244,6 +296,7 @@ def _append(session: Session, view: Ledger, pending: list[tuple[bytes, int]], se
                       root=root.hex(), timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature)
     session.add(row)
     pending.append((leaf, checkpoint.timestamp_ms))
+    session.info[_APPENDED] = (view, seq + 1, root)
     return row
 
 
@@ -282,9 +335,14 @@ def latest_checkpoint(session: Session) -> Checkpoint:
     with view.lock:
         view.sync(session)
     view.check_intact()
-    row = session.get(LedgerEntry, view.tree.size - 1) if view.tree.size else None
-    if row is None:  # dated 0: the empty log proves nothing, and no later checkpoint may seem older
+    if view.tree.size == 0:  # dated 0: the empty log proves nothing, and no later checkpoint may seem older
         return Checkpoint(view.origin, 0, EMPTY_ROOT, 0).signed(view.key)
+    row = session.get(LedgerEntry, view.tree.size - 1)
+    if row is None:
+        with view.lock:
+            view._break(session, view.tree.size - 1, f"entry {view.tree.size - 1} is missing")
+        view.check_intact()
+    assert row is not None
     return checkpoint_of(row, view.origin)
 
 
@@ -318,7 +376,7 @@ def _rows(session: Session, query: Select[Any] | None = None) -> Iterator[Ledger
 _COLUMNS = ("bank_id", "run_id", "model_version", "event")
 
 
-_ROW_COLUMNS = (LedgerEntry.seq, LedgerEntry.body, LedgerEntry.root, LedgerEntry.timestamp_ms, LedgerEntry.signature,
+_ROW_COLUMNS = (LedgerEntry.seq, LedgerEntry.body, LedgerEntry.leaf_hash, LedgerEntry.root, LedgerEntry.timestamp_ms, LedgerEntry.signature,
                 LedgerEntry.event, LedgerEntry.at, LedgerEntry.bank_id, LedgerEntry.run_id, LedgerEntry.model_version)
 
 
@@ -354,12 +412,22 @@ def verify_database(session: Session, public_key: str | None = None) -> Verifica
             continue
         fields = parse_entry(row.body)
         stale = [c for c in _COLUMNS if getattr(row, c) != fields[c]]
-        if stale or row.at != datetime.fromisoformat(fields["at"].removesuffix("Z")):
+        if row.at != datetime.fromisoformat(fields["at"].removesuffix("Z")):
+            stale.append("at")
+        if row.leaf_hash != leaf_hash(row.body.encode("utf-8")).hex():
+            stale.append("leaf_hash")
+        if stale:
             result.first_bad = position
-            result.problem = f"entry {position}: the columns {', '.join(stale or ['at'])} differ from the signed entry"
+            result.problem = f"entry {position}: the columns {', '.join(stale)} differ from the signed entry"
             result.verified -= 1
         else:
             cache[position] = digest
+    if not result.ok and public_key is None and result.first_bad is not None:
+        with view.lock:  # what the service found, it does not extend under its key
+            if view.broken is None:
+                view.broken = (result.first_bad, result.problem or "")
+                logger.error("the ledger is broken: no state change is accepted until it is restored",
+                             extra={"entry": result.first_bad, "problem": result.problem})
     return result
 
 
@@ -400,3 +468,11 @@ def export_csv(session: Session, query: Select[Any] | None = None) -> Iterator[s
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue()
+
+
+def _read_witness(text: str) -> tuple[int, str] | None:
+    try:
+        document = json.loads(text)
+        return int(document["size"]), str(document["root"])
+    except (ValueError, KeyError, TypeError):
+        return None

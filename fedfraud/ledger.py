@@ -153,7 +153,8 @@ def _against_log(valid: list[tuple[str, dict[str, Any], Checkpoint]], bodies: di
     for name, fields, checkpoint in valid:
         index = fields["index"]
         if index >= leaves.size:
-            problems.append((index, f"missing from the log, which receipt {name} proves held it"))
+            problems.append((leaves.size, f"missing: the log ends at {leaves.size} entries, but receipt {name} "
+                                          f"proves it held entry {index}"))
         elif bodies.get(index) != fields["entry"]:
             problems.append((index, f"differs from the entry receipt {name} proves"))
         elif checkpoint.size > leaves.size:

@@ -196,6 +196,11 @@ class ConsortiumClient:
         """``GET /v1/ledger/checkpoint``: the newest signed checkpoint (not yet verified)."""
         return dict(self._json("GET", "/v1/ledger/checkpoint"))
 
+    def ledger_inclusion(self, index: int, size: int) -> dict[str, Any]:
+        """``GET /v1/ledger/proofs/inclusion``: the proof that entry ``index`` is in the log of
+        ``size`` entries, with that size's checkpoint."""
+        return dict(self._json("GET", "/v1/ledger/proofs/inclusion", params={"index": index, "size": size}))
+
     def ledger_consistency(self, old: int, new: int) -> dict[str, Any]:
         """``GET /v1/ledger/proofs/consistency``: the proof that the log of ``old`` entries is a
         prefix of the log of ``new``, with the checkpoint of ``new``."""

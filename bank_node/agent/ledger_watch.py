@@ -40,10 +40,11 @@ class LedgerRewrittenError(CeremonyError):
 class LedgerWatch:
     """Pins the ledger's key, follows its checkpoints, checks and keeps receipts."""
 
-    def __init__(self, client: ConsortiumClient, state: StateDir, bank_id: str) -> None:
+    def __init__(self, client: ConsortiumClient, state: StateDir, bank_id: str, *, required: bool = True) -> None:
         self.client = client
         self.state = state
         self.bank_id = bank_id
+        self.required = required
 
     # ------------------------------------------------------------------------------ state
 
@@ -101,9 +102,12 @@ class LedgerWatch:
                     raise CheckpointError(f"the consistency proof comes with another checkpoint of size {signed.size}")
                 proof = [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
         except NotFoundError:
-            if key is None:
+            if key is None and not self.required:
                 log.warning("the consortium keeps no contribution ledger: nothing to watch")
                 return None
+            if key is None:
+                raise LedgerRewrittenError("the consortium serves no contribution ledger, which this bank requires: "
+                                           "the agent stops") from None
             raise LedgerRewrittenError("the consortium no longer serves its contribution ledger, whose key this "
                                        "bank pinned: the agent stops") from None
         except ConsortiumError as exc:
@@ -117,6 +121,9 @@ class LedgerWatch:
             raise LedgerRewrittenError(f"the consortium's ledger answered what is not a valid checkpoint or proof: "
                                        f"{exc}") from None
         try:
+            origin = self._load().get("origin")
+            if origin and new.origin != origin:
+                raise CheckpointError(f"the checkpoint is of log {new.origin!r}, not the pinned {origin!r}")
             if old is None:
                 new.verify(key)
             else:
@@ -125,8 +132,33 @@ class LedgerWatch:
             raise LedgerRewrittenError(
                 f"the consortium's ledger does not extend the one this bank saw ({exc}); the agent stops until "
                 "the consortium's operators explain it (fedfraud ledger verify with this bank's receipts)") from None
+        self._confirm_receipts(new, key)
         self._save({**self._load(), "checkpoint": new.to_json()})
         return new
+
+    def _confirm_receipts(self, new: Checkpoint, key: str) -> None:
+        """Each receipt kept since the last poll must be in the log this bank just accepted: a
+        receipt from one log and a watch of another (a fork) stops the agent."""
+        record = self._load()
+        waiting = [int(i) for i in record.get("unconfirmed", [])]
+        for index in waiting:
+            receipt = json.loads((self.state.root / RECEIPTS / f"{index:012d}.json").read_text(encoding="utf-8"))
+            if index >= new.size:
+                raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not in the log of "
+                                           f"{new.size} entries the consortium now shows: the agent stops")
+            try:
+                document = self.client.ledger_inclusion(index, new.size)
+                signed = Checkpoint.from_json(document.get("checkpoint"))
+                hashes = [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
+                if signed != new:
+                    raise CheckpointError("the proof comes with another checkpoint")
+                verify_receipt({**receipt, "proof": [base64.b64encode(h).decode() for h in hashes],
+                                "checkpoint": new.to_json()}, key)
+            except (CheckpointError, LedgerError, ValueError, TypeError) as exc:
+                raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not proven in the "
+                                           f"log the consortium now shows ({exc}): the agent stops") from None
+        if waiting:
+            self._save({**self._load(), "unconfirmed": []})
 
     # ------------------------------------------------------------------------------ receipts
 
@@ -140,12 +172,14 @@ class LedgerWatch:
         """
         key = self.public_key
         if key is None:
-            return  # a consortium without a ledger
+            if self.required:
+                raise LedgerRewrittenError(f"run {run_id}: contributing before the ledger's key is pinned")
+            return  # a consortium without a ledger, accepted by this bank's settings
         if receipt is None:
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the consortium stored this bank's "
                                        "contribution without a ledger receipt")
         try:
-            fields, _ = verify_receipt(receipt, key)
+            fields, checkpoint = verify_receipt(receipt, key)
         except LedgerError as exc:
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt does not hold: {exc}") from None
         details = fields.get("details") or {}
@@ -155,6 +189,10 @@ class LedgerWatch:
                 or details.get("payload_sha256") != hashlib.sha256(payload).hexdigest():
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt records another contribution "
                                        f"(entry {fields.get('index')})")
+        if checkpoint.origin != self._load().get("origin", checkpoint.origin):
+            raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt is of log {checkpoint.origin!r}")
         folder = self.state.root / RECEIPTS
         folder.mkdir(mode=0o700, exist_ok=True)
         (folder / f"{fields['index']:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")
+        record = self._load()
+        self._save({**record, "unconfirmed": sorted({*record.get("unconfirmed", []), fields["index"]})})

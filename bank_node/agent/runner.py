@@ -96,6 +96,9 @@ class AgentSettings:
     max_promotion_tolerance
         The largest AUC loss this bank lets a run's gate accept (the operator sets the run's; a
         bank does not sign an assessment that would promote anything).
+    require_ledger
+        Take part only with a consortium whose contribution ledger this agent can watch (a
+        consortium that stops serving it cannot switch the checks off).
     """
 
     poll_interval_s: float = 30.0
@@ -106,6 +109,7 @@ class AgentSettings:
     quorum: int = MIN_QUORUM
     development: bool = False
     max_promotion_tolerance: float = 0.05
+    require_ledger: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,7 @@ class BankAgent:
         self.transactions = transactions
         self.terminal_history = terminal_history
         self.settings = settings
-        self.ledger = LedgerWatch(client, state, identity.bank_id)
+        self.ledger = LedgerWatch(client, state, identity.bank_id, required=settings.require_ledger)
         self._sleep = sleep
         self._clock = clock
 
@@ -246,7 +250,9 @@ class BankAgent:
         LedgerRewrittenError
             The ledger was rewritten or forked: nothing more is done.
         """
-        self.ledger.watch()
+        if self.ledger.watch() is None and self.settings.require_ledger:
+            log.warning("the ledger could not be checked now: nothing is done before it can be")
+            return []
         # The current models first: a run's baseline is the consortium's current model, which an
         # operator may just have rolled back.
         self.follow_current_models()

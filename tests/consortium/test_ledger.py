@@ -215,7 +215,7 @@ def _swap(app: Flask, a: int, b: int) -> None:
              root=rows[other]["root"], sig=rows[other]["signature"], ts=rows[other]["timestamp_ms"], seq=seq)
 
 
-TAMPERING = ["changed", "changed and rehashed", "deleted", "inserted", "reordered"]
+TAMPERING = ["changed", "changed and rehashed", "deleted", "inserted", "reordered", "newest deleted"]
 
 
 @pytest.mark.parametrize("tampering", TAMPERING)
@@ -240,6 +240,9 @@ def test_tampering_in_the_database_is_found_and_the_first_bad_entry_named(
              b=body, l=leaf.hex(), r=tree.root_with(leaf).hex(), s=target)
     elif tampering == "deleted":
         _sql(app, "DELETE FROM ledger_entries WHERE seq = :s", s=target)
+    elif tampering == "newest deleted":  # the tail cut off, the head counter put back: no gap left
+        _sql(app, "DELETE FROM ledger_entries WHERE seq >= :s", s=target)
+        _sql(app, "UPDATE ledger_head SET size = :s", s=target)
     elif tampering == "inserted":  # entries moved up by one, a forged entry in the gap, signed by another key
         _sql(app, "UPDATE ledger_entries SET seq = seq + 100000 WHERE seq >= :s", s=target)
         _sql(app, "UPDATE ledger_entries SET seq = seq - 99999 WHERE seq >= 100000")
@@ -254,14 +257,28 @@ def test_tampering_in_the_database_is_found_and_the_first_bad_entry_named(
     else:
         _swap(app, target, target + 1)
 
-    # The service's own check names the entry ...
-    check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
-    assert not check["ok"] and check["first_bad"] == target and check["verified"] == target, check
-    # ... so does the offline verifier on an export, pinned key or not ...
-    export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
-    for args in ((), ("--key", key)):
-        status, output = _verify_cli(export, *args)
-        assert status == 1 and f"BROKEN at entry {target}" in output and f"first bad entry: {target}" in output, output
+    if tampering == "newest deleted":
+        # What is left is a consistent shorter log: only a record kept outside the database tells.
+        # The running process knows its log was longer, and a restarted one reads the service's
+        # witness beside its key; offline, a checkpoint a bank accepted (or its receipts) does.
+        newer = consortium.client.post("/v1/banks", json={"bank_id": "bank-8", "name": "Eight"},
+                                       headers=bearer(consortium.operator))
+        assert newer.status_code == 503 and f"broken at entry {target}" in newer.get_json()["message"]
+        export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
+        (tmp_path / "receipts").mkdir()
+        (tmp_path / "receipts" / "last.json").write_text(json.dumps(receipts[-1]))
+        status, output = _verify_cli(export, "--key", key, "--receipts", str(tmp_path / "receipts"))
+        assert status == 1 and f"first bad entry: {target}" in output, output
+    else:
+        # The service's own check names the entry ...
+        check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+        assert not check["ok"] and check["first_bad"] == target and check["verified"] == target, check
+        # ... so does the offline verifier on an export, pinned key or not ...
+        export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
+        for args in ((), ("--key", key)):
+            status, output = _verify_cli(export, *args)
+            assert status == 1 and f"BROKEN at entry {target}" in output and f"first bad entry: {target}" in output, \
+                output
     # ... and a process starting on this database refuses to change anything, naming it.
     restarted = create_app(app_config)
     try:
@@ -336,3 +353,24 @@ def test_entries_at_sub_millisecond_times_still_verify(
         assert response.status_code == 201
     check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
     assert check["ok"], check
+
+
+def test_a_forged_time_in_an_old_entry_never_dates_new_checkpoints_and_once_found_stops_changes(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, app: Flask, app_config: dict[str, Any]
+) -> None:
+    _run_to_publication(consortium, he_key)
+    _sql(app, "UPDATE ledger_entries SET timestamp_ms = 99999999999999 WHERE seq = 3")
+    restarted = create_app(app_config)
+    try:
+        client = restarted.test_client()
+        added = client.post("/v1/banks", json={"bank_id": "bank-9", "name": "Nine"}, headers=bearer(consortium.operator))
+        assert added.status_code == 201
+        newest = client.get("/v1/ledger/checkpoint", headers=bearer(compliance_token)).get_json()
+        assert newest["timestamp_ms"] < 99999999999999  # the unsigned time was not taken up
+        check = client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+        assert not check["ok"] and check["first_bad"] == 3
+        refused = client.post("/v1/banks", json={"bank_id": "bank-10", "name": "Ten"},
+                              headers=bearer(consortium.operator))
+        assert refused.status_code == 503 and "broken at entry 3" in refused.get_json()["message"]
+    finally:
+        Database.engine_for(restarted).dispose()

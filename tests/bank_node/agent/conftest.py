@@ -32,7 +32,7 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, to
 #: Quick polls of open rounds, and a bounded wait for each sum.
 # The fake consortium's banks share a fast plaintext key: development mode.
 SETTINGS = AgentSettings(poll_interval_s=0.05, round_wait_s=30.0, sum_poll_initial_s=0.005, sum_poll_max_s=0.05,
-                         development=True)
+                         development=True, require_ledger=False)  # the fake consortium keeps no ledger
 #: A small forest: enough to exercise several levels and trees, fast.
 XGB_PARAMS = {"n_trees": 3, "max_depth": 2, "eta": 0.3, "n_bins": 16, "seed": 0}
 

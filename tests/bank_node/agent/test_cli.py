@@ -88,7 +88,8 @@ def test_enrol_ceremony_and_one_pass_of_the_agent(
     data = tmp_path / "bank-1.parquet"
     bank_transactions["bank-1"].to_parquet(data)
     agent_args = ["agent", "--data", str(data), "--train-start", TRAIN_START.isoformat(),
-                  "--train-days", str(TRAIN_DAYS), "--state-dir", str(states["bank-1"]), "--once"]
+                  "--train-days", str(TRAIN_DAYS), "--state-dir", str(states["bank-1"]), "--once",
+                  "--without-ledger"]  # the fake consortium keeps none
     code, out, err = invoke(agent_args)  # a 'plain' key outside development mode: refused, nothing proposed
     assert code != 0 and "development" in (out + err) and "Traceback" not in err
     code, out, err = invoke([*agent_args, "--development"])

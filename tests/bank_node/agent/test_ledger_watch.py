@@ -94,16 +94,23 @@ def test_the_watch_pins_the_key_and_follows_a_growing_log(aggregator: Aggregator
     assert second is not None and second.size == first.size + 2 and watch.checkpoint() == second
 
 
+def _cover_tracks(aggregator: Aggregator) -> None:
+    """The operator also owns the host: it removes the service's own record of the newest size."""
+    Path(aggregator.config["LEDGER_KEY_FILE"] + ".head").unlink(missing_ok=True)
+
+
 ATTACKS: dict[str, Callable[[Aggregator, int], None]] = {
     "an entry rewritten and the log re-signed with the same key":
-        lambda agg, n: rewrite_ledger(agg.engine, _enrolment(agg), lambda b: b.replace("bank-1", "bank-0"),
-                                      SigningKey(base64.b64decode(Path(agg.config["LEDGER_KEY_FILE"]).read_bytes()))),
+        lambda agg, n: (rewrite_ledger(agg.engine, _enrolment(agg), lambda b: b.replace("bank-1", "bank-0"),
+                                       SigningKey(base64.b64decode(Path(agg.config["LEDGER_KEY_FILE"]).read_bytes()))),
+                        _cover_tracks(agg)),
     "the log re-signed with a new key":
         lambda agg, n: (rewrite_ledger(agg.engine, 1, lambda b: b, new := SigningKey.generate()),
-                        Path(agg.config["LEDGER_KEY_FILE"]).write_bytes(base64.b64encode(bytes(new)))),
+                        Path(agg.config["LEDGER_KEY_FILE"]).write_bytes(base64.b64encode(bytes(new))),
+                        _cover_tracks(agg)),
     "the newest entries deleted":
-        lambda agg, n: _sql(agg, "DELETE FROM ledger_entries WHERE seq >= :n; UPDATE ledger_head SET size = :n",
-                            n=n - 1),
+        lambda agg, n: (_sql(agg, "DELETE FROM ledger_entries WHERE seq >= :n; UPDATE ledger_head SET size = :n",
+                             n=n - 1), _cover_tracks(agg)),
     "an entry changed without the key":
         lambda agg, n: _sql(agg, "UPDATE ledger_entries SET body = replace(body, 'bank-1', 'bank-0') WHERE seq = :s",
                             s=_enrolment(agg)),
@@ -186,3 +193,28 @@ def test_receipts_are_kept_only_when_they_prove_this_banks_own_contribution(tmp_
         watch.keep("run-1", "r/n3", payload, {**receipt, "checkpoint": foreign[1].to_json()})
     with pytest.raises(LedgerRewrittenError, match="refusing to replace"):
         watch.pin(base64.b64encode(bytes(other.verify_key)).decode(), "fedfraud-consortium")
+
+
+def test_a_receipt_from_a_fork_is_caught_at_the_next_poll(aggregator: Aggregator, watch: LedgerWatch) -> None:
+    """The operator, holding the key, hands the bank a receipt from one log (fork A, where the
+    bank's contribution is entry N) and serves another to its polls (fork B, where entry N is
+    something else): the next poll asks for the receipted entry in the log it accepts, and stops."""
+    from datetime import datetime
+
+    seen = watch.watch()
+    assert seen is not None
+    key = SigningKey(base64.b64decode(Path(aggregator.config["LEDGER_KEY_FILE"]).read_bytes()))
+    with aggregator.engine.connect() as connection:
+        leaves = [bytes.fromhex(h) for h in connection.execute(text("SELECT leaf_hash FROM ledger_entries ORDER BY seq"))
+                  .scalars()]
+    payload = b"ciphertext"
+    mine = canonical_entry(len(leaves), "contribution.accepted", datetime(2026, 12, 2), bank_id="bank-1",
+                           run_id="run-1", details={"round_key": "r/n3",
+                                                    "payload_sha256": hashlib.sha256(payload).hexdigest()})
+    fork = Tree([*leaves, leaf_hash(mine)])
+    signed = Checkpoint("fedfraud-consortium", fork.size, fork.root(), 10**13).signed(key)
+    receipt = receipt_document(mine, len(leaves), fork.inclusion_proof(len(leaves)), signed)
+    watch.keep("run-1", "r/n3", payload, receipt)  # a valid receipt, on its own
+    aggregator.enrol("bank-2")  # the log the bank polls grows otherwise
+    with pytest.raises(LedgerRewrittenError, match=f"entry {len(leaves)}, this bank's receipted contribution"):
+        watch.watch()
