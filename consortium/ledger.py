@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, stream_with_context
 from nacl.signing import SigningKey
 from sqlalchemy import Select, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from consortium.errors import ConsortiumError, Unavailable
 from consortium.extensions import now, write_lock
+from consortium.storage.database import Database
 from consortium.storage.models import LedgerEntry, LedgerHead
 from crypto.checkpoint import Checkpoint, CheckpointError
 from crypto.merkle import EMPTY_ROOT, Tree, leaf_hash
@@ -53,6 +54,7 @@ __all__ = [
     "checkpoint_of",
     "export_csv",
     "export_jsonl",
+    "export_response",
     "init_ledger",
     "ledger",
     "receipt",
@@ -476,3 +478,21 @@ def _read_witness(text: str) -> tuple[int, str] | None:
         return int(document["size"]), str(document["root"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def export_response(kind: str) -> Response:
+    """The whole log as a streamed download: ``jsonl`` (each line a receipt, what ``fedfraud
+    ledger verify`` checks) or ``csv``. The stream has its own session, closed when the last row
+    is sent or the client goes away (the request's may be closed before a streamed body is read)."""
+    rows, mimetype = (export_jsonl, "application/x-ndjson") if kind == "jsonl" else (export_csv, "text/csv")
+
+    def stream() -> Iterator[str]:
+        session = Session(Database.engine_for(current_app))
+        try:
+            yield from rows(session)
+        finally:
+            session.close()
+
+    response = Response(stream_with_context(stream()), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="fedfraud-ledger.{kind}"'
+    return response

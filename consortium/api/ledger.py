@@ -8,14 +8,12 @@ that the log only grew).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, current_app, stream_with_context
+from flask import Response
 from flask_smorest import Blueprint
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
 
 from consortium import ledger
 from consortium.api.schemas import (
@@ -32,7 +30,7 @@ from consortium.api.schemas import (
 )
 from consortium.auth import requires
 from consortium.errors import NotFound, Unprocessable
-from consortium.storage.database import Database, db
+from consortium.storage.database import db
 from consortium.storage.models import Bank, Contribution, LedgerEntry, Role
 from schemas.ledger import parse_entry
 
@@ -180,21 +178,7 @@ def verification() -> Any:
 def export(query: dict[str, Any]) -> Response:
     """The whole log: JSON Lines with each entry's signed checkpoint and inclusion proof (what
     ``fedfraud ledger verify`` checks offline), or CSV for spreadsheets."""
-    export_rows, mimetype, suffix = ((ledger.export_csv, "text/csv", "csv") if query["format"] == "csv" else
-                                     (ledger.export_jsonl, "application/x-ndjson", "jsonl"))
-
-    def stream() -> Iterator[str]:
-        # Its own session, closed when the last row is sent or the client goes away: the
-        # request's session may be closed before a streamed body is read.
-        session = Session(Database.engine_for(current_app))
-        try:
-            yield from export_rows(session)
-        finally:
-            session.close()
-
-    response = Response(stream_with_context(stream()), mimetype=mimetype)
-    response.headers["Content-Disposition"] = f'attachment; filename="fedfraud-ledger.{suffix}"'
-    return response
+    return ledger.export_response(query["format"])
 
 
 @blp.route("/banks", methods=["GET"])

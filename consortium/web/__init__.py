@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
@@ -21,19 +21,16 @@ from flask import (
     Flask,
     Response,
     abort,
-    current_app,
     g,
     redirect,
     render_template,
     request,
     session,
-    stream_with_context,
     url_for,
 )
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from marshmallow import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from wtforms.validators import ValidationError as CSRFValidationError
 
 from consortium import ledger, publishing
@@ -42,7 +39,7 @@ from consortium.api.models import lineage_view
 from consortium.api.schemas import LedgerQuerySchema
 from consortium.auth import hash_token
 from consortium.errors import NotFound
-from consortium.storage.database import Database, db
+from consortium.storage.database import db
 from consortium.storage.models import Role, Token
 from schemas.ledger import EVENTS
 
@@ -173,19 +170,7 @@ def export(kind: str) -> Response:
     """The whole log as JSON Lines (what ``fedfraud ledger verify`` checks) or CSV."""
     if kind not in ("jsonl", "csv"):
         raise NotFound(f"no export as {kind!r}: jsonl or csv")
-    rows = ledger.export_jsonl if kind == "jsonl" else ledger.export_csv
-
-    def stream() -> Iterator[str]:
-        own = Session(Database.engine_for(current_app))
-        try:
-            yield from rows(own)
-        finally:
-            own.close()
-
-    response = Response(stream_with_context(stream()),
-                        mimetype="application/x-ndjson" if kind == "jsonl" else "text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="fedfraud-ledger.{kind}"'
-    return response
+    return ledger.export_response(kind)
 
 
 @blp.route("/banks")
