@@ -5,6 +5,9 @@ banner naming the first bad entry after the database was tampered with."""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -25,6 +28,14 @@ from tests.bank_node.agent.fake_consortium import serve
 from tests.consortium.conftest import Consortium, bearer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Screenshots of every page, for people to look at (the test run's output).
+SCREENSHOTS = Path(os.environ.get("FEDFRAUD_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "out" / "test-output")) \
+    / "compliance-pages"
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -65,7 +76,7 @@ def _sign_in(page: Any, site: str, token: str) -> None:
 
 def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, site: str, browser: Any,
-    tmp_path: Path,
+    tmp_path: Path, app: Flask,
 ) -> None:
     run_id = _published(consortium, he_key)
     total = consortium.client.get("/v1/ledger/entries?limit=1", headers=bearer(compliance_token)).get_json()["total"]
@@ -76,11 +87,13 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     # A bank's token does not open the pages; the message says why.
     _sign_in(page, site, consortium.bank("bank-1").token)
     assert "bank token" in page.locator("#sign-in-error").inner_text()
+    _shot(page, "sign-in-refused")
     _sign_in(page, site, compliance_token)
     assert page.url.endswith("/compliance/ledger?") or page.url.endswith("/compliance/ledger")
     banner = page.locator("#verification")
     assert banner.get_attribute("role") == "status"
     assert f"verified up to entry {total - 1}" in banner.inner_text()
+    _shot(page, "ledger")
     rows = page.locator("#entries tbody tr")
     assert rows.count() == min(total, 100)
     # The service's clock says 2025-03-01 02:00 UTC: 11:00 in Tokyo, with the UTC text as the title.
@@ -98,6 +111,7 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     filtered = page.locator("#entries tbody tr")
     assert filtered.count() == 1 and "bank-2" in filtered.first.inner_text()
     assert "1 entries match the filters" in page.locator("#entries caption").inner_text()
+    _shot(page, "ledger-filtered")
 
     with page.expect_download() as download:
         page.get_by_role("link", name="Export JSON Lines (with proofs)").click()
@@ -106,12 +120,24 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     key = consortium.client.get("/v1/ledger/key", headers=bearer(compliance_token)).get_json()["public_key"]
     outcome = check_export(saved, public_key=key)
     assert outcome.ok and outcome.log.size == total
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Export CSV").click()
+    exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    with Database.engine_for(app).connect() as connection:
+        stored = [dict(r) for r in connection.execute(text(
+            "SELECT seq, event, bank_id, run_id, leaf_hash, signature FROM ledger_entries ORDER BY seq")).mappings()]
+    assert [(int(r["index"]), r["event"], r["bank_id"] or None, r["run_id"] or None, r["entry_sha256_leaf"],
+             r["checkpoint_signature"]) for r in exported] == [
+        (r["seq"], r["event"], r["bank_id"], r["run_id"], r["leaf_hash"], r["signature"]) for r in stored]
 
     page.get_by_role("link", name="Banks").click()
+    _shot(page, "banks")
     bank_row = page.locator("#banks tbody tr", has_text="bank-1")
     assert re.search(r"bank-1\s+Bank-1\s+1\s+1\s", bank_row.inner_text())  # one run, one contribution
     page.get_by_role("link", name="Models").click()
+    _shot(page, "models")
     page.get_by_role("link", name="v1").click()
+    _shot(page, "lineage")
     assert run_id in page.locator(".facts").inner_text()
     assert page.locator("#rounds tbody tr").count() == 3
 
@@ -135,6 +161,7 @@ def test_the_banner_names_the_first_bad_entry_after_tampering(
     banner = page.locator("#verification")
     assert banner.get_attribute("role") == "alert"
     assert f"Ledger broken at entry {target}" in banner.inner_text()
+    _shot(page, "ledger-broken")
     page.close()
 
 

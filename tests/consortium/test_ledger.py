@@ -374,3 +374,55 @@ def test_a_forged_time_in_an_old_entry_never_dates_new_checkpoints_and_once_foun
         assert refused.status_code == 503 and "broken at entry 3" in refused.get_json()["message"]
     finally:
         Database.engine_for(restarted).dispose()
+
+
+@pytest.mark.parametrize("where", ["while writing the entry", "at the commit"])
+def test_a_failure_between_a_state_change_and_its_entry_leaves_neither(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, app: Flask,
+    monkeypatch: pytest.MonkeyPatch, where: str,
+) -> None:
+    """A contribution whose entry cannot be written (signing fails), or whose transaction fails at
+    the commit after both were written: no contribution, no entry, no gap in the log; the next
+    one goes through and the log still verifies."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy.orm import Session
+
+    from consortium.ledger import Ledger
+
+    run_id = consortium.open_run()["run_id"]
+    before = _entries(consortium, compliance_token)
+
+    class Injected(RuntimeError):
+        pass
+
+    def fail_signing(*_: Any, **__: Any) -> Any:
+        raise Injected("signing failed")
+
+    def fail_commit(session: Session) -> None:
+        if any(isinstance(row, LedgerEntry) for row in session.new):
+            raise Injected("the database went away")
+
+    from consortium.storage.models import Contribution, LedgerEntry
+
+    if where == "while writing the entry":
+        monkeypatch.setattr(Ledger, "sign", fail_signing)
+    else:
+        sa_event.listen(Session, "before_commit", fail_commit)
+    try:
+        failed = consortium.bank("bank-1").contribute(run_id, "r/n3", he_key.encrypt(np.ones(3)))
+        assert failed.status_code == 500 and "signing failed" not in failed.get_data(as_text=True)
+    finally:
+        monkeypatch.undo()
+        if sa_event.contains(Session, "before_commit", fail_commit):
+            sa_event.remove(Session, "before_commit", fail_commit)
+    with app.app_context():
+        from consortium.storage.database import db
+
+        assert db.session.execute(text("SELECT COUNT(*) FROM contributions")).scalar_one() == 0
+        assert db.session.query(Contribution).count() == 0
+    assert _entries(consortium, compliance_token) == before  # nor a refusal: it was not refused, it failed
+    assert consortium.bank("bank-1").contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    after = _entries(consortium, compliance_token)
+    assert [e["index"] for e in after] == list(range(len(after))) and after[-1]["event"] == "contribution.accepted"
+    check = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+    assert check["ok"], check
