@@ -361,9 +361,9 @@ class LedgerPageSchema(Schema):
 
 
 class LedgerQuerySchema(StrictSchema):
-    bank_id = fields.String(validate=validate.Length(max=64))
+    bank_id = fields.String(validate=validate.Regexp(ID_REGEX, error="not a bank id"))
     event = fields.String(validate=validate.OneOf(sorted(LEDGER_EVENTS)))
-    run_id = fields.String(validate=validate.Length(max=64))
+    run_id = fields.String(validate=validate.Regexp(ID_REGEX, error="not a run id"))
     model_version = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX))
     since = fields.DateTime(metadata={"description": "entries at or after (ISO 8601; naive means UTC)"})
     until = fields.DateTime(metadata={"description": "entries before"})
