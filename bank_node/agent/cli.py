@@ -363,6 +363,9 @@ def roster_show(state_dir: Path, url: str | None) -> None:
               help="Seconds between looks at the open runs.")
 @click.option("--round-wait", "round_wait_s", type=click.FloatRange(min=1), default=None,
               help="Longest wait for one round's sum (default: the run's round timeout + 2 minutes).")
+@click.option("--ledger-key", default=None, metavar="BASE64",
+              help="The consortium's ledger public key, as read out of band; pinned if none is, refused if another "
+                   "is (default: pinned the first time the ledger is read).")
 @click.option("--without-ledger", is_flag=True,
               help="Take part with a consortium that keeps no contribution ledger (no checkpoint is watched, no "
                    "receipt kept). By default the agent stops when it cannot watch the ledger.")
@@ -370,7 +373,7 @@ def roster_show(state_dir: Path, url: str | None) -> None:
 @readable_errors
 def agent(data_path: Path | None, columns: str, train_start: datetime | None, train_days: int, state_dir: Path,
           store_url: str | None, url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None,
-          without_ledger: bool, development: bool) -> None:
+          ledger_key: str | None, without_ledger: bool, development: bool) -> None:
     """Poll the consortium for training runs and take part in them, on each run's window of the
     node's store (or of --data)."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
@@ -404,6 +407,11 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
             settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development,
                                    require_ledger=not without_ledger),
         )
+        if ledger_key is not None:
+            from crypto.signing import b64decode_key
+
+            b64decode_key(ledger_key, what="--ledger-key")
+            node.ledger.pin(ledger_key, origin="")
         if not once:
             click.echo(f"bank {config.bank_id}: polling {client.base_url} every {poll_interval_s:g}s", err=True)
             node.run_forever()

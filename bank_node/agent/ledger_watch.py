@@ -67,12 +67,13 @@ class LedgerWatch:
         return None if document is None else Checkpoint.from_json(document)
 
     def pin(self, public_key: str, origin: str) -> None:
-        """Pin the ledger's key (given out of band, or read the first time)."""
+        """Pin the ledger's key (given out of band, or read the first time); ``origin`` "" leaves
+        the log's name to be pinned from its first checkpoint."""
         record = self._load()
         if record.get("public_key") not in (None, public_key):
             raise LedgerRewrittenError(f"this bank pinned ledger key {record['public_key']}; refusing to "
                                        f"replace it with {public_key}")
-        self._save({**record, "public_key": public_key, "origin": origin})
+        self._save({**record, "public_key": public_key, "origin": origin or record.get("origin", "")})
 
     # ------------------------------------------------------------------------------ watch
 
@@ -133,7 +134,8 @@ class LedgerWatch:
                 f"the consortium's ledger does not extend the one this bank saw ({exc}); the agent stops until "
                 "the consortium's operators explain it (fedfraud ledger verify with this bank's receipts)") from None
         self._confirm_receipts(new, key)
-        self._save({**self._load(), "checkpoint": new.to_json()})
+        record = self._load()
+        self._save({**record, "checkpoint": new.to_json(), "origin": record.get("origin") or new.origin})
         return new
 
     def _confirm_receipts(self, new: Checkpoint, key: str) -> None:

@@ -218,3 +218,20 @@ def test_a_receipt_from_a_fork_is_caught_at_the_next_poll(aggregator: Aggregator
     aggregator.enrol("bank-2")  # the log the bank polls grows otherwise
     with pytest.raises(LedgerRewrittenError, match=f"entry {len(leaves)}, this bank's receipted contribution"):
         watch.watch()
+
+
+def test_a_key_read_out_of_band_is_pinned_before_the_first_poll(aggregator: Aggregator, watch: LedgerWatch) -> None:
+    """A bank that pins the consortium's key from a letter, not from the consortium's first
+    answer, refuses a log signed by any other key from its first poll on."""
+    impostor = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    watch.pin(impostor, origin="")
+    with pytest.raises(LedgerRewrittenError, match="signature"):
+        watch.watch()
+    real = base64.b64encode(bytes(SigningKey(base64.b64decode(
+        Path(aggregator.config["LEDGER_KEY_FILE"]).read_bytes())).verify_key)).decode()
+    watch.state.write_secret("ledger.json", b"{}")
+    watch.pin(real, origin="")
+    accepted = watch.watch()
+    assert accepted is not None and watch._load()["origin"] == "fedfraud-consortium"
+    with pytest.raises(LedgerRewrittenError, match="refusing to replace"):
+        watch.pin(impostor, origin="")
