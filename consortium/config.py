@@ -73,6 +73,8 @@ class ConsortiumConfig:
         mode 0600); default ``ledger-signing.key`` beside the blob directory.
     LEDGER_ORIGIN
         The ledger's name in its signed checkpoints.
+    SESSION_COOKIE_SECURE
+        Send the compliance pages' session cookie over HTTPS only (set it behind TLS).
     CLOCK
         Callable returning the naive-UTC time; tests replace it (not settable from env).
     """
@@ -98,6 +100,7 @@ class ConsortiumConfig:
     DEVELOPMENT_MODE: bool = False
     LEDGER_KEY_FILE: str = ""
     LEDGER_ORIGIN: str = "fedfraud-consortium"
+    SESSION_COOKIE_SECURE: bool = False
     CLOCK: Callable[[], datetime] = field(default=utcnow)
 
     def as_flask_config(self) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class Ledger:
     broken: tuple[int, str] | None = None
     last_ms: int = 0
     witness: Path | None = None
+    witness_checked: bool = False
     verified: dict[int, bytes] = field(default_factory=dict)
     """Digest of each stored row as :func:`verify_database` last verified it."""
 
@@ -148,7 +149,7 @@ class Ledger:
                                                     "log's key")
             else:  # only a signed time may hold back the next checkpoints' times
                 self.last_ms = max(self.last_ms, last.timestamp_ms)
-        if self.broken is None:
+        if self.broken is None and not self.witness_checked:
             self._check_witness(session)
         return self.tree
 
@@ -171,6 +172,9 @@ class Ledger:
                 handle.flush()
 
     def _check_witness(self, session: Session) -> None:
+        """Once per process, at its first look at the log: later, a cut shows by itself (this
+        process's tree is then longer than the log it appends to)."""
+        self.witness_checked = True
         if self.witness is None or not self.witness.exists():
             return
         kept = _read_witness(self.witness.read_text(encoding="utf-8"))
@@ -181,12 +185,10 @@ class Ledger:
             if self.tree.root(size).hex() != root:
                 self._break(session, size - 1, f"the log's first {size} entries are not those this service signed")
             return
-        committed = session.connection().execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+        committed = int(session.connection().execute(select(func.count()).select_from(LedgerEntry)).scalar_one())
         if committed < size:
-            self.broken = (int(committed), f"entries {committed} to {size - 1} are missing: this service signed a "
-                                           f"log of {size} entries")
-            logger.error("the ledger is broken: no state change is accepted until it is restored",
-                         extra={"entry": committed, "problem": self.broken[1]})
+            self.mark_broken(committed, f"entries {committed} to {size - 1} are missing: this service signed a log "
+                                        f"of {size} entries")
 
     def _break(self, session: Session, seq: int, problem: str) -> None:
         """Mark the log broken, at the first entry that fails a full check up to ``seq``."""
@@ -198,9 +200,14 @@ class Ledger:
                 break
         if verifier.result.first_bad is not None and verifier.result.problem is not None:
             seq, problem = verifier.result.first_bad, verifier.result.problem
-        self.broken = (seq, problem)
-        logger.error("the ledger is broken: no state change is accepted until it is restored",
-                     extra={"entry": seq, "problem": problem})
+        self.mark_broken(seq, problem)
+
+    def mark_broken(self, seq: int, problem: str) -> None:
+        """From now on this process changes nothing (the first finding stays)."""
+        if self.broken is None:
+            self.broken = (seq, problem)
+            logger.error("the ledger is broken: no state change is accepted until it is restored",
+                         extra={"entry": seq, "problem": problem})
 
     def check_intact(self) -> None:
         """Raise :class:`Unavailable` if this process found the log rewritten."""
@@ -268,7 +275,9 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
             view.sync(session, below=seq)
             view.check_intact()
             if view.tree.size != seq:  # only if the database lost committed entries under us
-                view._break(session, view.tree.size, f"entry {view.tree.size} is missing")
+                missing = min(seq, view.tree.size)
+                view._break(session, missing, f"entries from {missing} are missing: this process saw "
+                                              f"{view.tree.size} entries, the log now gives index {seq} to the next")
                 view.check_intact()
         if seq == 0:
             _append(session, view, pending, 0, "ledger.started", at,
@@ -404,10 +413,7 @@ def verify_database(session: Session, public_key: str | None = None) -> Verifica
         digest = _row_digest(row)
         checkpoint = Checkpoint(view.origin, row.seq + 1, bytes.fromhex(row.root), row.timestamp_ms, row.signature)
         if result.ok and row.seq == position and cache.get(position) == digest:
-            verifier.tree.append(leaf_hash(row.body.encode("utf-8")))
-            result.size += 1
-            result.verified += 1
-            result.checkpoint = checkpoint
+            verifier.add_verified(row.body, checkpoint)
             continue
         verifier.add(position, row.body, checkpoint)
         if not result.ok:
@@ -426,44 +432,40 @@ def verify_database(session: Session, public_key: str | None = None) -> Verifica
             cache[position] = digest
     if not result.ok and public_key is None and result.first_bad is not None:
         with view.lock:  # what the service found, it does not extend under its key
-            if view.broken is None:
-                view.broken = (result.first_bad, result.problem or "")
-                logger.error("the ledger is broken: no state change is accepted until it is restored",
-                             extra={"entry": result.first_bad, "problem": result.problem})
+            view.mark_broken(result.first_bad, result.problem or "")
     return result
 
 
 # ------------------------------------------------------------------------------------ export
 
-def export_jsonl(session: Session, query: Select[Any] | None = None) -> Iterator[str]:
+def export_jsonl(session: Session) -> Iterator[str]:
     """The log as JSON Lines: a header (origin, public key), then per entry its body, its signed
     checkpoint and the inclusion proof of the entry in that checkpoint's tree (each line is a
-    receipt). The whole log with ``query`` None: what ``fedfraud ledger verify`` checks."""
+    receipt): what ``fedfraud ledger verify`` checks. The proofs come from the bodies as exported,
+    so a changed body shows in the verifier, whatever the database holds beside it."""
     view = ledger()
     yield json.dumps({"format": "fedfraud-ledger-v1", "origin": view.origin, "public_key": view.public_key}) + "\n"
     tree = Tree()
-    for row in _rows(session, query):
-        if query is None:
-            tree.append(leaf_hash(row.body.encode("utf-8")))
-            proof = tree.inclusion_proof(row.seq, row.seq + 1) if tree.size == row.seq + 1 else []
-        else:
-            proof = []
+    for row in _rows(session):
+        tree.append(leaf_hash(row.body.encode("utf-8")))
+        proof = tree.inclusion_proof(row.seq, row.seq + 1) if tree.size == row.seq + 1 else []  # [] past a gap
         document = receipt_document(row.body.encode("utf-8"), row.seq, proof, checkpoint_of(row, view.origin))
         yield json.dumps(document, separators=(",", ":")) + "\n"
 
 
-def export_csv(session: Session, query: Select[Any] | None = None) -> Iterator[str]:
+def export_csv(session: Session) -> Iterator[str]:
     """The entries as CSV, one row each, with the signed checkpoint's root and signature."""
     columns = ["index", "at", "event", "bank_id", "run_id", "model_version", "details", "entry_sha256_leaf",
                "checkpoint_root", "checkpoint_timestamp_ms", "checkpoint_signature"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    for row in _rows(session, query):
+    for row in _rows(session):
         fields = parse_entry(row.body)
         writer.writerow([row.seq, fields["at"], fields["event"], fields["bank_id"] or "", fields["run_id"] or "",
                          "" if fields["model_version"] is None else fields["model_version"],
-                         json.dumps(fields["details"], sort_keys=True), row.leaf_hash, row.root, row.timestamp_ms,
+                         json.dumps(fields["details"], sort_keys=True), leaf_hash(row.body.encode("utf-8")).hex(),
+                         row.root, row.timestamp_ms,
                          row.signature])
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()

@@ -188,3 +188,17 @@ def test_sign_in_needs_the_forms_csrf_token_and_the_cookie_is_locked_down(
     open_redirect = browser_like.post(f"{site}/compliance/sign-in?next=//evil.example/x",
                                       data={"token": compliance_token, "csrf_token": fresh[1]}, allow_redirects=False)
     assert open_redirect.headers["Location"].endswith("/compliance/ledger")
+
+
+def test_behind_tls_the_session_cookie_is_https_only(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consortium.app import create_app
+
+    monkeypatch.setenv("FEDFRAUD_SESSION_COOKIE_SECURE", "true")
+    secure = create_app(app_config)
+    try:
+        cookie = secure.test_client().get("/compliance/sign-in").headers["Set-Cookie"]
+        assert "; Secure" in cookie and "HttpOnly" in cookie
+    finally:
+        Database.engine_for(secure).dispose()
