@@ -14,11 +14,12 @@ from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consortium.errors import Forbidden, Unauthorized
+from consortium.errors import Conflict, Forbidden, NotFound, Unauthorized
+from consortium.extensions import now
 from consortium.storage.database import db
 from consortium.storage.models import Role, Token
 
-__all__ = ["Principal", "current_principal", "hash_token", "issue_token", "require_bank", "requires"]
+__all__ = ["Principal", "current_principal", "hash_token", "issue_token", "require_bank", "requires", "revoke_token"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOKEN_BYTES = 32
@@ -57,6 +58,30 @@ def issue_token(session: Session, role: Role | str, bank_id: str | None = None) 
     session.flush()
     record(session, "token.issued", bank_id=bank_id, details={"token_id": row.id, "role": role.value})
     return token
+
+
+def revoke_token(session: Session, token_id: int) -> Token:
+    """Revoke token ``token_id`` from now on, with its ``token.revoked`` ledger entry (the caller
+    commits both together). Its holder's next request is refused, and a compliance session
+    signed in with it ends.
+
+    Raises
+    ------
+    NotFound
+        No token has that id.
+    Conflict
+        It was revoked already (the first revocation stands, with its time).
+    """
+    from consortium.ledger import record
+
+    row = session.get(Token, token_id)
+    if row is None:
+        raise NotFound(f"no token has id {token_id}")
+    if row.revoked_at is not None:
+        raise Conflict(f"token {token_id} was revoked already, at {row.revoked_at.isoformat(timespec='seconds')}Z")
+    row.revoked_at = now()
+    record(session, "token.revoked", bank_id=row.bank_id, details={"token_id": row.id, "role": row.role})
+    return row
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,60 @@ def init_db() -> None:
 def create_token(role: str) -> None:
     """Issue an operator or compliance token; it is printed once and stored only as a hash."""
     from consortium.app import create_app
-    from consortium.auth import issue_token
+    from sqlalchemy import select
+
+    from consortium.auth import hash_token, issue_token
     from consortium.storage.database import db
+    from consortium.storage.models import Token
 
     app = create_app()
     with app.app_context():
         token = issue_token(db.session, role)
         db.session.commit()
+        token_id = db.session.execute(select(Token.id).where(Token.token_sha256 == hash_token(token))).scalar_one()
+    click.echo(f"token id {token_id} ({role}); revoke it with: fedfraud consortium revoke-token {token_id}", err=True)
     click.echo(token)
+
+
+@consortium_cli.command("tokens")
+def list_tokens() -> None:
+    """List the tokens issued: id, role, bank, when issued and revoked (never the tokens, which
+    are stored only as hashes)."""
+    from sqlalchemy import select
+
+    from consortium.app import create_app
+    from consortium.storage.database import db
+    from consortium.storage.models import Token
+
+    app = create_app()
+    with app.app_context():
+        rows = db.session.execute(select(Token).order_by(Token.id)).scalars().all()
+        click.echo(f"{'id':>5}  {'role':<10}  {'bank':<24}  {'issued (UTC)':<19}  revoked (UTC)")
+        for row in rows:
+            revoked = "-" if row.revoked_at is None else row.revoked_at.isoformat(sep=" ", timespec="seconds")
+            click.echo(f"{row.id:>5}  {row.role:<10}  {row.bank_id or '-':<24}  "
+                       f"{row.created_at.isoformat(sep=' ', timespec='seconds'):<19}  {revoked}")
+
+
+@consortium_cli.command("revoke-token")
+@click.argument("token_id", type=click.IntRange(min=1))
+def revoke_token(token_id: int) -> None:
+    """Revoke token TOKEN_ID (see `fedfraud consortium tokens`): refused from its next request on,
+    recorded in the contribution ledger."""
+    from consortium.app import create_app
+    from consortium.auth import revoke_token as revoke
+    from consortium.errors import ConsortiumError
+    from consortium.storage.database import db
+
+    app = create_app()
+    with app.app_context():
+        try:
+            row = revoke(db.session, token_id)
+            db.session.commit()
+        except ConsortiumError as exc:
+            db.session.rollback()
+            raise click.ClickException(exc.message) from None
+        click.echo(f"token {token_id} ({row.role}{', bank ' + row.bank_id if row.bank_id else ''}) revoked")
 
 
 @consortium_cli.command("enrol-bank")

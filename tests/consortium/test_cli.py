@@ -1,4 +1,4 @@
-"""``fedfraud consortium`` commands: init-db, create-token, enrol-bank."""
+"""``fedfraud consortium`` commands: init-db, create-token, tokens, revoke-token, enrol-bank."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from consortium import ledger
 from consortium.app import create_app
 from consortium.cli import consortium_cli
+from consortium.storage.database import db
+from consortium.storage.models import LedgerEntry
+from schemas.ledger import parse_entry
 
 
 @pytest.fixture
@@ -28,10 +32,59 @@ def test_init_db_then_tokens_that_work(env: dict[str, str], tmp_path: Path) -> N
     bank = runner.invoke(consortium_cli, ["enrol-bank", "bank-1", "First Bank"])
     assert bank.exit_code == 0, bank.output
     client = create_app({"TESTING": True}).test_client()
-    listed = client.get("/v1/banks", headers={"Authorization": f"Bearer {operator.output.strip()}"})
+    listed = client.get("/v1/banks", headers={"Authorization": f"Bearer {operator.stdout.strip()}"})
     assert listed.status_code == 200 and listed.get_json()[0]["name"] == "First Bank"
-    mine = client.get("/v1/banks", headers={"Authorization": f"Bearer {bank.output.strip()}"})
+    mine = client.get("/v1/banks", headers={"Authorization": f"Bearer {bank.stdout.strip()}"})
     assert mine.status_code == 200
+
+
+def test_a_revoked_token_is_refused_everywhere_and_recorded_in_the_ledger(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    assert runner.invoke(consortium_cli, ["init-db"]).exit_code == 0
+    operator = runner.invoke(consortium_cli, ["create-token", "--role", "operator"])
+    compliance = runner.invoke(consortium_cli, ["create-token", "--role", "compliance"])
+    bank = runner.invoke(consortium_cli, ["enrol-bank", "bank-1", "First Bank"])
+    assert "revoke it with: fedfraud consortium revoke-token 1" in operator.stderr
+    tokens = {"operator": operator.stdout.strip(), "compliance": compliance.stdout.strip(), "bank": bank.stdout.strip()}
+    listed = runner.invoke(consortium_cli, ["tokens"])
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "operator", "-"), ("2", "compliance", "-"),
+                                                  ("3", "bank", "bank-1")]
+    assert all(r[-1] == "-" for r in rows)  # none revoked yet
+    assert not any(token in listed.output for token in tokens.values())
+
+    app = create_app({"TESTING": True})
+    client = app.test_client()
+    pages = app.test_client()
+    form = pages.get("/compliance/sign-in").get_data(as_text=True)
+    csrf = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    pages.post("/compliance/sign-in", data={"token": tokens["compliance"], "csrf_token": csrf})
+    assert pages.get("/compliance/ledger").status_code == 200
+
+    for token_id in ("1", "2"):
+        revoked = runner.invoke(consortium_cli, ["revoke-token", token_id])
+        assert revoked.exit_code == 0 and "revoked" in revoked.stdout, revoked.output
+    refused = client.get("/v1/banks", headers={"Authorization": f"Bearer {tokens['operator']}"})
+    assert refused.status_code == 401 and "revoked" in refused.get_json()["message"]
+    assert client.get("/v1/banks", headers={"Authorization": f"Bearer {tokens['bank']}"}).status_code == 200
+    ended = pages.get("/compliance/ledger")
+    assert ended.status_code == 302 and "/compliance/sign-in" in ended.headers["Location"]
+    listed = runner.invoke(consortium_cli, ["tokens"]).stdout.splitlines()[1:]
+    assert [line.split()[-1] != "-" for line in listed] == [True, True, False]
+
+    again = runner.invoke(consortium_cli, ["revoke-token", "1"])
+    assert again.exit_code == 1 and "token 1 was revoked already" in again.output and "Traceback" not in again.output
+    unknown = runner.invoke(consortium_cli, ["revoke-token", "99"])
+    assert unknown.exit_code == 1 and "no token has id 99" in unknown.output
+    assert runner.invoke(consortium_cli, ["revoke-token", "one"]).exit_code == 2
+
+    with app.app_context():
+        entries = [parse_entry(row.body) for row in db.session.query(LedgerEntry).order_by(LedgerEntry.seq)]
+        assert ledger.verify_database(db.session).ok
+    revocations = [e for e in entries if e["event"] == "token.revoked"]
+    assert [(e["details"]["token_id"], e["details"]["role"]) for e in revocations] == [(1, "operator"),
+                                                                                       (2, "compliance")]
 
 
 def test_cli_errors_are_one_readable_line(env: dict[str, str]) -> None:
