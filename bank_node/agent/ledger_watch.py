@@ -45,6 +45,7 @@ class LedgerWatch:
         self.state = state
         self.bank_id = bank_id
         self.required = required
+        self._unconfirmed: set[int] = set()
 
     # ------------------------------------------------------------------------------ state
 
@@ -133,16 +134,25 @@ class LedgerWatch:
             raise LedgerRewrittenError(
                 f"the consortium's ledger does not extend the one this bank saw ({exc}); the agent stops until "
                 "the consortium's operators explain it (fedfraud ledger verify with this bank's receipts)") from None
-        self._confirm_receipts(new, key)
+        self._confirm_receipts(new, key, since=0 if old is None else old.size)
         record = self._load()
         self._save({**record, "checkpoint": new.to_json(), "origin": record.get("origin") or new.origin})
         return new
 
-    def _confirm_receipts(self, new: Checkpoint, key: str) -> None:
+    def _waiting(self, since: int) -> list[int]:
+        """The receipts kept since the last accepted checkpoint, of ``since`` entries: every receipt
+        kept with an index at least that (a contribution made after that look at the log), those
+        this process kept with a lower one (a stored contribution's receipt given again), and those
+        an earlier version listed in the state file."""
+        folder = self.state.root / RECEIPTS
+        kept = {int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()} if folder.is_dir() else set()
+        legacy = {int(i) for i in self._load().get("unconfirmed", [])}
+        return sorted({i for i in kept if i >= since} | self._unconfirmed | legacy)
+
+    def _confirm_receipts(self, new: Checkpoint, key: str, *, since: int) -> None:
         """Each receipt kept since the last poll must be in the log this bank just accepted: a
         receipt from one log and a watch of another (a fork) stops the agent."""
-        record = self._load()
-        waiting = [int(i) for i in record.get("unconfirmed", [])]
+        waiting = self._waiting(since)
         for index in waiting:
             receipt = json.loads((self.state.root / RECEIPTS / f"{index:012d}.json").read_text(encoding="utf-8"))
             if index >= new.size:
@@ -159,8 +169,10 @@ class LedgerWatch:
             except (CheckpointError, LedgerError, ValueError, TypeError) as exc:
                 raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not proven in the "
                                            f"log the consortium now shows ({exc}): the agent stops") from None
-        if waiting:
-            self._save({**self._load(), "unconfirmed": []})
+        self._unconfirmed.clear()
+        record = self._load()
+        if "unconfirmed" in record:
+            self._save({name: value for name, value in record.items() if name != "unconfirmed"})
 
     # ------------------------------------------------------------------------------ receipts
 
@@ -196,5 +208,6 @@ class LedgerWatch:
         folder = self.state.root / RECEIPTS
         folder.mkdir(mode=0o700, exist_ok=True)
         (folder / f"{fields['index']:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")
-        record = self._load()
-        self._save({**record, "unconfirmed": sorted({*record.get("unconfirmed", []), fields["index"]})})
+        # Confirmed at the next poll: a receipt file whose index is past the last checkpoint
+        # accepted is waiting by that alone (it survives a restart without a state write here).
+        self._unconfirmed.add(int(fields["index"]))
