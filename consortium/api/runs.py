@@ -43,7 +43,7 @@ from consortium.extensions import blob_store, now, round_generation, wait_for_ro
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
-from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Role, RoundRow, Run
+from consortium.storage.models import ID_SEGMENT, ROUND_KEY_LENGTH, Contribution, Role, RoundRow, Run
 from schemas.round_key import training_progress
 from schemas.run import RunWindow
 
@@ -66,9 +66,10 @@ def _check_round_key(round_key: str) -> None:
         raise Unprocessable(f"invalid round key {round_key[:80]!r}", {"round_key": [message]})
 
 
-def round_view(current: RoundRow, run: Run) -> dict[str, Any]:
-    """A round as the API shows it (never its payloads)."""
-    contributors = [row.bank_id for row in rounds.contributions_of(db.session, current.id)]
+def round_view(current: RoundRow, run: Run, contributors: list[str] | None = None) -> dict[str, Any]:
+    """A round as the API shows it (never its payloads); ``contributors`` when already read."""
+    if contributors is None:
+        contributors = [row.bank_id for row in rounds.contributions_of(db.session, current.id)]
     return {
         "round_key": current.round_key,
         "state": current.state,
@@ -88,6 +89,12 @@ def run_view(run: Run) -> dict[str, Any]:
     """A run with its rounds."""
     round_rows = list(db.session.execute(
         select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars())
+    # Every round's contributors in one query (a run has hundreds of rounds; a view is polled).
+    contributors: dict[int, list[str]] = {row.id: [] for row in round_rows}
+    for round_id, bank_id in db.session.execute(
+            select(Contribution.round_id, Contribution.bank_id).where(Contribution.run_id == run.run_id)
+            .order_by(Contribution.round_id, Contribution.bank_id)):
+        contributors[round_id].append(bank_id)
     model = publishing.model_for_run(db.session, run.run_id)
     released = [row.round_key for row in round_rows if row.state == RoundState.RELEASED.value]
     return {
@@ -107,7 +114,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "rounds": [round_view(row, run) for row in round_rows],
+        "rounds": [round_view(row, run, contributors[row.id]) for row in round_rows],
         "progress": training_progress(run.model, dict(run.params or {}), released),
         "model_version": None if model is None else model.version,
     }
