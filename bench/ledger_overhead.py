@@ -66,8 +66,11 @@ def one_run(files: dict[str, Path], root: Path, *, ledger_on: bool, params: dict
         run_id = consortium.open_run("xgboost", params, train_start=train_start.isoformat(), train_days=train_days)
         # Looked at every 2 s only (a run's view is not free for the aggregator); the time is the
         # run's own, from its opening to its end, as the aggregator recorded them.
-        run = wait_for(lambda: (view := consortium.run(run_id))["state"] != "open" and view or None, 3600,
-                       f"run {run_id}", interval=2.0)
+        def ended() -> dict[str, Any] | None:
+            view = consortium.run(run_id)  # an error answer (busy database) is read again later
+            return view if view.get("state") not in (None, "open") else None
+
+        run = wait_for(ended, 3600, f"run {run_id}", interval=2.0)
         seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["created_at"])).total_seconds()
         if run["state"] != "completed":
             raise SystemExit(f"the run ended {run['state']}: {run.get('failure_reason')}\n{consortium.agent_logs()}")
