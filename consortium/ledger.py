@@ -36,7 +36,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, stream_with_context
 from nacl.signing import SigningKey
-from sqlalchemy import Select, event, func, select, update
+from sqlalchemy import Select, event, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -68,6 +68,18 @@ logger = logging.getLogger("consortium.ledger")
 
 _EXTENSION = "fedfraud_ledger"
 _PENDING = "fedfraud_ledger_pending"
+#: Entries whose text a process keeps after committing them, for their receipts.
+RECENT_ENTRIES = 256
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An entry appended in a transaction not yet committed."""
+
+    leaf: bytes
+    timestamp_ms: int
+    body: bytes
+    checkpoint: Checkpoint
 _APPENDED = "fedfraud_ledger_appended"
 KEY_FILE_NAME = "ledger-signing.key"
 
@@ -109,6 +121,8 @@ class Ledger:
     witness_checked: bool = False
     verified: dict[int, bytes] = field(default_factory=dict)
     """Digest of each stored row as :func:`verify_database` last verified it."""
+    recent: dict[int, tuple[bytes, Checkpoint]] = field(default_factory=dict)
+    """The text and checkpoint of the last entries this process committed (for their receipts)."""
 
     @property
     def public_key(self) -> str:
@@ -173,18 +187,22 @@ class Ledger:
                 handle.write(json.dumps({"size": size, "root": root.hex()}))
                 handle.flush()
 
-    def extend(self, committed: list[tuple[bytes, int]], size: int, root: bytes) -> None:
-        """Add the leaves this process has just committed (with the signed times of their
-        checkpoints) to the tree, if it ends where they begin: the process need not read back and
-        check what it wrote itself. Otherwise the next :meth:`sync` reads them as it reads others'."""
+    def extend(self, committed: list[_Pending], size: int, root: bytes) -> None:
+        """Add the entries this process has just committed to the tree, if it ends where they
+        begin: the process need not read back and check what it wrote itself (the next
+        :meth:`sync` reads them otherwise, as it reads others'). Their texts and checkpoints are
+        kept a while for their receipts."""
         with self.lock:
             if self.broken is not None or not committed or self.tree.size != size - len(committed):
                 return
-            if self.tree.root_with(*(leaf for leaf, _ in committed)) != root:
+            if self.tree.root_with(*(entry.leaf for entry in committed)) != root:
                 return  # not the tree the entries were signed over: sync will read and check them
-            for leaf, _ in committed:
-                self.tree.append(leaf)
-            self.last_ms = max(self.last_ms, committed[-1][1])
+            for entry in committed:
+                self.recent[self.tree.size] = (entry.body, entry.checkpoint)
+                self.tree.append(entry.leaf)
+            self.last_ms = max(self.last_ms, committed[-1].timestamp_ms)
+            while len(self.recent) > RECENT_ENTRIES:
+                del self.recent[next(iter(self.recent))]
 
     def _check_witness(self, session: Session) -> None:
         """Once per process, at its first look at the log: later, a cut shows by itself (this
@@ -271,9 +289,10 @@ def _witness_commit(session: Session) -> None:
 
 
 def record(session: Session, event_name: str, *, bank_id: str | None = None, run_id: str | None = None,
-           model_version: int | None = None, details: Mapping[str, Any] | None = None) -> LedgerEntry:
+           model_version: int | None = None, details: Mapping[str, Any] | None = None) -> int:
     """Append an entry to the ledger in ``session``'s transaction (commit it with the state change
-    it records). The log's first entry, ``ledger.started``, is written before the first event.
+    it records) and return its index. The log's first entry, ``ledger.started``, is written
+    before the first event.
 
     Raises
     ------
@@ -283,7 +302,7 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
     view = ledger()
     view.check_intact()
     seq = _next_seq(session)
-    pending: list[tuple[bytes, int]] = session.info.setdefault(_PENDING, [])
+    pending: list[_Pending] = session.info.setdefault(_PENDING, [])
     moment = now()
     at = moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # the entry states milliseconds
     with view.lock:
@@ -311,20 +330,22 @@ def _next_seq(session: Session) -> int:
     return int(size) - 1
 
 
-def _append(session: Session, view: Ledger, pending: list[tuple[bytes, int]], seq: int, event_name: str,
+def _append(session: Session, view: Ledger, pending: list[_Pending], seq: int, event_name: str,
             at: datetime,
-            **fields: Any) -> LedgerEntry:
+            **fields: Any) -> int:
     body = canonical_entry(seq, event_name, at, **fields)
     leaf = leaf_hash(body)
-    root = view.tree.root_with(*(p[0] for p in pending), leaf)
-    checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p[1] for p in pending), default=0))
-    row = LedgerEntry(seq=seq, event=event_name, at=at, bank_id=fields.get("bank_id"), run_id=fields.get("run_id"),
-                      model_version=fields.get("model_version"), body=body.decode("utf-8"), leaf_hash=leaf.hex(),
-                      root=root.hex(), timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature)
-    session.add(row)
-    pending.append((leaf, checkpoint.timestamp_ms))
+    root = view.tree.root_with(*(p.leaf for p in pending), leaf)
+    checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p.timestamp_ms for p in pending), default=0))
+    # Core, at once, in the transaction: no ORM object to build, flush and expire (the row is
+    # read back, when it is, as a row of the log).
+    session.connection().execute(insert(LedgerEntry).values(
+        seq=seq, event=event_name, at=at, bank_id=fields.get("bank_id"), run_id=fields.get("run_id"),
+        model_version=fields.get("model_version"), body=body.decode("utf-8"), leaf_hash=leaf.hex(), root=root.hex(),
+        timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature))
+    pending.append(_Pending(leaf, checkpoint.timestamp_ms, body, checkpoint))
     session.info[_APPENDED] = (view, seq + 1, root)
-    return row
+    return seq
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -381,6 +402,9 @@ def receipt(session: Session, seq: int) -> dict[str, Any]:
         view.sync(session, below=seq + 1)
         proof = view.tree.inclusion_proof(seq, seq + 1)
     view.check_intact()
+    kept = view.recent.get(seq)
+    if kept is not None:
+        return receipt_document(kept[0], seq, proof, kept[1])
     row = session.get(LedgerEntry, seq)
     assert row is not None, f"entry {seq} was committed"
     return receipt_document(row.body.encode("utf-8"), seq, proof, checkpoint_of(row, view.origin))

@@ -278,7 +278,7 @@ def _store_contribution(
         "contribution stored",
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
-    return current, entry.seq
+    return current, entry
 
 
 def contributions_of(session: Session, round_id: int) -> list[Contribution]:

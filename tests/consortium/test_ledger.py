@@ -399,10 +399,11 @@ def test_a_failure_between_a_state_change_and_its_entry_leaves_neither(
         raise Injected("signing failed")
 
     def fail_commit(session: Session) -> None:
-        if any(isinstance(row, LedgerEntry) for row in session.new):
+        if session.info.get(_PENDING):  # an entry is written in this transaction, with its state change
             raise Injected("the database went away")
 
-    from consortium.storage.models import Contribution, LedgerEntry
+    from consortium.ledger import _PENDING
+    from consortium.storage.models import Contribution
 
     if where == "while writing the entry":
         monkeypatch.setattr(Ledger, "sign", fail_signing)
