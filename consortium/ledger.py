@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from flask import Flask, Response, current_app, stream_with_context
 from nacl.signing import SigningKey
@@ -121,6 +121,7 @@ class Ledger:
     witness_checked: bool = False
     verified: dict[int, bytes] = field(default_factory=dict)
     """Digest of each stored row as :func:`verify_database` last verified it."""
+    _witness_fd: int | None = None
     recent: dict[int, tuple[bytes, Checkpoint]] = field(default_factory=dict)
     """The text and checkpoint of the last entries this process committed (for their receipts)."""
 
@@ -177,15 +178,19 @@ class Ledger:
         """Remember that the log held ``size`` entries with ``root`` (never lowers what is kept)."""
         if self.witness is None:
             return
-        with open(self.witness, "a+", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.seek(0)
-            kept = _read_witness(handle.read())
-            if kept is None or size > kept[0]:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(json.dumps({"size": size, "root": root.hex()}))
-                handle.flush()
+        with self.lock:  # one descriptor per process, kept open; the file lock orders processes
+            if self._witness_fd is None:
+                self._witness_fd = os.open(self.witness, os.O_RDWR | os.O_CREAT, 0o600)
+            descriptor = self._witness_fd
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            try:
+                kept = _read_witness(os.pread(descriptor, 4096, 0).decode("utf-8", "replace"))
+                if kept is None or size > kept[0]:
+                    text = json.dumps({"size": size, "root": root.hex()}).encode()
+                    os.pwrite(descriptor, text, 0)
+                    os.ftruncate(descriptor, len(text))
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
 
     def extend(self, committed: list[_Pending], size: int, root: bytes) -> None:
         """Add the entries this process has just committed to the tree, if it ends where they
@@ -322,11 +327,16 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
                        model_version=model_version, details=details)
 
 
+# Core statements built once (their compiled form is cached by identity), run on the session's
+# connection: the ORM's unit of work and autoflush cost more than the statements themselves (a
+# state change's own rows are flushed at its commit all the same).
+_NEXT_SEQ: Final = (update(LedgerHead).where(LedgerHead.id == 1).values(size=LedgerHead.size + 1)
+                    .returning(LedgerHead.size))
+_INSERT_ENTRY: Final = insert(LedgerEntry)
+
+
 def _next_seq(session: Session) -> int:
-    # Core, on the session's connection: the ORM's bulk-update bookkeeping and autoflush cost
-    # more than the statement (a state change's own rows are flushed at its commit all the same).
-    size = session.connection().execute(update(LedgerHead).where(LedgerHead.id == 1)
-                                        .values(size=LedgerHead.size + 1).returning(LedgerHead.size)).scalar_one()
+    size = session.connection().execute(_NEXT_SEQ).scalar_one()
     return int(size) - 1
 
 
@@ -337,12 +347,11 @@ def _append(session: Session, view: Ledger, pending: list[_Pending], seq: int, e
     leaf = leaf_hash(body)
     root = view.tree.root_with(*(p.leaf for p in pending), leaf)
     checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p.timestamp_ms for p in pending), default=0))
-    # Core, at once, in the transaction: no ORM object to build, flush and expire (the row is
-    # read back, when it is, as a row of the log).
-    session.connection().execute(insert(LedgerEntry).values(
-        seq=seq, event=event_name, at=at, bank_id=fields.get("bank_id"), run_id=fields.get("run_id"),
-        model_version=fields.get("model_version"), body=body.decode("utf-8"), leaf_hash=leaf.hex(), root=root.hex(),
-        timestamp_ms=checkpoint.timestamp_ms, signature=checkpoint.signature))
+    # At once, in the transaction: no ORM object to build, flush and expire.
+    session.connection().execute(_INSERT_ENTRY, {
+        "seq": seq, "event": event_name, "at": at, "bank_id": fields.get("bank_id"), "run_id": fields.get("run_id"),
+        "model_version": fields.get("model_version"), "body": body.decode("utf-8"), "leaf_hash": leaf.hex(),
+        "root": root.hex(), "timestamp_ms": checkpoint.timestamp_ms, "signature": checkpoint.signature})
     pending.append(_Pending(leaf, checkpoint.timestamp_ms, body, checkpoint))
     session.info[_APPENDED] = (view, seq + 1, root)
     return seq
