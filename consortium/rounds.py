@@ -53,6 +53,7 @@ from consortium.storage.models import (
     Run,
     RunState,
 )
+from schemas.privacy import run_privacy
 from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
@@ -253,6 +254,13 @@ def _store_contribution(
             )
             session.add(current)
             session.flush()
+        privacy = run_privacy(run.model, dict(run.params or {}))
+        if privacy is not None and session.execute(
+                select(Contribution.id).where(Contribution.run_id == run.run_id,
+                                              Contribution.bank_id == bank.bank_id).limit(1)).first() is None:
+            # The bank's first noisy contribution to the run: its transactions spend the run's budget.
+            record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id,
+                   details={**privacy.to_json(), "round_key": round_key})
         session.add(
             Contribution(
                 run_id=run.run_id,

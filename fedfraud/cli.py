@@ -136,6 +136,16 @@ def _comma_list(value: str) -> tuple[str, ...]:
                    "against a centralized model on full-data features.")
 @click.option("--terminal-threshold", type=click.IntRange(min=1), default=3, show_default=True,
               help="Fewest banks that must have seen a terminal for it to get consortium values.")
+@click.option("--dp-epsilon", type=float, default=None, metavar="E",
+              help="Train the federated models with differential privacy: epsilon E per run, for all its training "
+                   "sums together (each bank clips its rows and adds the noise). The spend is reported.")
+@click.option("--dp-delta", type=float, default=1e-5, show_default=True, metavar="D", help="The runs' delta.")
+@click.option("--dp-clip", type=float, default=1.0, show_default=True,
+              help="Bound on one transaction's gradient under differential privacy.")
+@click.option("--reg-lambda", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="XGBoost's L2 regularisation of leaf weights (a private run may want more).")
+@click.option("--min-child-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="XGBoost's minimum hessian sum in a child (a private run may want more).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results as JSON here.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -143,7 +153,8 @@ def _comma_list(value: str) -> tuple[str, ...]:
 @readable_errors
 def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start: date, train_days: int,
              delay_days: int, test_days: int, models: str, scheme: str, seed: int, trees: int, max_depth: int,
-             eta: float, bins: int, consortium_features: bool, terminal_threshold: int, json_path: Path | None,
+             eta: float, bins: int, consortium_features: bool, terminal_threshold: int, dp_epsilon: float | None,
+             dp_delta: float, dp_clip: float, reg_lambda: float, min_child_weight: float, json_path: Path | None,
              report_dir: Path | None) -> None:
     """Federated vs local-only vs centralized training of N simulated banks, in one process."""
     from bank_node.data import load_transactions
@@ -154,8 +165,9 @@ def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start:
     _run_simulation(frame, _simulation_config(
         n_banks=banks, sizes=sizes, train_start=train_start, train_days=train_days, delay_days=delay_days,
         test_days=test_days, models=models, scheme=scheme, seed=seed, n_trees=trees, max_depth=max_depth,
-        eta=eta, n_bins=bins, consortium_features=consortium_features, terminal_threshold=terminal_threshold),
-        json_path=json_path, report_dir=report_dir)
+        eta=eta, n_bins=bins, consortium_features=consortium_features, terminal_threshold=terminal_threshold,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, reg_lambda=reg_lambda,
+        min_child_weight=min_child_weight), json_path=json_path, report_dir=report_dir)
 
 
 def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: Any) -> Any:

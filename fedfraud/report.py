@@ -87,6 +87,18 @@ def print_summary(result: SimulationResult) -> None:
                           *(f"{per_bank_ap(result, model, setting, bank):.3f}" for bank in bank_names))
     console.print(banks)
 
+    if result.privacy:
+        spent = Table(title="Differential privacy of the federated trainings (each bank clips and adds its own noise)")
+        for column in ("model", "trained on", "epsilon", "delta", "noise multiplier", "releases"):
+            spent.add_column(column, justify="left" if column in ("model", "trained on") else "right")
+        for run in result.privacy["runs"]:
+            spent.add_row(run["model"], run["training"], f"{run['epsilon']:g}", f"{run['delta']:g}",
+                          f"{run['noise_multiplier']:.2f}", str(run["releases"]))
+        console.print(spent)
+        console.print(f"Each bank's transactions spent epsilon {result.privacy['per_bank_epsilon']:.3g} at delta "
+                      f"{result.privacy['delta']:g} over these trainings together (Renyi DP composition, "
+                      f"dp-accounting); not covered: {result.privacy['not_covered']}.")
+
     cost = Table(title=f"Cost of federated training ({result.config['scheme']})")
     for column in ("model", "rounds", "total s", "encrypt s", "aggregate s", "decrypt s", "MB up per bank"):
         cost.add_column(column, justify="right")

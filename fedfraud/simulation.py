@@ -35,7 +35,10 @@ from bank_node.federated.terminal_stats import (
     with_consortium_terminal_features,
 )
 from consortium.secure_sum import SecureSum
+from bank_node.federated.privacy import PrivateContribution
 from schemas.errors import FedfraudInputError
+from schemas.privacy import DEFAULT_DELTA, RunPrivacy, compose_epsilon, run_privacy
+from schemas.run import load_run_params
 
 MODELS = ("xgboost", "logreg")
 TERMINAL_FEATURES = tuple(c for c in FEATURE_COLUMNS if c.startswith("TERMINAL_ID_"))
@@ -67,6 +70,11 @@ class SimulationConfig:
     min_banks: int = 3
     consortium_features: bool = False
     terminal_threshold: int = 3
+    dp_epsilon: float | None = None
+    dp_delta: float = DEFAULT_DELTA
+    dp_clip: float = 1.0
+    reg_lambda: float = 1.0
+    min_child_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_banks < self.min_banks:
@@ -82,6 +90,24 @@ class SimulationConfig:
             raise FedfraudInputError(f"--scheme must be one of {', '.join(crypto.SCHEMES)}")
         if self.terminal_threshold < 1:
             raise FedfraudInputError(f"--terminal-threshold must be at least 1 bank, got {self.terminal_threshold}")
+        if self.dp_epsilon is not None:  # the runs' own validation: the simulator refuses what a run would
+            for model in self.models:
+                load_run_params(model, {"dp_epsilon": self.dp_epsilon, "dp_delta": self.dp_delta,
+                                        "dp_clip": self.dp_clip})
+
+    def run_params(self, model: str) -> dict[str, Any]:
+        """The params a consortium run of ``model`` would carry for this simulation."""
+        params: dict[str, Any] = {}
+        if model == "xgboost":
+            params = {"n_trees": self.n_trees, "max_depth": self.max_depth, "eta": self.eta, "n_bins": self.n_bins,
+                      "seed": self.seed, "reg_lambda": self.reg_lambda, "min_child_weight": self.min_child_weight}
+        if self.dp_epsilon is not None:
+            params.update(dp_epsilon=self.dp_epsilon, dp_delta=self.dp_delta, dp_clip=self.dp_clip)
+        return params
+
+    def privacy(self, model: str) -> RunPrivacy | None:
+        """The private runs' setting, or None without differential privacy."""
+        return run_privacy(model, self.run_params(model))
 
     @property
     def shares(self) -> tuple[float, ...]:
@@ -95,7 +121,8 @@ class SimulationConfig:
     def gbdt_params(self) -> GBDTParams:
         """The tree hyperparameters, shared by federated, centralized and local XGBoost."""
         return GBDTParams(
-            n_trees=self.n_trees, max_depth=self.max_depth, eta=self.eta, n_bins=self.n_bins, seed=self.seed
+            n_trees=self.n_trees, max_depth=self.max_depth, eta=self.eta, n_bins=self.n_bins, seed=self.seed,
+            reg_lambda=self.reg_lambda, min_child_weight=self.min_child_weight,
         )
 
     @property
@@ -212,6 +239,20 @@ class SimulationResult:
     models: dict[str, Any] = field(default_factory=dict)
     test_sets: dict[str, pd.DataFrame] = field(default_factory=dict)
     consortium: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+    def spend(self, model: str, setting: RunPrivacy | None, training: str) -> None:
+        """Account one federated training: each bank's transactions take part in every one."""
+        if setting is None:
+            return
+        runs = self.privacy.setdefault("runs", [])
+        runs.append({"model": model, "training": training, **setting.to_json()})
+        self.privacy["per_bank_epsilon"] = compose_epsilon(
+            [(r["noise_multiplier"], r["releases"]) for r in runs], setting.delta)
+        self.privacy["delta"] = setting.delta
+        self.privacy["not_covered"] = (
+            "the terminal statistics of consortium features (exact event counts) and nothing else"
+            if self.consortium or self.config.get("consortium_features") else "nothing")
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (scores left out)."""
@@ -225,6 +266,8 @@ class SimulationResult:
         }
         if self.consortium:
             out["consortium_features"] = self.consortium
+        if self.privacy:
+            out["privacy"] = self.privacy
         return out
 
 
@@ -308,13 +351,18 @@ def _federated(
 ) -> tuple[Any, LockstepCosts]:
     """Train one model family through secure sums; every bank ends with the same model."""
     algorithms: dict[str, Algorithm[Any]]
+    setting = config.privacy(model)
+    noise = {b.name: None if setting is None else
+             PrivateContribution(setting, n_parties=len(banks), rng=np.random.default_rng([config.seed, i]))
+             for i, b in enumerate(banks)}
+    scales = scales_for(MODEL_INPUTS)
     if model == "logreg":
-        algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS) for b in banks}
+        algorithms = {b.name: federated_logreg(b.X_train, b.y_train, feature_names=MODEL_INPUTS, scales=scales,
+                                               privacy=noise[b.name]) for b in banks}
     else:
-        scales = scales_for(MODEL_INPUTS)
         algorithms = {
             b.name: federated_gbdt(
-                b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i
+                b.X_train, b.y_train, params=config.gbdt_params, scales=scales, party_index=i, privacy=noise[b.name]
             )
             for i, b in enumerate(banks)
         }
@@ -364,6 +412,7 @@ def simulate(
 
         progress(f"{model}: federated training under {config.scheme}")
         fitted, costs = _federated(banks, model, config, secret, public)
+        result.spend(model, config.privacy(model), "own features")
         result.models[model] = fitted
         scores_f = _predict(fitted, banks)
         result.federated[model] = _metrics(banks, ModelScores(scores_f), origin, total_cards)
@@ -406,26 +455,8 @@ def _consortium_comparison(
     """Each model again with consortium terminal features, against the full-data upper bound."""
     windows = config.windows
     days = history_days(windows.train_start, windows.last_day)
-    # The banks share this key as they share the HE secret key; the aggregator never holds it.
-    terminal_key = secrets.token_bytes(32)
-    stats_config = TerminalStatsConfig(threshold=config.terminal_threshold)
     progress(f"consortium terminal statistics: {len(days)} days under {config.scheme}")
-    algorithms = {
-        b.name: consortium_history(events_by_day(_own(b), terminal_key, days), secret=terminal_key, config=stats_config)
-        for b in banks
-    }
-    run = run_lockstep(
-        algorithms,
-        contexts={b.name: secret for b in banks},
-        aggregator=SecureSum(context=public, min_banks=config.min_banks),
-    )
-    shared_banks, covered = [], {}
-    for b in banks:
-        history = run.results[b.name]
-        train, covered_train = with_consortium_terminal_features(b.train, history, secret=terminal_key)
-        test, covered_test = with_consortium_terminal_features(b.test, history, secret=terminal_key)
-        shared_banks.append(b.with_rows(train, test))
-        covered[b.name] = (covered_train, covered_test)
+    shared_banks, covered, run = with_consortium_features(banks, config, secret, public)
 
     progress("full-data features (the centralized upper bound)")
     full_banks = _full_data_banks(banks, config)
@@ -463,6 +494,7 @@ def _consortium_comparison(
         section["local"][model] = _local_metrics(shared_banks, scores_l, origin, total_cards)
         progress(f"{model}: federated training with consortium terminal features")
         fitted, _ = _federated(shared_banks, model, config, secret, public)
+        result.spend(model, config.privacy(model), "consortium features")
         scores_f = _predict(fitted, shared_banks)
         section["federated"][model] = _metrics(shared_banks, ModelScores(scores_f), origin, total_cards)
         result.scores[model].update(
@@ -473,6 +505,35 @@ def _consortium_comparison(
             }
         )
     result.consortium = section
+
+
+def with_consortium_features(
+    banks: Sequence[BankData], config: SimulationConfig, secret: crypto.HEScheme, public: crypto.HEScheme
+) -> tuple[list[BankData], dict[str, tuple[Any, Any]], Any]:
+    """The banks' rows with consortium terminal features (pooled under encryption), which rows
+    they cover, and the pooling run."""
+    windows = config.windows
+    days = history_days(windows.train_start, windows.last_day)
+    # The banks share this key as they share the HE secret key; the aggregator never holds it.
+    terminal_key = secrets.token_bytes(32)
+    stats_config = TerminalStatsConfig(threshold=config.terminal_threshold)
+    algorithms = {
+        b.name: consortium_history(events_by_day(_own(b), terminal_key, days), secret=terminal_key, config=stats_config)
+        for b in banks
+    }
+    run = run_lockstep(
+        algorithms,
+        contexts={b.name: secret for b in banks},
+        aggregator=SecureSum(context=public, min_banks=config.min_banks),
+    )
+    shared_banks, covered = [], {}
+    for b in banks:
+        history = run.results[b.name]
+        train, covered_train = with_consortium_terminal_features(b.train, history, secret=terminal_key)
+        test, covered_test = with_consortium_terminal_features(b.test, history, secret=terminal_key)
+        shared_banks.append(b.with_rows(train, test))
+        covered[b.name] = (covered_train, covered_test)
+    return shared_banks, covered, run
 
 
 def _own(bank: BankData) -> pd.DataFrame:

@@ -62,6 +62,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "contribution.refused": "the aggregator refused a contribution, and why",
     "round.released": "a round's sum was released, and which contributions it adds",
     "round.failed": "a round closed without its quorum",
+    "privacy.spent": "a bank's first contribution to a differentially private run: the run's epsilon and delta",
     "assessment.posted": "a bank's signed assessment of a candidate against the current model",
     "proposal.received": "a bank's signed proposal of a run's final model",
     "model.published": "a model the agreeing banks signed was published (its lineage)",

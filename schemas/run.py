@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Final
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from schemas.errors import FedfraudInputError
+from schemas.privacy import PRIVACY_PARAMS
 
 __all__ = [
     "DEFAULT_TERMINAL_THRESHOLD",
@@ -82,12 +83,29 @@ class _FeatureParams(_Strict):
                               "(default 3: with two, a bank could subtract its own events and read the other's)")
 
 
+class _PrivacyParams(_FeatureParams):
+    """Differential privacy of the run's training sums (schemas/privacy.py; docs/threat-model.md)."""
+
+    dp_epsilon = _float("dp_epsilon", "train with differential privacy: the run's epsilon, for all its training "
+                        "sums together (each bank adds the noise; default: no differential privacy)",
+                        low=0.01, high=100.0)
+    dp_delta = _float("dp_delta", "the run's delta (default 1e-5; only with dp_epsilon)", low=1e-12, high=1e-3)
+    dp_clip = _float("dp_clip", "bound on one transaction's gradient, its Hessian a quarter of it (default 1; "
+                     "only with dp_epsilon)", low=1e-3, high=1e3)
+
+    @validates_schema
+    def _privacy_needs_epsilon(self, data: dict[str, Any], **kwargs: Any) -> None:
+        alone = [name for name in ("dp_delta", "dp_clip") if name in data and "dp_epsilon" not in data]
+        if alone:
+            raise ValidationError({name: ["only with dp_epsilon"] for name in alone})
+
+
 FEATURE_PARAMS: Final = ("consortium_features", "terminal_threshold")
 """Params that say how inputs are built, not how the model is fitted."""
 DEFAULT_TERMINAL_THRESHOLD: Final = 3
 
 
-class XGBoostParamsSchema(_FeatureParams):
+class XGBoostParamsSchema(_PrivacyParams):
     """Parameters of federated gradient-boosted trees (XGBoost's meaning, ``tree_method=hist``)."""
 
     n_trees = _int("n_trees", *XGBOOST_LIMITS["n_trees"], "boosting rounds (XGBoost num_boost_round)")
@@ -106,7 +124,7 @@ class XGBoostParamsSchema(_FeatureParams):
     seed = _int("seed", 0, 2**31 - 1, "seed of the samplers")
 
 
-class LogRegParamsSchema(_FeatureParams):
+class LogRegParamsSchema(_PrivacyParams):
     """Parameters of federated logistic regression (scikit-learn's meaning of C)."""
 
     C = _float("C", "inverse L2 regularisation strength", low=0.0, high=1e6, min_inclusive=False)
@@ -138,6 +156,8 @@ def split_run_params(model: str, params: Any) -> tuple[dict[str, Any], dict[str,
     """The run's params, validated, as (the model family's own, the feature settings)."""
     loaded = load_run_params(model, params)
     features: dict[str, Any] = {name: loaded.pop(name) for name in FEATURE_PARAMS if name in loaded}
+    for name in PRIVACY_PARAMS:
+        loaded.pop(name, None)
     return loaded, features
 
 

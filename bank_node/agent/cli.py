@@ -369,15 +369,26 @@ def roster_show(state_dir: Path, url: str | None) -> None:
 @click.option("--without-ledger", is_flag=True,
               help="Take part with a consortium that keeps no contribution ledger (no checkpoint is watched, no "
                    "receipt kept). By default the agent stops when it cannot watch the ledger.")
+@click.option("--dp-budget", "dp_budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="EPSILON",
+              help="This bank's differential-privacy budget: the epsilon its transactions may spend over "
+                   "--dp-budget-days, composed over its private runs. With it the agent takes part only in private "
+                   "runs (params dp_epsilon) that keep the spend within it, and tells the consortium why otherwise.")
+@click.option("--dp-budget-delta", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
+              show_default=True, help="The delta the budget's epsilon is stated at.")
+@click.option("--dp-budget-days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="The rolling period the budget covers.")
 @_development_option
 @readable_errors
 def agent(data_path: Path | None, columns: str, train_start: datetime | None, train_days: int, state_dir: Path,
           store_url: str | None, url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None,
-          ledger_key: str | None, without_ledger: bool, development: bool) -> None:
+          ledger_key: str | None, without_ledger: bool, dp_budget: float | None, dp_budget_delta: float,
+          dp_budget_days: int, development: bool) -> None:
     """Poll the consortium for training runs and take part in them, on each run's window of the
     node's store (or of --data)."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
     from bank_node.agent.identity import load_identity
+    from bank_node.agent.privacy_budget import PrivacyBudget
     from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
     from bank_node.agent.state import StateDir
     from bank_node.agent.training import StoreSource, TransactionSource
@@ -385,6 +396,7 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     from schemas.transaction import parse_column_mapping
 
     state = StateDir(state_dir)
+    budget = None if dp_budget is None else PrivacyBudget(dp_budget, dp_budget_delta, dp_budget_days)
     client, config = _client(state, url)
     identity = load_identity(state, config.bank_id)
     start = None if train_start is None else date.fromordinal(train_start.toordinal())
@@ -405,7 +417,7 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
             client=client, identity=identity, state=state, training_rows=source.rows,
             transactions=source.transactions, terminal_history=terminal_history,
             settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development,
-                                   require_ledger=not without_ledger),
+                                   require_ledger=not without_ledger, privacy_budget=budget),
         )
         if ledger_key is not None:
             from crypto.signing import b64decode_key

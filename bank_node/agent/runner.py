@@ -39,9 +39,10 @@ from bank_node.agent.errors import (
     RoundFailedError,
 )
 from bank_node.agent.http_channel import HttpChannel
-from bank_node.agent.ledger_watch import LedgerWatch
 from bank_node.agent.identity import BankIdentity
+from bank_node.agent.ledger_watch import LedgerWatch
 from bank_node.agent.membership import PinnedRoster, load_pinned
+from bank_node.agent.privacy_budget import PrivacyBudget
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.terminals import TerminalPlan, Transactions, plan_terminals, pool_terminals
@@ -57,8 +58,9 @@ from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
 from schemas.assessment import Assessment
+from schemas.privacy import run_privacy
 from schemas.round_key import algorithm_key, training_progress
-from schemas.run import RunWindow, load_window
+from schemas.run import RunWindow, load_run_params, load_window
 
 __all__ = ["AgentSettings", "BankAgent", "RunOutcome"]
 
@@ -99,6 +101,9 @@ class AgentSettings:
     require_ledger
         Take part only with a consortium whose contribution ledger this agent can watch (a
         consortium that stops serving it cannot switch the checks off).
+    privacy_budget
+        The differential-privacy budget of this bank's transactions: with one, the agent takes
+        part only in private runs that keep its spend over the budget's period within it.
     """
 
     poll_interval_s: float = 30.0
@@ -110,6 +115,7 @@ class AgentSettings:
     development: bool = False
     max_promotion_tolerance: float = 0.05
     require_ledger: bool = True
+    privacy_budget: PrivacyBudget | None = None
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,9 @@ class BankAgent:
             raise CannotTakePartError(
                 f"run {run.run_id} would promote a candidate up to {tolerance:g} AUC worse than the current "
                 f"model; this bank accepts at most {self.settings.max_promotion_tolerance:g}")
+        if self.settings.privacy_budget is not None:  # the bank's own limit first: nothing else matters past it
+            self.settings.privacy_budget.check(self.state, run.run_id,
+                                               run_privacy(run.model, load_run_params(run.model, run.params)))
         window = None if run.window is None else load_window(run.window)
         self._check_gate(run, window)
         # The baseline is checked before any round: a baseline this bank cannot use costs no training.
@@ -442,12 +451,16 @@ class BankAgent:
             participants=run.active, quorum=self.settings.quorum, on_round=ProgressLog(run, clock=self._clock),
         )
         started = self._clock()
+        privacy = run_privacy(run.model, run.params)
+        if privacy is not None and self.settings.privacy_budget is not None:
+            self.settings.privacy_budget.charge(self.state, run.run_id, privacy)
         history, pooled_days = None, 0
         if preparation.terminals is not None:
             assert self.terminal_history is not None
             history, pooled_days = pool_terminals(runner, run, preparation.terminals, self.terminal_history)
             rows = rows.with_consortium_terminals(history, secret=preparation.terminals.key)
-        prepared = prepare_run(run.model, run.params, rows, party_index=run.party_index(self.bank_id))
+        prepared = prepare_run(run.model, run.params, rows, party_index=run.party_index(self.bank_id),
+                               n_parties=len(run.active))
         model = runner.run(prepared.algorithm)
         body = prepared.serialize(model)
         digest = prepared.digest(body)

@@ -37,10 +37,12 @@ from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.gbdt import federated_gbdt
 from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
+from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.rounds import Algorithm
 from bank_node.federated.terminal_stats import ConsortiumHistory, with_consortium_terminal_features
 from bank_node.federated.xgb_export import to_xgboost_json
 from schemas.errors import FedfraudInputError
+from schemas.privacy import run_privacy
 from schemas.run import DEFAULT_TERMINAL_THRESHOLD, MODEL_FAMILIES, RunWindow, split_run_params
 
 __all__ = [
@@ -367,6 +369,7 @@ def prepare_run(
     rows: TrainingSet,
     *,
     party_index: int,
+    n_parties: int = 1,
 ) -> PreparedRun:
     """Build this bank's algorithm for a run.
 
@@ -380,6 +383,8 @@ def prepare_run(
         The bank's training rows.
     party_index
         The bank's place among the run's sorted participants.
+    n_parties
+        How many banks take part (a private run's noise is told from signal by it).
 
     Raises
     ------
@@ -392,6 +397,12 @@ def prepare_run(
             {"model": [f"expected one of {', '.join(MODEL_FAMILIES)}"]},
         )
     features = feature_settings(model, params)
+    setting = run_privacy(model, params)
+    # Each call of the algorithm factory draws fresh noise: a run started over without a bank
+    # that dropped out must not release the same noise twice on different sums.
+    def privacy() -> PrivateContribution | None:
+        return None if setting is None else PrivateContribution(setting, n_parties=n_parties)
+
     if model == "xgboost":
         tree_params = gbdt_params(params)
 
@@ -403,7 +414,8 @@ def prepare_run(
 
         def trees() -> Algorithm[GBDTModel]:
             return federated_gbdt(
-                rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index
+                rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
+                privacy=privacy(),
             )
 
         return PreparedRun(algorithm=trees, serialize=xgboost_file)
@@ -416,6 +428,7 @@ def prepare_run(
         return canonical_json(document)
 
     def regression() -> Algorithm[LogRegModel]:
-        return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS)
+        return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS,
+                                scales=scales_for(MODEL_INPUTS), privacy=privacy())
 
     return PreparedRun(algorithm=regression, serialize=logreg_file)

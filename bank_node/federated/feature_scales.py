@@ -15,6 +15,10 @@ FLAG = FeatureScale(kind="binary", low=0.0, high=1.0)
 RISK = FeatureScale(kind="linear", low=0.0, high=1.0, resolution=1024)
 #: Transactions in a window: one cell per count up to a ceiling that grows with the window.
 COUNT_CEILING_PER_WINDOW_DAY = 64
+#: Where a private logistic regression clips amounts (beyond it, one row's influence would grow
+#: with its amount) and counts per window day.
+PRIVATE_AMOUNT_CEILING = 1000.0
+PRIVATE_COUNT_CEILING_PER_WINDOW_DAY = 8
 
 
 def _count_scale(window_days: int) -> FeatureScale:
@@ -44,3 +48,20 @@ def scale_of(column: str) -> FeatureScale:
 def scales_for(columns: Sequence[str]) -> list[FeatureScale]:
     """Declared scales of the model inputs, in order."""
     return [scale_of(c) for c in columns]
+
+
+def clip_range(scale: FeatureScale) -> tuple[float, float]:
+    """The declared range a private logistic regression clips a feature into and scales by.
+
+    Declared like the scales, without looking at data: flags and risks keep their range, counts
+    keep a ceiling of :data:`PRIVATE_COUNT_CEILING_PER_WINDOW_DAY` a day, amounts
+    :data:`PRIVATE_AMOUNT_CEILING`.
+    """
+    if scale.kind in ("binary", "linear"):
+        return float(scale.low), float(scale.high)
+    if scale.kind == "integer":
+        days = max(1.0, scale.high / COUNT_CEILING_PER_WINDOW_DAY)
+        return float(scale.low), float(PRIVATE_COUNT_CEILING_PER_WINDOW_DAY * days)
+    if scale.kind == "log":
+        return 0.0, PRIVATE_AMOUNT_CEILING
+    return -PRIVATE_AMOUNT_CEILING, PRIVATE_AMOUNT_CEILING

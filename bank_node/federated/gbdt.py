@@ -27,6 +27,7 @@ from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.grower import TreeGrower
 from bank_node.federated.objective import base_margin
 from bank_node.federated.params import GBDTParams
+from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.party import (
     advance_positions,
     make_level_payload,
@@ -66,6 +67,7 @@ def federated_gbdt(
     party_index: int,
     sum_limit: float = SUM_LIMIT,
     prefix: str = "gbdt",
+    privacy: PrivateContribution | None = None,
 ) -> Algorithm[GBDTModel]:
     """One bank's side of federated histogram GBDT.
 
@@ -87,6 +89,10 @@ def federated_gbdt(
         are exact and the same under every HE scheme: no tie between two splits is broken by noise.
     prefix
         Round-key prefix.
+    privacy
+        For a differentially private run: each row's gradient and Hessian are clipped, and every
+        vector this bank contributes carries its Gaussian noise (:mod:`.privacy`); the trees are
+        then grown from the noisy sums, the same on every bank.
 
     Returns
     -------
@@ -100,27 +106,39 @@ def federated_gbdt(
     if len(scales) != X.shape[1]:
         raise ValueError(f"{len(scales)} feature scales for {X.shape[1]} features")
     grid = fine_grid(scales)
-    summed_counts = yield SumRequest(f"{prefix}/bins", local_grid_counts(X, grid))
+    counts = local_grid_counts(X, grid)
+    if privacy is not None:
+        counts = privacy.noisy(counts, privacy.counts_sensitivity(X.shape[1]))
+    summed_counts = yield SumRequest(f"{prefix}/bins", counts)
+    if privacy is not None:
+        summed_counts = privacy.denoised_counts(summed_counts, X.shape[1])
     cuts = global_cuts(summed_counts, grid, params.n_bins)
     bins = bin_index(X, cuts)
     n_bins = np.array([len(c) + 1 for c in cuts], dtype=np.int64)
     n_rows_global = float(np.rint(grid.feature_counts(summed_counts, 0).sum()))
+    if privacy is not None:  # room for the noise too: a noisy cell may exceed every row's sum
+        n_rows_global = 2.0 * n_rows_global + 1e6
     factor = histogram_scale(sum_limit, n_rows_global, params.scale_pos_weight)
 
     margin = np.full(len(labels), base_margin(params.base_score), dtype=np.float32)
+    grow_params = params if privacy is None else privacy.growing_params(params, X.shape[1], int(n_bins.max()))
     trees = []
     for t in range(params.n_trees):
         grower = TreeGrower(
-            params=params,
+            params=grow_params,
             bins_per_feature=n_bins,
             features=column_sample(X.shape[1], params, t),
             cuts=cuts,
         )
         grad, hess = tree_gradients(margin, labels, params, tree_index=t, party_index=party_index)
+        if privacy is not None:
+            grad, hess = privacy.clip_gradients(grad, hess)
         positions = np.zeros(len(labels), dtype=np.int32)
         depth = 0
         while (request := grower.request) is not None:
             payload = make_level_payload(bins, grad, hess, positions, request)
+            if privacy is not None:
+                payload = privacy.noisy(payload, privacy.histogram_sensitivity(int(request.features.size)))
             summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload, scale=factor)
             result = grower.apply_level_sum(summed)
             positions = advance_positions(bins, positions, result.splits)

@@ -223,6 +223,7 @@ class TreeGrower:
             node_sums=np.array([self._stats[n] for n in frontier], dtype=np.float64),
             features=self._features,
             tie_tolerance=self._tie_tolerance,
+            bins_per_feature=self._bins,
         )
         splits: list[NodeSplit] = []
         chosen = [(node, cand) for node, cand in zip(frontier, candidates, strict=True) if cand is not None]

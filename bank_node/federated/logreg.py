@@ -19,7 +19,10 @@ at the fixed-point resolution its request declares (:data:`DERIVATIVE_RESOLUTION
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +30,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from bank_node.federated.binning import FeatureScale
+from bank_node.federated.feature_scales import clip_range
+from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.rounds import Algorithm, SumRequest
 
 FloatArray = npt.NDArray[np.float64]
@@ -172,6 +178,8 @@ def federated_logreg(
     params: LogRegParams = LogRegParams(),
     feature_names: tuple[str, ...] = (),
     prefix: str = "logreg",
+    scales: Sequence[FeatureScale] | None = None,
+    privacy: PrivateContribution | None = None,
 ) -> Algorithm[LogRegModel]:
     """One bank's side of federated logistic regression.
 
@@ -187,6 +195,13 @@ def federated_logreg(
         Column names, carried into the model.
     prefix
         Round-key prefix, so several trainings can share a run.
+    scales
+        The consortium's declared scale of each feature (needed with ``privacy``).
+    privacy
+        For a differentially private run: no mean or variance is summed (the features are
+        clipped to their declared ranges and scaled into [-1, 1] by them), each row's gradient
+        and Hessian factors are clipped, and every vector this bank contributes carries its
+        Gaussian noise (:mod:`.privacy`).
 
     Yields
     ------
@@ -203,6 +218,11 @@ def federated_logreg(
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be (n_rows, n_features) with one label per row; got {X.shape} and {y.shape}")
     n_features = X.shape[1]
+    if privacy is not None:
+        if scales is None or len(scales) != n_features:
+            raise ValueError("a private logistic regression needs the declared scale of every feature")
+        model = yield from _private_logreg(X, y, params, scales, privacy, prefix)
+        return dataclasses.replace(model, feature_names=tuple(feature_names or (f"x{i}" for i in range(n_features))))
 
     counts = yield SumRequest(f"{prefix}/counts", np.array([len(y), y.sum()], dtype=np.float64))
     n_rows, n_frauds = float(np.rint(counts[0])), float(np.rint(counts[1]))
@@ -241,3 +261,43 @@ def federated_logreg(
         intercept=float(weights[-1]),
         rounds=rounds,
     )
+
+
+def _private_logreg(X: FloatArray, y: FloatArray, params: LogRegParams, scales: Sequence[FeatureScale],
+                    privacy: PrivateContribution, prefix: str) -> Algorithm[LogRegModel]:
+    """:func:`federated_logreg` under differential privacy (see there).
+
+    Each row's weight is clipped to ``clip`` (so its gradient is bounded), and the steps are
+    majorize-minimize steps with Böhning's bound on the Hessian, ``0.25 * sum w z z^T``, summed
+    once: every later round sums gradients only, and the steps cannot diverge however noisy the
+    sums (the loss's curvature never exceeds the bound)."""
+    n_features = X.shape[1]
+    counts = yield SumRequest(f"{prefix}/counts", privacy.noisy([len(y), y.sum()], math.sqrt(2.0)))
+    n_rows = max(float(np.rint(counts[0])), 2.0)
+    n_frauds = float(np.clip(np.rint(counts[1]), 1.0, n_rows - 1.0))
+    low, high = np.array([clip_range(s) for s in scales], dtype=np.float64).T
+    mean, scale = (low + high) / 2.0, (high - low) / 2.0
+    w_genuine, w_fraud = class_weights(n_rows, n_frauds, params.class_weight)
+    weight = np.minimum(np.where(y == 1, w_fraud, w_genuine), privacy.clip)
+    Zb = np.hstack([np.clip((X - mean) / scale, -1.0, 1.0), np.ones((len(X), 1))])
+    size = n_features + 1
+    bound = (Zb * (0.25 * weight)[:, None]).T @ Zb
+    summed = yield SumRequest(f"{prefix}/bound", privacy.noisy(bound.ravel(), privacy.bound_sensitivity(size)) / n_rows,
+                              scale=DERIVATIVE_RESOLUTION)
+    bound_sum = (summed * n_rows).reshape(size, size)
+    values, vectors = np.linalg.eigh(0.5 * (bound_sum + bound_sum.T))  # noise can make it indefinite
+    bound_sum = (vectors * np.maximum(values, 0.0)) @ vectors.T
+    weights = np.zeros(size)
+    rounds = 0
+    for rounds in range(1, params.max_rounds + 1):
+        gradient = Zb.T @ (weight * (_sigmoid(Zb @ weights) - y))
+        summed = yield SumRequest(f"{prefix}/round-{rounds}",
+                                  privacy.noisy(gradient, privacy.gradient_sensitivity(size)) / n_rows,
+                                  scale=DERIVATIVE_RESOLUTION)
+        step = newton_step(summed * n_rows, bound_sum.copy(), weights, params.C)
+        weights = weights - step
+        if np.max(np.abs(step)) < params.tol:
+            break
+    return LogRegModel(feature_names=tuple(f"x{i}" for i in range(n_features)), mean=tuple(map(float, mean)),
+                       scale=tuple(map(float, scale)), coef=tuple(map(float, weights[:-1])),
+                       intercept=float(weights[-1]), rounds=rounds)

@@ -137,6 +137,7 @@ def find_best_splits(
     features: Sequence[int] | npt.NDArray[np.integer] | None = None,
     feature_mask: npt.ArrayLike | None = None,
     tie_tolerance: float = 0.0,
+    bins_per_feature: npt.ArrayLike | None = None,
 ) -> list[SplitCandidate | None]:
     """Find the best split of every node, vectorised over nodes, features and bins.
 
@@ -159,6 +160,9 @@ def find_best_splits(
         features that split a node's rows identically have equal gains, and XGBoost takes
         the lower one; approximate (CKKS) sums make such gains differ by noise. A tolerance
         of about 1e-6 restores XGBoost's choice; every bank must use the same value.
+    bins_per_feature : array_like of int, shape (n_features,), optional
+        Bins each feature really has: no split after its last one (which would send nothing
+        right). Exact sums never choose it (the right side is empty); noisy ones could.
 
     Returns
     -------
@@ -192,6 +196,11 @@ def find_best_splits(
     right_g = parent_g - left_g
     right_h = parent_h - left_h
     valid = (left_h >= mcw) & (right_h >= mcw) & (left_h > 0.0) & (right_h > 0.0)
+    if bins_per_feature is not None:
+        real = np.asarray(bins_per_feature, dtype=np.int64).reshape(-1)
+        if real.size != n_features:
+            raise ValueError(f"bins_per_feature has {real.size} entries for {n_features} features")
+        valid &= np.arange(n_bins)[None, None, :] < (real - 1)[None, :, None]
     if feature_mask is not None:
         mask = np.asarray(feature_mask, dtype=bool).reshape(-1)
         if mask.size != n_features:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from flask import Response
 from flask_smorest import Blueprint
@@ -33,6 +33,10 @@ from consortium.errors import NotFound, Unprocessable
 from consortium.storage.database import db
 from consortium.storage.models import Bank, Contribution, LedgerEntry, Role
 from schemas.ledger import parse_entry
+from schemas.privacy import compose_epsilon
+
+SUMMARY_DELTA: Final = 1e-5
+"""The delta at which a bank's summary states the epsilon its private runs spent together."""
 
 blp = Blueprint("ledger", __name__, url_prefix="/v1/ledger", description="The contribution ledger")
 
@@ -201,6 +205,11 @@ def summaries_view() -> list[dict[str, Any]]:
         .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id, LedgerEntry.event))}
     last_seen = dict(session.execute(select(LedgerEntry.bank_id, func.max(LedgerEntry.at))
                                      .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id)).all())
+    private_runs: dict[str, list[tuple[float, int]]] = {}
+    for bank_id, body in session.execute(select(LedgerEntry.bank_id, LedgerEntry.body)
+                                         .where(LedgerEntry.event == "privacy.spent").order_by(LedgerEntry.seq)):
+        details = parse_entry(body)["details"]
+        private_runs.setdefault(str(bank_id), []).append((float(details["noise_multiplier"]), int(details["releases"])))
     summaries = []
     for bank in session.execute(select(Bank).order_by(Bank.bank_id)).scalars():
         runs, count, size = contributed.get(bank.bank_id, (0, 0, 0))
@@ -211,6 +220,8 @@ def summaries_view() -> list[dict[str, Any]]:
             "withdrawals": events.get((bank.bank_id, "run.withdrawal"), 0),
             "proposals": events.get((bank.bank_id, "proposal.received"), 0),
             "last_seen": None if seen is None else seen.isoformat(timespec="milliseconds") + "Z",
-            "privacy_budget_spent": None,
+            "privacy_budget_spent": (None if bank.bank_id not in private_runs
+                                     else compose_epsilon(private_runs[bank.bank_id], SUMMARY_DELTA)),
+            "private_runs": len(private_runs.get(bank.bank_id, [])),
         })
     return summaries

@@ -414,8 +414,10 @@ class BankSummarySchema(Schema):
     withdrawals = fields.Integer(required=True)
     proposals = fields.Integer(required=True)
     last_seen = fields.String(allow_none=True)
-    privacy_budget_spent = fields.Float(allow_none=True,
-                                        metadata={"description": "null until runs use differential privacy"})
+    privacy_budget_spent = fields.Float(allow_none=True, metadata={"description": (
+        "epsilon at delta 1e-5 of every differentially private run the bank contributed to, composed (Renyi DP, "
+        "dp-accounting); null if it took part in none")})
+    private_runs = fields.Integer(required=True, metadata={"description": "private runs the bank contributed to"})
 
 
 class LineageContributionSchema(Schema):

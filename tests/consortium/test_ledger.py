@@ -163,6 +163,34 @@ def test_lineage_and_bank_summaries(consortium: Consortium, he_key: crypto.HESch
     assert summaries["bank-1"]["bytes"] == round_["contributions"][0]["payload_size"]
 
 
+def test_a_private_runs_spend_is_recorded_once_per_bank_and_composed_in_its_summary(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    from schemas.privacy import compose_epsilon, run_privacy
+
+    params = {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0}
+    runs = [consortium.open_run(params=params)["run_id"] for _ in range(2)]
+    plain = consortium.open_run()["run_id"]
+    for run_id in runs:
+        for round_key in ("r/n3", "r2/n3"):
+            assert consortium.bank("bank-1").contribute(run_id, round_key, he_key.encrypt(np.ones(3))).status_code == 201
+        assert consortium.bank("bank-2").contribute(run_id, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    assert consortium.bank("bank-3").contribute(plain, "r/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    spent = _entries(consortium, compliance_token, event="privacy.spent")
+    assert [(e["bank_id"], e["run_id"]) for e in spent] == [("bank-1", runs[0]), ("bank-2", runs[0]),
+                                                            ("bank-1", runs[1]), ("bank-2", runs[1])]
+    setting = run_privacy("xgboost", params)
+    assert setting is not None
+    assert spent[0]["details"]["epsilon"] == 2.0 and spent[0]["details"]["releases"] == setting.releases == 31
+    assert spent[0]["details"]["noise_multiplier"] == pytest.approx(setting.multiplier)
+    summaries = {s["bank_id"]: s for s in
+                 consortium.client.get("/v1/ledger/banks", headers=bearer(compliance_token)).get_json()}
+    both = compose_epsilon([(setting.multiplier, setting.releases)] * 2, 1e-5)
+    assert summaries["bank-1"]["privacy_budget_spent"] == pytest.approx(both) and 2.0 < both < 4.0
+    assert summaries["bank-1"]["private_runs"] == summaries["bank-2"]["private_runs"] == 2
+    assert summaries["bank-3"]["privacy_budget_spent"] is None and summaries["bank-3"]["private_runs"] == 0
+
+
 def test_a_refused_contribution_is_recorded_and_a_failed_state_change_leaves_no_entry(
     consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
 ) -> None:

@@ -94,6 +94,29 @@ def test_simulate_with_consortium_terminal_features(generated: Path, tmp_path: P
     assert (tmp_path / "report" / "simulation.png").stat().st_size > 10_000
 
 
+def test_simulate_with_differential_privacy_reports_the_spend(generated: Path, tmp_path: Path) -> None:
+    from schemas.privacy import compose_epsilon, run_privacy
+
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, [
+        "simulate", "--data", str(generated), "--banks", "3", "--train-start", "2018-05-20", "--trees", "5",
+        "--scheme", "plain", "--dp-epsilon", "4", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    privacy = json.loads(out.read_text())["privacy"]
+    runs = {r["model"]: r for r in privacy["runs"]}
+    xgboost, logreg = run_privacy("xgboost", {"n_trees": 5, "dp_epsilon": 4}), run_privacy("logreg", {"dp_epsilon": 4})
+    assert xgboost is not None and logreg is not None
+    assert runs["xgboost"]["releases"] == xgboost.releases == 16 and runs["logreg"]["releases"] == logreg.releases
+    assert privacy["per_bank_epsilon"] == pytest.approx(
+        compose_epsilon([(xgboost.multiplier, 16), (logreg.multiplier, logreg.releases)], 1e-5))
+    assert 4 < privacy["per_bank_epsilon"] < 8  # two runs of 4, composed
+    assert "Differential privacy of the federated trainings" in result.output and "not covered: nothing" in result.output
+    refused = CliRunner().invoke(main, ["simulate", "--data", str(generated), "--dp-epsilon", "0"])
+    assert refused.exit_code != 0 and "dp_epsilon must be in [0.01, 100]" in refused.output
+    assert "Traceback" not in refused.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

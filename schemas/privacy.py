@@ -1,0 +1,123 @@
+"""What a differentially private run spends: the one definition banks and consortium share.
+
+A run with ``dp_epsilon`` in its params releases each secure sum of its training with Gaussian
+noise that every bank adds to its own contribution (``bank_node/federated/privacy.py``). The noise
+of one release is ``multiplier * sensitivity``, where the sensitivity is the most one transaction
+can change that bank's contribution (its rows are clipped so that it is bounded), and the
+multiplier is the smallest for which the run's releases, composed, are (epsilon, delta)-DP for
+add/remove-one-transaction neighbours. Composition, within a run and across a bank's runs, is
+Renyi DP accounting by the maintained ``dp-accounting`` library (its ``RdpAccountant``).
+
+Each bank adds the whole noise itself: its guarantee holds against every other party together
+(the other banks decrypt the sums and know their own noise), not only against the aggregator.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "ACCOUNTING",
+    "DEFAULT_DELTA",
+    "RunPrivacy",
+    "compose_epsilon",
+    "noise_multiplier",
+    "releases",
+    "run_privacy",
+]
+
+ACCOUNTING: Final = ("Renyi DP of the Gaussian mechanism, composed by dp-accounting's RdpAccountant; "
+                     "neighbouring datasets differ by one transaction (add or remove)")
+DEFAULT_DELTA: Final = 1e-5
+#: Params that set a run's privacy (both families), with the others' names untouched.
+PRIVACY_PARAMS: Final = ("dp_epsilon", "dp_delta", "dp_clip")
+
+
+def releases(model: str, params: Mapping[str, Any]) -> int:
+    """How many noisy sums a run of ``model`` releases at most (its training's secure sums).
+
+    XGBoost: the bins' counts, then one histogram sum per tree level. Logistic regression: the
+    counts, the Hessian's bound, then one gradient sum per round (under DP the features are scaled
+    by their declared ranges, so no mean or variance is summed).
+    """
+    if model == "xgboost":
+        return 1 + int(params.get("n_trees", 100)) * int(params.get("max_depth", 3))
+    if model == "logreg":
+        return 2 + int(params.get("max_rounds", 30))
+    raise ValueError(f"unknown model family {model!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def noise_multiplier(epsilon: float, delta: float, n_releases: int) -> float:
+    """The Gaussian noise multiplier (noise standard deviation over L2 sensitivity) that makes
+    ``n_releases`` releases (epsilon, delta)-DP together."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    if not (epsilon > 0 and 0 < delta < 1 and n_releases >= 1):
+        raise ValueError(f"epsilon {epsilon} > 0, 0 < delta {delta} < 1 and releases {n_releases} >= 1 are needed")
+    multiplier = dp_accounting.calibrate_dp_mechanism(
+        RdpAccountant,
+        lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), n_releases),
+        epsilon, delta,
+    )
+    return float(multiplier)
+
+
+@dataclass(frozen=True)
+class RunPrivacy:
+    """A private run's setting and what follows from it.
+
+    Attributes
+    ----------
+    epsilon, delta
+        The run's (epsilon, delta), for its whole composition.
+    clip
+        Bound on one transaction's gradient (its Hessian is bounded by a quarter of it).
+    releases
+        Noisy sums the run releases at most.
+    multiplier
+        Noise standard deviation over sensitivity, the same for every release.
+    """
+
+    epsilon: float
+    delta: float
+    clip: float
+    releases: int
+    multiplier: float
+
+    def to_json(self) -> dict[str, Any]:
+        """As the ledger and the agents' budget files record it."""
+        return {"epsilon": self.epsilon, "delta": self.delta, "clip": self.clip, "releases": self.releases,
+                "noise_multiplier": self.multiplier, "accounting": ACCOUNTING}
+
+
+def run_privacy(model: str, params: Mapping[str, Any]) -> RunPrivacy | None:
+    """The run's privacy setting, or None for a run without differential privacy."""
+    epsilon = params.get("dp_epsilon")
+    if epsilon is None:
+        return None
+    delta = float(params.get("dp_delta", DEFAULT_DELTA))
+    n = releases(model, params)
+    return RunPrivacy(epsilon=float(epsilon), delta=delta, clip=float(params.get("dp_clip", 1.0)), releases=n,
+                      multiplier=noise_multiplier(float(epsilon), delta, n))
+
+
+def compose_epsilon(runs: Iterable[tuple[float, int]], delta: float) -> float:
+    """The epsilon at ``delta`` of several runs together, each given as (noise multiplier,
+    releases); ``inf`` if a multiplier is 0 (a run without noise)."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant()
+    any_run = False
+    for multiplier, n_releases in runs:
+        if multiplier <= 0:
+            return math.inf
+        accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(multiplier), n_releases))
+        any_run = True
+    return float(accountant.get_epsilon(delta)) if any_run else 0.0
