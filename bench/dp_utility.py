@@ -129,7 +129,7 @@ def main() -> None:
                          "releases": setting.releases, "seconds": (time.perf_counter() - started) / args.repeats})
             err.print(f"{model} epsilon {epsilon:g}: " + ", ".join(f"{label} {mean[k]:.4f}" for k, label in METRICS))
 
-    smallest = {}
+    smallest: dict[str, float | None] = {}
     for model in models:
         exact_ap = next(r for r in rows if r["model"] == model and r["epsilon"] is None)["ap"]
         within = [r["epsilon"] for r in rows if r["model"] == model and r["epsilon"] is not None
@@ -149,9 +149,9 @@ def main() -> None:
                       "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.1f}",
                       *(f"{r[k]:.4f}" + ("" if r["epsilon"] is None else f" ±{r[k + '_sd']:.3f}") for k, _ in METRICS))
     Console().print(table)
-    for model, epsilon in smallest.items():
+    for model, best in smallest.items():
         print(f"{model}: smallest epsilon with AP within 0.03 of the non-private model: "
-              f"{'none of those tried' if epsilon is None else f'{epsilon:g}'}")
+              f"{'none of those tried' if best is None else f'{best:g}'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
