@@ -81,10 +81,7 @@ def one_run(files: dict[str, Path], root: Path, *, ledger_on: bool, params: dict
             assert consortium.api("GET", "/v1/ledger/checkpoint").status_code == 404
         return seconds, len(run["rounds"]), entries
     finally:
-        for agent in agents:
-            agent.terminate()
-            agent.wait(timeout=30)
-        consortium.stop()
+        consortium.stop(*agents)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -194,10 +194,7 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
         body = consortium.api("GET", f"/v1/models/{run['model_version']}/download").content
         return http_phases(run, model["created_at"]), wall, body, model
     finally:
-        for agent in agents:
-            agent.terminate()
-            agent.wait(timeout=30)
-        consortium.stop()
+        consortium.stop(*agents)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -132,8 +132,12 @@ class LocalConsortium:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        """Terminate the aggregator (if running) and close the logs."""
+    def stop(self, *others: subprocess.Popen[bytes]) -> None:
+        """Terminate ``others`` (agents, a scheduler) and then the aggregator (if running), and
+        close the logs."""
+        for process in others:
+            process.terminate()
+            process.wait(timeout=30)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
