@@ -10,6 +10,7 @@ and is never printed.
 from __future__ import annotations
 
 import logging
+import time
 import sys
 from collections.abc import Callable
 from contextlib import closing
@@ -387,6 +388,7 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     """Poll the consortium for training runs and take part in them, on each run's window of the
     node's store (or of --data)."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
+    from bank_node.agent.errors import ConsortiumError
     from bank_node.agent.identity import load_identity
     from bank_node.agent.privacy_budget import PrivacyBudget
     from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
@@ -412,7 +414,17 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
         source = StoreSource(store, train_start=start, train_days=train_days)
         terminal_history = PooledHistory(store.engine)
     with closing(client):
-        check_consortium_key(client, identity, state, load_secret_scheme(state))
+        while True:  # a long-running agent waits for a consortium that is down (maintenance, restart)
+            try:
+                check_consortium_key(client, identity, state, load_secret_scheme(state))
+                break
+            except ConsortiumError as exc:
+                if once or not exc.retryable:
+                    raise
+                pause = max(poll_interval_s, 5.0)
+                click.echo(f"bank {config.bank_id}: the consortium is not reachable now ({exc.message}); "
+                           f"trying again in {pause:g}s", err=True)
+                time.sleep(pause)
         node = BankAgent(
             client=client, identity=identity, state=state, training_rows=source.rows,
             transactions=source.transactions, terminal_history=terminal_history,

@@ -219,3 +219,29 @@ def test_a_worse_candidate_is_rejected_and_the_current_model_stays(
     assert candidate["auc"] < baseline["auc"] - 0.005 and candidate["rows"] == baseline["rows"] > 1000
     assert [(c["family"], c["version"]) for c in consortium.api("GET", "/v1/models/current").json()] == [("xgboost", 1)]
     assert "keep the current model" in consortium.agent_logs()
+
+
+def test_an_agent_started_while_the_consortium_is_down_waits_for_it(
+    consortium: LocalConsortium, bank_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A bank's agent is a service: started while the consortium is down (maintenance, a restart),
+    it says so and waits instead of exiting, and goes on once the consortium is back."""
+    from fedfraud.localnet import FEDFRAUD
+
+    set_up(consortium)
+    consortium.stop()
+    log_path = tmp_path / "waiting-agent.log"
+    with log_path.open("ab") as log:
+        agent = subprocess.Popen(
+            [*FEDFRAUD, "bank", "--retry-attempts", "2", "agent", "--state-dir", str(consortium.state_dir("bank-1")),
+             "--data", str(bank_files["bank-1"]), "--train-start", TRAIN_START, "--poll-interval", "0.5"],
+            env=consortium.env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: "the consortium is not reachable now" in log_path.read_text(), 120, "the agent's wait")
+        time.sleep(6)  # past one pause: still waiting, not gone
+        assert agent.poll() is None, log_path.read_text()
+        consortium.start()
+        wait_for(lambda: "polling" in log_path.read_text(), 120, "the agent's first poll", interval=0.5)
+        assert agent.poll() is None, log_path.read_text()
+    finally:
+        consortium.stop(agent)
