@@ -63,7 +63,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
-from consortium.storage.database import make_engine
+from consortium.storage.database import create_tables, make_engine
 from bank_node.features import timestamps_ns
 from schemas.errors import FedfraudInputError
 from schemas.transaction import LABEL_FIELD, REQUIRED_FIELDS
@@ -159,7 +159,7 @@ class TransactionStore:
         # can lose the last scored transactions, never corrupt the file, and the day's file that
         # staff ingest each night brings any lost one back (a stored id is kept as it was).
         self.engine: Engine = make_engine(url, sqlite_synchronous="NORMAL")
-        _metadata.create_all(self.engine)
+        create_tables(_metadata, self.engine)
         with self.engine.begin() as connection:
             if "seq" not in {c["name"] for c in inspect(connection).get_columns("transactions")}:
                 # A store made before versioned writes: its rows are version 0.

@@ -49,6 +49,7 @@ from sqlalchemy import (
 
 from bank_node.features import NS_PER_DAY, FeatureConfig
 from bank_node.federated.terminal_stats import ConsortiumHistory, day_label, history_days
+from consortium.storage.database import create_tables
 
 __all__ = ["PooledHistory", "PoolingScope", "pooling_scope", "terminal_key"]
 
@@ -168,8 +169,7 @@ class PooledHistory:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _metadata.create_all(engine)
-        _days_index.create(engine, checkfirst=True)  # create_all adds none to an existing table
+        create_tables(_metadata, engine, _days_index)  # create_all adds no index to an existing table
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path) -> PooledHistory:

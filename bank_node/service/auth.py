@@ -19,6 +19,7 @@ from flask import current_app, request
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, insert, select
 
 from consortium.auth import hash_token
+from consortium.storage.database import create_tables as create_all_tables
 from consortium.errors import Forbidden, Unauthorized
 
 __all__ = ["Role", "issue_token", "list_tokens", "requires", "revoke_token"]
@@ -44,7 +45,7 @@ class Role(enum.StrEnum):
 def issue_token(engine: Engine, role: Role | str) -> str:
     """A new random token of ``role``; only its SHA-256 is stored."""
     role = Role(role)
-    _metadata.create_all(engine)
+    create_all_tables(_metadata, engine)
     token = secrets.token_urlsafe(32)
     with engine.begin() as connection:
         connection.execute(insert(service_tokens).values(token_sha256=hash_token(token), role=role.value,
@@ -55,7 +56,7 @@ def issue_token(engine: Engine, role: Role | str) -> str:
 def list_tokens(engine: Engine) -> list[dict[str, Any]]:
     """The tokens in force: an id (the first 12 hex digits of the stored SHA-256, which tells
     nothing of the token), the role, when issued."""
-    _metadata.create_all(engine)
+    create_all_tables(_metadata, engine)
     with engine.connect() as connection:
         rows = connection.execute(select(service_tokens).order_by(service_tokens.c.created_at)).all()
     return [{"id": row.token_sha256[:12], "role": row.role, "created_at": row.created_at} for row in rows]
@@ -133,4 +134,4 @@ def requires(*roles: Role) -> Callable[[F], F]:
 
 def create_tables(engine: Engine) -> None:
     """Create the tokens table if it is missing."""
-    _metadata.create_all(engine)
+    create_all_tables(_metadata, engine)

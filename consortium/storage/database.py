@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, Index, MetaData, create_engine, event, inspect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "db"]
+__all__ = ["Database", "create_tables", "db"]
 
 _EXTENSION = "fedfraud_db"
 
@@ -22,6 +24,23 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cursor.close()
 
     return on_connect
+
+
+def create_tables(metadata: MetaData, engine: Engine, *indexes: Index) -> None:
+    """``metadata.create_all`` and ``indexes``, safe when another process creates the same tables
+    at the same moment (two services of one node started together): the loser of that race sees
+    "already exists" and looks again, instead of dying."""
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            for index in indexes:
+                index.create(engine, checkfirst=True)
+            return
+        except DBAPIError as exc:  # OperationalError on SQLite; ProgrammingError, IntegrityError on PostgreSQL
+            problem = str(exc.orig).lower()
+            if attempt == 2 or not ("already exists" in problem or "duplicate" in problem):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
