@@ -94,7 +94,8 @@ def run_view(run: Run) -> dict[str, Any]:
     for round_id, bank_id in db.session.execute(
             select(Contribution.round_id, Contribution.bank_id).where(Contribution.run_id == run.run_id)
             .order_by(Contribution.round_id, Contribution.bank_id)):
-        contributors[round_id].append(bank_id)
+        if round_id in contributors:  # a round opened since the rounds were read is left to the next look
+            contributors[round_id].append(bank_id)
     model = publishing.model_for_run(db.session, run.run_id)
     released = [row.round_key for row in round_rows if row.state == RoundState.RELEASED.value]
     return {
