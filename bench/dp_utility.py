@@ -13,7 +13,12 @@ The sums are taken under the ``plain`` scheme by default (``--scheme ckks`` for 
 the noise is the banks' own, before encryption, and CKKS's own error is eight orders of
 magnitude below it.
 
-Usage: python bench/dp_utility.py [--epsilons 0.5,1,2,4,8,16,64] [--repeats 3] [--json OUT] [--png OUT]
+The private variant of the terminal statistics (``--terminal-epsilons``: noisy day counts per
+terminal instead of exact events, epsilon per day's release) is measured apart: the models are
+trained without DP on its features, so the AP it costs is its own.
+
+Usage: python bench/dp_utility.py [--epsilons 0.5,1,2,4,8,16,64] [--terminal-epsilons 1,4,16] [--repeats 3]
+                                  [--json OUT] [--png OUT]
 """
 
 from __future__ import annotations
@@ -50,6 +55,27 @@ def _train(banks: list[sim.BankData], model: str, config: sim.SimulationConfig, 
     return {key: float(metrics[key]) for key, _ in METRICS}
 
 
+def _private_terminals(banks: list[sim.BankData], base: sim.SimulationConfig, models: tuple[str, ...],
+                       args: argparse.Namespace, secret: Any, public: Any, origin: Any,
+                       total_cards: int) -> list[dict[str, Any]]:
+    """Each model without DP on the features of noisy day counts, at each terminal epsilon."""
+    out = []
+    for epsilon in [float(e) for e in args.terminal_epsilons.split(",") if e]:
+        draws: dict[str, list[dict[str, float]]] = {model: [] for model in models}
+        for repeat in range(args.repeats):
+            config = dataclasses.replace(base, terminal_dp_epsilon=epsilon, seed=repeat)
+            shared, _, _ = sim.with_consortium_features(banks, config, secret, public)
+            for model in models:
+                draws[model].append(_train(shared, model, config, secret, public, origin, total_cards))
+        for model in models:
+            mean = {k: float(np.mean([d[k] for d in draws[model]])) for k, _ in METRICS}
+            sd = {k + "_sd": float(np.std([d[k] for d in draws[model]])) for k, _ in METRICS}
+            out.append({"model": model, "terminal_epsilon": epsilon, **mean, **sd})
+            err.print(f"{model}, terminal statistics at epsilon {epsilon:g}: "
+                      + ", ".join(f"{label} {mean[k]:.4f}" for k, label in METRICS))
+    return out
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -59,6 +85,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(13, 4))
     for ax, (key, label) in zip(axes, METRICS, strict=True):
         for model, colour in (("xgboost", "tab:blue"), ("logreg", "tab:orange")):
+            private = [r for r in result["private_terminal_statistics"] if r["model"] == model]
+            if private:
+                ax.errorbar([r["terminal_epsilon"] for r in private], [r[key] for r in private],
+                            yerr=[r[key + "_sd"] for r in private], marker="s", linestyle=":", color=colour,
+                            label=f"{model}, noisy terminal counts only", capsize=3)
             rows = [r for r in result["rows"] if r["model"] == model and r["epsilon"] is not None]
             if not rows:
                 continue
@@ -68,7 +99,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             exact = next(r for r in result["rows"] if r["model"] == model and r["epsilon"] is None)
             ax.axhline(exact[key], color=colour, linestyle="--", label=f"{model}, no DP")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("epsilon per run (delta 1e-5)")
+        ax.set_xlabel("epsilon per run, or per day's terminal counts (delta 1e-5)")
         ax.set_title(label)
     axes[0].legend(fontsize=8)
     fig.suptitle("Federated models with differential privacy, handbook protocol, consortium features", fontsize=10)
@@ -89,6 +120,8 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=16, help="histogram bins under DP (without DP: 256)")
     parser.add_argument("--min-child-weight", type=float, default=1.0, help="under DP")
     parser.add_argument("--reg-lambda", type=float, default=1.0, help="under DP")
+    parser.add_argument("--terminal-epsilons", default="",
+                        help="also pool noisy day counts per terminal at these epsilons (models without DP)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--png", type=Path, default=None)
     args = parser.parse_args()
@@ -129,6 +162,8 @@ def main() -> None:
                          "releases": setting.releases, "seconds": (time.perf_counter() - started) / args.repeats})
             err.print(f"{model} epsilon {epsilon:g}: " + ", ".join(f"{label} {mean[k]:.4f}" for k, label in METRICS))
 
+    terminal_rows = _private_terminals(banks, base, models, args, secret, public, origin, total_cards)
+
     smallest: dict[str, float | None] = {}
     for model in models:
         exact_ap = next(r for r in rows if r["model"] == model and r["epsilon"] is None)["ap"]
@@ -139,7 +174,8 @@ def main() -> None:
               "dp_settings": {"n_trees": args.dp_trees, "eta": args.dp_eta, "n_bins": args.bins,
                               "min_child_weight": args.min_child_weight,
                               "reg_lambda": args.reg_lambda, "clip": 1.0, "delta": 1e-5},
-              "smallest_epsilon_within_0.03_ap": smallest, "rows": rows}
+              "smallest_epsilon_within_0.03_ap": smallest, "rows": rows,
+              "private_terminal_statistics": terminal_rows}
     table = Table(title=f"federated models with DP per run ({ACCOUNTING.split(';')[0]}), handbook protocol, "
                         "consortium features")
     for column in ("model", "epsilon", "noise x", "AUC", "AP", "CP@100"):
@@ -149,6 +185,15 @@ def main() -> None:
                       "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.1f}",
                       *(f"{r[k]:.4f}" + ("" if r["epsilon"] is None else f" ±{r[k + '_sd']:.3f}") for k, _ in METRICS))
     Console().print(table)
+    if terminal_rows:
+        table = Table(title="private terminal statistics (noisy day counts per terminal), models without DP")
+        for column in ("model", "terminal epsilon", "AUC", "AP", "CP@100", "AP cost"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for r in terminal_rows:
+            exact_ap = next(x for x in rows if x["model"] == r["model"] and x["epsilon"] is None)["ap"]
+            table.add_row(r["model"], f"{r['terminal_epsilon']:g}",
+                          *(f"{r[k]:.4f} ±{r[k + '_sd']:.3f}" for k, _ in METRICS), f"{exact_ap - r['ap']:+.4f}")
+        Console().print(table)
     for model, best in smallest.items():
         print(f"{model}: smallest epsilon with AP within 0.03 of the non-private model: "
               f"{'none of those tried' if best is None else f'{best:g}'}")

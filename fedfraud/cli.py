@@ -140,6 +140,9 @@ def _comma_list(value: str) -> tuple[str, ...]:
               help="Train the federated models with differential privacy: epsilon E per run, for all its training "
                    "sums together (each bank clips its rows and adds the noise). The spend is reported.")
 @click.option("--dp-delta", type=float, default=1e-5, show_default=True, metavar="D", help="The runs' delta.")
+@click.option("--terminal-dp-epsilon", type=float, default=None, metavar="E",
+              help="With --consortium-features: pool noisy day counts per terminal (epsilon E for each day's "
+                   "release) instead of exact events; neither the time of day nor single events are revealed.")
 @click.option("--dp-clip", type=float, default=1.0, show_default=True,
               help="Bound on one transaction's gradient under differential privacy.")
 @click.option("--reg-lambda", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -154,7 +157,7 @@ def _comma_list(value: str) -> tuple[str, ...]:
 def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start: date, train_days: int,
              delay_days: int, test_days: int, models: str, scheme: str, seed: int, trees: int, max_depth: int,
              eta: float, bins: int, consortium_features: bool, terminal_threshold: int, dp_epsilon: float | None,
-             dp_delta: float, dp_clip: float, reg_lambda: float, min_child_weight: float, json_path: Path | None,
+             dp_delta: float, terminal_dp_epsilon: float | None, dp_clip: float, reg_lambda: float, min_child_weight: float, json_path: Path | None,
              report_dir: Path | None) -> None:
     """Federated vs local-only vs centralized training of N simulated banks, in one process."""
     from bank_node.data import load_transactions
@@ -167,7 +170,7 @@ def simulate(data_path: Path, columns: str, banks: int, sizes: str, train_start:
         test_days=test_days, models=models, scheme=scheme, seed=seed, n_trees=trees, max_depth=max_depth,
         eta=eta, n_bins=bins, consortium_features=consortium_features, terminal_threshold=terminal_threshold,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, reg_lambda=reg_lambda,
-        min_child_weight=min_child_weight), json_path=json_path, report_dir=report_dir)
+        min_child_weight=min_child_weight, terminal_dp_epsilon=terminal_dp_epsilon), json_path=json_path, report_dir=report_dir)
 
 
 def _simulation_config(*, sizes: str, models: str, train_start: date, **kwargs: Any) -> Any:

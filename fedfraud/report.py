@@ -127,8 +127,11 @@ def print_summary(result: SimulationResult) -> None:
     if result.consortium:
         stats = result.consortium["terminal_stats"]
         same = stats["equal_to_full_data"]
+        noisy = result.config.get("terminal_dp_epsilon")
+        pooled = (f"{stats['consortium_events']:,} events" if noisy is None
+                  else f"noisy day counts at epsilon {noisy:g} (a bank's own counts exact)")
         console.print(
-            f"consortium terminal features: {stats['days']} days, {stats['consortium_events']:,} events; "
+            f"consortium terminal features: {stats['days']} days, {pooled}; "
             f"{stats['rows_covered']:,} of {stats['rows']:,} rows on terminals seen by >= {stats['threshold']} banks; "
             f"against full-data features: {same['count_mismatches']} count mismatches, "
             f"max risk difference {same['max_abs_risk_difference']:.2g}"

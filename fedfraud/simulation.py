@@ -28,8 +28,11 @@ from bank_node.federated.logreg import LogRegParams, federated_logreg
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.rounds import Algorithm
 from bank_node.federated.terminal_stats import (
+    ConsortiumHistory,
+    DayCountPrivacy,
     TerminalStatsConfig,
     consortium_history,
+    private_consortium_history,
     events_by_day,
     history_days,
     with_consortium_terminal_features,
@@ -75,6 +78,7 @@ class SimulationConfig:
     dp_clip: float = 1.0
     reg_lambda: float = 1.0
     min_child_weight: float = 1.0
+    terminal_dp_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_banks < self.min_banks:
@@ -94,6 +98,13 @@ class SimulationConfig:
             for model in self.models:
                 load_run_params(model, {"dp_epsilon": self.dp_epsilon, "dp_delta": self.dp_delta,
                                         "dp_clip": self.dp_clip})
+        if self.terminal_dp_epsilon is not None:
+            if not self.consortium_features:
+                raise FedfraudInputError("--terminal-dp-epsilon needs --consortium-features (it sets their privacy)")
+            try:
+                self.terminal_privacy
+            except ValueError as exc:
+                raise FedfraudInputError(f"--terminal-dp-epsilon: {exc}") from None
 
     def run_params(self, model: str) -> dict[str, Any]:
         """The params a consortium run of ``model`` would carry for this simulation."""
@@ -108,6 +119,13 @@ class SimulationConfig:
     def privacy(self, model: str) -> RunPrivacy | None:
         """The private runs' setting, or None without differential privacy."""
         return run_privacy(model, self.run_params(model))
+
+    @property
+    def terminal_privacy(self) -> DayCountPrivacy | None:
+        """The private variant of the terminal statistics, or None for exact events."""
+        if self.terminal_dp_epsilon is None:
+            return None
+        return DayCountPrivacy(self.terminal_dp_epsilon, self.dp_delta)
 
     @property
     def shares(self) -> tuple[float, ...]:
@@ -243,16 +261,27 @@ class SimulationResult:
 
     def spend(self, model: str, setting: RunPrivacy | None, training: str) -> None:
         """Account one federated training: each bank's transactions take part in every one."""
-        if setting is None:
-            return
+        if setting is not None:
+            self._account({"model": model, "training": training, **setting.to_json()}, setting.delta)
+
+    def spend_terminal_statistics(self, setting: DayCountPrivacy) -> None:
+        """Account the private terminal statistics: one release holds each transaction."""
+        self._account({"model": "terminal statistics", "training": "noisy day counts per terminal",
+                       "epsilon": setting.epsilon, "delta": setting.delta, "releases": 1,
+                       "noise_multiplier": setting.multiplier}, setting.delta)
+
+    def _account(self, run: dict[str, Any], delta: float) -> None:
         runs = self.privacy.setdefault("runs", [])
-        runs.append({"model": model, "training": training, **setting.to_json()})
-        self.privacy["per_bank_epsilon"] = compose_epsilon(
-            [(r["noise_multiplier"], r["releases"]) for r in runs], setting.delta)
-        self.privacy["delta"] = setting.delta
-        self.privacy["not_covered"] = (
-            "the terminal statistics of consortium features (exact event counts) and nothing else"
-            if self.consortium or self.config.get("consortium_features") else "nothing")
+        runs.append(run)
+        self.privacy["per_bank_epsilon"] = compose_epsilon([(r["noise_multiplier"], r["releases"]) for r in runs],
+                                                           delta)
+        self.privacy["delta"] = delta
+        if not self.config.get("consortium_features"):
+            self.privacy["not_covered"] = "nothing"
+        elif self.config.get("terminal_dp_epsilon") is None:
+            self.privacy["not_covered"] = "the terminal statistics of consortium features (exact event counts)"
+        else:
+            self.privacy["not_covered"] = "which terminals how many banks saw over the period (presence)"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (scores left out)."""
@@ -455,8 +484,12 @@ def _consortium_comparison(
     """Each model again with consortium terminal features, against the full-data upper bound."""
     windows = config.windows
     days = history_days(windows.train_start, windows.last_day)
-    progress(f"consortium terminal statistics: {len(days)} days under {config.scheme}")
+    private = config.terminal_privacy
+    progress(f"consortium terminal statistics: {len(days)} days under {config.scheme}"
+             + ("" if private is None else f", noisy day counts at epsilon {private.epsilon:g}"))
     shared_banks, covered, run = with_consortium_features(banks, config, secret, public)
+    if private is not None:
+        result.spend_terminal_statistics(private)
 
     progress("full-data features (the centralized upper bound)")
     full_banks = _full_data_banks(banks, config)
@@ -517,10 +550,16 @@ def with_consortium_features(
     # The banks share this key as they share the HE secret key; the aggregator never holds it.
     terminal_key = secrets.token_bytes(32)
     stats_config = TerminalStatsConfig(threshold=config.terminal_threshold)
-    algorithms = {
-        b.name: consortium_history(events_by_day(_own(b), terminal_key, days), secret=terminal_key, config=stats_config)
-        for b in banks
-    }
+    private = config.terminal_privacy
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x7E12]))
+    algorithms: dict[str, Algorithm[ConsortiumHistory]] = {}
+    for b in banks:
+        events = events_by_day(_own(b), terminal_key, days)
+        if private is None:
+            algorithms[b.name] = consortium_history(events, secret=terminal_key, config=stats_config)
+        else:
+            algorithms[b.name] = private_consortium_history(events, secret=terminal_key, privacy=private,
+                                                            config=stats_config, rng=rng)
     run = run_lockstep(
         algorithms,
         contexts={b.name: secret for b in banks},

@@ -28,6 +28,11 @@ volume), so the cost follows the traffic, not the number of terminals.
 
 Noise for differential privacy goes in before encryption: ``noise`` may add or remove events of
 a bank's day (e.g. randomized response on the fraud flag, dummy events) before they are encoded.
+Exact event keys and noise do not mix, so the private variant
+(:func:`private_consortium_history`) reveals less instead: after the same presence table, each
+bank sends per day a dense vector of its transactions and frauds per terminal above the
+threshold, with Gaussian noise calibrated to (epsilon, delta) per day's release. The windows are
+then taken over whole days; the time of day and single events never leave a bank.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +68,7 @@ from bank_node.federated.iblt import (
     split_limbs,
 )
 from bank_node.federated.rounds import Algorithm, SumRequest
+from schemas.privacy import DEFAULT_DELTA, noise_multiplier
 
 IntArray = npt.NDArray[np.int64]
 
@@ -298,6 +304,48 @@ def day_label(day: int) -> str:
     return (np.datetime64(0, "D") + np.timedelta64(int(day), "D")).astype(str)
 
 
+def _pooled_days(events: Mapping[int, DayEvents],
+                 pool_days: Collection[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    days = tuple(sorted(events))
+    pooled_days = days if pool_days is None else tuple(sorted(set(pool_days)))
+    if not set(pooled_days) <= set(days):
+        raise ValueError("pool_days must be days of events")
+    return days, pooled_days
+
+
+def _presence(events: Mapping[int, DayEvents]) -> IntArray:
+    """The distinct terminals of a bank's events over all their days."""
+    if not events:
+        return np.empty(0, np.int64)
+    return np.unique(np.concatenate([e.tag for e in events.values()]))
+
+
+def _presence_rounds(
+    presence: IntArray, day_sizes: Sequence[int], *, secret: bytes, config: TerminalStatsConfig
+) -> Generator[SumRequest, npt.NDArray[np.float64], tuple[IntArray, IntArray, IntArray]]:
+    """Sum the banks' sizes and their presence tables: every terminal (sorted tags), how many
+    banks saw it, and the summed ``day_sizes``."""
+    own_sizes = np.array([len(presence), *day_sizes], dtype=np.float64)
+    pooled = np.rint((yield SumRequest(f"{ROUND_PREFIX}/sizes", own_sizes))).astype(np.int64)
+    # Banks share most terminals, so the presence table is sized for the distinct terminals,
+    # estimated from a summed occupancy bitmap, rather than for the sum of the banks' counts.
+    sketch = presence_bitmap(presence, sketch_slots(int(pooled[0])))
+    occupancy = yield SumRequest(f"{ROUND_PREFIX}/presence-sketch", sketch)
+    distinct = min(int(pooled[0]), estimate_distinct(occupancy))
+    seen = yield from _table_rounds(
+        "presence",
+        split_limbs(presence, n_limbs=TAG_LIMBS, limb_bits=LIMB_BITS),
+        np.ones(len(presence), dtype=np.int64),
+        pooled_keys=distinct,
+        key_limbs=TAG_LIMBS,
+        secret=secret,
+        config=config,
+    )
+    tags = join_limbs(seen.keys, limb_bits=LIMB_BITS)
+    order = np.argsort(tags)
+    return tags[order], seen.multiplicity[order], pooled[1:]
+
+
 def consortium_history(
     events: Mapping[int, DayEvents],
     *,
@@ -327,39 +375,16 @@ def consortium_history(
         history night after night needs them when a terminal reaches the threshold later; the
         threshold is then applied when features are computed).
     """
-    days = tuple(sorted(events))
-    pooled_days = days if pool_days is None else tuple(sorted(set(pool_days)))
-    if not set(pooled_days) <= set(days):
-        raise ValueError("pool_days must be days of events")
+    days, pooled_days = _pooled_days(events, pool_days)
     if noise is not None:
         events = {d: noise(d, events[d]) for d in days}
-    presence = np.unique(np.concatenate([events[d].tag for d in days])) if days else np.empty(0, np.int64)
     day_keys = {d: events[d].keys() for d in pooled_days}
-    own_sizes = np.array([len(presence)] + [len(day_keys[d][0]) for d in pooled_days], dtype=np.float64)
-    pooled_sizes = yield SumRequest(f"{ROUND_PREFIX}/sizes", own_sizes)
-    pooled = np.rint(pooled_sizes).astype(np.int64)
-    # Banks share most terminals, so the presence table is sized for the distinct terminals,
-    # estimated from a summed occupancy bitmap, rather than for the sum of the banks' counts.
-    sketch = presence_bitmap(presence, sketch_slots(int(pooled[0])))
-    occupancy = yield SumRequest(f"{ROUND_PREFIX}/presence-sketch", sketch)
-    distinct = min(int(pooled[0]), estimate_distinct(occupancy))
-
-    seen = yield from _table_rounds(
-        "presence",
-        split_limbs(presence, n_limbs=TAG_LIMBS, limb_bits=LIMB_BITS),
-        np.ones(len(presence), dtype=np.int64),
-        pooled_keys=distinct,
-        key_limbs=TAG_LIMBS,
-        secret=secret,
-        config=config,
-    )
-    presence_tags = join_limbs(seen.keys, limb_bits=LIMB_BITS)
-    order = np.argsort(presence_tags)
-    presence_tags, presence_banks = presence_tags[order], seen.multiplicity[order]
+    presence_tags, presence_banks, pooled = yield from _presence_rounds(
+        _presence(events), [len(day_keys[d][0]) for d in pooled_days], secret=secret, config=config)
     kept = presence_tags if keep_below_threshold else presence_tags[presence_banks >= config.threshold]
 
     tags, times, counts, frauds = [], [], [], []
-    for d, n_pooled in zip(pooled_days, pooled[1:]):
+    for d, n_pooled in zip(pooled_days, pooled):
         limbs, multiplicity = day_keys[d]
         table = yield from _table_rounds(
             day_label(d),
@@ -377,6 +402,106 @@ def consortium_history(
         times.append(d * NS_PER_DAY + (value[keep] >> 1) * NS_PER_SECOND)
         counts.append(table.multiplicity[keep])
         frauds.append(table.multiplicity[keep] * (value[keep] & 1))
+    empty = np.empty(0, dtype=np.int64)
+    return ConsortiumHistory(
+        tag=np.concatenate(tags) if tags else empty,
+        time_ns=np.concatenate(times) if times else empty,
+        count=np.concatenate(counts) if counts else empty,
+        frauds=np.concatenate(frauds) if frauds else empty,
+        presence_tags=presence_tags,
+        presence_banks=presence_banks,
+        days=pooled_days,
+        threshold=config.threshold,
+    )
+
+
+@dataclass(frozen=True)
+class DayCountPrivacy:
+    """The private variant's setting: each day's release is (epsilon, delta)-DP for one transaction.
+
+    A transaction adds 1 to its terminal's count of its day and at most 1 to that day's frauds:
+    L2 sensitivity ``sqrt(2)``. A day is released once (a node keeps it), so a transaction spends
+    one release's epsilon in the terminal statistics, whatever the number of nights its windows
+    are used in (reading a released day again is post-processing).
+    """
+
+    epsilon: float
+    delta: float = DEFAULT_DELTA
+
+    SENSITIVITY: ClassVar[float] = float(np.sqrt(2.0))
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.epsilon) or self.epsilon <= 0:
+            raise ValueError(f"the terminal statistics' epsilon must be a positive number, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"the terminal statistics' delta must lie strictly between 0 and 1, got {self.delta}")
+
+    @functools.cached_property
+    def multiplier(self) -> float:
+        """Noise standard deviation over sensitivity for one release."""
+        return noise_multiplier(self.epsilon, self.delta, 1)
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the noise one bank adds to each count."""
+        return self.multiplier * self.SENSITIVITY
+
+
+def day_counts(events: DayEvents, terminals: IntArray) -> npt.NDArray[np.float64]:
+    """A bank's transactions and frauds of one day per terminal of ``terminals`` (sorted tags),
+    as an ``(n, 2)`` array; events of other terminals are left out."""
+    out = np.zeros((len(terminals), 2), dtype=np.float64)
+    where = np.searchsorted(terminals, events.tag)
+    found = where < len(terminals)
+    found[found] = terminals[where[found]] == events.tag[found]
+    np.add.at(out[:, 0], where[found], 1.0)
+    np.add.at(out[:, 1], where[found], events.fraud[found].astype(np.float64))
+    return out
+
+
+def private_consortium_history(
+    events: Mapping[int, DayEvents],
+    *,
+    secret: bytes,
+    privacy: DayCountPrivacy,
+    config: TerminalStatsConfig = TerminalStatsConfig(),
+    pool_days: Collection[int] | None = None,
+    rng: np.random.Generator | None = None,
+) -> Algorithm[ConsortiumHistory]:
+    """One bank's side of the private variant: noisy day counts per terminal instead of events.
+
+    Presence is summed as in :func:`consortium_history` (it is not covered by the noise: it tells
+    how many banks saw each terminal over the whole period). Then, for each pooled day, every
+    bank sends its transactions and frauds per terminal above the threshold (one dense vector in
+    the order of the decoded presence table, which every bank holds alike) with Gaussian noise of
+    :attr:`DayCountPrivacy.sigma` on every value. Neither the time of day nor single events are
+    revealed: the sum is the consortium's day counts, noisy.
+
+    A bank then takes its own noise back out of the sum (it knows it; post-processing), so its
+    history is its own exact counts plus the other banks' noisy ones. The history rows are the
+    nonzero (rounded) cells, dated at the day's last nanosecond: the windows
+    ``(t - delay - w, t - delay]`` of a transaction of day ``D`` then hold the whole days
+    ``D - delay - w`` to ``D - delay - 1``, each of them at least ``delay`` days old.
+    """
+    days, pooled_days = _pooled_days(events, pool_days)
+    rng = np.random.default_rng() if rng is None else rng
+    presence_tags, presence_banks, _ = yield from _presence_rounds(_presence(events), [], secret=secret, config=config)
+    terminals = presence_tags[presence_banks >= config.threshold]
+    tags, times, counts, frauds = [], [], [], []
+    for d in pooled_days if len(terminals) else ():
+        noise = rng.normal(0.0, privacy.sigma, size=(len(terminals), 2))
+        vector = (day_counts(events[d], terminals) + noise).ravel()
+        parts = []
+        for chunk, start in enumerate(range(0, len(vector), config.chunk_values)):
+            request = SumRequest(f"{ROUND_PREFIX}/counts/{day_label(d)}/c{chunk}",
+                                 vector[start : start + config.chunk_values])
+            parts.append((yield request))
+        cells = np.rint(np.concatenate(parts).reshape(-1, 2) - noise).astype(np.int64)
+        keep = (cells != 0).any(axis=1)
+        tags.append(terminals[keep])
+        times.append(np.full(int(keep.sum()), (d + 1) * NS_PER_DAY - 1, dtype=np.int64))
+        counts.append(cells[keep, 0])
+        frauds.append(cells[keep, 1])
     empty = np.empty(0, dtype=np.int64)
     return ConsortiumHistory(
         tag=np.concatenate(tags) if tags else empty,
@@ -526,18 +651,21 @@ def consortium_terminal_values(
 
 __all__ = [
     "ConsortiumHistory",
+    "DayCountPrivacy",
     "DayEvents",
     "NightlyPooling",
     "EventNoise",
     "TerminalStatsConfig",
     "consortium_history",
     "consortium_terminal_values",
+    "day_counts",
     "day_label",
     "estimate_distinct",
     "events_by_day",
     "history_days",
     "nightly_pooling",
     "presence_bitmap",
+    "private_consortium_history",
     "sketch_slots",
     "table_layout",
     "terminal_tags",

@@ -117,6 +117,35 @@ def test_simulate_with_differential_privacy_reports_the_spend(generated: Path, t
     assert "Traceback" not in refused.output
 
 
+def test_simulate_with_private_terminal_statistics_reports_their_spend(generated: Path, tmp_path: Path) -> None:
+    from schemas.privacy import compose_epsilon, noise_multiplier
+
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, [
+        "simulate", "--data", str(generated), "--banks", "3", "--train-start", "2018-05-20", "--trees", "5",
+        "--models", "xgboost", "--scheme", "plain", "--consortium-features", "--terminal-threshold", "2",
+        "--terminal-dp-epsilon", "2", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "noisy day counts at epsilon 2" in result.output
+    doc = json.loads(out.read_text())
+    privacy = doc["privacy"]
+    (terminals,) = privacy["runs"]  # the model trained without DP: only the terminal statistics spent
+    assert terminals["model"] == "terminal statistics" and terminals["releases"] == 1
+    assert privacy["per_bank_epsilon"] == pytest.approx(compose_epsilon([(noise_multiplier(2, 1e-5, 1), 1)], 1e-5))
+    assert "presence" in privacy["not_covered"]
+    # Noisy counts are no longer the full-data ones, yet the features still carry the consortium's traffic.
+    section = doc["consortium_features"]
+    assert section["terminal_stats"]["equal_to_full_data"]["count_mismatches"] > 0
+    assert section["federated"]["xgboost"]["auc"] > 0.5
+    refused = CliRunner().invoke(main, ["simulate", "--data", str(generated), "--terminal-dp-epsilon", "2"])
+    assert refused.exit_code != 0 and "needs --consortium-features" in refused.output
+    refused = CliRunner().invoke(main, ["simulate", "--data", str(generated), "--consortium-features",
+                                        "--terminal-dp-epsilon", "-1"])
+    assert refused.exit_code != 0 and "must be a positive number" in refused.output
+    assert "Traceback" not in refused.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
