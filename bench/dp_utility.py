@@ -44,6 +44,8 @@ from fedfraud import simulation as sim  # noqa: E402
 from schemas.privacy import ACCOUNTING  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "fraud-detection-handbook-simulated" / "transactions.parquet"
+#: The handbook protocol's training period ends here (7 days from 2018-07-25); longer periods start earlier.
+TRAIN_END = np.datetime64("2018-08-01")
 METRICS = (("auc", "AUC"), ("ap", "AP"), ("cp100", "CP@100"))
 err = Console(stderr=True)
 
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="xgboost,logreg")
     parser.add_argument("--scheme", default="plain", choices=["plain", "ckks"])
+    parser.add_argument("--train-days", type=int, default=7, help="the handbook protocol's 7 by default")
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--max-depth", type=int, default=3)
     parser.add_argument("--dp-trees", type=int, default=20, help="trees under DP (fewer sums, less noise each)")
@@ -125,13 +128,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--png", type=Path, default=None)
     args = parser.parse_args()
-    epsilons = [float(e) for e in args.epsilons.split(",")]
+    epsilons = [float(e) for e in args.epsilons.split(",") if e]
     models = tuple(args.models.split(","))
 
     err.print(f"loading {DATA} ...")
     frame = load_transactions(DATA, require_label=True).frame
     base = sim.SimulationConfig(scheme=args.scheme, models=models, consortium_features=True, n_trees=args.trees,
-                                max_depth=args.max_depth)
+                                max_depth=args.max_depth, train_days=args.train_days,
+                                train_start=str(TRAIN_END - np.timedelta64(args.train_days, "D")))
     err.print("features and consortium terminal statistics ...")
     banks = sim.prepare_banks(frame, base)
     secret = crypto.generate(args.scheme)
@@ -170,7 +174,7 @@ def main() -> None:
         within = [r["epsilon"] for r in rows if r["model"] == model and r["epsilon"] is not None
                   and r["ap"] >= exact_ap - 0.03]
         smallest[model] = min(within) if within else None
-    result = {"accounting": ACCOUNTING, "scheme": args.scheme, "repeats": args.repeats,
+    result = {"accounting": ACCOUNTING, "scheme": args.scheme, "repeats": args.repeats, "train_days": args.train_days,
               "dp_settings": {"n_trees": args.dp_trees, "eta": args.dp_eta, "n_bins": args.bins,
                               "min_child_weight": args.min_child_weight,
                               "reg_lambda": args.reg_lambda, "clip": 1.0, "delta": 1e-5},
