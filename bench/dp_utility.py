@@ -167,6 +167,9 @@ def main() -> None:
             err.print(f"{model} epsilon {epsilon:g}: " + ", ".join(f"{label} {mean[k]:.4f}" for k, label in METRICS))
 
     terminal_rows = _private_terminals(banks, base, models, args, secret, public, origin, total_cards)
+    # What a bank has without pooling at all: its own terminal features (the floor pooling must beat).
+    own_features = {model: _train(banks, model, base, secret, public, origin, total_cards)
+                    for model in models} if terminal_rows else {}
 
     smallest: dict[str, float | None] = {}
     for model in models:
@@ -179,7 +182,7 @@ def main() -> None:
                               "min_child_weight": args.min_child_weight,
                               "reg_lambda": args.reg_lambda, "clip": 1.0, "delta": 1e-5},
               "smallest_epsilon_within_0.03_ap": smallest, "rows": rows,
-              "private_terminal_statistics": terminal_rows}
+              "private_terminal_statistics": terminal_rows, "own_terminal_features": own_features}
     table = Table(title=f"federated models with DP per run ({ACCOUNTING.split(';')[0]}), handbook protocol, "
                         "consortium features")
     for column in ("model", "epsilon", "noise x", "AUC", "AP", "CP@100"):
@@ -193,6 +196,8 @@ def main() -> None:
         table = Table(title="private terminal statistics (noisy day counts per terminal), models without DP")
         for column in ("model", "terminal epsilon", "AUC", "AP", "CP@100", "AP cost"):
             table.add_column(column, justify="left" if column == "model" else "right")
+        for model, own in own_features.items():
+            table.add_row(model, "own features only", *(f"{own[k]:.4f}" for k, _ in METRICS), "")
         for r in terminal_rows:
             exact_ap = next(x for x in rows if x["model"] == r["model"] and x["epsilon"] is None)["ap"]
             table.add_row(r["model"], f"{r['terminal_epsilon']:g}",

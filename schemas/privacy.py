@@ -89,11 +89,41 @@ class RunPrivacy:
     clip: float
     releases: int
     multiplier: float
+    terminal_epsilon: float | None = None
+    terminal_multiplier: float | None = None
+
+    def mechanisms(self) -> list[tuple[float, int]]:
+        """What a transaction takes part in, as (noise multiplier, releases): the training's
+        sums, and one day's noisy terminal counts when the run pools them (a transaction is in
+        one day; charging every run with it bounds days pooled again)."""
+        out = [(self.multiplier, self.releases)]
+        if self.terminal_multiplier is not None:
+            out.append((self.terminal_multiplier, 1))
+        return out
+
+    @property
+    def total_epsilon(self) -> float:
+        """The run's epsilon at its delta, training and terminal statistics together."""
+        if self.terminal_multiplier is None:
+            return self.epsilon
+        return compose_epsilon(self.mechanisms(), self.delta)
 
     def to_json(self) -> dict[str, Any]:
         """As the ledger and the agents' budget files record it."""
-        return {"epsilon": self.epsilon, "delta": self.delta, "clip": self.clip, "releases": self.releases,
-                "noise_multiplier": self.multiplier, "accounting": ACCOUNTING}
+        out = {"epsilon": self.epsilon, "delta": self.delta, "clip": self.clip, "releases": self.releases,
+               "noise_multiplier": self.multiplier, "accounting": ACCOUNTING}
+        if self.terminal_multiplier is not None:
+            out.update(terminal_epsilon=self.terminal_epsilon, terminal_noise_multiplier=self.terminal_multiplier,
+                       total_epsilon=self.total_epsilon)
+        return out
+
+    @staticmethod
+    def mechanisms_of(recorded: Mapping[str, Any]) -> list[tuple[float, int]]:
+        """:meth:`mechanisms` of a setting as :meth:`to_json` recorded it."""
+        out = [(float(recorded["noise_multiplier"]), int(recorded["releases"]))]
+        if recorded.get("terminal_noise_multiplier") is not None:
+            out.append((float(recorded["terminal_noise_multiplier"]), 1))
+        return out
 
 
 def run_privacy(model: str, params: Mapping[str, Any]) -> RunPrivacy | None:
@@ -103,8 +133,11 @@ def run_privacy(model: str, params: Mapping[str, Any]) -> RunPrivacy | None:
         return None
     delta = float(params.get("dp_delta", DEFAULT_DELTA))
     n = releases(model, params)
+    terminal = params.get("terminal_dp_epsilon")
     return RunPrivacy(epsilon=float(epsilon), delta=delta, clip=float(params.get("dp_clip", 1.0)), releases=n,
-                      multiplier=noise_multiplier(float(epsilon), delta, n))
+                      multiplier=noise_multiplier(float(epsilon), delta, n),
+                      terminal_epsilon=None if terminal is None else float(terminal),
+                      terminal_multiplier=None if terminal is None else noise_multiplier(float(terminal), delta, 1))
 
 
 def compose_epsilon(runs: Iterable[tuple[float, int]], delta: float) -> float:

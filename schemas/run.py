@@ -93,14 +93,22 @@ class _PrivacyParams(_FeatureParams):
     dp_clip = _float("dp_clip", "bound on one transaction's gradient, its Hessian a quarter of it (default 1; "
                      "only with dp_epsilon)", low=1e-3, high=1e3)
 
+    terminal_dp_epsilon = _float(
+        "terminal_dp_epsilon", "with consortium_features and dp_epsilon: pool noisy day counts per terminal "
+        "instead of exact events, epsilon for each day's release (the terminal windows are then taken over whole "
+        "days; default: exact events)", low=0.01, high=100.0)
+
     @validates_schema
     def _privacy_needs_epsilon(self, data: dict[str, Any], **kwargs: Any) -> None:
-        alone = [name for name in ("dp_delta", "dp_clip") if name in data and "dp_epsilon" not in data]
+        alone = [name for name in ("dp_delta", "dp_clip", "terminal_dp_epsilon")
+                 if name in data and "dp_epsilon" not in data]
         if alone:
             raise ValidationError({name: ["only with dp_epsilon"] for name in alone})
+        if "terminal_dp_epsilon" in data and not data.get("consortium_features"):
+            raise ValidationError({"terminal_dp_epsilon": ["only with consortium_features"]})
 
 
-FEATURE_PARAMS: Final = ("consortium_features", "terminal_threshold")
+FEATURE_PARAMS: Final = ("consortium_features", "terminal_threshold", "terminal_dp_epsilon")
 """Params that say how inputs are built, not how the model is fitted."""
 DEFAULT_TERMINAL_THRESHOLD: Final = 3
 

@@ -64,10 +64,9 @@ class PrivacyBudget:
               excluding: str | None = None) -> float:
         """Epsilon (at this budget's delta) of the period's private runs, with ``extra`` added."""
         now = now or datetime.now(UTC)
-        runs = [(float(c["noise_multiplier"]), int(c["releases"])) for c in self._recent(state, now)
-                if c["run_id"] != excluding]
+        runs = [m for c in self._recent(state, now) if c["run_id"] != excluding for m in RunPrivacy.mechanisms_of(c)]
         if extra is not None:
-            runs.append((extra.multiplier, extra.releases))
+            runs.extend(extra.mechanisms())
         return compose_epsilon(runs, self.delta)
 
     # ------------------------------------------------------------------ before a run
@@ -90,7 +89,7 @@ class PrivacyBudget:
         after = self.spent(state, now, extra=privacy)
         if after > self.epsilon:
             raise BudgetExceeded(
-                f"run {run_id} (epsilon {privacy.epsilon:g}, delta {privacy.delta:g}) would take this bank's "
+                f"run {run_id} (epsilon {privacy.total_epsilon:.3g}, delta {privacy.delta:g}) would take this bank's "
                 f"privacy spend over the last {self.period_days} days from {before:.3g} to {after:.3g}, over its "
                 f"budget of {self.epsilon:g} at delta {self.delta:g}")
         return after
@@ -104,4 +103,4 @@ class PrivacyBudget:
         charges.append({"run_id": run_id, "at": now.isoformat(), **privacy.to_json()})
         state.write_secret(SPENT_FILE, json.dumps({"runs": charges}, indent=2, sort_keys=True).encode())
         log.info("run %s: privacy spent epsilon %.3g at delta %g (this bank's last %d days: %.3g of %g)", run_id,
-                 privacy.epsilon, privacy.delta, self.period_days, self.spent(state, now), self.epsilon)
+                 privacy.total_epsilon, privacy.delta, self.period_days, self.spent(state, now), self.epsilon)

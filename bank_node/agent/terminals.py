@@ -21,6 +21,7 @@ from bank_node.agent.training import FeatureSettings
 from bank_node.federated.rounds import Algorithm, BankRunner
 from bank_node.federated.terminal_stats import (
     ConsortiumHistory,
+    DayCountPrivacy,
     DayEvents,
     NightlyPooling,
     TerminalStatsConfig,
@@ -28,6 +29,7 @@ from bank_node.federated.terminal_stats import (
     nightly_pooling,
 )
 from bank_node.terminal_history import PooledHistory, PoolingScope, pooling_scope, terminal_key
+from schemas.privacy import run_privacy
 from schemas.run import RunWindow
 
 __all__ = ["TerminalPlan", "plan_terminals", "pool_terminals"]
@@ -47,6 +49,7 @@ class TerminalPlan:
     key_id: str
     scope: PoolingScope
     events: dict[int, DayEvents]
+    privacy: DayCountPrivacy | None = None
 
 
 def plan_terminals(run: RunInfo, window: RunWindow | None, *, settings: FeatureSettings, secret_context: bytes,
@@ -67,8 +70,14 @@ def plan_terminals(run: RunInfo, window: RunWindow | None, *, settings: FeatureS
     first = date(1970, 1, 1) + timedelta(days=scope.first)
     frame = transactions(first, date(1970, 1, 1) + timedelta(days=scope.days[-1] + 1))
     events = events_by_day(frame, key, scope.days)
-    log.info("run %s: consortium terminal features over %d days from %s", run.run_id, len(scope.days), first)
-    return TerminalPlan(settings=settings, key=key, key_id=key_id, scope=scope, events=events)
+    setting = run_privacy(run.model, run.params)
+    privacy = None
+    if setting is not None and setting.terminal_epsilon is not None:
+        privacy = DayCountPrivacy(setting.terminal_epsilon, setting.delta)
+    log.info("run %s: consortium terminal features over %d days from %s (%s)", run.run_id, len(scope.days), first,
+             "exact events" if privacy is None else f"noisy day counts, epsilon {privacy.epsilon:g} a day")
+    return TerminalPlan(settings=settings, key=key, key_id=settings.history_id(key_id), scope=scope, events=events,
+                        privacy=privacy)
 
 
 def pool_terminals(runner: BankRunner, run: RunInfo, plan: TerminalPlan,
@@ -85,7 +94,7 @@ def pool_terminals(runner: BankRunner, run: RunInfo, plan: TerminalPlan,
         log.info("run %s: %d of %d days of terminal statistics to pool", run.run_id, len(stale), len(plan.scope.days))
         return nightly_pooling(plan.events, stale=stale, party_index=run.party_index(runner.bank),
                                n_participants=len(participants), secret=plan.key,
-                               config=TerminalStatsConfig(threshold=plan.settings.threshold))
+                               config=TerminalStatsConfig(threshold=plan.settings.threshold), privacy=plan.privacy)
 
     pooling = runner.run(pooling_of_this_epoch)
     banks = [participants[i] for i in sorted(pooling.contributors)]

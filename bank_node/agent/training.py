@@ -299,15 +299,25 @@ class FeatureSettings:
     consortium
         Terminal features over the consortium's pooled events, for terminals seen by at least
         ``threshold`` banks (the bank's own values elsewhere).
+    terminal_epsilon
+        Pooled as noisy day counts per terminal at this epsilon per day, or exact events (None).
     """
 
     consortium: bool = False
     threshold: int = DEFAULT_TERMINAL_THRESHOLD
+    terminal_epsilon: float | None = None
 
     def to_attribute(self) -> str:
         """The settings as the model file records them (a JSON string)."""
-        return json.dumps({"terminal_features": "consortium", "terminal_threshold": self.threshold},
-                          sort_keys=True, separators=(",", ":"))
+        recorded: dict[str, Any] = {"terminal_features": "consortium", "terminal_threshold": self.threshold}
+        if self.terminal_epsilon is not None:
+            recorded["terminal_dp_epsilon"] = self.terminal_epsilon
+        return json.dumps(recorded, sort_keys=True, separators=(",", ":"))
+
+    def history_id(self, key_id: str) -> str:
+        """Under which name the node keeps the pooled history these features read: the
+        consortium key's id, and the epsilon of noisy day counts (never mixed with exact events)."""
+        return key_id if self.terminal_epsilon is None else f"{key_id}/day-counts-eps-{self.terminal_epsilon:g}"
 
     @classmethod
     def of_model_file(cls, body: bytes) -> FeatureSettings:
@@ -329,16 +339,21 @@ class FeatureSettings:
         if recorded is None:
             return cls()
         settings = json.loads(recorded)
-        if settings.get("terminal_features") != "consortium" or not isinstance(settings.get("terminal_threshold"), int):
+        epsilon = settings.get("terminal_dp_epsilon")
+        if (settings.get("terminal_features") != "consortium" or not isinstance(settings.get("terminal_threshold"), int)
+                or not (epsilon is None or (isinstance(epsilon, (int, float)) and epsilon > 0))):
             raise ValueError(f"the model records feature settings this node does not know: {recorded}")
-        return cls(consortium=True, threshold=int(settings["terminal_threshold"]))
+        return cls(consortium=True, threshold=int(settings["terminal_threshold"]),
+                   terminal_epsilon=None if epsilon is None else float(epsilon))
 
 
 def feature_settings(model: str, params: Mapping[str, Any]) -> FeatureSettings:
     """The feature settings of a run's params (validated)."""
     features = split_run_params(model, params)[1]
+    epsilon = features.get("terminal_dp_epsilon")
     return FeatureSettings(consortium=bool(features.get("consortium_features", False)),
-                           threshold=int(features.get("terminal_threshold", DEFAULT_TERMINAL_THRESHOLD)))
+                           threshold=int(features.get("terminal_threshold", DEFAULT_TERMINAL_THRESHOLD)),
+                           terminal_epsilon=None if epsilon is None else float(epsilon))
 
 
 def canonical_json(document: Any) -> bytes:

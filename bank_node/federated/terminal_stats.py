@@ -466,6 +466,7 @@ def private_consortium_history(
     privacy: DayCountPrivacy,
     config: TerminalStatsConfig = TerminalStatsConfig(),
     pool_days: Collection[int] | None = None,
+    keep_below_threshold: bool = False,
     rng: np.random.Generator | None = None,
 ) -> Algorithm[ConsortiumHistory]:
     """One bank's side of the private variant: noisy day counts per terminal instead of events.
@@ -479,14 +480,20 @@ def private_consortium_history(
 
     A bank then takes its own noise back out of the sum (it knows it; post-processing), so its
     history is its own exact counts plus the other banks' noisy ones. The history rows are the
-    nonzero (rounded) cells, dated at the day's last nanosecond: the windows
-    ``(t - delay - w, t - delay]`` of a transaction of day ``D`` then hold the whole days
-    ``D - delay - w`` to ``D - delay - 1``, each of them at least ``delay`` days old.
+    nonzero (rounded) cells, dated at the day's last second (histories are kept to the second):
+    the windows ``(t - delay - w, t - delay]`` of a transaction of day ``D`` then hold the whole
+    days ``D - delay - w`` to ``D - delay - 1``, each of them at least ``delay`` days old (for a
+    transaction in the day's very last second, the days one later).
+
+    With ``keep_below_threshold`` (a node keeping the history night after night), every terminal
+    of the presence table is counted: a terminal that reaches the threshold later then has its
+    earlier days. The noise protects each transaction whatever the number of banks at a terminal;
+    the threshold is applied when features are computed.
     """
     days, pooled_days = _pooled_days(events, pool_days)
     rng = np.random.default_rng() if rng is None else rng
     presence_tags, presence_banks, _ = yield from _presence_rounds(_presence(events), [], secret=secret, config=config)
-    terminals = presence_tags[presence_banks >= config.threshold]
+    terminals = presence_tags if keep_below_threshold else presence_tags[presence_banks >= config.threshold]
     tags, times, counts, frauds = [], [], [], []
     for d in pooled_days if len(terminals) else ():
         noise = rng.normal(0.0, privacy.sigma, size=(len(terminals), 2))
@@ -499,7 +506,7 @@ def private_consortium_history(
         cells = np.rint(np.concatenate(parts).reshape(-1, 2) - noise).astype(np.int64)
         keep = (cells != 0).any(axis=1)
         tags.append(terminals[keep])
-        times.append(np.full(int(keep.sum()), (d + 1) * NS_PER_DAY - 1, dtype=np.int64))
+        times.append(np.full(int(keep.sum()), d * NS_PER_DAY + (SECONDS_PER_DAY - 1) * NS_PER_SECOND, dtype=np.int64))
         counts.append(cells[keep, 0])
         frauds.append(cells[keep, 1])
     empty = np.empty(0, dtype=np.int64)
@@ -541,6 +548,7 @@ def nightly_pooling(
     secret: bytes,
     config: TerminalStatsConfig = TerminalStatsConfig(),
     noise: EventNoise | None = None,
+    privacy: DayCountPrivacy | None = None,
 ) -> Algorithm[NightlyPooling]:
     """One bank's side of a night's terminal statistics: only the days some bank lacks are pooled.
 
@@ -558,6 +566,8 @@ def nightly_pooling(
         The days of ``events`` this bank needs pooled.
     party_index, n_participants
         This bank's place among the run's sorted participants, and how many there are.
+    privacy
+        Pool noisy day counts (:func:`private_consortium_history`) instead of exact events.
     """
     if not 0 <= party_index < n_participants:
         raise ValueError(f"party index {party_index} is not a place among {n_participants} participants")
@@ -568,8 +578,12 @@ def nightly_pooling(
     summed = np.rint((yield SumRequest(f"{ROUND_PREFIX}/plan", plan))).astype(np.int64)
     contributors = frozenset(int(i) for i in np.flatnonzero(summed[:n_participants] > 0))
     pool = [d for d, flagged in zip(days, summed[n_participants:]) if flagged > 0]
-    history = yield from consortium_history(events, secret=secret, config=config, noise=noise, pool_days=pool,
-                                            keep_below_threshold=True)
+    if privacy is None:
+        history = yield from consortium_history(events, secret=secret, config=config, noise=noise, pool_days=pool,
+                                                keep_below_threshold=True)
+    else:
+        history = yield from private_consortium_history(events, secret=secret, privacy=privacy, config=config,
+                                                        pool_days=pool, keep_below_threshold=True)
     return NightlyPooling(history=history, contributors=contributors)
 
 

@@ -121,9 +121,11 @@ class ModelHolder:
     def _consortium(self, model: LoadedModel, key: tuple[str, bytes] | None) -> ConsortiumTerminals:
         if self.history is None or key is None:
             raise ValueError("it uses consortium terminal features and this node holds no pooled history")
-        days = sorted(self.history.pooled(key[0]))
+        history_id = model.features.history_id(key[0])
+        days = sorted(self.history.pooled(history_id))
         if not days:
-            raise ValueError("it uses consortium terminal features and this node has pooled none yet")
-        history = self.history.load(key[0], days, threshold=model.features.threshold)
+            raise ValueError("it uses consortium terminal features and this node has pooled none yet"
+                             + ("" if history_id == key[0] else " as noisy day counts at its epsilon"))
+        history = self.history.load(history_id, days, threshold=model.features.threshold)
         history.windows  # noqa: B018 - sorted here, at load, not in the first request
         return ConsortiumTerminals(history=history, key=key[1])

@@ -33,7 +33,7 @@ from consortium.errors import NotFound, Unprocessable
 from consortium.storage.database import db
 from consortium.storage.models import Bank, Contribution, LedgerEntry, Role
 from schemas.ledger import parse_entry
-from schemas.privacy import compose_epsilon
+from schemas.privacy import RunPrivacy, compose_epsilon
 
 SUMMARY_DELTA: Final = 1e-5
 """The delta at which a bank's summary states the epsilon its private runs spent together."""
@@ -205,11 +205,10 @@ def summaries_view() -> list[dict[str, Any]]:
         .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id, LedgerEntry.event))}
     last_seen = dict(session.execute(select(LedgerEntry.bank_id, func.max(LedgerEntry.at))
                                      .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id)).all())
-    private_runs: dict[str, list[tuple[float, int]]] = {}
+    private_runs: dict[str, list[list[tuple[float, int]]]] = {}
     for bank_id, body in session.execute(select(LedgerEntry.bank_id, LedgerEntry.body)
                                          .where(LedgerEntry.event == "privacy.spent").order_by(LedgerEntry.seq)):
-        details = parse_entry(body)["details"]
-        private_runs.setdefault(str(bank_id), []).append((float(details["noise_multiplier"]), int(details["releases"])))
+        private_runs.setdefault(str(bank_id), []).append(RunPrivacy.mechanisms_of(parse_entry(body)["details"]))
     summaries = []
     for bank in session.execute(select(Bank).order_by(Bank.bank_id)).scalars():
         runs, count, size = contributed.get(bank.bank_id, (0, 0, 0))
@@ -221,7 +220,8 @@ def summaries_view() -> list[dict[str, Any]]:
             "proposals": events.get((bank.bank_id, "proposal.received"), 0),
             "last_seen": None if seen is None else seen.isoformat(timespec="milliseconds") + "Z",
             "privacy_budget_spent": (None if bank.bank_id not in private_runs
-                                     else compose_epsilon(private_runs[bank.bank_id], SUMMARY_DELTA)),
+                                     else compose_epsilon([m for run in private_runs[bank.bank_id] for m in run],
+                                                          SUMMARY_DELTA)),
             "private_runs": len(private_runs.get(bank.bank_id, [])),
         })
     return summaries

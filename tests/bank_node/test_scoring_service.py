@@ -286,3 +286,33 @@ def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
                 labels_until=101, keep_from=101)
     assert holder.refresh()
     assert holder.serving.consortium.history.days == (101, 102)
+
+
+def test_a_model_trained_on_noisy_day_counts_is_served_from_that_history_only(
+    tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
+) -> None:
+    import crypto
+    from bank_node.agent.ceremony import load_secret_scheme
+    from bank_node.agent.training import FEATURES_ATTRIBUTE, FeatureSettings
+    from bank_node.terminal_history import PooledHistory
+    from tests.bank_node.test_terminal_history import history
+
+    made = Node(tmp_path / "node", data)
+    made.state.save_secret_context(crypto.generate("plain").secret_context())
+    document = json.loads(model_files["small"])
+    document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(
+        {"terminal_features": "consortium", "terminal_threshold": 3, "terminal_dp_epsilon": 2})
+    keep_model(made.state, "1", json.dumps(document).encode())
+    holder = made.app.extensions["fedfraud_scoring"].holder
+    key_id = load_secret_scheme(made.state).key_id
+    pooled = PooledHistory(made.app.extensions["fedfraud_scoring"].engine)
+    # Exact events of the same key do not serve it: its features were built from noisy day counts.
+    pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
+                labels_until=100)
+    holder.refresh()
+    assert holder.serving is None or holder.serving.consortium is None
+    noisy_id = FeatureSettings(True, 3, terminal_epsilon=2.0).history_id(key_id)
+    pooled.save(noisy_id, history([101, 102], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r2",
+                labels_until=101)
+    assert holder.refresh() and holder.serving is not None and holder.serving.consortium is not None
+    assert holder.serving.consortium.history.days == (101, 102)

@@ -163,12 +163,15 @@ def test_lineage_and_bank_summaries(consortium: Consortium, he_key: crypto.HESch
     assert summaries["bank-1"]["bytes"] == round_["contributions"][0]["payload_size"]
 
 
+@pytest.mark.parametrize("noisy_terminals", [False, True])
 def test_a_private_runs_spend_is_recorded_once_per_bank_and_composed_in_its_summary(
-    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, noisy_terminals: bool
 ) -> None:
     from schemas.privacy import compose_epsilon, run_privacy
 
-    params = {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0}
+    params: dict[str, object] = {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0}
+    if noisy_terminals:  # the terminal statistics' noisy day counts are spent too
+        params.update(consortium_features=True, terminal_dp_epsilon=1.0)
     runs = [consortium.open_run(params=params)["run_id"] for _ in range(2)]
     plain = consortium.open_run()["run_id"]
     for run_id in runs:
@@ -185,8 +188,14 @@ def test_a_private_runs_spend_is_recorded_once_per_bank_and_composed_in_its_summ
     assert spent[0]["details"]["noise_multiplier"] == pytest.approx(setting.multiplier)
     summaries = {s["bank_id"]: s for s in
                  consortium.client.get("/v1/ledger/banks", headers=bearer(compliance_token)).get_json()}
-    both = compose_epsilon([(setting.multiplier, setting.releases)] * 2, 1e-5)
-    assert summaries["bank-1"]["privacy_budget_spent"] == pytest.approx(both) and 2.0 < both < 4.0
+    both = compose_epsilon(setting.mechanisms() * 2, 1e-5)
+    assert summaries["bank-1"]["privacy_budget_spent"] == pytest.approx(both)
+    if noisy_terminals:
+        assert spent[0]["details"]["terminal_epsilon"] == 1.0
+        assert spent[0]["details"]["terminal_noise_multiplier"] == pytest.approx(setting.terminal_multiplier)
+        assert 3.0 < both < 6.0
+    else:
+        assert "terminal_epsilon" not in spent[0]["details"] and 2.0 < both < 4.0
     assert summaries["bank-1"]["private_runs"] == summaries["bank-2"]["private_runs"] == 2
     assert summaries["bank-3"]["privacy_budget_spent"] is None and summaries["bank-3"]["private_runs"] == 0
 

@@ -140,7 +140,12 @@ def test_a_run_with_consortium_features_but_no_window_or_history_is_refused_befo
     assert fake.runs[run_id].to_json()["rounds"] == []
 
 
-@pytest.mark.parametrize("params", [{"consortium_features": "yes"}, {"terminal_threshold": 2}])
+@pytest.mark.parametrize("params", [
+    {"consortium_features": "yes"}, {"terminal_threshold": 2},
+    {"terminal_dp_epsilon": 4.0, "consortium_features": True},  # noisy terminal counts with a non-private model
+    {"terminal_dp_epsilon": 4.0, "dp_epsilon": 4.0},  # without consortium features
+    {"terminal_dp_epsilon": 0.0, "dp_epsilon": 4.0, "consortium_features": True},
+])
 def test_feature_params_are_validated(params: dict[str, object]) -> None:
     from schemas.errors import FedfraudInputError
     from schemas.run import load_run_params
@@ -148,3 +153,66 @@ def test_feature_params_are_validated(params: dict[str, object]) -> None:
     with pytest.raises(FedfraudInputError) as caught:
         load_run_params("xgboost", params)
     assert set(caught.value.errors) == {f"params.{next(iter(params))}"}
+
+
+def test_a_private_run_pools_noisy_day_counts_kept_apart_and_charges_them(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_transactions: dict[str, pd.DataFrame],
+    transactions: pd.DataFrame,
+) -> None:
+    import dataclasses
+
+    from bank_node.agent.privacy_budget import PrivacyBudget
+    from schemas.privacy import compose_epsilon, run_privacy
+
+    private = {**PARAMS, "dp_epsilon": 8.0, "terminal_dp_epsilon": 4.0}
+    agents = nightly_agents(keyed_banks, bank_transactions)
+    watched = keyed_banks[0]
+    agents[watched.bank_id].settings = dataclasses.replace(SETTINGS, privacy_budget=PrivacyBudget(epsilon=50.0))
+    pooled_per_night = []
+    for night in range(2):
+        run_id = fake.open_run("xgboost", private, window=window(FIRST_NIGHT + timedelta(days=night)))
+        outcomes = run_concurrently({name: agent.run_once for name, agent in agents.items()})
+        assert {o[0].status for o in outcomes.values()} == {"proposed"}, outcomes
+        # Each bank's history differs (its own counts exact, the others' noisy), the model does not:
+        # it is grown from the same decrypted sums.
+        assert len({o[0].digest for o in outcomes.values()}) == 1
+        keys = [r["key"] for r in fake.runs[run_id].to_json()["rounds"]]
+        assert any("/counts/" in k for k in keys)
+        # No table of events is summed: neither times of day nor single events leave a bank.
+        assert not [k for k in keys if k.startswith("terminals/") and "/a0/" in k and "presence" not in k]
+        pooled_per_night.append({(b.state.run_record(run_id) or {})["terminal_days_pooled"] for b in keyed_banks})
+    assert pooled_per_night[1] == {2}  # the second night: only what no bank held yet
+
+    history = agents[watched.bank_id].terminal_history
+    assert history is not None
+    [history_id] = _key_ids(history)
+    assert history_id.endswith("/day-counts-eps-4")  # never mixed with exact events
+    held = history.load(history_id, _held_days(history), threshold=1)
+    assert (held.time_ns % (24 * 3600 * 10**9) == (24 * 3600 - 1) * 10**9).all()  # a row per terminal and day
+    # Noisy: the consortium's day counts are not the pooled transactions' exact ones.
+    day = transactions["timestamp"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+    exact = pd.Series(1, index=pd.MultiIndex.from_arrays([_tags(transactions[TERMINAL_ID], _key(watched)), day]))
+    exact = exact.groupby(level=[0, 1]).sum()
+    got = pd.Series(held.count, index=pd.MultiIndex.from_arrays([held.tag, held.time_ns // (24 * 3600 * 10**9)]))
+    common = got.index.intersection(exact.index)
+    assert len(common) > 100 and (got[common] != exact[common]).mean() > 0.5
+
+    # The bank's budget was charged with both mechanisms: training sums and one day's counts.
+    setting = run_privacy("xgboost", private)
+    assert setting is not None and setting.terminal_multiplier is not None
+    [first, second] = PrivacyBudget.charges(watched.state)
+    assert first["terminal_epsilon"] == 4.0 and first["total_epsilon"] == pytest.approx(setting.total_epsilon)
+    assert setting.total_epsilon > 8.0
+    assert PrivacyBudget(epsilon=50.0).spent(watched.state) == pytest.approx(
+        compose_epsilon(setting.mechanisms() * 2, 1e-5))
+
+    # The model records it, and the scoring service reads the same noisy history.
+    agents[watched.bank_id].sync_models()
+    files = [p for p in (watched.state.root / "models").glob("*") if p.is_file()]
+    assert files and all(FeatureSettings.of_model_file(p.read_bytes()).terminal_epsilon == 4.0 for p in files)
+
+
+def _key(bank: Bank) -> bytes:
+    secret = bank.state.load_secret_context()
+    assert secret is not None
+    return terminal_key(secret)
