@@ -61,6 +61,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from consortium.api import register_blueprints
     from consortium.extensions import init_resources
     from consortium.ledger import init_ledger
+    from consortium.logs import init_request_logging
+    from consortium.metrics import init_metrics
     from consortium.web import init_web
     from consortium.storage.database import Database, db
 
@@ -83,6 +85,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_resources(app)
     init_ledger(app)
     init_web(app)
+    init_request_logging(app)
+    init_metrics(app)
     if app.config["DEVELOPMENT_MODE"]:
         logger.warning("DEVELOPMENT MODE: the unencrypted 'plain' HE scheme is accepted; never run this in production")
 

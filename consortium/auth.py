@@ -117,16 +117,17 @@ def current_principal() -> Principal:
 def requires(*roles: Role) -> Callable[[F], F]:
     """Decorate a view: 401 without a valid token, 403 unless its role is one of ``roles``.
 
-    With no roles, any valid token passes.
+    With no roles, any valid token passes but a monitoring one (which scrapes metrics only).
     """
+    allowed = roles or tuple(role for role in Role if role is not Role.MONITORING)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             principal = current_principal()
-            if roles and principal.role not in roles:
-                allowed = " or ".join(role.value for role in roles)
-                raise Forbidden(f"this needs a {allowed} token; this token's role is {principal.role.value}")
+            if principal.role not in allowed:
+                names = " or ".join(role.value for role in allowed)
+                raise Forbidden(f"this needs a {names} token; this token's role is {principal.role.value}")
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -30,7 +30,8 @@ def init_db() -> None:
 
 
 @consortium_cli.command("create-token")
-@click.option("--role", type=click.Choice(["operator", "compliance"]), required=True, help="What the token may do.")
+@click.option("--role", type=click.Choice(["operator", "compliance", "monitoring"]), required=True,
+              help="What the token may do (monitoring: scrape /metrics only).")
 def create_token(role: str) -> None:
     """Issue an operator or compliance token; it is printed once and stored only as a hash."""
     from consortium.app import create_app

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from consortium.errors import ConsortiumError, Unavailable
 from consortium.extensions import now, write_lock
+from consortium.metrics import observe
 from consortium.storage.database import Database
 from consortium.storage.models import LedgerEntry, LedgerHead
 from crypto.checkpoint import Checkpoint, CheckpointError
@@ -365,6 +366,8 @@ def record_refusal(session: Session, *, bank_id: str, run_id: str, round_key: st
     else changed: the refusal is the event). A ledger that cannot take it is logged, not raised:
     the bank hears the refusal itself."""
     session.rollback()
+    if (metrics := observe()) is not None:
+        metrics.contribution("refused")
     try:
         with write_lock():
             record(session, "contribution.refused", bank_id=bank_id, run_id=run_id,

@@ -29,6 +29,7 @@ from consortium.extensions import (
     write_lock,
 )
 from consortium.ledger import record
+from consortium.metrics import observe
 from consortium.secure_sum import (
     Decision,
     InvalidContributionError,
@@ -282,6 +283,8 @@ def _store_contribution(
         if not referenced_before and not _digest_referenced(session, digest):
             store.delete(digest)
         raise
+    if (metrics := observe()) is not None:
+        metrics.contribution("accepted", len(payload))
     logger.info(
         "contribution stored",
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
@@ -363,13 +366,16 @@ def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     current.aggregate_size = len(total)
     current.n_addends = len(ordered)
     current.dropped = sorted(dropped)
-    current.closed_at = now()
+    current.closed_at = closed = now()
+    opened = current.opened_at  # read before the commit expires it
     record(session, "round.released", run_id=current.run_id,
            details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": len(total),
                     "contributions": [{"bank_id": row.bank_id, "payload_sha256": row.payload_digest} for row in ordered],
                     "dropped": sorted(dropped)})
     session.commit()
     round_changed()
+    if (metrics := observe()) is not None:
+        metrics.round_closed("released", opened, closed)
     logger.info(
         "round released",
         extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(ordered), "dropped": sorted(dropped)},
@@ -382,11 +388,14 @@ def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     current.failure_reason = reason
     # Banks the round expected and did not get; a bank left out or withdrawn did not drop out.
     current.dropped = sorted(expected_banks(run, current.round_key) - contributed)
-    current.closed_at = now()
+    current.closed_at = closed = now()
+    opened = current.opened_at  # read before the commit expires it
     record(session, "round.failed", run_id=run.run_id,
            details={"round_key": current.round_key, "reason": reason, "dropped": current.dropped})
     session.commit()
     round_changed()
+    if (metrics := observe()) is not None:
+        metrics.round_closed("failed", opened, closed)
     logger.warning(
         "round failed",
         extra={"run_id": run.run_id, "round_key": current.round_key, "reason": reason, "dropped": current.dropped},

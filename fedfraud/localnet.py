@@ -62,6 +62,8 @@ class LocalConsortium:
         Where the aggregator listens on 127.0.0.1.
     env
         Environment of every process started (the ``FEDFRAUD_*`` settings).
+    agent_options
+        Options of ``fedfraud bank`` for every agent started (``-v``, ``--log-format json``).
     """
 
     root: Path
@@ -70,6 +72,7 @@ class LocalConsortium:
     operator_token: str = ""
     bank_tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    agent_options: tuple[str, ...] = ()
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -184,8 +187,8 @@ class LocalConsortium:
         """One ``fedfraud bank agent --once`` process for ``bank`` on its own transactions."""
         log = self._log(f"{bank}-agent")
         return subprocess.Popen(
-            [*FEDFRAUD, "bank", "--retry-timeout", "120", "agent", "--state-dir", str(self.state_dir(bank)),
-             "--data", str(data), "--train-start", train_start, "--train-days", str(train_days), "--once",
+            [*FEDFRAUD, "bank", *self.agent_options, "--retry-timeout", "120", "agent", "--state-dir",
+             str(self.state_dir(bank)), "--data", str(data), "--train-start", train_start, "--train-days", str(train_days), "--once",
              "--poll-interval", "0.5"],
             env=self.env, stdout=log, stderr=log,
         )

@@ -5,13 +5,16 @@ Run:  gunicorn -c ops/gunicorn.conf.py
 Every setting can be overridden from the environment (values below are the defaults):
 FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2, FEDFRAUD_THREADS=16, FEDFRAUD_TIMEOUT_S=120,
 FEDFRAUD_LOG_LEVEL=INFO. Threaded workers: a bank's long poll for a sum holds one thread (up to 30 s),
-not a whole worker.
+not a whole worker. The workers' metrics are added up at /metrics through PROMETHEUS_MULTIPROC_DIR.
 The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consortium/config.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from fedfraud.gunicorn_logs import ACCESS_LOG_FORMAT, JsonAccessLogger
 
@@ -32,12 +35,18 @@ limit_request_line = 4096
 limit_request_fields = 50
 
 loglevel = os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO").lower()
-accesslog = "-"
+# The app logs one JSON line per request itself (consortium/logs.py: route, the ids in the path,
+# status, size, peer, time and the request id a bank's agent logs too); gunicorn's own access log
+# would repeat it without the request id. Never bodies or headers (so never a token or signature).
+accesslog = None
 errorlog = "-"
-# One JSON object per request: who, what, outcome, size, time. Never bodies or headers
-# (so never the Authorization token or the signature).
 logger_class = JsonAccessLogger
 access_log_format = ACCESS_LOG_FORMAT
+
+# Set here, in the master, before any worker imports prometheus_client: the workers' metrics are
+# added up at /metrics (a fresh directory of its own unless set, emptied at start).
+METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                                          tempfile.mkdtemp(prefix="fedfraud-consortium-metrics-")))
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
@@ -51,8 +60,12 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     """Migrate the database once, in the master, before any worker starts.
 
     Workers would otherwise each see an empty database at their first start and race to
-    create the same tables (one of them then fails to boot).
+    create the same tables (one of them then fails to boot). The metric files start empty too:
+    counts of an earlier run must not be added in.
     """
+    METRICS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for entry in METRICS_DIR.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     from consortium.app import create_app
     from consortium.storage.database import Database
     from consortium.storage.migrate import upgrade
@@ -62,3 +75,10 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
         upgrade(engine)
     finally:
         engine.dispose()
+
+
+def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """A worker that exits stops counting in the per-worker gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

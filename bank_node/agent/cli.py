@@ -75,12 +75,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return None
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, json_lines: bool = False) -> None:
+    from schemas.logs import JsonFormatter
+
     logger = logging.getLogger("bank_node")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
+    handler.setFormatter(JsonFormatter() if json_lines
+                         else logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -107,9 +111,12 @@ def _client(state: Any, url: str | None) -> tuple[Any, Any]:
               help="Most tries of one request when the consortium is unreachable or answers 5xx.")
 @click.option("--retry-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Seconds after which a failing request is given up.")
-def bank_cli(verbose: bool, retry_attempts: int, retry_timeout: float) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="FEDFRAUD_LOG_FORMAT", help="json: one JSON object a line, with the request id of each "
+                                                 "consortium request (for a log shipper; env FEDFRAUD_LOG_FORMAT).")
+def bank_cli(verbose: bool, retry_attempts: int, retry_timeout: float, log_format: str) -> None:
     """The bank node: enrol with the consortium, share the HE key, take part in training runs."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, json_lines=log_format == "json")
     # Kept in the context's meta, which every subcommand sees whether this group is the root
     # command or mounted under ``fedfraud``.
     click.get_current_context().meta[_RETRY_META] = {"retry_attempts": retry_attempts, "retry_timeout": retry_timeout}

@@ -38,6 +38,7 @@ from bank_node.agent.resources import (
 )
 from bank_node.agent.retry import RetryPolicy
 from crypto.signing import SIGNATURE_HEADER
+from schemas.logs import REQUEST_ID_HEADER, new_request_id
 
 __all__ = ["SIGNATURE_HEADER", "ConsortiumClient"]
 
@@ -317,6 +318,8 @@ class ConsortiumClient:
     ) -> requests.Response:
         """Send one request, retrying transient failures; return any answer below 400."""
         headers = dict(headers or {})
+        # One name for the request and its retries: the consortium logs it with every line.
+        request_id = headers.setdefault(REQUEST_ID_HEADER, new_request_id())
         if data is not None:
             headers["Content-Type"] = OCTET_STREAM
         if signature is not None:
@@ -337,10 +340,15 @@ class ConsortiumClient:
             except requests.RequestException as exc:
                 raise ConsortiumError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
             else:
+                log.debug("consortium request", extra={"method": method, "path": path, "status": response.status_code,
+                                                        "request_id": request_id})
                 if response.status_code < 400:
                     return response
                 error = error_from_response(response.status_code, response.content, fallback=response.reason)
+                error.request_id = request_id
                 if not error.retryable:
+                    log.debug("consortium refused a request", extra={
+                        "method": method, "path": path, "status": response.status_code, "request_id": request_id})
                     raise error
                 retry_after = _retry_after(response)
             failures += 1
@@ -352,8 +360,8 @@ class ConsortiumClient:
                 error.message = f"{error.message} (gave up after {failures} attempts in {elapsed:.1f}s)"
                 raise error
             log.warning(
-                "consortium request failed, retrying: %s %s status=%s attempt=%d pause_s=%.2f",
-                method, path, error.status, failures, pause,
+                "consortium request failed, retrying: %s %s status=%s attempt=%d pause_s=%.2f request=%s",
+                method, path, error.status, failures, pause, request_id, extra={"request_id": request_id},
             )
             self._sleep(pause)
 

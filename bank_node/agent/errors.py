@@ -64,6 +64,8 @@ class ConsortiumError(Exception):
         self.code = code
         self.errors: dict[str, Any] = dict(errors or {})
         self.document: dict[str, Any] = dict(document or {})
+        #: The ``X-Request-ID`` the request was sent with (the consortium's log lines carry it).
+        self.request_id: str | None = None
 
     def __str__(self) -> str:
         prefix = f"consortium answered {self.status}: " if self.status is not None else ""

@@ -48,6 +48,7 @@ class Role(str, enum.Enum):
     OPERATOR = "operator"
     BANK = "bank"
     COMPLIANCE = "compliance"
+    MONITORING = "monitoring"  # scrapes /metrics, nothing else
 
 
 class RunState(str, enum.Enum):

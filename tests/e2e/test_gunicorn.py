@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-from fedfraud.localnet import free_port, wait_for
+from fedfraud.localnet import free_port, run_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,15 +44,28 @@ def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
         odd = requests.get(f"http://127.0.0.1:{port}/v1/runs/a%22b%5Cc?q=1", timeout=5,
                            headers={"Authorization": "Bearer not-a-real-token-0123456789"})
         assert odd.status_code == 401
+        # The workers' metrics are added up: every health check counted, whichever worker served it.
+        monitor = run_cli("consortium", "create-token", "--role", "monitoring", env=env).strip().splitlines()[-1]
+        for _ in range(10):
+            assert requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).status_code == 200
+        scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5,
+                               headers={"Authorization": f"Bearer {monitor}"})
+        assert scraped.status_code == 200
+        checks = sum(sample.value for family in text_string_to_metric_families(scraped.text)
+                     for sample in family.samples if sample.name == "flask_http_request_duration_seconds_count"
+                     and sample.labels.get("endpoint") == "health.health")
+        assert checks >= 11
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
-    # The access log is one JSON object a line, even for a path with a quote and a backslash, and
-    # never holds the Authorization header.
+    # The app's access log is one JSON object a line, even for a path with a quote and a
+    # backslash, and never holds the Authorization header.
     text = (tmp_path / "gunicorn.log").read_text()
-    access = [json.loads(line) for line in text.splitlines() if line.startswith('{"type": "access"')]
-    assert {entry["path"] for entry in access} >= {"/v1/health", "/v1/runs", '/v1/runs/a"b\\c'}
+    access = [json.loads(line) for line in text.splitlines() if '"logger": "consortium.access"' in line]
+    assert {entry["route"] for entry in access} >= {"/v1/health", "/v1/runs", "/v1/runs/<string:run_id>"}
+    assert 'a"b\\c' in {entry.get("run_id") for entry in access}
+    assert all(len(entry["request_id"]) == 32 for entry in access)
     assert "not-a-real-token" not in text
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 import crypto
 from bank_node.data import load_transactions
@@ -245,3 +246,86 @@ def test_an_agent_started_while_the_consortium_is_down_waits_for_it(
         assert agent.poll() is None, log_path.read_text()
     finally:
         consortium.stop(agent)
+
+
+def test_metrics_show_the_runs_progress_and_no_log_line_holds_a_secret(
+    consortium: LocalConsortium, bank_files: dict[str, Path]
+) -> None:
+    """Real processes, agents logging JSON lines: /metrics scraped while the run trains shows its
+    rounds being released; every agent request is found, by its id, in the aggregator's log; and
+    no log line of any process holds a token, a key, or a transaction."""
+    import base64
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bank_node.agent.state import StateDir
+    from bank_node.terminal_history import terminal_key
+
+    set_up(consortium)
+    monitor = consortium.cli("consortium", "create-token", "--role", "monitoring").strip().splitlines()[-1]
+    consortium.agent_options = ("-v", "--log-format", "json")
+
+    def released() -> tuple[float, float]:
+        text = requests.get(f"{consortium.url}/metrics", headers={"Authorization": f"Bearer {monitor}"},
+                            timeout=10).text
+        rounds = completed = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "fedfraud_round_seconds_count" and sample.labels.get("outcome") == "released":
+                    rounds = sample.value
+                if sample.name == "fedfraud_runs" and sample.labels.get("state") == "completed":
+                    completed = sample.value
+        return rounds, completed
+
+    run_id = consortium.open_run("xgboost", {**XGB_PARAMS, "n_trees": 3}, train_start=TRAIN_START)
+    seen: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(released())
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        finish(consortium, start_agents(consortium, bank_files))
+    finally:
+        done.set()
+        watcher.join()
+    final = released()
+    state = consortium.run(run_id)
+    assert state["state"] == "completed"
+    # The rounds released, as the scrapes saw them: growing while the run trained, all at the end.
+    counts = [rounds for rounds, _ in seen]
+    assert counts == sorted(counts) and len(set(counts)) >= 3
+    assert final == (sum(1 for r in state["rounds"] if r["state"] == "released"), 1.0)
+
+    logs = {path.name: path.read_text() for path in consortium.root.glob("*.log")}
+    aggregator = [json.loads(line) for line in logs["aggregator.log"].splitlines() if line.startswith("{")]
+    answered = {line["request_id"] for line in aggregator if line.get("message") == "request"}
+    sent = set()
+    for name, text in logs.items():
+        if name.endswith("-agent.log"):
+            lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            sent |= {line["request_id"] for line in lines if line.get("message") == "consortium request"}
+    assert len(sent) > 50 and sent <= answered
+
+    secrets = [consortium.operator_token, monitor, *consortium.bank_tokens.values()]
+    for bank in BANKS:
+        state_dir = StateDir(consortium.state_dir(bank))
+        context = state_dir.load_secret_context()
+        assert context is not None
+        keys = state_dir.path(StateDir.KEYS).read_bytes()
+        material = [keys[:32], keys[32:64], terminal_key(context), *(context[i:i + 32] for i in range(0, len(context), 4096))]
+        secrets += [m.hex() for m in material] + [base64.b64encode(m).decode()[:40] for m in material]
+    ledger_key = next(consortium.root.rglob("ledger-signing.key")).read_bytes()
+    secrets += [ledger_key.hex()[:64], base64.b64encode(ledger_key).decode()[:40]]
+    rows = pd.concat(pd.read_parquet(f) for f in bank_files.values()).sample(300, random_state=0)
+    stamps = [str(t) for t in rows["TX_DATETIME"]] + [t.isoformat() for t in rows["TX_DATETIME"]]
+    for name, text in logs.items():
+        for secret in secrets:
+            assert secret not in text, f"{name} holds secret material"
+        for stamp in stamps:
+            assert stamp not in text, f"{name} holds a transaction's timestamp {stamp}"
