@@ -7,6 +7,9 @@ app with :func:`consortium.app.create_app`, so settings come from the instance c
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 __all__ = ["consortium_cli"]
@@ -239,3 +242,63 @@ def schedule_set(model: str, cron: str | None, enabled: bool | None, params_json
             details = "; ".join(f"{k}: {' '.join(v)}" for k, v in (exc.errors or {}).items())
             raise click.ClickException(f"{exc.message}{f' ({details})' if details else ''}") from None
         _echo_schedule(schedule_view(row))
+
+
+def _storage_locations() -> tuple[str, Any, Any]:
+    """The database URL, blob folder and ledger key file the settings name (no app is built: an
+    app would create a signing key where a restore must find none)."""
+    from flask import Flask
+
+    from consortium.config import load_config
+    from consortium.ledger import KEY_FILE_NAME
+
+    settings = load_config(Flask("consortium", instance_relative_config=True).instance_path)
+    blob_dir = Path(settings.BLOB_DIR)
+    key_file = Path(settings.LEDGER_KEY_FILE) if settings.LEDGER_KEY_FILE else blob_dir.parent / KEY_FILE_NAME
+    return settings.DATABASE_URL, blob_dir, key_file
+
+
+@consortium_cli.command("backup")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def backup_command(folder: Path) -> None:
+    """Back up the database, the blob store and the ledger's signing key into a new FOLDER (one
+    consistent snapshot; the service may keep running)."""
+    from consortium.backup import BackupError, backup
+    from consortium.storage.database import make_engine
+
+    url, blob_dir, key_file = _storage_locations()
+    engine = make_engine(url)
+    try:
+        manifest = backup(engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"backup written to {folder}: {sum(t['rows'] for t in manifest.tables.values())} rows, "
+               f"{manifest.blobs} blobs, a ledger of {manifest.ledger_size} entries")
+
+
+@consortium_cli.command("restore")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def restore_command(folder: Path) -> None:
+    """Restore the backup in FOLDER into an empty database, blob store and key location, then
+    verify the restored ledger from its first entry."""
+    from consortium.app import create_app
+    from consortium.backup import BackupError, restore
+    from consortium.ledger import verify_database
+    from consortium.storage.database import db, make_engine
+
+    url, blob_dir, key_file = _storage_locations()
+    engine = make_engine(url)
+    try:
+        manifest = restore(engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    app = create_app({"AUTO_MIGRATE": False})
+    with app.app_context():
+        verification = verify_database(db.session)
+    if not verification.ok:
+        raise click.ClickException(f"the restored ledger does not verify: {verification.to_json()}")
+    click.echo(f"restored from {folder}: a ledger of {manifest.ledger_size} entries, verified")
