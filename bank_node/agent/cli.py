@@ -10,6 +10,7 @@ and is never printed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import sys
 from collections.abc import Callable
@@ -97,7 +98,26 @@ def _new_client(url: str, token: str) -> Any:
 
     options = click.get_current_context().meta[_RETRY_META]
     retry = RetryPolicy(max_attempts=options["retry_attempts"], total_timeout_s=options["retry_timeout"])
-    return ConsortiumClient(base_url=url, token=token, retry=retry)
+    return ConsortiumClient(base_url=url, token=token, retry=retry, client_cert=_client_certificate())
+
+
+def _client_certificate() -> tuple[str, str] | None:
+    """The TLS client certificate and key for a consortium front that asks for one
+    (``FEDFRAUD_CLIENT_CERT`` and ``FEDFRAUD_CLIENT_KEY``, PEM files; both or neither)."""
+    from pathlib import Path
+
+    from schemas.errors import FedfraudInputError
+
+    cert, key = os.environ.get("FEDFRAUD_CLIENT_CERT"), os.environ.get("FEDFRAUD_CLIENT_KEY")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise FedfraudInputError("set both FEDFRAUD_CLIENT_CERT and FEDFRAUD_CLIENT_KEY (mutual TLS), or neither",
+                                 {"FEDFRAUD_CLIENT_CERT" if not cert else "FEDFRAUD_CLIENT_KEY": ["missing"]})
+    for name, path in (("FEDFRAUD_CLIENT_CERT", cert), ("FEDFRAUD_CLIENT_KEY", key)):
+        if not Path(path).is_file():
+            raise FedfraudInputError(f"{name}: no such file {path}", {name: ["no such file"]})
+    return cert, key
 
 
 def _client(state: Any, url: str | None) -> tuple[Any, Any]:

@@ -79,6 +79,7 @@ class ConsortiumClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"consortium URL must start with http:// or https://, got {base_url!r}")
@@ -87,6 +88,8 @@ class ConsortiumClient:
         self.retry = retry or RetryPolicy()
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = "fedfraud-bank-agent/1"
+        if client_cert is not None:  # mutual TLS with the consortium's front (ops/nginx/fedfraud-mtls.conf)
+            self._session.cert = client_cert
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
         self._sleep = sleep
