@@ -79,13 +79,21 @@ def generate(output: Path, days: int, customers: int, terminals: int, seed: int,
 
 
 @main.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
 @click.option("--start", type=DATE, default=None, help="First day to write (earlier history still feeds the windows).")
 @click.option("--end", type=DATE, default=None, help="Last day to write, inclusive.")
 @_mapping_option
+@click.option("--dask", "on_dask", is_flag=True,
+              help="Compute on Dask, for data larger than memory: INPUT a Parquet file or folder of Parquet "
+                   "files, OUTPUT a folder of Parquet files (a local cluster unless --dask-scheduler).")
+@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+              help="Use the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); implies --dask.")
+@click.option("--dask-workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes of the local cluster.")
 @readable_errors
-def features(input_path: Path, output: Path, start: date | None, end: date | None, columns: str) -> None:
+def features(input_path: Path, output: Path, start: date | None, end: date | None, columns: str, on_dask: bool,
+             dask_scheduler: str | None, dask_workers: int) -> None:
     """Compute the handbook's 14 features for the transactions of INPUT and write them to OUTPUT."""
     from bank_node.data import load_transactions, write_table
     from bank_node.features import AMOUNT, MODEL_AMOUNT, compute_features
@@ -94,6 +102,12 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
 
     if start is not None and end is not None and end < start:
         raise FedfraudInputError(f"--end {end} is before --start {start}", {"end": ["must not be before --start"]})
+    if on_dask or dask_scheduler:
+        _features_on_dask(input_path, output, start, end, parse_column_mapping(columns), dask_scheduler, dask_workers)
+        return
+    if input_path.is_dir():
+        raise FedfraudInputError(f"{input_path} is a folder: a folder of Parquet files is read with --dask",
+                                 {"input": ["a folder"]})
     with _status(f"loading {input_path}"):
         loaded = load_transactions(input_path, parse_column_mapping(columns), require_label=True)
     with _status(f"computing features over {len(loaded.frame):,} transactions"):
@@ -107,6 +121,29 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
         written[MODEL_AMOUNT] = result[AMOUNT].to_numpy()
     write_table(written, output)
     click.echo(f"wrote {len(result):,} rows with features to {output}; a model's inputs are the columns "
+               f"{MODEL_AMOUNT} and the 14 features")
+
+
+def _features_on_dask(input_path: Path, output: Path, start: date | None, end: date | None,
+                      mapping: dict[str, str], scheduler: str | None, workers: int) -> None:
+    from bank_node.features import AMOUNT, MODEL_AMOUNT
+    from bank_node.scale import dask_client, dask_features, read_transactions
+    from schemas.errors import FedfraudInputError
+
+    if not input_path.exists():
+        raise FedfraudInputError(f"{input_path}: no such file or folder", {"input": ["no such file or folder"]})
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FedfraudInputError(f"{output} exists: with --dask OUTPUT is a new folder", {"output": ["exists"]})
+    where = f"the Dask cluster at {scheduler}" if scheduler else f"a local Dask cluster of {workers} workers"
+    click.echo(f"computing on {where}", err=True)
+    with dask_client(scheduler, n_workers=workers) as client:
+        frame = read_transactions(str(input_path), mapping)
+        result = dask_features(frame, start=None if start is None else start.isoformat(),
+                               end=None if end is None else end.isoformat())
+        result = result.assign(**{MODEL_AMOUNT: result[AMOUNT]})
+        with _status(f"computing features on {len(client.scheduler_info()['workers'])} Dask workers"):
+            result.to_parquet(output, write_index=False)
+    click.echo(f"wrote features to the Parquet files of {output}; a model's inputs are the columns "
                f"{MODEL_AMOUNT} and the 14 features")
 
 
