@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     from distributed import Client
 
-__all__ = ["dask_client", "dask_features", "dask_level_histograms", "read_transactions"]
+__all__ = ["dask_client", "dask_features", "dask_level_histograms", "dask_tree", "read_transactions"]
 
 FloatArray = npt.NDArray[np.float64]
 #: The model inputs as a featured frame names them (:func:`bank_node.features.model_matrix`).
@@ -198,3 +198,41 @@ def dask_level_histograms(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.
     if total is None:
         raise ValueError("no partition to build histograms from")
     return total
+
+
+def _advanced(part: pd.DataFrame, columns: Sequence[str], cuts: Sequence[npt.NDArray[np.float32]],
+              splits: Sequence[Any]) -> pd.DataFrame:
+    """A partition with each row's node moved by a level's splits."""
+    from bank_node.federated.binning import bin_index
+    from bank_node.federated.party import advance_positions
+
+    bins = bin_index(part[list(columns)].to_numpy(dtype=np.float64), list(cuts))
+    positions = (part["_position"].to_numpy(dtype=np.int32) if "_position" in part.columns
+                 else np.zeros(len(part), dtype=np.int32))
+    return part.assign(_position=advance_positions(bins, positions, splits))
+
+
+def dask_tree(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.float32]], params: Any,
+              columns: Sequence[str] = MODEL_COLUMNS) -> Any:
+    """Grow the first tree of ``params`` on one bank's rows on Dask, level by level: each level's
+    histograms are added up over the partitions, the splits chosen, and every row moved to its
+    child where it lies (as the federated protocol does with the consortium's summed histograms
+    in place of this bank's own).
+
+    Returns the grown :class:`~bank_node.federated.tree.Tree`."""
+    from bank_node.federated.grower import TreeGrower
+    from bank_node.federated.histogram import flatten_histograms
+    from bank_node.federated.objective import base_margin
+
+    grower = TreeGrower(params=params, bins_per_feature=np.array([len(c) + 1 for c in cuts], dtype=np.int64),
+                        features=np.arange(len(columns)), cuts=list(cuts))
+    margin = float(base_margin(params.base_score))
+    frame = featured
+    while (request := grower.request) is not None:
+        hist = dask_level_histograms(frame, cuts, request, params, margin, columns)
+        result = grower.apply_level_sum(flatten_histograms(hist, request.bins_per_feature))
+        if grower.request is not None:
+            meta = frame._meta.assign(_position=pd.Series(dtype="int32"))
+            frame = frame.map_partitions(_advanced, tuple(columns), tuple(cuts), tuple(result.splits),
+                                         meta=meta).persist()
+    return grower.tree()

@@ -114,3 +114,30 @@ def test_fedfraud_features_on_dask_writes_what_the_pandas_path_writes(
     assert failed.exit_code == 2 and "label" in failed.output and "Traceback" not in failed.output
     refused = CliRunner().invoke(main, ["features", str(parquet_folder), str(tmp_path / "x.parquet")])
     assert refused.exit_code == 2 and "read with --dask" in refused.output
+
+
+def test_a_tree_grown_on_dask_is_the_pandas_paths_tree(client: object, parquet_folder: Path) -> None:
+    from bank_node.federated.party import advance_positions, make_level_payload
+    from bank_node.scale import dask_tree
+
+    featured = compute_features(pd.read_parquet(parquet_folder), start=START, end=END)
+    X = model_matrix(featured)
+    cuts = [np.unique(np.quantile(X[:, j], np.linspace(0.02, 0.98, 40))).astype(np.float32) for j in range(X.shape[1])]
+    params = GBDTParams(n_trees=1, max_depth=3, min_child_weight=0.5)
+    bins = bin_index(X, cuts)
+    labels = featured["label"].to_numpy(dtype=np.float32)
+    grad, hess = tree_gradients(np.full(len(labels), float(base_margin(params.base_score)), dtype=np.float32), labels,
+                                params, tree_index=0)
+    grower = TreeGrower(params=params, bins_per_feature=np.array([len(c) + 1 for c in cuts]),
+                        features=np.arange(X.shape[1]), cuts=cuts)
+    positions = np.zeros(len(labels), dtype=np.int32)
+    while (request := grower.request) is not None:
+        result = grower.apply_level_sum(make_level_payload(bins, grad, hess, positions, request))
+        positions = advance_positions(bins, positions, result.splits)
+    expected = grower.tree()
+
+    got = dask_tree(dask_features(read_transactions(str(parquet_folder)), start=START, end=END), cuts, params)
+    np.testing.assert_array_equal(got.feature, expected.feature)
+    np.testing.assert_array_equal(got.threshold, expected.threshold)
+    np.testing.assert_allclose(got.value, expected.value, rtol=1e-9)
+    assert (expected.feature >= 0).sum() >= 3  # a real tree: several splits
