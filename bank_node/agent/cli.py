@@ -406,12 +406,15 @@ def roster_show(state_dir: Path, url: str | None) -> None:
               show_default=True, help="The delta the budget's epsilon is stated at.")
 @click.option("--dp-budget-days", type=click.IntRange(min=1), default=30, show_default=True,
               help="The rolling period the budget covers.")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics on 127.0.0.1:PORT (polls, runs by outcome, contributions and bytes "
+                   "sent, the model version followed, the privacy spend).")
 @_development_option
 @readable_errors
 def agent(data_path: Path | None, columns: str, train_start: datetime | None, train_days: int, state_dir: Path,
           store_url: str | None, url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None,
           ledger_key: str | None, without_ledger: bool, dp_budget: float | None, dp_budget_delta: float,
-          dp_budget_days: int, development: bool) -> None:
+          dp_budget_days: int, metrics_port: int | None, development: bool) -> None:
     """Poll the consortium for training runs and take part in them, on each run's window of the
     node's store (or of --data)."""
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
@@ -422,6 +425,7 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     from bank_node.agent.state import StateDir
     from bank_node.agent.training import StoreSource, TransactionSource
     from bank_node.terminal_history import PooledHistory
+    from schemas.errors import FedfraudInputError
     from schemas.transaction import parse_column_mapping
 
     state = StateDir(state_dir)
@@ -452,11 +456,22 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
                 click.echo(f"bank {config.bank_id}: the consortium is not reachable now ({exc.message}); "
                            f"trying again in {pause:g}s", err=True)
                 time.sleep(pause)
+        metrics = None
+        if metrics_port is not None:
+            from bank_node.agent.metrics import AgentMetrics
+
+            metrics = AgentMetrics()
+            try:
+                metrics.serve(metrics_port)
+            except OSError as exc:
+                raise FedfraudInputError(f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1 ({exc.strerror})",
+                                         {"metrics_port": [str(exc.strerror)]}) from None
         node = BankAgent(
             client=client, identity=identity, state=state, training_rows=source.rows,
             transactions=source.transactions, terminal_history=terminal_history,
             settings=AgentSettings(poll_interval_s=poll_interval_s, round_wait_s=round_wait_s, development=development,
                                    require_ledger=not without_ledger, privacy_budget=budget),
+            metrics=metrics,
         )
         if ledger_key is not None:
             from crypto.signing import b64decode_key

@@ -41,6 +41,7 @@ from bank_node.agent.errors import (
 from bank_node.agent.http_channel import HttpChannel
 from bank_node.agent.identity import BankIdentity
 from bank_node.agent.ledger_watch import LedgerWatch
+from bank_node.agent.metrics import AgentMetrics
 from bank_node.agent.membership import PinnedRoster, load_pinned
 from bank_node.agent.privacy_budget import PrivacyBudget
 from bank_node.agent.resources import ModelInfo, RunInfo
@@ -228,7 +229,12 @@ class BankAgent:
         terminal_history: PooledHistory | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        metrics: AgentMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
+        if metrics is not None and settings.privacy_budget is not None:
+            budget = settings.privacy_budget
+            metrics.spend_from(lambda: budget.spent(state))
         self.client = client
         self.identity = identity
         self.state = state
@@ -244,6 +250,11 @@ class BankAgent:
     def bank_id(self) -> str:
         """This bank's id."""
         return self.identity.bank_id
+
+    def _keep_receipt(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None) -> None:
+        if self.metrics is not None:
+            self.metrics.contributed(payload)
+        self.ledger.keep(run_id, round_key, payload, receipt)
 
     # ---------------------------------------------------------------------------- loop
 
@@ -265,6 +276,9 @@ class BankAgent:
         outcomes = [self.take_part(run) for run in self.pending_runs()]
         self.sync_models()
         self.follow_current_models()
+        if self.metrics is not None:
+            for outcome in outcomes:
+                self.metrics.runs.labels(outcome=outcome.status).inc()
         return outcomes
 
     def follow_current_models(self) -> None:
@@ -276,7 +290,12 @@ class BankAgent:
             raise
         except ConsortiumError as exc:  # read again at the next poll; the runs' outcomes are kept
             log.warning("the consortium's current models not read now: %s", exc)
+            if self.metrics is not None:
+                self.metrics.polled(answered=False)
             return
+        if self.metrics is not None:
+            self.metrics.polled(answered=True)
+            self.metrics.follow(current)
         if current != self.state.current_models():
             self.state.save_current_models(current)
             log.info("the consortium serves %s", ", ".join(f"{f} {c['version']}" for f, c in sorted(current.items())))
@@ -442,7 +461,7 @@ class BankAgent:
             timeout_s=self._round_wait_s(run),
             poll_initial_s=self.settings.sum_poll_initial_s,
             poll_max_s=self.settings.sum_poll_max_s,
-            receipts=self.ledger.keep,
+            receipts=self._keep_receipt,
             sleep=self._sleep,
             clock=self._clock,
         )
