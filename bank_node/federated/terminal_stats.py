@@ -402,6 +402,13 @@ def consortium_history(
         times.append(d * NS_PER_DAY + (value[keep] >> 1) * NS_PER_SECOND)
         counts.append(table.multiplicity[keep])
         frauds.append(table.multiplicity[keep] * (value[keep] & 1))
+    return _history(tags, times, counts, frauds, presence_tags, presence_banks, pooled_days, config.threshold)
+
+
+def _history(tags: list[IntArray], times: list[IntArray], counts: list[IntArray], frauds: list[IntArray],
+             presence_tags: IntArray, presence_banks: IntArray, days: tuple[int, ...],
+             threshold: int) -> ConsortiumHistory:
+    """A history of the rows decoded day by day."""
     empty = np.empty(0, dtype=np.int64)
     return ConsortiumHistory(
         tag=np.concatenate(tags) if tags else empty,
@@ -410,8 +417,8 @@ def consortium_history(
         frauds=np.concatenate(frauds) if frauds else empty,
         presence_tags=presence_tags,
         presence_banks=presence_banks,
-        days=pooled_days,
-        threshold=config.threshold,
+        days=days,
+        threshold=threshold,
     )
 
 
@@ -509,17 +516,7 @@ def private_consortium_history(
         times.append(np.full(int(keep.sum()), d * NS_PER_DAY + (SECONDS_PER_DAY - 1) * NS_PER_SECOND, dtype=np.int64))
         counts.append(cells[keep, 0])
         frauds.append(cells[keep, 1])
-    empty = np.empty(0, dtype=np.int64)
-    return ConsortiumHistory(
-        tag=np.concatenate(tags) if tags else empty,
-        time_ns=np.concatenate(times) if times else empty,
-        count=np.concatenate(counts) if counts else empty,
-        frauds=np.concatenate(frauds) if frauds else empty,
-        presence_tags=presence_tags,
-        presence_banks=presence_banks,
-        days=pooled_days,
-        threshold=config.threshold,
-    )
+    return _history(tags, times, counts, frauds, presence_tags, presence_banks, pooled_days, config.threshold)
 
 
 @dataclass(frozen=True)

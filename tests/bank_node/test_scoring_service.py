@@ -257,26 +257,32 @@ def test_tokens_are_stored_hashed(node: Node) -> None:
     assert hashlib.sha256(node.scorer.encode()).hexdigest() in stored
 
 
+def consortium_node(root: Path, data: pd.DataFrame, model: bytes, settings: dict[str, Any]) -> tuple[Any, Any, str]:
+    """A node holding ``model`` with consortium feature ``settings`` recorded, an HE secret context,
+    and its pooled history store: (model holder, pooled history, HE key id)."""
+    import crypto
+    from bank_node.agent.ceremony import load_secret_scheme
+    from bank_node.agent.training import FEATURES_ATTRIBUTE
+    from bank_node.terminal_history import PooledHistory
+
+    made = Node(root, data)
+    made.state.save_secret_context(crypto.generate("plain").secret_context())
+    document = json.loads(model)
+    document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(settings)
+    keep_model(made.state, "1", json.dumps(document).encode())
+    extension = made.app.extensions["fedfraud_scoring"]
+    return extension.holder, PooledHistory(extension.engine), load_secret_scheme(made.state).key_id
+
+
 def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
     tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
 ) -> None:
     """The pooled period slides by a day each night (as many days held as before): the service
     must still see the change, or it would miss the newest day's consortium events."""
-    import crypto
-    from bank_node.agent.training import FEATURES_ATTRIBUTE
-    from bank_node.terminal_history import PooledHistory
     from tests.bank_node.test_terminal_history import history
 
-    made = Node(tmp_path / "node", data)
-    made.state.save_secret_context(crypto.generate("plain").secret_context())
-    document = json.loads(model_files["small"])
-    document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(
-        {"terminal_features": "consortium", "terminal_threshold": 3})
-    keep_model(made.state, "1", json.dumps(document).encode())
-    holder = made.app.extensions["fedfraud_scoring"].holder
-    from bank_node.agent.ceremony import load_secret_scheme
-    key_id = load_secret_scheme(made.state).key_id
-    pooled = PooledHistory(made.app.extensions["fedfraud_scoring"].engine)
+    holder, pooled, key_id = consortium_node(tmp_path / "node", data, model_files["small"],
+                                             {"terminal_features": "consortium", "terminal_threshold": 3})
     pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
                 labels_until=100)
     assert holder.refresh() and holder.serving is not None and holder.serving.consortium is not None
@@ -291,21 +297,12 @@ def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
 def test_a_model_trained_on_noisy_day_counts_is_served_from_that_history_only(
     tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
 ) -> None:
-    import crypto
-    from bank_node.agent.ceremony import load_secret_scheme
-    from bank_node.agent.training import FEATURES_ATTRIBUTE, FeatureSettings
-    from bank_node.terminal_history import PooledHistory
+    from bank_node.agent.training import FeatureSettings
     from tests.bank_node.test_terminal_history import history
 
-    made = Node(tmp_path / "node", data)
-    made.state.save_secret_context(crypto.generate("plain").secret_context())
-    document = json.loads(model_files["small"])
-    document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(
+    holder, pooled, key_id = consortium_node(
+        tmp_path / "node", data, model_files["small"],
         {"terminal_features": "consortium", "terminal_threshold": 3, "terminal_dp_epsilon": 2})
-    keep_model(made.state, "1", json.dumps(document).encode())
-    holder = made.app.extensions["fedfraud_scoring"].holder
-    key_id = load_secret_scheme(made.state).key_id
-    pooled = PooledHistory(made.app.extensions["fedfraud_scoring"].engine)
     # Exact events of the same key do not serve it: its features were built from noisy day counts.
     pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
                 labels_until=100)

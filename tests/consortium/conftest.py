@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,7 +69,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(f"set {PG_ENV} to run against PostgreSQL")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_schema(base) as url:
+        yield url
+
+
+@contextmanager
+def pg_schema(base: str, prefix: str = "t") -> Iterator[str]:
+    """The URL of a new PostgreSQL schema on the server at ``base``, dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(_pg_url(base, "public"))
     with admin.connect() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import create_engine, text
 
 import crypto
 from consortium.app import create_app
 from consortium.backup import BackupError, backup, read_manifest, restore
 from consortium.storage.database import Database, make_engine
-from tests.consortium.conftest import PG_ENV, _pg_url, bearer
+from tests.consortium.conftest import PG_ENV, bearer, pg_schema
 
 
 @contextmanager
@@ -30,19 +28,8 @@ def empty_database_like(url: str, folder: Path) -> Iterator[str]:
     if url.startswith("sqlite"):
         yield f"sqlite:///{folder / 'restored.db'}"
         return
-    base = os.environ[PG_ENV]
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(_pg_url(base, "public"))
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        connection.commit()
-    try:
-        yield _pg_url(base, schema)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            connection.commit()
-        admin.dispose()
+    with pg_schema(os.environ[PG_ENV], prefix="r") as restored:
+        yield restored
 
 
 def locations(app: Flask) -> tuple[Any, Path, Path]:

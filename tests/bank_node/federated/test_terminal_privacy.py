@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from consortium.secure_sum import SecureSum
 from fedfraud.simulation import partition_customers
 from schemas.privacy import compose_epsilon
 from schemas.transaction import to_canonical
+from tests.bank_node.federated.test_terminal_stats import RecordingSum
 
 FIRST, LAST = "2018-05-20", "2018-05-31"
 N_BANKS = 3
@@ -38,18 +38,6 @@ def banks() -> list[pd.DataFrame]:
     tx = to_canonical(raw, require_label=True)
     owner = partition_customers(tx["customer_id"], [1 / N_BANKS] * N_BANKS, seed=3)
     return [tx[owner == i] for i in range(N_BANKS)]
-
-
-class RecordingSum(SecureSum):
-    """The aggregator's view: which rounds it opened, and how many values each carried."""
-
-    def __init__(self, public: crypto.HEScheme, sizes: dict[str, int]) -> None:
-        super().__init__(context=public)
-        self.sizes = sizes
-
-    def open(self, key: str, **kwargs: Any) -> Any:
-        self.sizes[key] = kwargs["n_values"]
-        return super().open(key, **kwargs)
 
 
 def run_private(banks: list[pd.DataFrame], key: bytes, epsilon: float, *, seed: int = 0,
