@@ -9,6 +9,7 @@ the next request touching it, or the sweep, simply does it again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 from datetime import datetime, timedelta
@@ -357,9 +358,13 @@ def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
     assert material is not None  # rounds exist only after the ceremony
     context = public_context(material.context_digest)
     ordered = contributions_of(session, current.id)
-    payloads = [store.get(row.payload_digest) for row in ordered]
-    with context_guard():
-        total = context.aggregate(payloads)
+    # Mapped, not read: the sum goes one ciphertext chunk position at a time, so memory holds a
+    # chunk per bank and the pages being read, not every payload of the round (50 banks of tens of MiB).
+    with contextlib.ExitStack() as stack:
+        payloads = [stack.enter_context(store.mapped(row.payload_digest)) for row in ordered]
+        with context_guard():
+            total = context.aggregate(payloads)  # type: ignore[arg-type]  # a mapping is a bytes-like buffer
+        del payloads
     digest = store.put(total)
     current.state = RoundState.RELEASED.value
     current.aggregate_digest = digest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import re
 import tempfile
@@ -109,6 +110,36 @@ class BlobStore:
         if sha256_hex(data) != digest:
             raise BlobCorruptError(f"blob {digest} is corrupted on disk: its SHA-256 does not match")
         return data
+
+    @contextlib.contextmanager
+    def mapped(self, digest: str) -> Iterator[bytes | mmap.mmap]:
+        """Blob ``digest`` mapped read-only into memory, checked against its name: a round's sum
+        reads its contributions through such maps, so the process holds the pages it is reading
+        (which the kernel may drop and read again), not every payload of the round at once.
+
+        Raises
+        ------
+        BlobMissingError, BlobCorruptError
+            As :meth:`get`.
+        """
+        try:
+            handle = self._path(digest).open("rb")
+        except FileNotFoundError:
+            raise BlobMissingError(f"blob {digest} is not stored") from None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:  # an empty file cannot be mapped
+                data: bytes | mmap.mmap = b""
+            else:
+                data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise BlobCorruptError(f"blob {digest} is corrupted on disk: its SHA-256 does not match")
+                yield data
+            finally:
+                if isinstance(data, mmap.mmap):
+                    with contextlib.suppress(BufferError):  # a view still held: closed when collected
+                        data.close()
 
     def exists(self, digest: str) -> bool:
         """Whether a blob named ``digest`` is stored (without reading it)."""

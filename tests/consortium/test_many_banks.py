@@ -1,0 +1,48 @@
+"""Fifty banks in one round: every contribution is summed, read from the blob store one chunk
+position at a time through mapped files, and the sum is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+from flask import Flask
+from flask.testing import FlaskClient
+
+import crypto
+from consortium.storage.blobs import BlobCorruptError, BlobStore
+from tests.consortium.conftest import set_up_consortium
+
+N_BANKS = 50
+
+
+def test_fifty_banks_contributions_are_summed_exactly(client: FlaskClient, operator_token: str,
+                                                     he_key: crypto.HEScheme, app: Flask) -> None:
+    consortium = set_up_consortium(client, operator_token, he_key, n_banks=N_BANKS)
+    run_id = consortium.open_run(min_banks=N_BANKS)["run_id"]
+    # Longer than a ciphertext's slots: several chunk positions, summed one after the other.
+    n_values = 3 * he_key.slot_count + 17  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    vectors = [rng.uniform(-1, 1, n_values) for _ in range(N_BANKS)]
+    for bank, vector in zip(consortium.banks.values(), vectors, strict=True):
+        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+    released = consortium.bank("bank-17").aggregate(run_id, "r")
+    assert released.status_code == 200
+    np.testing.assert_allclose(he_key.decrypt(released.data)[:n_values], np.sum(vectors, axis=0), atol=1e-3)
+    state = consortium.run(run_id)
+    [summed] = [r for r in state["rounds"] if r["round_key"] == "r"]
+    assert summed["state"] == "released" and summed["contributed"] == N_BANKS
+
+
+def test_a_mapped_blob_is_checked_against_its_name(tmp_path: object) -> None:
+    from pathlib import Path
+
+    store = BlobStore(Path(str(tmp_path)) / "blobs")
+    digest = store.put(b"x" * 10_000)
+    with store.mapped(digest) as data:
+        assert bytes(data[:3]) == b"xxx" and len(data) == 10_000
+    path = Path(str(tmp_path)) / "blobs" / digest[:2] / digest
+    path.write_bytes(b"y" * 10_000)
+    try:
+        with store.mapped(digest):
+            raise AssertionError("a damaged blob was served")
+    except BlobCorruptError as exc:
+        assert "SHA-256 does not match" in str(exc)
