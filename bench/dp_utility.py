@@ -87,19 +87,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(13, 4))
     for ax, (key, label) in zip(axes, METRICS, strict=True):
         for model, colour in (("xgboost", "tab:blue"), ("logreg", "tab:orange")):
-            private = [r for r in result["private_terminal_statistics"] if r["model"] == model]
+            private = [r for r in result.get("private_terminal_statistics", []) if r["model"] == model]
             if private:
                 ax.errorbar([r["terminal_epsilon"] for r in private], [r[key] for r in private],
                             yerr=[r[key + "_sd"] for r in private], marker="s", linestyle=":", color=colour,
                             label=f"{model}, noisy terminal counts only", capsize=3)
             rows = [r for r in result["rows"] if r["model"] == model and r["epsilon"] is not None]
-            if not rows:
-                continue
-            eps = [r["epsilon"] for r in rows]
-            ax.errorbar(eps, [r[key] for r in rows], yerr=[r[key + "_sd"] for r in rows], marker="o",
-                        color=colour, label=f"{model}, DP", capsize=3)
-            exact = next(r for r in result["rows"] if r["model"] == model and r["epsilon"] is None)
-            ax.axhline(exact[key], color=colour, linestyle="--", label=f"{model}, no DP")
+            if rows:
+                ax.errorbar([r["epsilon"] for r in rows], [r[key] for r in rows], yerr=[r[key + "_sd"] for r in rows],
+                            marker="o", color=colour, label=f"{model}, DP", capsize=3)
+            exact = next((r for r in result["rows"] if r["model"] == model and r["epsilon"] is None), None)
+            if exact is not None:
+                ax.axhline(exact[key], color=colour, linestyle="--", label=f"{model}, no DP")
+            own = result.get("own_terminal_features", {}).get(model)
+            if own is not None:
+                ax.axhline(own[key], color=colour, linestyle=":", alpha=0.6, label=f"{model}, own terminal features")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("epsilon per run, or per day's terminal counts (delta 1e-5)")
         ax.set_title(label)
