@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     from distributed import Client
 
-__all__ = ["dask_client", "dask_features", "dask_level_histograms", "dask_tree", "read_transactions"]
+__all__ = ["dask_client", "dask_features", "dask_level_histograms", "dask_tree", "read_transactions", "source_names"]
 
 FloatArray = npt.NDArray[np.float64]
 #: The model inputs as a featured frame names them (:func:`bank_node.features.model_matrix`).
@@ -81,6 +81,30 @@ def _canonical_part(part: pd.DataFrame, resolved: dict[str, str]) -> pd.DataFram
     return to_canonical(part, resolved, require_label=True)[list(CANONICAL)]
 
 
+def source_names(path: str, mapping: dict[str, str] | None = None, *,
+                 columns: list[str] | None = None) -> dict[str, str]:
+    """Which column of the Parquet data at ``path`` holds each canonical field (an explicit
+    ``mapping`` first, then the canonical names, then the handbook's).
+
+    Raises
+    ------
+    FedfraudInputError
+        A canonical field maps to no column.
+    """
+    import dask.dataframe as dd
+
+    from schemas.errors import FedfraudInputError
+    from schemas.transaction import resolve_columns
+
+    present = list(dd.read_parquet(path).columns) if columns is None else columns
+    resolved = resolve_columns(present, mapping)
+    missing = [field for field in CANONICAL if field not in resolved or resolved[field] not in present]
+    if missing:
+        raise FedfraudInputError(f"{path} has no column for {', '.join(missing)} (name them with --columns)",
+                                 {field: ["no such column"] for field in missing})
+    return {field: resolved[field] for field in CANONICAL}
+
+
 def read_transactions(path: str, mapping: dict[str, str] | None = None) -> dd.DataFrame:
     """Labelled transactions from a Parquet file or a folder of Parquet files, as a Dask frame of
     the canonical columns; each partition is validated as the pandas path validates a file
@@ -93,15 +117,8 @@ def read_transactions(path: str, mapping: dict[str, str] | None = None) -> dd.Da
     """
     import dask.dataframe as dd
 
-    from schemas.errors import FedfraudInputError
-    from schemas.transaction import resolve_columns
-
     frame = dd.read_parquet(path)
-    resolved = resolve_columns(list(frame.columns), mapping)
-    missing = [field for field in CANONICAL if field not in resolved or resolved[field] not in frame.columns]
-    if missing:
-        raise FedfraudInputError(f"{path} has no column for {', '.join(missing)} (name them with --columns)",
-                                 {field: ["no such column"] for field in missing})
+    resolved = source_names(path, mapping, columns=list(frame.columns))
     meta = pd.DataFrame({TRANSACTION_ID: pd.Series(dtype="int64"), TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
                          CUSTOMER_ID: pd.Series(dtype="int64"), TERMINAL_ID: pd.Series(dtype="int64"),
                          AMOUNT: pd.Series(dtype="float64"), LABEL: pd.Series(dtype="int64")})

@@ -86,7 +86,8 @@ def generate(output: Path, days: int, customers: int, terminals: int, seed: int,
 @_mapping_option
 @click.option("--dask", "on_dask", is_flag=True,
               help="Compute on Dask, for data larger than memory: INPUT a Parquet file or folder of Parquet "
-                   "files, OUTPUT a folder of Parquet files (a local cluster unless --dask-scheduler).")
+                   "files, OUTPUT a folder of Parquet files holding the six fields (under INPUT's names) and the "
+                   "features (a local cluster unless --dask-scheduler).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Use the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); implies --dask.")
 @click.option("--dask-workers", type=click.IntRange(min=1), default=2, show_default=True,
@@ -127,7 +128,7 @@ def features(input_path: Path, output: Path, start: date | None, end: date | Non
 def _features_on_dask(input_path: Path, output: Path, start: date | None, end: date | None,
                       mapping: dict[str, str], scheduler: str | None, workers: int) -> None:
     from bank_node.features import AMOUNT, MODEL_AMOUNT
-    from bank_node.scale import dask_client, dask_features, read_transactions
+    from bank_node.scale import dask_client, dask_features, read_transactions, source_names
     from schemas.errors import FedfraudInputError
 
     if not input_path.exists():
@@ -140,7 +141,12 @@ def _features_on_dask(input_path: Path, output: Path, start: date | None, end: d
         frame = read_transactions(str(input_path), mapping)
         result = dask_features(frame, start=None if start is None else start.isoformat(),
                                end=None if end is None else end.isoformat())
-        result = result.assign(**{MODEL_AMOUNT: result[AMOUNT]})
+        # The input's own names for the fields, as the pandas path writes them back (its other
+        # columns are not carried: only the fields and the features are read and written).
+        names = {field: column for field, column in source_names(str(input_path), mapping).items() if field != column}
+        result = result.rename(columns=names)
+        if MODEL_AMOUNT not in result.columns:
+            result = result.assign(**{MODEL_AMOUNT: result[names.get(AMOUNT, AMOUNT)]})
         with _status(f"computing features on {len(client.scheduler_info()['workers'])} Dask workers"):
             result.to_parquet(output, write_index=False)
     click.echo(f"wrote features to the Parquet files of {output}; a model's inputs are the columns "
