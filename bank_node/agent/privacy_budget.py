@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,3 +105,29 @@ class PrivacyBudget:
         state.write_secret(SPENT_FILE, json.dumps({"runs": charges}, indent=2, sort_keys=True).encode())
         log.info("run %s: privacy spent epsilon %.3g at delta %g (this bank's last %d days: %.3g of %g)", run_id,
                  privacy.total_epsilon, privacy.delta, self.period_days, self.spent(state, now), self.epsilon)
+
+    def restart_charger(self, state: StateDir, run_id: str, privacy: RunPrivacy) -> Callable[[int], None]:
+        """What to call when the run's algorithm starts over without a bank that dropped out (a
+        :class:`~bank_node.federated.rounds.BankRunner`'s ``on_restart``): the sums are released
+        again with fresh noise, so the run is charged again, in full (an upper bound: the epoch
+        that failed released only part of them), or, past the budget, the bank leaves the run.
+
+        Raises (from the returned callable)
+        ------
+        BudgetExceeded
+            Starting over would exceed the budget.
+        """
+        restarts = 0
+
+        def charge(epoch: int) -> None:
+            nonlocal restarts
+            restarts += 1
+            charge_id = f"{run_id}#restart-{restarts}"
+            try:
+                self.check(state, charge_id, privacy)
+            except BudgetExceeded as exc:
+                raise BudgetExceeded(f"starting the run over (epoch {epoch}) would spend its privacy again: "
+                                     f"{exc}") from None
+            self.charge(state, charge_id, privacy)
+
+        return charge

@@ -43,7 +43,7 @@ from bank_node.agent.identity import BankIdentity
 from bank_node.agent.ledger_watch import LedgerWatch
 from bank_node.agent.metrics import AgentMetrics
 from bank_node.agent.membership import PinnedRoster, load_pinned
-from bank_node.agent.privacy_budget import PrivacyBudget
+from bank_node.agent.privacy_budget import BudgetExceeded, PrivacyBudget
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.terminals import TerminalPlan, Transactions, plan_terminals, pool_terminals
@@ -465,14 +465,24 @@ class BankAgent:
             sleep=self._sleep,
             clock=self._clock,
         )
+        privacy = run_privacy(run.model, run.params)
+        budget = self.settings.privacy_budget
+        charger = None if privacy is None or budget is None else budget.restart_charger(self.state, run.run_id, privacy)
+
+        def charge_restart(epoch: int) -> None:
+            if charger is not None:
+                try:
+                    charger(epoch)
+                except BudgetExceeded as exc:  # the bank leaves the run, saying why
+                    raise CannotTakePartError(str(exc)) from None
         runner = BankRunner(
             bank=self.bank_id, context=context, channel=channel, masks=self._mask_session(run, roster),
             participants=run.active, quorum=self.settings.quorum, on_round=ProgressLog(run, clock=self._clock),
+            on_restart=charge_restart,
         )
         started = self._clock()
-        privacy = run_privacy(run.model, run.params)
-        if privacy is not None and self.settings.privacy_budget is not None:
-            self.settings.privacy_budget.charge(self.state, run.run_id, privacy)
+        if privacy is not None and budget is not None:
+            budget.charge(self.state, run.run_id, privacy)
         history, pooled_days = None, 0
         if preparation.terminals is not None:
             assert self.terminal_history is not None

@@ -266,6 +266,10 @@ class BankRunner:
         How many times the algorithm may start over after dropouts.
     on_round
         Called with each round's wire key once its sum is opened (progress reporting).
+    on_restart
+        Called before an algorithm starts over without banks that dropped out (with the epoch
+        about to start): its sums are released again, so a private run spends its noise again.
+        What it raises ends the run.
     """
 
     def __init__(
@@ -279,6 +283,7 @@ class BankRunner:
         quorum: int = MIN_QUORUM,
         max_epochs: int = DEFAULT_MAX_EPOCHS,
         on_round: Callable[[str], None] | None = None,
+        on_restart: Callable[[int], None] | None = None,
     ) -> None:
         if masks.bank_id != bank:
             raise ValueError(f"the mask session is bank {masks.bank_id!r}'s, not {bank!r}'s")
@@ -293,6 +298,7 @@ class BankRunner:
             raise ValueError(f"bank {bank!r} is not a participant")
         self.max_epochs = max_epochs
         self.on_round = on_round
+        self.on_restart = on_restart
         self.ledger = BankLedger()
 
     def run(self, algorithm: Algorithm[R] | Callable[[], Algorithm[R]]) -> R:
@@ -310,6 +316,8 @@ class BankRunner:
         participants = self.participants
         for epoch in range(self.max_epochs):
             self.epoch_participants = participants
+            if epoch > 0 and self.on_restart is not None:
+                self.on_restart(epoch)
             generator = algorithm() if callable(algorithm) else algorithm
             try:
                 return self._run_epoch(generator, epoch, participants)

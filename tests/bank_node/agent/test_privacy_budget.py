@@ -106,3 +106,20 @@ def test_an_agent_refuses_a_run_that_would_exceed_its_budget_even_after_a_restar
     [refused] = _agents(keyed_banks[1:2], bank_rows, budget)[0].run_once()
     assert refused.status == "failed" and "without differential privacy" in refused.message
     assert fake.runs[plain].state == "failed"
+
+
+def test_a_run_started_over_after_a_dropout_is_charged_again_or_left(tmp_path: object) -> None:
+    state = StateDir(tmp_path)  # type: ignore[arg-type]
+    setting = run_privacy("xgboost", _private(2.0))
+    assert setting is not None
+    twice, thrice = (compose_epsilon(setting.mechanisms() * k, 1e-5) for k in (2, 3))
+    budget = PrivacyBudget(epsilon=(twice + thrice) / 2, period_days=30)  # room for two releases, not three
+    budget.charge(state, "run-1", setting)
+    charge = budget.restart_charger(state, "run-1", setting)
+    charge(1)  # the sums are released again, with fresh noise: charged again, in full
+    assert [c["run_id"] for c in PrivacyBudget.charges(state)] == ["run-1", "run-1#restart-1"]
+    assert budget.spent(state) == pytest.approx(twice)
+    # A third release would exceed the budget: the bank leaves instead, and nothing more is charged.
+    with pytest.raises(BudgetExceeded, match="starting the run over \\(epoch 2\\)"):
+        charge(2)
+    assert len(PrivacyBudget.charges(state)) == 2

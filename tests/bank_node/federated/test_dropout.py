@@ -59,9 +59,11 @@ def test_a_bank_that_drops_out_leaves_the_model_of_a_run_without_it(gbdt_data, u
     channel = InMemoryChannel(aggregator=aggregator, participants=BANKS, timeout_s=2.0)
     sessions = simulated_mask_sessions(BANKS, "run-dropout")
     results: dict[str, object] = {}
+    restarts: dict[str, list[int]] = {}
     runners = {
         bank: BankRunner(bank=bank, context=secret, channel=channel if bank != "bank-4" else _Dropping(channel, uploads=uploads),
-                         masks=sessions[bank], participants=BANKS)
+                         masks=sessions[bank], participants=BANKS,
+                         on_restart=lambda epoch, bank=bank: restarts.setdefault(bank, []).append(epoch))
         for bank in BANKS
     }
 
@@ -88,6 +90,7 @@ def test_a_bank_that_drops_out_leaves_the_model_of_a_run_without_it(gbdt_data, u
     for bank in BANKS[:3]:
         model = results[bank]
         assert runners[bank].ledger.epochs == 2
+        assert restarts[bank] == [1]  # told before starting over (a private run is charged again)
         reference = without["bank-1"]
         assert [t.feature.tolist() for t in model.trees] == [t.feature.tolist() for t in reference.trees]  # type: ignore[attr-defined]
         for ours, theirs in zip(model.trees, reference.trees, strict=True):  # type: ignore[attr-defined]
