@@ -15,7 +15,6 @@ Usage: python bench/aggregate_scale.py [--banks 50] [--values 200000] [--json OU
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import crypto  # noqa: E402
 from consortium.storage.blobs import BlobStore  # noqa: E402
+from _outputs import write_outputs  # noqa: E402
 
 err = Console(stderr=True)
 
@@ -71,6 +71,26 @@ def _sum_round(way: str, public: bytes, root: str, digests: list[str]) -> dict[s
     done.set()
     sampler.join()
     return {"way": way, "seconds": seconds, "peak_anon_mb": (peak[0] - baseline) / 1024, "sum_bytes": len(total)}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3.5))
+    labels = [f"{r['way']} {i // 2 + 1}" for i, r in enumerate(rows)]
+    colours = ["tab:orange" if r["way"] == "read" else "tab:blue" for r in rows]
+    speed.bar(labels, [r["ciphertexts_per_s"] for r in rows], color=colours)
+    speed.set_ylabel("ciphertexts summed per second")
+    memory.bar(labels, [r["peak_anon_mb"] for r in rows], color=colours)
+    memory.set_ylabel("peak anonymous memory, MiB")
+    fig.suptitle(f"{result['banks']} banks' payloads ({result['payload_mib']:.0f} MiB) summed: read whole vs mapped",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -111,25 +131,7 @@ def main() -> None:
                       f"+{row['peak_anon_mb']:.0f} MiB")
     Console().print(table)
     result = {"banks": args.banks, "values": args.values, "payload_mib": payload_mb, "rows": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3.5))
-        labels = [f"{r['way']} {i // 2 + 1}" for i, r in enumerate(rows)]
-        colours = ["tab:orange" if r["way"] == "read" else "tab:blue" for r in rows]
-        speed.bar(labels, [r["ciphertexts_per_s"] for r in rows], color=colours)
-        speed.set_ylabel("ciphertexts summed per second")
-        memory.bar(labels, [r["peak_anon_mb"] for r in rows], color=colours)
-        memory.set_ylabel("peak anonymous memory, MiB")
-        fig.suptitle(f"{args.banks} banks' payloads ({payload_mb:.0f} MiB) summed: read whole vs mapped", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
+    write_outputs(result, args.json, args.png, plot)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _outputs import write_outputs  # noqa: E402
+
 from bank_node.features import compute_features, model_matrix  # noqa: E402
 from bank_node.federated.params import GBDTParams  # noqa: E402
 from bank_node.generator import generate_transactions  # noqa: E402
@@ -189,11 +191,7 @@ def main() -> None:
                       memory)
     Console().print(table)
     result = {"workers": args.workers, "params": {"max_depth": PARAMS.max_depth, "bins": N_BINS}, "rows": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.png:
-        plot(result, args.png)
+    write_outputs(result, args.json, args.png, plot)
 
 
 if __name__ == "__main__":

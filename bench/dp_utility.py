@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _outputs import write_outputs  # noqa: E402
 
 import crypto  # noqa: E402
 from bank_node.data import load_transactions  # noqa: E402
@@ -208,11 +209,7 @@ def main() -> None:
     for model, best in smallest.items():
         print(f"{model}: smallest epsilon with AP within 0.03 of the non-private model: "
               f"{'none of those tried' if best is None else f'{best:g}'}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.png:
-        plot(result, args.png)
+    write_outputs(result, args.json, args.png, plot)
 
 
 if __name__ == "__main__":

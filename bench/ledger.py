@@ -16,7 +16,6 @@ Usage: python bench/ledger.py [--entries 20000] [--database-url URL] [--json OUT
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _outputs import write_outputs  # noqa: E402
 
 from consortium import ledger  # noqa: E402
 from consortium.app import create_app  # noqa: E402
@@ -126,9 +127,7 @@ def main() -> None:
     table.add_row("JSON Lines export", f"{results['export_entries_per_s']:,.0f} entries/s, "
                   f"{results['export_bytes_per_entry']:.0f} B/entry")
     console.print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_outputs(results, args.json)
 
 
 if __name__ == "__main__":

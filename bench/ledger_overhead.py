@@ -17,7 +17,6 @@ Usage: python bench/ledger_overhead.py [--banks 3] [--trees 20] [--depth 3] [--p
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _outputs import write_outputs  # noqa: E402
 
 from bank_node.data import load_transactions  # noqa: E402
 from fedfraud.localnet import FEDFRAUD, LocalConsortium, wait_for  # noqa: E402
@@ -148,11 +149,7 @@ def main() -> None:
         table.add_row(str(n + 1), r["ledger"], f"{r['seconds']:.1f}", str(r["rounds"]), str(r["log_entries"] or "-"))
     Console().print(table)
     print(f"ledger on / off: {on:.1f} s / {off:.1f} s = x{result['ratio']:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.png:
-        plot(result, args.png)
+    write_outputs(result, args.json, args.png, plot)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Usage: python bench/ledger_scale.py [--entries 1000000] [--json OUT]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _outputs import write_outputs  # noqa: E402
 
 from consortium import ledger  # noqa: E402
 from consortium.app import create_app  # noqa: E402
@@ -125,9 +126,7 @@ def main() -> None:
     for name, value in results.items():
         table.add_row(name, f"{value:,.1f}" if isinstance(value, float) else f"{value:,}")
     console.print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_outputs(results, args.json)
 
 
 if __name__ == "__main__":

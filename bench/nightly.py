@@ -36,6 +36,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _outputs import write_outputs  # noqa: E402
+
 import crypto  # noqa: E402
 from bank_node.agent.training import TrainingSet, training_rows  # noqa: E402
 from bank_node.data import load_transactions  # noqa: E402
@@ -268,10 +270,7 @@ def main() -> None:
     table.add_row("total", f"{total_inprocess:.1f}", f"{wall:.1f}")
     Console().print(table)
     print(f"HTTP / in-process: {result['ratio']:.2f}; largest prediction difference between the models: {diff:.1e}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-    if args.png:
-        plot(result, args.png)
+    write_outputs(result, args.json, args.png, plot)
 
 
 if __name__ == "__main__":
