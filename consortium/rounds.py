@@ -15,7 +15,7 @@ import re
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,7 +55,7 @@ from consortium.storage.models import (
     Run,
     RunState,
 )
-from schemas.privacy import run_privacy
+from schemas.privacy import RunPrivacy, run_privacy
 from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
@@ -257,12 +257,8 @@ def _store_contribution(
             session.add(current)
             session.flush()
         privacy = run_privacy(run.model, dict(run.params or {}))
-        if privacy is not None and session.execute(
-                select(Contribution.id).where(Contribution.run_id == run.run_id,
-                                              Contribution.bank_id == bank.bank_id).limit(1)).first() is None:
-            # The bank's first noisy contribution to the run: its transactions spend the run's budget.
-            record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id,
-                   details={**privacy.to_json(), "round_key": round_key})
+        if privacy is not None:
+            _record_privacy_spent(session, run, bank, round_key, privacy)
         session.add(
             Contribution(
                 run_id=run.run_id,
@@ -291,6 +287,19 @@ def _store_contribution(
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
     return current, entry
+
+
+def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
+    """A ``privacy.spent`` entry at the bank's first noisy contribution to the run, and again at its
+    first of each epoch the run starts over in (its sums are released again, with fresh noise)."""
+    epoch = parse_round_key(round_key).epoch
+    earlier = select(Contribution.id).where(Contribution.run_id == run.run_id, Contribution.bank_id == bank.bank_id)
+    if epoch > 0:  # an epoch's keys start "e{epoch}/" or "e{epoch}-x...": no algorithm key starts so
+        earlier = earlier.join(RoundRow, RoundRow.id == Contribution.round_id).where(
+            or_(RoundRow.round_key.like(f"e{epoch}/%"), RoundRow.round_key.like(f"e{epoch}-%")))
+    if session.execute(earlier.limit(1)).first() is None:
+        details = {**privacy.to_json(), "round_key": round_key, **({"epoch": epoch} if epoch else {})}
+        record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id, details=details)
 
 
 def contributions_of(session: Session, round_id: int) -> list[Contribution]:

@@ -205,10 +205,14 @@ def summaries_view() -> list[dict[str, Any]]:
         .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id, LedgerEntry.event))}
     last_seen = dict(session.execute(select(LedgerEntry.bank_id, func.max(LedgerEntry.at))
                                      .where(LedgerEntry.bank_id.is_not(None)).group_by(LedgerEntry.bank_id)).all())
+    # One entry per bank, run and epoch the run was (re)started in: each is a release to compose.
     private_runs: dict[str, list[list[tuple[float, int]]]] = {}
-    for bank_id, body in session.execute(select(LedgerEntry.bank_id, LedgerEntry.body)
-                                         .where(LedgerEntry.event == "privacy.spent").order_by(LedgerEntry.seq)):
+    private_run_ids: dict[str, set[str]] = {}
+    for bank_id, run_id, body in session.execute(
+            select(LedgerEntry.bank_id, LedgerEntry.run_id, LedgerEntry.body)
+            .where(LedgerEntry.event == "privacy.spent").order_by(LedgerEntry.seq)):
         private_runs.setdefault(str(bank_id), []).append(RunPrivacy.mechanisms_of(parse_entry(body)["details"]))
+        private_run_ids.setdefault(str(bank_id), set()).add(str(run_id))
     summaries = []
     for bank in session.execute(select(Bank).order_by(Bank.bank_id)).scalars():
         runs, count, size = contributed.get(bank.bank_id, (0, 0, 0))
@@ -222,6 +226,6 @@ def summaries_view() -> list[dict[str, Any]]:
             "privacy_budget_spent": (None if bank.bank_id not in private_runs
                                      else compose_epsilon([m for run in private_runs[bank.bank_id] for m in run],
                                                           SUMMARY_DELTA)),
-            "private_runs": len(private_runs.get(bank.bank_id, [])),
+            "private_runs": len(private_run_ids.get(bank.bank_id, set())),
         })
     return summaries

@@ -200,6 +200,26 @@ def test_a_private_runs_spend_is_recorded_once_per_bank_and_composed_in_its_summ
     assert summaries["bank-3"]["privacy_budget_spent"] is None and summaries["bank-3"]["private_runs"] == 0
 
 
+def test_a_private_run_started_over_is_charged_again_in_the_ledger(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    from schemas.privacy import compose_epsilon, run_privacy
+
+    params = {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0}
+    run_id = consortium.open_run(params=params)["run_id"]
+    bank = consortium.bank("bank-1")
+    for round_key in ("r/n3", "r2/n3", "e1/r/n3", "e1/r2/n3"):  # epoch 1: the run started over
+        assert bank.contribute(run_id, round_key, he_key.encrypt(np.ones(3))).status_code == 201
+    spent = _entries(consortium, compliance_token, event="privacy.spent")
+    assert [(e["run_id"], e["details"].get("epoch")) for e in spent] == [(run_id, None), (run_id, 1)]
+    setting = run_privacy("xgboost", params)
+    assert setting is not None
+    [summary] = [s for s in consortium.client.get("/v1/ledger/banks", headers=bearer(compliance_token)).get_json()
+                 if s["bank_id"] == "bank-1"]
+    assert summary["private_runs"] == 1
+    assert summary["privacy_budget_spent"] == pytest.approx(compose_epsilon(setting.mechanisms() * 2, 1e-5))
+
+
 def test_a_refused_contribution_is_recorded_and_a_failed_state_change_leaves_no_entry(
     consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
 ) -> None:
