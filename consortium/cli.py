@@ -7,6 +7,7 @@ app with :func:`consortium.app.create_app`, so settings come from the instance c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,12 +251,25 @@ def _storage_locations() -> tuple[str, Any, Any]:
     from flask import Flask
 
     from consortium.config import load_config
-    from consortium.ledger import KEY_FILE_NAME
+    from consortium.ledger import key_path
 
     settings = load_config(Flask("consortium", instance_relative_config=True).instance_path)
-    blob_dir = Path(settings.BLOB_DIR)
-    key_file = Path(settings.LEDGER_KEY_FILE) if settings.LEDGER_KEY_FILE else blob_dir.parent / KEY_FILE_NAME
-    return settings.DATABASE_URL, blob_dir, key_file
+    return settings.DATABASE_URL, Path(settings.BLOB_DIR), key_path(settings.LEDGER_KEY_FILE, settings.BLOB_DIR)
+
+
+def _storage_step(step: Callable[[Any, Path, Path], Any]) -> Any:
+    """``step(engine, blob_dir, key_file)`` on the configured storage, a backup error made readable."""
+    from consortium.backup import BackupError
+    from consortium.storage.database import make_engine
+
+    url, blob_dir, key_file = _storage_locations()
+    engine = make_engine(url)
+    try:
+        return step(engine, blob_dir, key_file)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 @consortium_cli.command("backup")
@@ -263,17 +277,10 @@ def _storage_locations() -> tuple[str, Any, Any]:
 def backup_command(folder: Path) -> None:
     """Back up the database, the blob store and the ledger's signing key into a new FOLDER (one
     consistent snapshot; the service may keep running)."""
-    from consortium.backup import BackupError, backup
-    from consortium.storage.database import make_engine
+    from consortium.backup import backup
 
-    url, blob_dir, key_file = _storage_locations()
-    engine = make_engine(url)
-    try:
-        manifest = backup(engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True))
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
+    manifest = _storage_step(lambda engine, blob_dir, key_file: backup(
+        engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True)))
     click.echo(f"backup written to {folder}: {sum(t['rows'] for t in manifest.tables.values())} rows, "
                f"{manifest.blobs} blobs, a ledger of {manifest.ledger_size} entries")
 
@@ -284,18 +291,12 @@ def restore_command(folder: Path) -> None:
     """Restore the backup in FOLDER into an empty database, blob store and key location, then
     verify the restored ledger from its first entry."""
     from consortium.app import create_app
-    from consortium.backup import BackupError, restore
+    from consortium.backup import restore
     from consortium.ledger import verify_database
-    from consortium.storage.database import db, make_engine
+    from consortium.storage.database import db
 
-    url, blob_dir, key_file = _storage_locations()
-    engine = make_engine(url)
-    try:
-        manifest = restore(engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True))
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
+    manifest = _storage_step(lambda engine, blob_dir, key_file: restore(
+        engine, blob_dir, key_file, folder, progress=lambda line: click.echo(line, err=True)))
     app = create_app({"AUTO_MIGRATE": False})
     with app.app_context():
         verification = verify_database(db.session)

@@ -266,9 +266,15 @@ def _ms(at: datetime) -> int:
     return int(at.replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
+def key_path(ledger_key_file: str | None, blob_dir: str | os.PathLike[str]) -> Path:
+    """Where the signing key is: ``LEDGER_KEY_FILE``, else beside the blob directory (its witness
+    of the newest signed head is the same name with ``.head``)."""
+    return Path(ledger_key_file) if ledger_key_file else Path(blob_dir).parent / KEY_FILE_NAME
+
+
 def init_ledger(app: Flask) -> None:
     """Load (or create) the signing key and attach an empty view of the log to ``app``."""
-    path = Path(app.config.get("LEDGER_KEY_FILE") or Path(app.config["BLOB_DIR"]).parent / KEY_FILE_NAME)
+    path = key_path(app.config.get("LEDGER_KEY_FILE"), app.config["BLOB_DIR"])
     app.extensions[_EXTENSION] = Ledger(key=_load_or_create_key(path), origin=app.config["LEDGER_ORIGIN"],
                                         witness=path.with_name(path.name + ".head"))
 

@@ -21,7 +21,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from flask import Flask, Response, current_app, has_app_context
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -113,24 +112,16 @@ def init_metrics(app: Flask) -> ConsortiumMetrics:
     PrometheusMetrics(app, path=None, registry=registry, group_by="endpoint",
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
     database = _DatabaseCollector(app)
+    registry.register(database)
 
     @requires(Role.OPERATOR, Role.MONITORING)
     def scrape() -> Response:
+        exposed = registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # gunicorn workers: add their files up
             exposed = CollectorRegistry()
             MultiProcessCollector(exposed)
-        else:
-            exposed = registry
-        body = generate_latest(exposed) + generate_latest(_Only(database))
-        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+            exposed.register(database)
+        return Response(generate_latest(exposed), mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", scrape, methods=["GET"])
     return metrics
-
-
-class _Only(CollectorRegistry):
-    """A registry of one collector, for its exposition alone."""
-
-    def __init__(self, collector: Any) -> None:
-        super().__init__(auto_describe=False)
-        self.register(collector)

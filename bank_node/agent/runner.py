@@ -467,10 +467,11 @@ class BankAgent:
         )
         privacy = run_privacy(run.model, run.params)
         budget = self.settings.privacy_budget
-        charger = None if privacy is None or budget is None else budget.restart_charger(self.state, run.run_id, privacy)
+        charge_restart = None
+        if privacy is not None and budget is not None:
+            charger = budget.restart_charger(self.state, run.run_id, privacy)
 
-        def charge_restart(epoch: int) -> None:
-            if charger is not None:
+            def charge_restart(epoch: int) -> None:
                 try:
                     charger(epoch)
                 except BudgetExceeded as exc:  # the bank leaves the run, saying why

@@ -33,8 +33,10 @@ def empty_database_like(url: str, folder: Path) -> Iterator[str]:
 
 
 def locations(app: Flask) -> tuple[Any, Path, Path]:
-    blob_dir = Path(app.config["BLOB_DIR"])
-    return Database.engine_for(app), blob_dir, blob_dir.parent / "ledger-signing.key"
+    from consortium.ledger import key_path
+
+    return (Database.engine_for(app), Path(app.config["BLOB_DIR"]),
+            key_path(app.config.get("LEDGER_KEY_FILE"), app.config["BLOB_DIR"]))
 
 
 def test_a_restored_consortium_verifies_its_ledger_and_carries_on_the_run(
