@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -170,6 +171,7 @@ class TransactionStore:
             connection.execute(self._insert(store_version).values(id=1, version=0).on_conflict_do_nothing())
         self._changes_query = (select(*_COLUMNS, transactions.c.seq).where(transactions.c.seq > bindparam("since"))
                                .order_by(transactions.c.seq).limit(bindparam("limit")))
+        self._driver = _DriverStatements(self.engine, self._changes_query) if self._lock_path else None
 
     def checkpoint_in_background(self, every_s: float = 1.0) -> None:
         """SQLite: copy the write-ahead log into the database file from a background thread, not in
@@ -360,13 +362,15 @@ class TransactionStore:
         """:meth:`record` for rows ``(transaction_id, timestamp in ns, customer_id, terminal_id,
         amount)``: the scoring service's path, without a DataFrame."""
         try:
+            if self._driver is not None:
+                return self._record_rows_sqlite(rows)
             with self._writing() as connection:
                 version = self._next_version(connection)
                 connection.execute(transactions.insert(), [
                     {"transaction_id": tx, "timestamp": _datetime(ns), "customer_id": card, "terminal_id": terminal,
                      "amount": amount, "label": None, "labelled_at": None, "seq": version}
                     for tx, ns, card, terminal, amount in rows])
-        except IntegrityError:  # a transaction id held already (the primary key): nothing was written
+        except (IntegrityError, sqlite3.IntegrityError):  # an id held already (the primary key): nothing written
             with self.engine.connect() as connection:
                 seen = sorted(int(i) for (i,) in connection.execute(select(transactions.c.transaction_id).where(
                     transactions.c.transaction_id.in_([row[0] for row in rows]))))
@@ -375,10 +379,33 @@ class TransactionStore:
                                      {"transaction_id": [f"seen before: {shown}"]}) from None
         return version
 
+    def _record_rows_sqlite(self, rows: Sequence[tuple[int, int, int, int, float]]) -> int:
+        """:meth:`record_rows` on SQLite through the driver: the same statements (compiled once
+        from the tables), without SQLAlchemy's execution layer, which cost 2 ms of the 2.1 ms a
+        one-row write took (a sixth of a scored transaction's time)."""
+        driver = self._driver
+        assert driver is not None and self._lock_path is not None
+        stamp = driver.bind_timestamp
+        with self._thread_lock, open(self._lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                with driver.connection() as connection:
+                    version = int(connection.execute(driver.next_version).fetchone()[0])
+                    connection.executemany(driver.insert, [
+                        (tx, stamp(_datetime(ns)), card, terminal, amount, None, None, version)
+                        for tx, ns, card, terminal, amount in rows])
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return version
+
     def changes(self, since: int, *, limit: int) -> tuple[list[Any], int]:
         """The rows added or relabelled after store version ``since`` (at most ``limit``, oldest
         versions first; each ``(transaction_id, timestamp in ns, customer_id, terminal_id,
         amount, label)``), and the newest version among them (``since`` when there are none)."""
+        if self._driver is not None:  # asked before every scoring request: the driver's path
+            rows = self._driver.changes(since, limit)
+            changed = [(row[0], _ns(row[1]), *row[2:6]) for row in rows]
+            return changed, max((int(row[-1]) for row in rows), default=since)
         with self.engine.connect() as connection:
             rows = connection.execute(self._changes_query, {"since": since, "limit": limit}).all()
         changed = [(row[0], _ns(row[1]), *row[2:6]) for row in rows]
@@ -429,6 +456,60 @@ class TransactionStore:
             ).one()
             files = connection.execute(select(func.count()).select_from(ingested_files)).scalar_one()
         return {"transactions": int(count), "labelled": int(labelled), "first": first, "last": last, "files": int(files)}
+
+
+class _DriverStatements:
+    """The scoring path's statements on SQLite, compiled once from the tables and run on the
+    driver's connection (from the engine's pool, so its pragmas apply).
+
+    The insert takes every column of ``transactions`` in table order; timestamps are bound and
+    read back by the column type's own processors, so rows read the same whichever path wrote
+    them.
+    """
+
+    def __init__(self, engine: Engine, changes_query: Any) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        insert = transactions.insert().compile(dialect=dialect)
+        assert insert.positiontup == [c.name for c in transactions.columns]
+        self.insert = str(insert)
+        self.next_version = str(update(store_version).where(store_version.c.id == 1)
+                                .values(version=store_version.c.version + 1).returning(store_version.c.version)
+                                .compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        changes = changes_query.compile(dialect=dialect)
+        self._changes, self._changes_compiled = str(changes), changes
+        stamp_type = transactions.c.timestamp.type.dialect_impl(dialect)
+        self.bind_timestamp = stamp_type.bind_processor(dialect)
+        self._read_timestamp = stamp_type.result_processor(dialect, None)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A driver connection in a writing transaction (BEGIN IMMEDIATE: the write lock at once),
+        committed at the end, rolled back on error."""
+        pooled = self.engine.raw_connection()
+        try:
+            cursor = pooled.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                pooled.rollback()
+                raise
+            pooled.commit()
+        finally:
+            pooled.close()
+
+    def changes(self, since: int, limit: int) -> list[tuple[Any, ...]]:
+        pooled = self.engine.raw_connection()
+        try:
+            read = self._read_timestamp
+            compiled = self._changes_compiled
+            params = compiled.construct_params({"since": since, "limit": limit})
+            rows = pooled.cursor().execute(self._changes, [params[name] for name in compiled.positiontup]).fetchall()
+            pooled.rollback()  # end the read transaction the driver may have begun
+        finally:
+            pooled.close()
+        return [(row[0], read(row[1]), *row[2:]) for row in rows]
 
 
 def _datetime(ns: int) -> datetime:
