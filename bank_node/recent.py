@@ -15,6 +15,7 @@ also holds rows of later versions, or a row seen twice, changes nothing.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
@@ -237,6 +238,35 @@ class RecentTransactions:
                                [len(p[1]) for p in parts]).astype(np.int64),
             time=_concat([p[1] for p in parts], np.int64),
             fraud=_concat([p[2] for p in parts], np.int8).astype(np.float64))
+
+
+    def card_window_sums(self, card: int, time: int, txid: int, starts: Sequence[int]) -> list[tuple[int, float]]:
+        """For a transaction ``(time, txid)`` of ``card`` not held yet: per start (ns), how many of
+        the card's held rows lie in ``(start, (time, txid))`` in (time, id) order, and their
+        amounts' sum (one transaction's card windows, without building arrays)."""
+        with self.lock:
+            rows = self._cards.get(card)
+            if rows is None:
+                return [(0, 0.0) for _ in starts]
+            times, ids = rows.time, rows.txid
+            end = bisect_right(times, time)
+            while end > 0 and times[end - 1] == time and ids[end - 1] > txid:
+                end -= 1
+            out = []
+            for start in starts:
+                first = bisect_right(times, start, 0, end)
+                out.append((end - first, math.fsum(rows.value[first:end])))
+            return out
+
+    def terminal_window_counts(self, terminal: int, after: int, until: int) -> tuple[int, int]:
+        """The held rows of ``terminal`` timed in ``(after, until]``: how many, and how many
+        known frauds."""
+        with self.lock:
+            rows = self._terminals.get(terminal)
+            if rows is None:
+                return 0, 0
+            lo, hi = bisect_right(rows.time, after), bisect_right(rows.time, until)
+            return max(hi - lo, 0), sum(rows.value[lo:hi]) if hi > lo else 0
 
 
 def _concat(parts: list[array[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:

@@ -1,5 +1,6 @@
 """Online features of transactions scored in time order equal the batch features over the same
-history: one code path (``compute_features``) over just the rows the windows reach."""
+history: the batch code path (``compute_features``) over just the rows the windows reach, and
+a single transaction read straight off the held rows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from bank_node.features import FEATURE_COLUMNS, compute_features, model_matrix
 from bank_node.generator import generate_transactions
-from bank_node.online import OnlineFeatures
+from bank_node.online import NewTransactions, OnlineFeatures
 from bank_node.store import TransactionStore
 from schemas.errors import FedfraudInputError
 from schemas.transaction import to_canonical
@@ -188,3 +189,33 @@ def test_a_transaction_older_than_what_memory_holds_is_featured_from_the_store(
     expected = compute_features(same, start=WEEK - pd.Timedelta(days=11), end=WEEK).set_index("transaction_id")
     expected = expected.loc[old["transaction_id"]].reset_index()
     np.testing.assert_allclose(model_matrix(scored), model_matrix(expected), rtol=1e-12, atol=0)
+
+
+def test_one_transaction_read_off_memory_equals_the_array_path(store: TransactionStore,
+                                                               transactions: pd.DataFrame) -> None:
+    """The single-transaction path agrees with the batch-shaped one on the awkward cases: a
+    transaction at the same instant as a held row of its card (before or after it in id order),
+    one arriving late (older than its card's newest held row), a new card, a new terminal."""
+    online = OnlineFeatures(store)
+    online.recent.load()
+    held = transactions[transactions["timestamp"] < WEEK]
+    busy_card = held["customer_id"].value_counts().index[0]
+    rows = held[held["customer_id"] == busy_card].sort_values(["timestamp", "transaction_id"])
+    tie = rows.iloc[-5]
+    cases = [
+        {**tie.to_dict(), "transaction_id": -1, "amount": 12.5},  # same instant, sorts before the held row
+        {**tie.to_dict(), "transaction_id": 10**12, "amount": 99.0},  # same instant, after it
+        {**rows.iloc[-1].to_dict(), "timestamp": rows.iloc[-1]["timestamp"] - pd.Timedelta(days=2),
+         "transaction_id": 10**12 + 1},  # late
+        {**tie.to_dict(), "customer_id": 10**9, "transaction_id": 10**12 + 2},  # a card never seen
+        {**tie.to_dict(), "terminal_id": 10**9, "transaction_id": 10**12 + 3},  # a terminal never seen
+    ]
+    for case in cases:
+        new = NewTransactions.from_frame(pd.DataFrame([case]).drop(columns=["label"]))
+        quick, arrays = online._one_from_memory(new), online._from_memory(new)
+        assert list(quick) == list(arrays)
+        for name in quick:
+            if "_NB_TX_" in name or name.startswith("TX_DURING"):
+                np.testing.assert_array_equal(quick[name], arrays[name], err_msg=name)
+            else:
+                np.testing.assert_allclose(quick[name], arrays[name], rtol=1e-12, atol=0, err_msg=name)
