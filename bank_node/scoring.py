@@ -67,13 +67,19 @@ class Scores:
 
     def all_reasons(self, X: FloatArray, *, top: int = 3, rows: slice = slice(None)) -> list[list[Reason]]:
         """:meth:`reasons` of every row (of ``rows``), ranked for all rows at once."""
+        return [[Reason(**reason) for reason in row] for row in self.reason_records(X, top=top, rows=rows)]
+
+    def reason_records(self, X: FloatArray, *, top: int = 3, rows: slice = slice(None)) -> list[list[dict[str, Any]]]:
+        """:meth:`all_reasons` as plain mappings (``feature``, ``value``, ``contribution``): what
+        the scoring service answers, without an object per reason in between."""
         per_input = self.contributions[rows, :-1]
         order = np.argsort(-np.abs(per_input), axis=1, kind="stable")[:, :top]
         values = np.take_along_axis(X, order, axis=1).tolist()
         pushes = np.take_along_axis(per_input, order, axis=1).tolist()
-        return [[Reason(MODEL_INPUTS[i], value, push) for i, value, push in zip(names, row_values, row_pushes,
-                                                                                strict=True)]
-                for names, row_values, row_pushes in zip(order.tolist(), values, pushes, strict=True)]
+        names = np.asarray(MODEL_INPUTS, dtype=object)[order].tolist()
+        return [[{"feature": name, "value": value, "contribution": push}
+                 for name, value, push in zip(row_names, row_values, row_pushes, strict=True)]
+                for row_names, row_values, row_pushes in zip(names, values, pushes, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -187,11 +187,11 @@ class Score(MethodView):
                 "probability": probability,
                 "decision": "alert" if probability >= threshold else "pass",
                 "model_version": version,
-                "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution} for r in reasons],
+                "reasons": reasons,
                 "reasons_exact": scores.exact,
             }
             for tx, probability, reasons in zip(new.txid.tolist(), scores.probability.tolist(),
-                                                scores.all_reasons(X, top=top), strict=True)
+                                                scores.reason_records(X, top=top), strict=True)
         ]
         node.count(int((scores.probability >= threshold).sum()), len(results))
         return jsonify(results[0] if single else {"model_version": serving.model.version, "results": results})
