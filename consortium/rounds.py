@@ -12,10 +12,12 @@ import base64
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 from flask import Flask, current_app
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -114,6 +116,35 @@ def observed_round(session: Session, run_id: str, round_key: str) -> RoundRow:
     if current.state == RoundState.OPEN.value and now() >= current.deadline:
         return settle_round(session, current)
     return current
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """What a request waiting on a round looks at: its state, deadline, and how many
+    contributions and notes it holds."""
+
+    state: str
+    deadline: datetime
+    contributions: int
+    notes: int
+
+
+_PROGRESS: Final = select(
+    RoundRow.state, RoundRow.deadline,
+    select(func.count()).where(Contribution.round_id == RoundRow.id).scalar_subquery(),
+    select(func.count()).where(RoundNote.round_id == RoundRow.id).scalar_subquery(),
+).where(RoundRow.run_id == bindparam("run_id"), RoundRow.round_key == bindparam("round_key"))
+
+
+def round_progress(session: Session, run_id: str, round_key: str) -> RoundProgress | None:
+    """The round's :class:`RoundProgress` in one light read (no objects loaded), or None if there
+    is no such round. Waiting requests read it at every change: loading the round, its
+    contributions and notes as objects each time was most of the aggregator's work."""
+    if not ROUND_KEY_PATTERN.match(round_key):
+        return None
+    row = session.connection().execute(_PROGRESS, {"run_id": run_id, "round_key": round_key}).first()
+    return None if row is None else RoundProgress(state=row[0], deadline=row[1], contributions=int(row[2]),
+                                                  notes=int(row[3]))
 
 
 def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:

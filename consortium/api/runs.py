@@ -126,20 +126,26 @@ LONG_POLL_INTERVAL_S: Final = 0.05
 wait at once, so this bounds only how late a change made by another worker process is seen."""
 
 
-def _long_poll(run_id: str, round_key: str, done: Callable[[RoundRow], bool], wait_s: float) -> RoundRow:
-    """Read the round until ``done`` or ``wait_s`` seconds passed. A change committed in this
-    process wakes the wait at once; another worker's is seen at the next read (every
-    ``LONG_POLL_INTERVAL_S``). Reads take no lock (see :func:`rounds.observed_round`), and the
-    read transaction ends between reads so that other workers' commits are seen."""
+def _long_poll(run_id: str, round_key: str, done: Callable[[rounds.RoundProgress], bool], wait_s: float) -> RoundRow:
+    """Watch the round until ``done`` or ``wait_s`` seconds passed, then read it (settled if its
+    deadline passed). A change committed in this process wakes the wait at once; another
+    worker's is seen at the next look (every ``LONG_POLL_INTERVAL_S``). Each look is one light
+    read (:func:`rounds.round_progress`) and ends its read transaction, so that other workers'
+    commits are seen."""
     deadline = time.monotonic() + wait_s
     seen = round_generation()
-    current = rounds.observed_round(db.session, run_id, round_key)
-    while not done(current) and time.monotonic() < deadline:
+    progress = rounds.round_progress(db.session, run_id, round_key)
+    while (progress is not None and not done(progress) and time.monotonic() < deadline
+           and not (progress.state == RoundState.OPEN.value and now() >= progress.deadline)):
         db.session.rollback()
         wait_for_round_change(seen, min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
         seen = round_generation()
-        current = rounds.observed_round(db.session, run_id, round_key)
-    return current
+        progress = rounds.round_progress(db.session, run_id, round_key)
+    return rounds.observed_round(db.session, run_id, round_key)
+
+
+def _closed(progress: rounds.RoundProgress) -> bool:
+    return progress.state != RoundState.OPEN.value
 
 
 def _sum_response(current: RoundRow, run: Run) -> Response:
@@ -270,7 +276,7 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
         raise
     receipt = ledger.receipt(db.session, entry)
     if query["wait"] > 0:
-        current = _long_poll(run_id, round_key, lambda row: row.state != RoundState.OPEN.value, query["wait"])
+        current = _long_poll(run_id, round_key, _closed, query["wait"])
         if current.state == RoundState.RELEASED.value:
             response = _sum_response(current, run)
             response.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
@@ -300,7 +306,7 @@ def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     round is answered when it closes or after S seconds (long poll; banks only call out)."""
     run = rounds.get_run(db.session, run_id)
     _participant(run)
-    current = _long_poll(run_id, round_key, lambda row: row.state != RoundState.OPEN.value, query["wait"])
+    current = _long_poll(run_id, round_key, _closed, query["wait"])
     view = round_view(current, run)
     if current.state == RoundState.RELEASED.value:
         return _sum_response(current, run)
@@ -353,10 +359,10 @@ def get_notes(query: dict[str, Any], run_id: str, round_key: str) -> Any:
 def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
     """A round's notes and summed banks, after waiting up to ``wait_s`` for every summed bank's."""
 
-    def complete(row: RoundRow) -> bool:
-        if row.state != RoundState.RELEASED.value:
-            return row.state != RoundState.OPEN.value
-        return len(rounds.notes_of(db.session, row.id)) >= len(rounds.contributions_of(db.session, row.id))
+    def complete(progress: rounds.RoundProgress) -> bool:
+        if progress.state != RoundState.RELEASED.value:
+            return progress.state != RoundState.OPEN.value
+        return progress.notes >= progress.contributions
 
     current = _long_poll(run_id, round_key, complete, wait_s)
     return {
