@@ -69,7 +69,7 @@ def _check_round_key(round_key: str) -> None:
 def round_view(current: RoundRow, run: Run, contributors: list[str] | None = None) -> dict[str, Any]:
     """A round as the API shows it (never its payloads); ``contributors`` when already read."""
     if contributors is None:
-        contributors = [row.bank_id for row in rounds.contributions_of(db.session, current.id)]
+        contributors = rounds.contributors_of(db.session, current.id)
     return {
         "round_key": current.round_key,
         "state": current.state,
@@ -368,7 +368,7 @@ def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
     return {
         "round_key": round_key,
         "state": current.state,
-        "summed": [row.bank_id for row in rounds.contributions_of(db.session, current.id)],
+        "summed": rounds.contributors_of(db.session, current.id),
         "notes": [
             {"bank_id": row.bank_id, "note": row.note, "signature": row.signature}
             for row in rounds.notes_of(db.session, current.id)
