@@ -4,7 +4,7 @@ Run:  FEDFRAUD_STATE_DIR=/var/lib/fedfraud-bank/node gunicorn -c ops/gunicorn-sc
 
 Every setting can be overridden from the environment (values below are the defaults):
 FEDFRAUD_SCORING_BIND=127.0.0.1:8081, FEDFRAUD_SCORING_WORKERS=2, FEDFRAUD_SCORING_THREADS=1,
-FEDFRAUD_SCORING_KEEPALIVE_S=0,
+FEDFRAUD_SCORING_KEEPALIVE_S=0, FEDFRAUD_SCORING_WORKER_CLASS=sync (gthread with threads or keep-alive),
 FEDFRAUD_LOG_LEVEL=INFO; the app reads FEDFRAUD_STATE_DIR, FEDFRAUD_BANK_STORE and
 FEDFRAUD_DECISION_THRESHOLD (see bank_node/service/wsgi.py).
 
@@ -27,7 +27,6 @@ wsgi_app = "bank_node.service.wsgi:app"
 
 bind = os.environ.get("FEDFRAUD_SCORING_BIND", "127.0.0.1:8081")
 workers = int(os.environ.get("FEDFRAUD_SCORING_WORKERS", "2"))
-worker_class = "gthread"
 # One thread a worker: scoring is CPU work, and threads of one process only queue for its GIL.
 threads = int(os.environ.get("FEDFRAUD_SCORING_THREADS", "1"))
 timeout = 30
@@ -36,6 +35,10 @@ graceful_timeout = 15
 # busy connections then pile on one worker while the other idles (measured: 92% against 7% CPU).
 # A new connection per request lets the kernel spread requests over the workers.
 keepalive = int(os.environ.get("FEDFRAUD_SCORING_KEEPALIVE_S", "0"))
+# One request at a time on a fresh connection is what the sync worker does, with no thread pool
+# or selector in between; threads or kept connections need gthread.
+worker_class = os.environ.get("FEDFRAUD_SCORING_WORKER_CLASS",
+                              "sync" if threads == 1 and keepalive == 0 else "gthread")
 limit_request_line = 4096
 limit_request_fields = 50
 
