@@ -20,8 +20,8 @@ above the threshold are replaced from the pooled consortium history, as in train
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any

@@ -239,7 +239,6 @@ class RecentTransactions:
             time=_concat([p[1] for p in parts], np.int64),
             fraud=_concat([p[2] for p in parts], np.int8).astype(np.float64))
 
-
     def card_window_sums(self, card: int, time: int, txid: int, starts: Sequence[int]) -> list[tuple[int, float]]:
         """For a transaction ``(time, txid)`` of ``card`` not held yet: per start (ns), how many of
         the card's held rows lie in ``(start, (time, txid))`` in (time, id) order, and their

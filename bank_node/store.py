@@ -381,8 +381,8 @@ class TransactionStore:
 
     def _record_rows_sqlite(self, rows: Sequence[tuple[int, int, int, int, float]]) -> int:
         """:meth:`record_rows` on SQLite through the driver: the same statements (compiled once
-        from the tables), without SQLAlchemy's execution layer, which cost 2 ms of the 2.1 ms a
-        one-row write took (a sixth of a scored transaction's time)."""
+        from the tables), without SQLAlchemy's execution layer, which cost 0.6 ms of the 0.9 ms a
+        one-row write took (a tenth of a scored transaction's time)."""
         driver = self._driver
         assert driver is not None and self._lock_path is not None
         stamp = driver.bind_timestamp
@@ -500,6 +500,7 @@ class _DriverStatements:
             pooled.close()
 
     def changes(self, since: int, limit: int) -> list[tuple[Any, ...]]:
+        """:meth:`TransactionStore.changes`' rows, timestamps as datetimes."""
         pooled = self.engine.raw_connection()
         try:
             read = self._read_timestamp
