@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -403,9 +403,9 @@ class TransactionStore:
         versions first; each ``(transaction_id, timestamp in ns, customer_id, terminal_id,
         amount, label)``), and the newest version among them (``since`` when there are none)."""
         if self._driver is not None:  # asked before every scoring request: the driver's path
-            rows = self._driver.changes(since, limit)
-            changed = [(row[0], _ns(row[1]), *row[2:6]) for row in rows]
-            return changed, max((int(row[-1]) for row in rows), default=since)
+            read = self._driver.changes(since, limit)
+            return ([(row[0], _ns(row[1]), *row[2:6]) for row in read],
+                    max((int(row[-1]) for row in read), default=since))
         with self.engine.connect() as connection:
             rows = connection.execute(self._changes_query, {"since": since, "limit": limit}).all()
         changed = [(row[0], _ns(row[1]), *row[2:6]) for row in rows]
@@ -479,8 +479,10 @@ class _DriverStatements:
         changes = changes_query.compile(dialect=dialect)
         self._changes, self._changes_compiled = str(changes), changes
         stamp_type = transactions.c.timestamp.type.dialect_impl(dialect)
-        self.bind_timestamp = stamp_type.bind_processor(dialect)
-        self._read_timestamp = stamp_type.result_processor(dialect, None)
+        bind, read = stamp_type.bind_processor(dialect), stamp_type.result_processor(dialect, None)
+        assert bind is not None and read is not None  # SQLite keeps datetimes as text
+        self.bind_timestamp: Callable[[datetime], Any] = bind
+        self._read_timestamp: Callable[[Any], Any] = read
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:

@@ -14,10 +14,10 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from flask import Flask, current_app
-from sqlalchemy import Row, bindparam, func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -501,7 +501,7 @@ _NOTES: Final = (select(RoundNote.bank_id, RoundNote.note, RoundNote.signature)
                  .where(RoundNote.round_id == bindparam("round_id")).order_by(RoundNote.bank_id))
 
 
-def notes_of(session: Session, round_id: int) -> list[Row[tuple[str, str, str]]]:
+def notes_of(session: Session, round_id: int) -> list[Any]:
     """The notes posted to a round, by bank id: rows with ``bank_id``, ``note`` (base64) and
     ``signature``, read as columns (every bank waiting on the round asks for them)."""
     return list(session.connection().execute(_NOTES, {"round_id": round_id}).all())

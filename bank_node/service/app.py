@@ -109,7 +109,7 @@ class _FastJSON(DefaultJSONProvider):
     def response(self, *args: Any, **kwargs: Any) -> Response:
         body = orjson.dumps(self._prepare_response_obj(args, kwargs), default=self.default,
                             option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        return Response(body, mimetype=self.mimetype)
 
 
 def create_app(state_dir: str | Path, *, store_url: str | None = None,
