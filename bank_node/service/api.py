@@ -43,14 +43,20 @@ class _LocalTime(fields.NaiveDateTime):
     DESERIALIZATION_FUNCS = {**fields.NaiveDateTime.DESERIALIZATION_FUNCS, "iso": datetime.fromisoformat}
 
 
+# The bounds of a transaction, for the schema and for the quick check below alike.
+_MAX_ID: Final = 2**63 - 1
+_MAX_AMOUNT: Final = 1e9
+_EPOCH: Final = datetime(1970, 1, 1)
+
+
 class TransactionSchema(_Strict):
-    transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
-    timestamp = _LocalTime(required=True, validate=validate.Range(min=datetime(1970, 1, 1)),
+    transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID))
+    timestamp = _LocalTime(required=True, validate=validate.Range(min=_EPOCH),
                                      metadata={"description": "local time of the bank, ISO 8601"})
-    customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1),
+    customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID),
                                  metadata={"description": "the card"})
-    terminal_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**63 - 1))
-    amount = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=1e9))
+    terminal_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID))
+    amount = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=_MAX_AMOUNT))
 
 
 class ScoreRequestSchema(_Strict):
@@ -59,8 +65,6 @@ class ScoreRequestSchema(_Strict):
 
 
 _TRANSACTION_FIELDS: Final = frozenset(TransactionSchema().fields)
-_MAX_ID: Final = 2**63 - 1
-_EPOCH: Final = datetime(1970, 1, 1)
 
 
 def _plainly_valid(records: Any) -> list[dict[str, Any]] | None:
@@ -82,7 +86,7 @@ def _plainly_valid(records: Any) -> list[dict[str, Any]] | None:
                                              record["amount"], record["timestamp"])
         if not (type(tx) is int and type(card) is int and type(terminal) is int and type(stamp) is str
                 and type(amount) in (float, int) and 0 <= tx <= _MAX_ID and 0 <= card <= _MAX_ID
-                and 0 <= terminal <= _MAX_ID and 0 <= amount <= 1e9):
+                and 0 <= terminal <= _MAX_ID and 0 <= amount <= _MAX_AMOUNT):
             return None
         try:
             when = datetime.fromisoformat(stamp)

@@ -313,3 +313,24 @@ def test_a_model_trained_on_noisy_day_counts_is_served_from_that_history_only(
                 labels_until=101)
     assert holder.refresh() and holder.serving is not None and holder.serving.consortium is not None
     assert holder.serving.consortium.history.days == (101, 102)
+
+
+def test_answers_encoded_by_orjson_read_as_flasks_own_encoder_wrote_them(tmp_path: Path) -> None:
+    """The scoring service encodes with orjson for speed; what it writes parses to what Flask's own
+    encoder writes, keys in the same order, dates as Flask gives them."""
+    from datetime import datetime
+
+    from flask import Flask
+    from flask.json.provider import DefaultJSONProvider
+
+    from bank_node.service.app import _FastJSON
+
+    app = Flask("probe")
+    document = {"b": 1, "a": [0.1, 2.5e-300, None, True], "when": datetime(2018, 9, 14, 20, 18, 1),
+                "nested": {"z": "é", "y": {"x": 1e9}}}
+    ours, flasks = _FastJSON(app).dumps(document), DefaultJSONProvider(app).dumps(document)
+    assert json.loads(ours) == json.loads(flasks)
+    assert list(json.loads(ours)) == list(json.loads(flasks))
+    with app.app_context():
+        body = _FastJSON(app).response(document).get_data()
+    assert body.endswith(b"\n") and json.loads(body) == json.loads(flasks)
