@@ -63,6 +63,12 @@ class ConsortiumConfig:
         Apply the database migrations at start-up when the database is empty.
     KEEP_CONTRIBUTION_BLOBS
         Keep individual ciphertexts after their round closed (default: delete them).
+    AGGREGATION_PROCESSES
+        Processes a large round's sum is spread over (0: one per core; 1: summed in one thread).
+    AGGREGATION_BACKGROUND_MIN_BYTES
+        A round whose contributions add up to at least this many bytes is large: summed off the
+        request that completed it, by ``AGGREGATION_PROCESSES`` processes. Smaller rounds (a
+        night's histograms are tens of KiB) are summed in that request, faster than a hand-off.
     LOG_LEVEL
         Level of the ``consortium`` loggers.
     DEVELOPMENT_MODE
@@ -96,6 +102,8 @@ class ConsortiumConfig:
     SWEEP_INTERVAL_S: int = 30
     AUTO_MIGRATE: bool = True
     KEEP_CONTRIBUTION_BLOBS: bool = False
+    AGGREGATION_PROCESSES: int = 0
+    AGGREGATION_BACKGROUND_MIN_BYTES: int = 16 * 1024 * 1024
     LOG_LEVEL: str = "INFO"
     DEVELOPMENT_MODE: bool = False
     LEDGER_KEY_FILE: str = ""

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
+from consortium.aggregation import Summer
 from consortium.storage.blobs import BlobStore
 from consortium.storage.database import Database
 
 if TYPE_CHECKING:
     from crypto.scheme import HEScheme
 
-__all__ = ["blob_store", "init_resources", "now", "public_context", "round_changed", "round_generation",
+__all__ = ["blob_store", "init_resources", "now", "public_context", "round_changed", "round_generation", "summer",
            "wait_for_round_change", "write_lock"]
 
 _KEY = "fedfraud_resources"
@@ -38,6 +39,8 @@ def init_resources(app: Flask) -> None:
         "context_lock": threading.Lock(),
         "round_changes": threading.Condition(),
         "round_generation": 0,
+        "summer": Summer(store, processes=int(app.config["AGGREGATION_PROCESSES"]),
+                         background_min_bytes=int(app.config["AGGREGATION_BACKGROUND_MIN_BYTES"])),
     }
 
 
@@ -71,6 +74,11 @@ def _resources(app: Flask | None = None) -> dict[str, Any]:
 def blob_store(app: Flask | None = None) -> BlobStore:
     """The app's content-addressed blob store."""
     return _resources(app)["blobs"]  # type: ignore[no-any-return]
+
+
+def summer(app: Flask | None = None) -> Summer:
+    """The app's :class:`consortium.aggregation.Summer` (where and how rounds are summed)."""
+    return _resources(app)["summer"]  # type: ignore[no-any-return]
 
 
 def write_lock(app: Flask | None = None) -> AbstractContextManager[Any]:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -29,6 +30,7 @@ from consortium.extensions import (
     now,
     public_context,
     round_changed,
+    summer,
     write_lock,
 )
 from consortium.ledger import record
@@ -210,20 +212,37 @@ def contribute(
         raise NotFound(f"no bank {bank_id!r}")
     _verify_contribution_signature(bank, run_id, round_key, payload, signature)
 
+    # A contribution that completes a large round takes the lease on its sum in the same commit,
+    # so no other request or process starts that sum before the background one does.
+    lease_at = len(expected) if summer().is_large(len(payload) * len(expected)) else None
     with write_lock():
         existing = find_round(session, run_id, round_key)
         if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
             settle_round(session, existing)  # too late: the round closes before this is looked at
         for attempt in range(_ATTEMPTS):
             try:
-                current, entry = _store_contribution(session, run, round_key, bank, payload, signature or "")
+                current, entry, leased = _store_contribution(session, run, round_key, bank, payload, signature or "",
+                                                             lease_at=lease_at)
                 break
             except IntegrityError:
                 session.rollback()
                 if attempt == _ATTEMPTS - 1:
                     raise
+    if leased:
+        # Off the request: the bank's answer does not wait for a sum of seconds (with ?wait it
+        # waits for the release like every other bank). The round stays open until it is summed.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        summer().in_background(lambda: _settle_in_background(app, run_id, round_key))
+    else:
         settle_round(session, current)
     return current, entry
+
+
+def _settle_in_background(app: Flask, run_id: str, round_key: str) -> None:
+    with app.app_context():
+        current = find_round(db.session, run_id, round_key)
+        if current is not None:
+            settle_round(db.session, current, leased=True)
 
 
 def expected_banks(run: Run, round_key: str) -> frozenset[str]:
@@ -242,8 +261,11 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 
 def _store_contribution(
-    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str
-) -> tuple[RoundRow, int]:
+    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str, *, lease_at: int | None
+) -> tuple[RoundRow, int, bool]:
+    """Store the contribution (see :func:`contribute`); if it is the ``lease_at``-th of its round,
+    take the lease on the round's sum in the same commit. Returns the round, the ledger entry's
+    index and whether the lease was taken."""
     session.refresh(run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
@@ -303,6 +325,9 @@ def _store_contribution(
                 payload_kept=True,
             )
         )
+        leased = lease_at is not None and _count_contributions(session, current.id) >= lease_at
+        if leased:
+            current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
         entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
                        details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
                                 "n_values": header.n_values, "key_id": material.key_id, "signature": signature})
@@ -318,7 +343,12 @@ def _store_contribution(
         "contribution stored",
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
-    return current, entry
+    return current, entry, leased
+
+
+def _count_contributions(session: Session, round_id: int) -> int:
+    session.flush()
+    return int(session.execute(select(func.count()).where(Contribution.round_id == round_id)).scalar_one())
 
 
 def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
@@ -368,17 +398,24 @@ def _digest_referenced(session: Session, digest: str) -> bool:
     return bool(count)
 
 
-def settle_round(session: Session, current: RoundRow, *, at: datetime | None = None) -> RoundRow:
+def settle_round(session: Session, current: RoundRow, *, at: datetime | None = None, leased: bool = False) -> RoundRow:
     """Release or fail a round if its time has come; otherwise leave it open.
 
     The rule is :func:`consortium.secure_sum.decide`: released once every participant contributed,
     or at its deadline with a quorum; at its deadline without a quorum it fails alone (a bank that
     opened a round nobody joined cannot fail the others' run). A round of a run that is no longer
     open is failed. Safe to call repeatedly and concurrently.
+
+    A small round is summed and marked in one locked transaction. A large one (see
+    :class:`consortium.aggregation.Summer`) is summed outside the write lock and the round's row
+    lock, under a lease that keeps every other request and process from starting the same sum
+    (one that died mid-sum leaves a lease that runs out, and the sum is made again). ``leased``:
+    the caller holds the lease already (taken by the contribution that completed the round).
     """
     if current.state != RoundState.OPEN.value:
         return current
     moment = at or now()
+    large: _SumPlan | None = None
     with write_lock():
         locked = find_round(session, current.run_id, current.round_key, lock=True)
         if locked is None or locked.state != RoundState.OPEN.value:
@@ -392,49 +429,114 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
                           past_deadline=moment >= locked.deadline)
         if run.state != RunState.OPEN.value:
             _fail(session, locked, run, f"run {run.run_id!r} is {run.state}")
-        elif decision is Decision.RELEASE:
-            _release(session, locked, participants - contributed)
         elif decision is Decision.FAIL:
             _fail(session, locked, run, quorum_failure_reason(len(contributed), len(participants), run.min_banks))
-        else:
+        elif decision is not Decision.RELEASE:
             session.commit()  # nothing to do; end the locking transaction
             return locked
+        elif not summer().is_large((plan := _sum_plan(session, locked, participants - contributed)).total_bytes):
+            _mark_released(session, locked, plan, *_make_sum(plan))
+        elif not leased and locked.summing_until is not None and now() < locked.summing_until:
+            session.commit()  # being summed by another request or process
+            return locked
+        else:
+            locked.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
+            session.commit()
+            large = plan
+    if large is not None:  # summed outside the lock
+        return _release_large(session, locked, large)
     purge_closed_payloads(session, round_id=locked.id)
     return locked
 
 
-def _release(session: Session, current: RoundRow, dropped: set[str]) -> None:
-    store = blob_store()
+SUM_LEASE_S: Final = 120
+"""How long a large round's sum may take before another request or process makes it again (50
+banks' 6 MiB contributions take seconds)."""
+
+
+def _release_large(session: Session, current: RoundRow, plan: _SumPlan) -> RoundRow:
+    """Sum a leased round without holding it, then mark it released if it is still open with the
+    same contributions; settle it afresh if they changed meanwhile (a bank withdrew)."""
+    run_id, round_key = current.run_id, current.round_key
+    digest, size = _make_sum(plan)
+    with write_lock():
+        locked = find_round(session, run_id, round_key, lock=True)
+        if locked is not None and locked.state == RoundState.OPEN.value and _sum_plan(session, locked, plan.dropped) == plan:
+            _mark_released(session, locked, plan, digest, size)
+            purge_closed_payloads(session, round_id=locked.id)
+            return locked
+        if locked is not None and locked.state == RoundState.OPEN.value:
+            locked.summing_until = None
+        served = session.execute(select(RoundRow.id).where(RoundRow.aggregate_digest == digest).limit(1)).first()
+        session.commit()
+    if served is None:
+        blob_store().delete(digest)
+    if locked is None or locked.state != RoundState.OPEN.value:  # pragma: no cover - released or failed by another
+        return locked or current
+    return settle_round(session, locked)
+
+
+@dataclass(frozen=True)
+class _SumPlan:
+    """What a release sums: the round, its contributions in summing order (bank, payload digest
+    and size), its key's public context, and the banks it goes without."""
+
+    round_id: int
+    n_values: int
+    contributions: tuple[tuple[str, str, int], ...]
+    context_digest: str
+    dropped: frozenset[str]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, _, size in self.contributions)
+
+
+def _sum_plan(session: Session, current: RoundRow, dropped: set[str] | frozenset[str]) -> _SumPlan:
     material = run_key(session, current.run)
     assert material is not None  # rounds exist only after the ceremony
-    context = public_context(material.context_digest)
-    ordered = contributions_of(session, current.id)
-    # Mapped, not read: the sum goes one ciphertext chunk position at a time, so memory holds a
-    # chunk per bank and the pages being read, not every payload of the round (50 banks of tens of MiB).
-    with contextlib.ExitStack() as stack:
-        payloads = [stack.enter_context(store.mapped(row.payload_digest)) for row in ordered]
-        with context_guard():
-            total = context.aggregate(payloads)  # type: ignore[arg-type]  # a mapping is a bytes-like buffer
-        del payloads
-    digest = store.put(total)
+    return _SumPlan(round_id=current.id, n_values=current.n_values,
+                    contributions=tuple((row.bank_id, row.payload_digest, row.payload_size)
+                                        for row in contributions_of(session, current.id)),
+                    context_digest=material.context_digest, dropped=frozenset(dropped))
+
+
+def _make_sum(plan: _SumPlan) -> tuple[str, int]:
+    """Sum the plan's contributions (by the app's :class:`consortium.aggregation.Summer`) and store
+    the sum; its digest and size."""
+    digests = [digest for _, digest, _ in plan.contributions]
+    started = time.perf_counter()
+    total, pieces = summer().total(public_context(plan.context_digest), plan.context_digest, digests,
+                                   n_values=plan.n_values, total_bytes=plan.total_bytes,
+                                   guard=context_guard())
+    digest = blob_store().put(total)
+    logger.info("round summed", extra={"round_id": plan.round_id, "addends": len(digests), "pieces": pieces,
+                                       "seconds": round(time.perf_counter() - started, 3)})
+    return digest, len(total)
+
+
+def _mark_released(session: Session, current: RoundRow, plan: _SumPlan, digest: str, size: int) -> None:
     current.state = RoundState.RELEASED.value
     current.aggregate_digest = digest
-    current.aggregate_size = len(total)
-    current.n_addends = len(ordered)
-    current.dropped = sorted(dropped)
+    current.aggregate_size = size
+    current.n_addends = len(plan.contributions)
+    current.dropped = sorted(plan.dropped)
+    current.summing_until = None
     current.closed_at = closed = now()
     opened = current.opened_at  # read before the commit expires it
     record(session, "round.released", run_id=current.run_id,
-           details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": len(total),
-                    "contributions": [{"bank_id": row.bank_id, "payload_sha256": row.payload_digest} for row in ordered],
-                    "dropped": sorted(dropped)})
+           details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": size,
+                    "contributions": [{"bank_id": bank_id, "payload_sha256": payload}
+                                      for bank_id, payload, _ in plan.contributions],
+                    "dropped": sorted(plan.dropped)})
     session.commit()
     round_changed()
     if (metrics := observe()) is not None:
         metrics.round_closed("released", opened, closed)
     logger.info(
         "round released",
-        extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(ordered), "dropped": sorted(dropped)},
+        extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(plan.contributions),
+               "dropped": sorted(plan.dropped)},
     )
 
 

@@ -320,7 +320,7 @@ class CKKSScheme(HEScheme):
             raise CorruptPayloadError(f"{where} holds {vector.size()} values, expected {length}")
         return vector
 
-    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int) -> bytes:
+    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int, values: range) -> bytes:
         lengths = self._chunk_lengths(n_values)
         chunked = []
         for index, body in enumerate(bodies):
@@ -331,7 +331,9 @@ class CKKSScheme(HEScheme):
         summed = []
         # One chunk position at a time keeps one ciphertext per bank in memory. Deserializing
         # dominates the cost; add_ sums in place (copy() would round-trip through bytes).
-        for position, length in enumerate(lengths):
+        slots = self.slot_count
+        for position in range(values.start // slots, -(-values.stop // slots)):
+            length = lengths[position]
             total = self._load_chunk(
                 chunked[0][position], length=length, where=f"payload 0, chunk {position}"
             )
@@ -347,6 +349,15 @@ class CKKSScheme(HEScheme):
                     ) from None
             summed.append(total.serialize())
         return pack_sections(summed)
+
+    def _concatenate_bodies(self, bodies: Sequence[memoryview], lengths: Sequence[int]) -> bytes:
+        chunks: list[bytes] = []
+        for index, (body, length) in enumerate(zip(bodies, lengths, strict=True)):
+            try:
+                chunks.extend(bytes(chunk) for chunk in unpack_sections(body, expected=len(self._chunk_lengths(length))))
+            except MalformedPayloadError as exc:
+                raise MalformedPayloadError(f"piece {index}: {exc}") from None
+        return pack_sections(chunks)
 
     def _decrypt_body(self, body: memoryview, *, n_values: int, n_addends: int) -> Vector:
         lengths = self._chunk_lengths(n_values)

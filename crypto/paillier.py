@@ -377,7 +377,7 @@ class PaillierScheme(HEScheme):
             chunks.append(int(self._encrypt_integer(packed)).to_bytes(size, "little"))
         return b"".join(chunks)
 
-    def _read_ciphertexts(self, body: memoryview, *, n_values: int, where: str) -> list[Any]:
+    def _read_ciphertexts(self, body: memoryview, *, n_values: int, where: str, positions: range | None = None) -> list[Any]:
         size = self._params.ciphertext_bytes
         count = -(-n_values // self._params.slots_per_ciphertext)
         if len(body) != count * size:
@@ -386,16 +386,18 @@ class PaillierScheme(HEScheme):
                 f"ciphertexts of {size} bytes"
             )
         ciphertexts = []
-        for position in range(count):
+        for position in range(count) if positions is None else positions:
             value = gmpy2.mpz(int.from_bytes(body[position * size : (position + 1) * size], "little"))
             if not 0 < value < self._n_square:
                 raise CorruptPayloadError(f"{where}ciphertext {position} lies outside (0, n^2)")
             ciphertexts.append(value)
         return ciphertexts
 
-    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int) -> bytes:
+    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int, values: range) -> bytes:
+        slots = self._params.slots_per_ciphertext
+        positions = range(values.start // slots, -(-values.stop // slots))
         columns = [
-            self._read_ciphertexts(body, n_values=n_values, where=f"payload {index}: ")
+            self._read_ciphertexts(body, n_values=n_values, where=f"payload {index}: ", positions=positions)
             for index, body in enumerate(bodies)
         ]
         size, n_square = self._params.ciphertext_bytes, self._n_square
@@ -405,6 +407,11 @@ class PaillierScheme(HEScheme):
                 total = total * column[position] % n_square
             out.append(int(total).to_bytes(size, "little"))
         return b"".join(out)
+
+    def _concatenate_bodies(self, bodies: Sequence[memoryview], lengths: Sequence[int]) -> bytes:
+        for index, (body, length) in enumerate(zip(bodies, lengths, strict=True)):
+            self._read_ciphertexts(body, n_values=length, where=f"piece {index}: ")
+        return b"".join(bytes(body) for body in bodies)
 
     def _decrypt_body(self, body: memoryview, *, n_values: int, n_addends: int) -> Vector:
         assert self._private_key is not None  # checked by HEScheme.decrypt

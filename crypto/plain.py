@@ -116,11 +116,15 @@ class PlainScheme(HEScheme):
     def _encrypt_values(self, values: Vector) -> bytes:
         return values.astype(_WIRE_DTYPE, copy=False).tobytes()
 
-    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int) -> bytes:
-        total = np.zeros(n_values, dtype=np.float64)
+    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int, values: range) -> bytes:
+        total = np.zeros(len(values), dtype=np.float64)
         for index, body in enumerate(bodies):
-            total += self._read_body(body, n_values=n_values, index=index)
+            total += self._read_body(body, n_values=n_values, index=index)[values.start : values.stop]
         return total.astype(_WIRE_DTYPE, copy=False).tobytes()
+
+    def _concatenate_bodies(self, bodies: Sequence[memoryview], lengths: Sequence[int]) -> bytes:
+        return b"".join(self._read_body(body, n_values=length, index=index).tobytes()
+                        for index, (body, length) in enumerate(zip(bodies, lengths, strict=True)))
 
     def _decrypt_body(self, body: memoryview, *, n_values: int, n_addends: int) -> Vector:
         return self._read_body(body, n_values=n_values, index=None).astype(np.float64)

@@ -321,13 +321,17 @@ def read_header(data: bytes) -> PayloadHeader:
     )
 
 
-def unframe(data: bytes) -> tuple[PayloadHeader, memoryview]:
+def unframe(data: bytes, *, check_body: bool = True) -> tuple[PayloadHeader, memoryview]:
     """Check header, length and body digest; return the header and a view of the body.
 
     Parameters
     ----------
     data
         A payload or context.
+    check_body
+        Whether to check the body's SHA-256 against the header; ``False`` only for bytes whose
+        body was checked before and that the caller holds unchanged since (a content-addressed
+        copy read back and checked against its name).
 
     Returns
     -------
@@ -351,7 +355,7 @@ def unframe(data: bytes) -> tuple[PayloadHeader, memoryview]:
             f"payload has {len(body) - header.body_length} unexpected bytes after its "
             f"{header.body_length}-byte body"
         )
-    if body_digest(body) != header.body_digest:
+    if check_body and body_digest(body) != header.body_digest:
         raise CorruptPayloadError(
             f"{header.kind.label} body is corrupted: its SHA-256 does not match the header"
         )
@@ -692,7 +696,7 @@ class HEScheme(ABC):
             body=self._encrypt_values(values),
         )
 
-    def aggregate(self, payloads: Sequence[bytes]) -> bytes:
+    def aggregate(self, payloads: Sequence[bytes], *, values: range | None = None, check_bodies: bool = True) -> bytes:
         """Add encrypted vectors using public material only.
 
         Parameters
@@ -700,6 +704,14 @@ class HEScheme(ABC):
         payloads
             Ciphertext payloads of this key, all of the same length (fresh encryptions or
             earlier aggregates).
+        values
+            Sum only these positions of the vectors (a step-1 range starting at a multiple of
+            :attr:`slot_count`, ending at one or at the vectors' end): the result encrypts that
+            piece alone, for :meth:`concatenate` to join with the others. Pieces are summed
+            apart (by several processes) with the same bytes as the whole.
+        check_bodies
+            As :func:`unframe`'s ``check_body``: ``False`` only for payloads whose bodies were
+            checked before and are held unchanged since.
 
         Returns
         -------
@@ -710,7 +722,8 @@ class HEScheme(ABC):
         Raises
         ------
         AggregationError
-            No payloads, or more contributions than :attr:`max_addends`.
+            No payloads, more contributions than :attr:`max_addends`, or a range of values
+            that is not a piece of these vectors.
         PayloadError
             A payload is damaged, of another scheme or key, or of another length; the message
             names the offending payload's position.
@@ -721,7 +734,7 @@ class HEScheme(ABC):
         bodies: list[memoryview] = []
         for index, payload in enumerate(payloads):
             try:
-                header, body = self.open_payload(payload)
+                header, body = self.open_payload(payload, check_body=check_bodies)
             except PayloadError as exc:
                 raise type(exc)(f"payload {index}: {exc}") from None
             if headers and header.n_values != headers[0].n_values:
@@ -738,13 +751,81 @@ class HEScheme(ABC):
                 f"for at most {self.max_addends}; more could overflow"
             )
         n_values = headers[0].n_values
+        piece = range(n_values) if values is None else self._check_piece(values, n_values)
         return frame(
             kind=PayloadKind.CIPHERTEXT,
             scheme=self.name,
             key_id=self.key_id,
-            n_values=n_values,
+            n_values=len(piece),
             n_addends=n_addends,
-            body=self._aggregate_bodies(bodies, n_values=n_values),
+            body=self._aggregate_bodies(bodies, n_values=n_values, values=piece),
+        )
+
+    def pieces(self, n_values: int, count: int) -> list[range]:
+        """Split ``n_values`` positions into at most ``count`` pieces of whole ciphertexts, as even
+        as they come, for :meth:`aggregate` to sum apart."""
+        slots = self.slot_count
+        ciphertexts = -(-n_values // slots)
+        count = max(1, min(count, ciphertexts))
+        bounds = [min(n_values, slots * (ciphertexts * part // count)) for part in range(count + 1)]
+        return [range(bounds[part], bounds[part + 1]) for part in range(count)]
+
+    def _check_piece(self, values: range, n_values: int) -> range:
+        aligned_end = values.stop == n_values or values.stop % self.slot_count == 0
+        if (values.step != 1 or not 0 <= values.start < values.stop <= n_values
+                or values.start % self.slot_count or not aligned_end):
+            raise AggregationError(
+                f"values {values.start}..{values.stop} are not a piece of {n_values}-value vectors "
+                f"in whole ciphertexts of {self.slot_count} values"
+            )
+        return values
+
+    def concatenate(self, pieces: Sequence[bytes]) -> bytes:
+        """Join sums of consecutive pieces (from :meth:`aggregate` with ``values``) into one.
+
+        Parameters
+        ----------
+        pieces
+            Ciphertext payloads of this key, in order, each summing the same number of
+            contributions; all but the last hold whole ciphertexts.
+
+        Returns
+        -------
+        bytes
+            The payload encrypting the pieces' values one after the other.
+
+        Raises
+        ------
+        AggregationError
+            No pieces, pieces of different contribution counts, or a piece that ends inside a
+            ciphertext before the last.
+        PayloadError
+            A piece is damaged or of another scheme or key.
+        """
+        if not pieces:
+            raise AggregationError("nothing to concatenate: no pieces given")
+        opened = []
+        for index, piece in enumerate(pieces):
+            try:
+                opened.append(self.open_payload(piece))
+            except PayloadError as exc:
+                raise type(exc)(f"piece {index}: {exc}") from None
+        headers = [header for header, _ in opened]
+        if len({header.n_addends for header in headers}) != 1:
+            raise AggregationError("the pieces sum different numbers of contributions; they are not one sum")
+        for index, header in enumerate(headers[:-1]):
+            if header.n_values % self.slot_count:
+                raise AggregationError(
+                    f"piece {index} ends inside a ciphertext ({header.n_values} values, "
+                    f"{self.slot_count} per ciphertext); only the last piece may"
+                )
+        return frame(
+            kind=PayloadKind.CIPHERTEXT,
+            scheme=self.name,
+            key_id=self.key_id,
+            n_values=sum(header.n_values for header in headers),
+            n_addends=headers[0].n_addends,
+            body=self._concatenate_bodies([body for _, body in opened], [header.n_values for header in headers]),
         )
 
     def decrypt(self, payload: bytes) -> Vector:
@@ -779,13 +860,15 @@ class HEScheme(ABC):
             )
         return values
 
-    def open_payload(self, payload: bytes) -> tuple[PayloadHeader, memoryview]:
+    def open_payload(self, payload: bytes, *, check_body: bool = True) -> tuple[PayloadHeader, memoryview]:
         """Check that ``payload`` is an intact ciphertext of this scheme and key.
 
         Parameters
         ----------
         payload
             Bytes claimed to be a ciphertext payload.
+        check_body
+            As :func:`unframe`'s.
 
         Returns
         -------
@@ -797,7 +880,7 @@ class HEScheme(ABC):
         PayloadError
             With a message naming the problem.
         """
-        header, body = unframe(payload)
+        header, body = unframe(payload, check_body=check_body)
         if header.kind is not PayloadKind.CIPHERTEXT:
             raise PayloadKindError(f"expected a ciphertext payload but got a {header.kind.label}")
         if header.scheme != self.name:
@@ -821,8 +904,13 @@ class HEScheme(ABC):
         """Body of a fresh ciphertext of ``values`` (validated, float64, 1-D)."""
 
     @abstractmethod
-    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int) -> bytes:
-        """Body of the sum of verified ciphertext bodies, each of ``n_values`` values."""
+    def _aggregate_bodies(self, bodies: Sequence[memoryview], *, n_values: int, values: range) -> bytes:
+        """Body of the sum of the positions ``values`` (whole ciphertexts, checked) of verified
+        ciphertext bodies, each of ``n_values`` values."""
+
+    @abstractmethod
+    def _concatenate_bodies(self, bodies: Sequence[memoryview], lengths: Sequence[int]) -> bytes:
+        """Body of the verified bodies' values one after the other (``lengths`` values each)."""
 
     @abstractmethod
     def _decrypt_body(self, body: memoryview, *, n_values: int, n_addends: int) -> Vector:

@@ -217,6 +217,8 @@ class RoundRow(Base):
     n_addends: Mapped[int | None] = mapped_column(Integer, default=None)
     dropped: Mapped[list[str]] = mapped_column(JSON, default=list)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    summing_until: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """While a large round is summed off the request: nobody else starts its sum before then."""
 
     run: Mapped[Run] = relationship(back_populates="rounds")
     contributions: Mapped[list[Contribution]] = relationship(back_populates="round", order_by="Contribution.bank_id")

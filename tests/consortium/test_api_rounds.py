@@ -373,7 +373,7 @@ def test_an_interrupted_release_is_redone_on_the_next_request(
         raise SystemExit("killed mid-release")
 
     with monkeypatch.context() as patch:
-        patch.setattr(rounds_module, "_release", killed)
+        patch.setattr(rounds_module, "_mark_released", killed)  # the sum stored, the round not yet marked
         with pytest.raises(SystemExit):
             consortium.bank("bank-3").contribute(run_id, "r", he_key.encrypt(vectors[2]))
     # The contribution was committed before the release started; the round is complete but open.

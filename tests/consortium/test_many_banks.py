@@ -1,19 +1,39 @@
 """Fifty banks in one round: every contribution is summed, read from the blob store one chunk
-position at a time through mapped files, and the sum is exact."""
+position at a time through mapped files, and the sum is exact, whether the round is summed in the
+request that completed it or off it by two processes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 import crypto
+from consortium.extensions import summer
 from consortium.storage.blobs import BlobCorruptError, BlobStore
 from tests.consortium.conftest import set_up_consortium
 
 N_BANKS = 50
 
 
+@pytest.fixture(params=["in the request", "two processes"])
+def app_config(app_config: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "in the request":
+        return app_config
+    return {**app_config, "AGGREGATION_PROCESSES": 2, "AGGREGATION_BACKGROUND_MIN_BYTES": 0}
+
+
+@pytest.fixture
+def stop_summing(app: Flask) -> Iterator[None]:
+    yield
+    summer(app).close()
+
+
+@pytest.mark.usefixtures("stop_summing")
 def test_fifty_banks_contributions_are_summed_exactly(client: FlaskClient, operator_token: str,
                                                      he_key: crypto.HEScheme, app: Flask) -> None:
     consortium = set_up_consortium(client, operator_token, he_key, n_banks=N_BANKS)
@@ -24,7 +44,7 @@ def test_fifty_banks_contributions_are_summed_exactly(client: FlaskClient, opera
     vectors = [rng.uniform(-1, 1, n_values) for _ in range(N_BANKS)]
     for bank, vector in zip(consortium.banks.values(), vectors, strict=True):
         assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
-    released = consortium.bank("bank-17").aggregate(run_id, "r")
+    released = client.get(f"/v1/runs/{run_id}/aggregates/r?wait=30", headers=consortium.bank("bank-17").auth)
     assert released.status_code == 200
     np.testing.assert_allclose(he_key.decrypt(released.data)[:n_values], np.sum(vectors, axis=0), atol=1e-3)
     state = consortium.run(run_id)

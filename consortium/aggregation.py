@@ -1,0 +1,155 @@
+"""Summing a round's ciphertexts: in the calling thread for small rounds, in pieces by a pool of
+processes for large ones, and for those off the request that completed the round.
+
+TenSEAL holds the GIL while it deserializes and adds (two threads on halves of a round took longer
+than one), so a sum uses more than one core only in processes of its own. Each process sums one
+piece of whole ciphertexts (:meth:`crypto.scheme.HEScheme.pieces`) of every contribution, reading
+them through read-only maps of the blob files, so memory holds a chunk per bank and process, never a
+round. Every file's SHA-256 is checked against its name by exactly one of the processes, which is
+what lets the pieces skip the payload's own body digest (checked when the contribution was accepted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from consortium.storage.blobs import BlobStore
+
+__all__ = ["Summer", "sum_piece"]
+
+logger = logging.getLogger("consortium.aggregation")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One process's share of a sum: the blob store, the public context's blob, the round's
+    contributions in summing order, the value positions to sum, and which files to check whole."""
+
+    root: str
+    context_digest: str
+    digests: tuple[str, ...]
+    values: range
+    check: frozenset[str]
+
+
+_CONTEXTS: dict[str, Any] = {}  # the public contexts a pool process loaded, by blob digest
+
+
+def sum_piece(piece: _Piece) -> bytes:
+    """Sum ``piece`` (in a pool process): the framed sum of its value positions."""
+    from crypto.registry import load_context
+
+    store = BlobStore(piece.root)
+    context = _CONTEXTS.get(piece.context_digest)
+    if context is None:
+        context = _CONTEXTS[piece.context_digest] = load_context(store.get(piece.context_digest), require_public=True)
+    with contextlib.ExitStack() as stack:
+        payloads = [stack.enter_context(store.mapped(digest, check=digest in piece.check)) for digest in piece.digests]
+        total: bytes = context.aggregate(payloads, values=piece.values,  # type: ignore[arg-type]  # a map is a buffer
+                                         check_bodies=False)
+        del payloads
+    return total
+
+
+class Summer:
+    """Sums rounds for one app: decides where each sum runs and owns the processes and the
+    background thread that run them (started at the first large round).
+
+    Parameters
+    ----------
+    store
+        The app's blob store.
+    processes
+        Processes a large sum is spread over; 0 means one per core; 1 sums in the calling thread.
+    background_min_bytes
+        Rounds whose contributions add up to at least this many bytes are large: summed by the
+        processes, and off the request that completed the round.
+    """
+
+    def __init__(self, store: BlobStore, *, processes: int, background_min_bytes: int) -> None:
+        if processes < 0:
+            raise ValueError(f"AGGREGATION_PROCESSES: {processes} is negative (0 means one per core)")
+        if background_min_bytes < 0:
+            raise ValueError(f"AGGREGATION_BACKGROUND_MIN_BYTES: {background_min_bytes} is negative")
+        self._store = store
+        self.processes = processes or os.cpu_count() or 1
+        self.background_min_bytes = background_min_bytes
+        self._lock = threading.Lock()
+        self._pool: Executor | None = None
+        self._releaser: ThreadPoolExecutor | None = None
+
+    def is_large(self, total_bytes: int) -> bool:
+        """Whether a round of contributions adding up to ``total_bytes`` is summed off the request."""
+        return total_bytes >= self.background_min_bytes
+
+    def total(self, context: Any, context_digest: str, digests: Sequence[str], *, n_values: int, total_bytes: int,
+              guard: contextlib.AbstractContextManager[Any]) -> tuple[bytes, int]:
+        """The framed sum of the blobs ``digests`` (in this order, ``n_values`` values each) under
+        ``context``, the public context stored as blob ``context_digest``.
+
+        A large round with more than one process is summed in pieces by the pool; otherwise in this
+        thread under ``guard`` (the app's lock on its shared context object), each blob checked
+        against its name as it is mapped.
+
+        Returns
+        -------
+        bytes, int
+            The sum, and how many pieces it was made in (1: in this thread).
+
+        Raises
+        ------
+        BlobMissingError, BlobCorruptError, PayloadError, AggregationError
+            A contribution is missing, damaged on disk, or cannot be summed.
+        """
+        pieces = context.pieces(n_values, self.processes) if self.processes > 1 and self.is_large(total_bytes) else []
+        if len(pieces) < 2:
+            with contextlib.ExitStack() as stack:
+                payloads = [stack.enter_context(self._store.mapped(digest)) for digest in digests]
+                with guard:
+                    result: bytes = context.aggregate(payloads, check_bodies=False)
+                del payloads
+            return result, 1
+        shares = [frozenset(digests[index::len(pieces)]) for index in range(len(pieces))]
+        work = [_Piece(root=str(self._store.root), context_digest=context_digest, digests=tuple(digests),
+                       values=values, check=share) for values, share in zip(pieces, shares, strict=True)]
+        parts = list(self._processes().map(sum_piece, work))
+        with guard:
+            return context.concatenate(parts), len(parts)
+
+    def in_background(self, task: Callable[[], None]) -> Future[None]:
+        """Run ``task`` (a release) on the one background thread; its errors are logged."""
+        def logged() -> None:
+            try:
+                task()
+            except Exception:
+                logger.exception("a round's release in the background failed; the round stays open and is "
+                                 "released again when a request or the sweep settles it")
+
+        with self._lock:
+            if self._releaser is None:
+                self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedfraud-release")
+            return self._releaser.submit(logged)
+
+    def _processes(self) -> Executor:
+        with self._lock:
+            if self._pool is None:
+                # spawn: a web worker holds threads and open database connections; a fork copies them.
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def close(self) -> None:
+        """Wait for a release under way, then stop the processes."""
+        with self._lock:
+            releaser, pool, self._releaser, self._pool = self._releaser, self._pool, None, None
+        if releaser is not None:
+            releaser.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)

@@ -1,0 +1,126 @@
+"""A large round is summed off the request that completed it, in pieces by several processes: the
+bank's upload is answered before the sum is made, the banks waiting get the same bytes a single
+thread makes, and a contribution damaged on disk stops the release whichever process checks it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+import crypto
+from consortium.aggregation import Summer
+from consortium.extensions import summer
+from consortium.rounds import SUM_LEASE_S
+from tests.consortium.conftest import Consortium, set_up_consortium
+
+N_BANKS = 5
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    return {**app_config, "AGGREGATION_PROCESSES": 2, "AGGREGATION_BACKGROUND_MIN_BYTES": 0}
+
+
+@pytest.fixture
+def five(client: FlaskClient, operator_token: str, he_key: crypto.HEScheme, app: Flask) -> Iterator[Consortium]:
+    yield set_up_consortium(client, operator_token, he_key, n_banks=N_BANKS)
+    summer(app).close()
+
+
+def _vectors(he_key: crypto.HEScheme) -> list[np.ndarray]:
+    n_values = 3 * he_key.slot_count + 17  # four ciphertexts per contribution: two pieces of two
+    rng = np.random.default_rng(7)
+    return [rng.uniform(-1, 1, n_values) for _ in range(N_BANKS)]
+
+
+def _waited_sum(client: FlaskClient, consortium: Consortium, run_id: str) -> Any:
+    return client.get(f"/v1/runs/{run_id}/aggregates/r?wait=30", headers=consortium.bank("bank-1").auth)
+
+
+def test_the_upload_is_answered_before_the_sum_and_the_sum_is_the_one_thread_sum(
+    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run_id = five.open_run(min_banks=N_BANKS)["run_id"]
+    payloads = [he_key.encrypt(vector) for vector in _vectors(he_key)]
+    go_on = threading.Event()
+    original = Summer.total
+    calls = []
+
+    def held(self: Summer, *args: Any, **kwargs: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        assert go_on.wait(30), "the test never let the sum go on"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Summer, "total", held)
+    for bank, payload in zip(five.banks.values(), payloads, strict=True):
+        answer = bank.contribute(run_id, "r", payload)
+        assert answer.status_code == 201
+    assert answer.get_json()["contributed"] == N_BANKS
+    # Answered while the sum waits; reading the run (which settles complete rounds) starts no
+    # second sum: the contribution that completed the round took the lease on it.
+    assert five.run(run_id)["rounds"][0]["state"] == "open"
+    with caplog.at_level(logging.INFO, logger="consortium.rounds"):
+        go_on.set()
+        released = _waited_sum(client, five, run_id)
+    assert released.status_code == 200
+    assert released.data == crypto.load_context(he_key.public_context(), require_public=True).aggregate(payloads)
+    np.testing.assert_allclose(he_key.decrypt(released.data), np.sum(_vectors(he_key), axis=0), atol=1e-3)
+    [summed] = [record for record in caplog.records if record.getMessage() == "round summed"]
+    assert summed.pieces == 2 and summed.addends == N_BANKS  # type: ignore[attr-defined]
+    assert len(calls) == 1 and calls[0].startswith("fedfraud-release")
+
+
+def test_a_sum_left_by_a_process_that_died_is_made_again_once_its_lease_ran_out(
+    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, clock: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_id = five.open_run(min_banks=N_BANKS, round_timeout_s=3600)["run_id"]
+    monkeypatch.setattr(Summer, "in_background", lambda self, task: None)  # the process dies before summing
+    for bank, vector in zip(five.banks.values(), _vectors(he_key), strict=True):
+        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+    assert five.run(run_id)["rounds"][0]["state"] == "open"  # leased: nobody else starts the sum
+    clock.advance(SUM_LEASE_S + 1)
+    assert five.run(run_id)["rounds"][0]["state"] == "released"
+    released = five.bank("bank-2").aggregate(run_id, "r")
+    np.testing.assert_allclose(he_key.decrypt(released.data), np.sum(_vectors(he_key), axis=0), atol=1e-3)
+
+
+@pytest.mark.parametrize("damaged", [0, 1, 3])
+def test_a_contribution_damaged_on_disk_stops_the_release_whichever_process_checks_it(
+    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, app: Flask, damaged: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The files of a round are split between the processes for checking (0 falls to one
+    process, 1 and 3 to the other): a damaged one is found whichever it is, and nothing is released."""
+    run_id = five.open_run(min_banks=N_BANKS)["run_id"]
+    banks = sorted(five.banks.values(), key=lambda bank: bank.bank_id)  # the order they are summed in
+    digests = []
+    for bank, vector in zip(banks, _vectors(he_key), strict=True):
+        digests.append(bank.contribute(run_id, "r", he_key.encrypt(vector)).get_json()["digest"])
+        if len(digests) == N_BANKS - 1:
+            path = Path(app.config["BLOB_DIR"]) / digests[damaged][:2] / digests[damaged]
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x01  # inside a ciphertext: only the file's digest can tell
+            path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="consortium.aggregation"):
+        summer(app).in_background(lambda: None).result(timeout=60)  # after the release attempt
+    assert five.run(run_id)["rounds"][0]["state"] == "open"
+    assert five.bank("bank-1").aggregate(run_id, "r").status_code == 202
+    [failure] = [record for record in caplog.records if "release in the background failed" in record.getMessage()]
+    assert failure.exc_info is not None and "does not match" in str(failure.exc_info[1])
+    assert digests[damaged] in str(failure.exc_info[1])
+
+
+def test_aggregation_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="AGGREGATION_PROCESSES"):
+        Summer(None, processes=-1, background_min_bytes=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="AGGREGATION_BACKGROUND_MIN_BYTES"):
+        Summer(None, processes=2, background_min_bytes=-5)  # type: ignore[arg-type]
