@@ -162,17 +162,31 @@ def sweep(once: bool) -> None:
 
 
 @consortium_cli.command("scheduler")
-def scheduler() -> None:
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics on --metrics-host:PORT (firings by outcome, the next firing per "
+                   "family, sweeps).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Address the metrics listen on (0.0.0.0 inside a container).")
+def scheduler(metrics_port: int | None, metrics_host: str) -> None:
     """Run the nightly training schedule (one such process per consortium), and the sweep."""
     from consortium.app import create_app
     from consortium.logs import configure_logging
-    from consortium.scheduler import run_scheduler
+    from consortium.scheduler import SchedulerMetrics, run_scheduler
 
     app = create_app()
     configure_logging(app.config["LOG_LEVEL"])
+    metrics = None
+    if metrics_port is not None:
+        metrics = SchedulerMetrics()
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as exc:
+            raise click.UsageError(f"--metrics-port {metrics_port}: cannot listen on {metrics_host} "
+                                   f"({exc.strerror})") from None
+        click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     click.echo(f"scheduler running in time zone {app.config['TIME_ZONE']}", err=True)
     try:
-        run_scheduler(app)
+        run_scheduler(app, metrics)
     except (KeyboardInterrupt, SystemExit):
         click.echo("scheduler stopped", err=True)
 

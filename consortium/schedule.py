@@ -163,6 +163,10 @@ class FireOutcome:
     fired_local: datetime | None
     run_id: str | None
     message: str
+    kind: str
+    """The outcome in one word, for metrics: opened, none_due, already_fired, elsewhere (claimed by
+    another scheduler), missed (past the grace period: not run late), overlap (a run of the family
+    still open) or refused (the run could not be opened)."""
 
 
 DEFAULT_SCHEDULE_PARAMS: Final = {"consortium_features": True}
@@ -239,23 +243,23 @@ def _fire_one(session: Session, config: Any, schedule: Schedule, moment: datetim
     zone = ZoneInfo(config["TIME_ZONE"])
     due = latest_due(schedule.cron, config["TIME_ZONE"], moment)
     if due is None:
-        return FireOutcome(schedule.model, None, None, "no firing in the last 8 days")
+        return FireOutcome(schedule.model, None, None, "no firing in the last 8 days", "none_due")
     local = due.astimezone(zone).replace(tzinfo=None)
     if schedule.last_fired_local is not None and local <= schedule.last_fired_local:
-        return FireOutcome(schedule.model, local, None, "already fired")
+        return FireOutcome(schedule.model, local, None, "already fired", "already_fired")
     late = _utc(moment) - due
     grace = timedelta(seconds=int(config["SCHEDULE_GRACE_S"]))
     claimed = _claim(session, schedule.model, local, moment)
     if not claimed:
-        return FireOutcome(schedule.model, local, None, "fired by another scheduler")
+        return FireOutcome(schedule.model, local, None, "fired by another scheduler", "elsewhere")
     if late > grace:
         message = f"missed by {late} (more than the {grace} grace period): skipped, not run late"
-        return _record(session, schedule.model, None, message, local)
+        return _record(session, schedule.model, None, message, local, "missed")
     still_open = session.execute(
         select(Run.run_id).where(Run.model == schedule.model, Run.state == RunState.OPEN.value)
     ).scalar()
     if still_open is not None:
-        return _record(session, schedule.model, None, f"skipped: run {still_open} is still open", local)
+        return _record(session, schedule.model, None, f"skipped: run {still_open} is still open", local, "overlap")
     window = RunWindow(as_of=local.date(), train_days=schedule.train_days, validation_days=schedule.validation_days,
                        label_delay_days=schedule.label_delay_days)
     try:
@@ -268,8 +272,8 @@ def _fire_one(session: Session, config: Any, schedule: Schedule, moment: datetim
         )
     except (ConsortiumError, FedfraudInputError) as exc:
         session.rollback()
-        return _record(session, schedule.model, None, f"could not open the run: {exc}", local)
-    return _record(session, schedule.model, run.run_id, f"opened run {run.run_id} for {window.as_of}", local)
+        return _record(session, schedule.model, None, f"could not open the run: {exc}", local, "refused")
+    return _record(session, schedule.model, run.run_id, f"opened run {run.run_id} for {window.as_of}", local, "opened")
 
 
 def _claim(session: Session, model: str, local: datetime, moment: datetime) -> bool:
@@ -286,7 +290,7 @@ def _claim(session: Session, model: str, local: datetime, moment: datetime) -> b
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def _record(session: Session, model: str, run_id: str | None, message: str, local: datetime) -> FireOutcome:
+def _record(session: Session, model: str, run_id: str | None, message: str, local: datetime, kind: str) -> FireOutcome:
     with write_lock():
         session.execute(
             update(Schedule).where(Schedule.model == model)
@@ -295,4 +299,4 @@ def _record(session: Session, model: str, run_id: str | None, message: str, loca
         session.commit()
     session.expire_all()
     logger.info("schedule fired", extra={"model": model, "fired_local": local.isoformat(), "outcome": message})
-    return FireOutcome(model, local, run_id, message)
+    return FireOutcome(model, local, run_id, message, kind)

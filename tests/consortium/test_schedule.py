@@ -12,6 +12,7 @@ import pytest
 import time_machine
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
+from prometheus_client import generate_latest
 from sqlalchemy import select
 
 from consortium.app import create_app
@@ -211,3 +212,47 @@ def test_a_scheduled_run_carries_the_schedules_settings_and_the_consortiums_tole
     run = consortium.run(str(outcome.run_id))
     assert run["params"] == {"n_trees": 7} and run["promotion_tolerance"] == 0.02
     assert run["window"] == {"as_of": "2026-06-01", "train_days": 10, "validation_days": 3, "label_delay_days": 5}
+
+
+def test_the_scheduler_process_serves_its_own_metrics(app: Flask, consortium: Consortium) -> None:
+    """Firings by outcome, the next firing per family (what an operator alerts on when it did not
+    move) and sweeps, from the scheduler process itself on the loopback."""
+    import urllib.request
+
+    from consortium.scheduler import SchedulerMetrics, fire_job, sweep_once
+    from fedfraud.localnet import free_port
+
+    metrics = SchedulerMetrics()
+    scheduler = build_scheduler(app, BackgroundScheduler(timezone="Europe/Brussels"), metrics)
+    with time_machine.travel(_utc(2026, 6, 10, 0, 0, 30), tick=False):  # 02:00:30 CEST
+        fire_job(app, "xgboost", metrics)
+        fire_job(app, "xgboost", metrics)  # the same firing again: nothing opened twice
+        _finish_open_runs(app)
+    with time_machine.travel(_utc(2026, 6, 11, 3, 0), tick=False):  # 05:00 CEST: an hour past the grace period
+        app.config["SCHEDULE_GRACE_S"] = 3600
+        fire_job(app, "xgboost", metrics)
+    sweep_once(app, metrics)
+    port = free_port()
+    server, _ = metrics.serve(port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+    assert 'fedfraud_scheduler_firings_total{model="xgboost",outcome="opened"} 1.0' in text
+    assert 'fedfraud_scheduler_firings_total{model="xgboost",outcome="already_fired"} 1.0' in text
+    assert 'fedfraud_scheduler_firings_total{model="xgboost",outcome="missed"} 1.0' in text
+    assert 'fedfraud_scheduler_sweeps_total{outcome="ok"} 1.0' in text
+    assert [as_of for as_of, _ in _runs(app)] == ["2026-06-10"]
+    job = scheduler.get_job("train-xgboost")
+    assert job is not None
+    scheduler.start(paused=True)  # jobs get their next firing time when the scheduler starts
+    try:
+        job = scheduler.get_job("train-xgboost")
+        assert job is not None and job.next_run_time is not None
+        expected = job.next_run_time.timestamp()
+        lines = [line for line in generate_latest(metrics.registry).decode().splitlines()
+                 if line.startswith('fedfraud_scheduler_next_firing_timestamp_seconds{model="xgboost"}')]
+        assert lines and float(lines[0].split()[-1]) == expected
+    finally:
+        scheduler.shutdown(wait=False)
