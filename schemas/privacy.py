@@ -34,7 +34,7 @@ ACCOUNTING: Final = ("Renyi DP of the Gaussian mechanism, composed by dp-account
                      "neighbouring datasets differ by one transaction (add or remove)")
 DEFAULT_DELTA: Final = 1e-5
 #: Params that set a run's privacy (both families), with the others' names untouched.
-PRIVACY_PARAMS: Final = ("dp_epsilon", "dp_delta", "dp_clip")
+PRIVACY_PARAMS: Final = ("dp_epsilon", "dp_delta", "dp_clip", "gate_dp_epsilon")
 
 
 def releases(model: str, params: Mapping[str, Any]) -> int:
@@ -91,20 +91,27 @@ class RunPrivacy:
     multiplier: float
     terminal_epsilon: float | None = None
     terminal_multiplier: float | None = None
+    gate_epsilon: float | None = None
+    gate_multiplier: float | None = None
 
     def mechanisms(self) -> list[tuple[float, int]]:
         """What a transaction takes part in, as (noise multiplier, releases): the training's
-        sums, and one day's noisy terminal counts when the run pools them (a transaction is in
-        one day; charging every run with it bounds days pooled again)."""
+        sums, one day's noisy terminal counts when the run pools them (a transaction is in one
+        day; charging every run with it bounds days pooled again), and the promotion gate's noisy
+        score histograms. A transaction of the validation days is not in the training's sums of
+        the same run; charging both to every transaction is the bound that holds across nights,
+        when today's validation days are tomorrow's training days."""
         out = [(self.multiplier, self.releases)]
         if self.terminal_multiplier is not None:
             out.append((self.terminal_multiplier, 1))
+        if self.gate_multiplier is not None:
+            out.append((self.gate_multiplier, 1))
         return out
 
     @property
     def total_epsilon(self) -> float:
-        """The run's epsilon at its delta, training and terminal statistics together."""
-        if self.terminal_multiplier is None:
+        """The run's epsilon at its delta: training, terminal statistics and gate together."""
+        if self.terminal_multiplier is None and self.gate_multiplier is None:
             return self.epsilon
         return compose_epsilon(self.mechanisms(), self.delta)
 
@@ -113,16 +120,20 @@ class RunPrivacy:
         out = {"epsilon": self.epsilon, "delta": self.delta, "clip": self.clip, "releases": self.releases,
                "noise_multiplier": self.multiplier, "accounting": ACCOUNTING}
         if self.terminal_multiplier is not None:
-            out.update(terminal_epsilon=self.terminal_epsilon, terminal_noise_multiplier=self.terminal_multiplier,
-                       total_epsilon=self.total_epsilon)
+            out.update(terminal_epsilon=self.terminal_epsilon, terminal_noise_multiplier=self.terminal_multiplier)
+        if self.gate_multiplier is not None:
+            out.update(gate_epsilon=self.gate_epsilon, gate_noise_multiplier=self.gate_multiplier)
+        if len(self.mechanisms()) > 1:
+            out.update(total_epsilon=self.total_epsilon)
         return out
 
     @staticmethod
     def mechanisms_of(recorded: Mapping[str, Any]) -> list[tuple[float, int]]:
         """:meth:`mechanisms` of a setting as :meth:`to_json` recorded it."""
         out = [(float(recorded["noise_multiplier"]), int(recorded["releases"]))]
-        if recorded.get("terminal_noise_multiplier") is not None:
-            out.append((float(recorded["terminal_noise_multiplier"]), 1))
+        for name in ("terminal_noise_multiplier", "gate_noise_multiplier"):
+            if recorded.get(name) is not None:
+                out.append((float(recorded[name]), 1))
         return out
 
 
@@ -134,10 +145,12 @@ def run_privacy(model: str, params: Mapping[str, Any]) -> RunPrivacy | None:
     delta = float(params.get("dp_delta", DEFAULT_DELTA))
     n = releases(model, params)
     terminal = params.get("terminal_dp_epsilon")
+    gate = float(params.get("gate_dp_epsilon", epsilon))
     return RunPrivacy(epsilon=float(epsilon), delta=delta, clip=float(params.get("dp_clip", 1.0)), releases=n,
                       multiplier=noise_multiplier(float(epsilon), delta, n),
                       terminal_epsilon=None if terminal is None else float(terminal),
-                      terminal_multiplier=None if terminal is None else noise_multiplier(float(terminal), delta, 1))
+                      terminal_multiplier=None if terminal is None else noise_multiplier(float(terminal), delta, 1),
+                      gate_epsilon=gate, gate_multiplier=noise_multiplier(gate, delta, 1))
 
 
 def compose_epsilon(runs: Iterable[tuple[float, int]], delta: float) -> float:

@@ -98,9 +98,14 @@ class _PrivacyParams(_FeatureParams):
         "instead of exact events, epsilon for each day's release (the terminal windows are then taken over whole "
         "days; default: exact events)", low=0.01, high=100.0)
 
+    gate_dp_epsilon = _float(
+        "gate_dp_epsilon", "with dp_epsilon: epsilon of the promotion gate's release (each bank's score histograms "
+        "of the candidate and the current model, in coarser bins, with noise; default: the run's dp_epsilon)",
+        low=0.01, high=100.0)
+
     @validates_schema
     def _privacy_needs_epsilon(self, data: dict[str, Any], **kwargs: Any) -> None:
-        alone = [name for name in ("dp_delta", "dp_clip", "terminal_dp_epsilon")
+        alone = [name for name in ("dp_delta", "dp_clip", "terminal_dp_epsilon", "gate_dp_epsilon")
                  if name in data and "dp_epsilon" not in data]
         if alone:
             raise ValidationError({name: ["only with dp_epsilon"] for name in alone})

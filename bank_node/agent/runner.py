@@ -48,7 +48,8 @@ from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.terminals import TerminalPlan, Transactions, plan_terminals, pool_terminals
 from bank_node.agent.training import FeatureSettings, TrainingSet, feature_settings, prepare_run
-from bank_node.federated.evaluation import federated_evaluation
+from bank_node.federated.evaluation import PRIVATE_BINS, federated_evaluation
+from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.logreg import LogRegModel
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
 from bank_node.federated.terminal_stats import ConsortiumHistory
@@ -560,9 +561,17 @@ class BankAgent:
             baseline, baseline_features = preparation.baseline
             scorers.append(baseline)
             X.append(inputs(baseline_features))
+        privacy = run_privacy(run.model, run.params)
+
+        def evaluation() -> Any:  # fresh noise at every start: a restarted gate releases new sums
+            if privacy is None:
+                return federated_evaluation(scorers, X, validation.y)
+            return federated_evaluation(scorers, X, validation.y, n_bins=PRIVATE_BINS,
+                                        noise=PrivateContribution(privacy).gate_noisy)
+
         metrics = [
             {"auc": m.auc, "average_precision": m.average_precision, "rows": m.rows, "frauds": m.frauds}
-            for m in runner.run(lambda: federated_evaluation(scorers, X, validation.y))
+            for m in runner.run(evaluation)
         ]
         return Assessment(run_id=run.run_id, model_digest=digest, baseline_version=run.baseline_version,
                           tolerance=float(run.promotion_tolerance or 0.0), candidate=metrics[0],

@@ -71,6 +71,13 @@ class PrivateContribution:
         array = np.asarray(values, dtype=np.float64)
         return array + self.rng.normal(0.0, self.sigma(sensitivity), size=array.shape)
 
+    def gate_noisy(self, values: npt.ArrayLike, sensitivity: float) -> FloatArray:
+        """``values`` plus this bank's noise for the promotion gate's release (its own epsilon)."""
+        if self.privacy.gate_multiplier is None:  # pragma: no cover - every setting made by run_privacy has one
+            raise ValueError("this run's privacy setting has no gate release")
+        array = np.asarray(values, dtype=np.float64)
+        return array + self.rng.normal(0.0, self.privacy.gate_multiplier * sensitivity, size=array.shape)
+
     def summed_sigma(self, sensitivity: float) -> float:
         """Standard deviation of the noise in a sum over every party."""
         return self.sigma(sensitivity) * math.sqrt(self.n_parties)

@@ -28,29 +28,33 @@ def _private(epsilon: float, n_trees: int = 3) -> dict[str, float]:
 
 def test_the_budget_composes_runs_over_its_period_and_survives_a_restart(tmp_path: object) -> None:
     state = StateDir(tmp_path)  # type: ignore[arg-type]
-    budget = PrivacyBudget(epsilon=5.0, period_days=30)
+    budget = PrivacyBudget(epsilon=8.0, period_days=30)
     first = run_privacy("xgboost", _private(2.0))
     assert first is not None
-    assert budget.check(state, "run-1", first, NOW) == pytest.approx(2.0, rel=0.02)
+    # The run's training at epsilon 2 and its promotion gate at epsilon 2, composed.
+    assert budget.check(state, "run-1", first, NOW) == pytest.approx(first.total_epsilon, rel=0.02)
+    assert 2.0 < first.total_epsilon < 4.0
     budget.charge(state, "run-1", first, NOW)
     budget.charge(state, "run-1", first, NOW)  # a resumed run is charged once
     assert len(PrivacyBudget.charges(state)) == 1
 
     # A restart: a new process reads the same state directory.
-    again = PrivacyBudget(epsilon=5.0, period_days=30)
+    again = PrivacyBudget(epsilon=8.0, period_days=30)
     reopened = StateDir(tmp_path)  # type: ignore[arg-type]
     spent = again.spent(reopened, NOW + timedelta(days=1))
-    assert spent == pytest.approx(compose_epsilon([(first.multiplier, first.releases)], 1e-5))
+    assert spent == pytest.approx(compose_epsilon(first.mechanisms(), 1e-5))
     second = run_privacy("xgboost", _private(2.0))
     assert second is not None
     together = again.check(reopened, "run-2", second, NOW + timedelta(days=1))
-    assert 2.0 < together < 4.0  # Renyi composition: less than the sum
+    assert first.total_epsilon < together < 2 * first.total_epsilon  # Renyi composition: less than the sum
     again.charge(reopened, "run-2", second, NOW + timedelta(days=1))
-    with pytest.raises(BudgetExceeded, match=r"over its budget of 5 at delta 1e-05"):
-        again.check(reopened, "run-3", run_privacy("xgboost", _private(4.0)), NOW + timedelta(days=2))
+    with pytest.raises(BudgetExceeded, match=r"over its budget of 8 at delta 1e-05"):
+        again.check(reopened, "run-3", run_privacy("xgboost", _private(6.0)), NOW + timedelta(days=2))
     # Thirty days on, the first two runs have left the period.
-    assert again.check(reopened, "run-3", run_privacy("xgboost", _private(4.0)),
-                       NOW + timedelta(days=31, hours=1)) == pytest.approx(4.0, rel=0.02)
+    third = run_privacy("xgboost", _private(4.0))
+    assert third is not None
+    assert again.check(reopened, "run-3", third, NOW + timedelta(days=31, hours=1)) == pytest.approx(
+        third.total_epsilon, rel=0.02)
     with pytest.raises(BudgetExceeded, match="without differential privacy"):
         again.check(reopened, "run-4", None, NOW)
     document = json.loads((tmp_path / SPENT_FILE).read_text())  # type: ignore[operator]
@@ -84,7 +88,7 @@ def _together(agents: list[BankAgent]) -> list[list[RunOutcome]]:
 def test_an_agent_refuses_a_run_that_would_exceed_its_budget_even_after_a_restart(
     fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
 ) -> None:
-    budget = PrivacyBudget(epsilon=2.5, period_days=30)
+    budget = PrivacyBudget(epsilon=3.5, period_days=30)  # one run of epsilon 2 and its gate: about 2.9
     private = fake.open_run("xgboost", _private(2.0))
     outcomes = _together(_agents(keyed_banks, bank_rows, budget))
     assert all(o.status == "proposed" for result in outcomes for o in result), outcomes
@@ -94,10 +98,10 @@ def test_an_agent_refuses_a_run_that_would_exceed_its_budget_even_after_a_restar
         assert charge["run_id"] == private and charge["epsilon"] == 2.0
 
     # Restarted agents (new objects on the same state): a second epsilon-2 run would compose to
-    # about 2.9, more than 2.5, so the first bank refuses it before any round and says why.
+    # about 4.2, more than 3.5, so the first bank refuses it before any round and says why.
     greedy = fake.open_run("xgboost", _private(2.0))
     [refused] = _agents(keyed_banks[:1], bank_rows, budget)[0].run_once()
-    assert refused.status == "failed" and "over its budget of 2.5" in refused.message
+    assert refused.status == "failed" and "over its budget of 3.5" in refused.message
     assert fake.runs[greedy].withdrawn == {"bank-1": refused.message} and fake.runs[greedy].state == "failed"
     assert len(PrivacyBudget.charges(keyed_banks[0].state)) == 1  # nothing charged for a refused run
 
