@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,17 @@ class Summer:
         shares = [frozenset(digests[index::len(pieces)]) for index in range(len(pieces))]
         work = [_Piece(root=str(self._store.root), context_digest=context_digest, digests=tuple(digests),
                        values=values, check=share) for values, share in zip(pieces, shares, strict=True)]
-        parts = list(self._processes().map(sum_piece, work))
+        try:
+            parts = list(self._processes().map(sum_piece, work))
+        except BrokenProcessPool:
+            # A process died (killed, out of memory): a new pool for this sum and the next ones. A
+            # sum that breaks it again is given up (the round's lease runs out; the sweep retries).
+            self._forget_pool()
+            try:
+                parts = list(self._processes().map(sum_piece, work))
+            except BrokenProcessPool:
+                self._forget_pool()
+                raise
         with guard:
             return context.concatenate(parts), len(parts)
 
@@ -130,8 +141,8 @@ class Summer:
             try:
                 task()
             except Exception:
-                logger.exception("a round's release in the background failed; the round stays open and is "
-                                 "released again when a request or the sweep settles it")
+                logger.exception("a round's release in the background failed; the round stays open, and the "
+                                 "sweep hands it on again once its lease runs out")
 
         with self._lock:
             if self._releaser is None:
@@ -144,6 +155,12 @@ class Summer:
                 # spawn: a web worker holds threads and open database connections; a fork copies them.
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
             return self._pool
+
+    def _forget_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Wait for a release under way, then stop the processes."""

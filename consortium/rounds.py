@@ -214,11 +214,11 @@ def contribute(
 
     # A contribution that completes a large round takes the lease on its sum in the same commit,
     # so no other request or process starts that sum before the background one does.
-    lease_at = len(expected) if summer().is_large(len(payload) * len(expected)) else None
+    lease_at = expected if summer().is_large(len(payload) * len(expected)) else None
+    existing = find_round(session, run_id, round_key)
+    if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
+        settle_round(session, existing)  # too late: the round closes before this is looked at
     with write_lock():
-        existing = find_round(session, run_id, round_key)
-        if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
-            settle_round(session, existing)  # too late: the round closes before this is looked at
         for attempt in range(_ATTEMPTS):
             try:
                 current, entry, leased = _store_contribution(session, run, round_key, bank, payload, signature or "",
@@ -231,8 +231,7 @@ def contribute(
     if leased:
         # Off the request: the bank's answer does not wait for a sum of seconds (with ?wait it
         # waits for the release like every other bank). The round stays open until it is summed.
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        summer().in_background(lambda: _settle_in_background(app, run_id, round_key))
+        _hand_off(run_id, round_key)
     else:
         settle_round(session, current)
     return current, entry
@@ -261,11 +260,12 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 
 def _store_contribution(
-    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str, *, lease_at: int | None
+    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str, *,
+    lease_at: frozenset[str] | None,
 ) -> tuple[RoundRow, int, bool]:
-    """Store the contribution (see :func:`contribute`); if it is the ``lease_at``-th of its round,
-    take the lease on the round's sum in the same commit. Returns the round, the ledger entry's
-    index and whether the lease was taken."""
+    """Store the contribution (see :func:`contribute`); if with it every bank of ``lease_at`` has
+    contributed, take the lease on the round's sum in the same commit. Returns the round, the
+    ledger entry's index and whether the lease was taken."""
     session.refresh(run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
@@ -276,6 +276,9 @@ def _store_contribution(
                 f"round {round_key!r} of run {run.run_id!r} is {current.state}; it takes no more contributions",
                 state=current.state,
             )
+        if now() >= current.deadline:  # still open only while its release is being made
+            raise Conflict(f"round {round_key!r} of run {run.run_id!r} passed its deadline; it takes no more "
+                           "contributions", state=current.state)
         already = session.execute(
             select(Contribution.id).where(Contribution.round_id == current.id, Contribution.bank_id == bank.bank_id)
         ).first()
@@ -325,7 +328,8 @@ def _store_contribution(
                 payload_kept=True,
             )
         )
-        leased = lease_at is not None and _count_contributions(session, current.id) >= lease_at
+        session.flush()
+        leased = lease_at is not None and lease_at <= set(contributors_of(session, current.id))
         if leased:
             current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
         entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
@@ -344,11 +348,6 @@ def _store_contribution(
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
     return current, entry, leased
-
-
-def _count_contributions(session: Session, round_id: int) -> int:
-    session.flush()
-    return int(session.execute(select(func.count()).where(Contribution.round_id == round_id)).scalar_one())
 
 
 def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
@@ -407,10 +406,12 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
     open is failed. Safe to call repeatedly and concurrently.
 
     A small round is summed and marked in one locked transaction. A large one (see
-    :class:`consortium.aggregation.Summer`) is summed outside the write lock and the round's row
-    lock, under a lease that keeps every other request and process from starting the same sum
-    (one that died mid-sum leaves a lease that runs out, and the sum is made again). ``leased``:
-    the caller holds the lease already (taken by the contribution that completed the round).
+    :class:`consortium.aggregation.Summer`) is never summed in a request: whoever finds it due
+    takes a lease on its sum (in the database, so that no other request or process starts the
+    same sum) and hands it to the process's background thread, which sums it outside the write
+    lock and the round's row lock. A lease left by a process that died or failed runs out after
+    ``SUM_LEASE_S``, and the sweep hands the round on again. ``leased``: the caller is the
+    background release, which holds the lease.
     """
     if current.state != RoundState.OPEN.value:
         return current
@@ -421,20 +422,17 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
         if locked is None or locked.state != RoundState.OPEN.value:
             session.commit()
             return locked or current
-        run = locked.run
-        session.refresh(run)
-        contributed = set(contributors_of(session, locked.id))
-        participants = set(expected_banks(run, locked.round_key))
-        decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
-                          past_deadline=moment >= locked.deadline)
+        run, decision, plan, (contributed, participants) = _judge(session, locked, moment)
         if run.state != RunState.OPEN.value:
             _fail(session, locked, run, f"run {run.run_id!r} is {run.state}")
         elif decision is Decision.FAIL:
-            _fail(session, locked, run, quorum_failure_reason(len(contributed), len(participants), run.min_banks))
+            _fail(session, locked, run, quorum_failure_reason(contributed, participants, run.min_banks))
         elif decision is not Decision.RELEASE:
-            session.commit()  # nothing to do; end the locking transaction
+            if leased:  # the round is no longer complete (a bank withdrew): nobody is summing it
+                locked.summing_until = None
+            session.commit()  # end the locking transaction
             return locked
-        elif not summer().is_large((plan := _sum_plan(session, locked, participants - contributed)).total_bytes):
+        elif not summer().is_large(plan.total_bytes):
             _mark_released(session, locked, plan, *_make_sum(plan))
         elif not leased and locked.summing_until is not None and now() < locked.summing_until:
             session.commit()  # being summed by another request or process
@@ -443,37 +441,60 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
             locked.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
             session.commit()
             large = plan
-    if large is not None:  # summed outside the lock
-        return _release_large(session, locked, large)
+    if large is not None and not leased:
+        _hand_off(locked.run_id, locked.round_key)
+        return locked
+    if large is not None:  # the background release: summed outside the lock
+        return _release_large(session, locked, large, moment)
     purge_closed_payloads(session, round_id=locked.id)
     return locked
 
 
 SUM_LEASE_S: Final = 120
-"""How long a large round's sum may take before another request or process makes it again (50
-banks' 6 MiB contributions take seconds)."""
+"""How long a large round's sum may take before the sweep hands it on again (50 banks' 6 MiB
+contributions take about a second)."""
 
 
-def _release_large(session: Session, current: RoundRow, plan: _SumPlan) -> RoundRow:
-    """Sum a leased round without holding it, then mark it released if it is still open with the
-    same contributions; settle it afresh if they changed meanwhile (a bank withdrew)."""
+def _judge(session: Session, locked: RoundRow, moment: datetime) -> tuple[Run, Decision, _SumPlan, tuple[int, int]]:
+    """The locked round's run (freshly read), what :func:`decide` says of it, what a release would
+    sum now (its ``dropped``: the banks the round expects and has not got), and how many banks
+    contributed and are expected."""
+    run = locked.run
+    session.refresh(run)
+    contributed = set(contributors_of(session, locked.id))
+    participants = set(expected_banks(run, locked.round_key))
+    decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
+                      past_deadline=moment >= locked.deadline)
+    return run, decision, _sum_plan(session, locked, participants - contributed), (len(contributed), len(participants))
+
+
+def _hand_off(run_id: str, round_key: str) -> None:
+    """Give a leased round's release to the app's background thread."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    summer().in_background(lambda: _settle_in_background(app, run_id, round_key))
+
+
+def _release_large(session: Session, current: RoundRow, plan: _SumPlan, moment: datetime) -> RoundRow:
+    """Sum a leased round without holding it, then mark it released if it is still open, still
+    due and with the same contributions; settle it afresh if anything changed meanwhile (a bank
+    withdrew, the run ended)."""
     run_id, round_key = current.run_id, current.round_key
     digest, size = _make_sum(plan)
     with write_lock():
         locked = find_round(session, run_id, round_key, lock=True)
-        if locked is not None and locked.state == RoundState.OPEN.value and _sum_plan(session, locked, plan.dropped) == plan:
-            _mark_released(session, locked, plan, digest, size)
-            purge_closed_payloads(session, round_id=locked.id)
-            return locked
         if locked is not None and locked.state == RoundState.OPEN.value:
-            locked.summing_until = None
+            run, decision, now_plan, _ = _judge(session, locked, moment)
+            if run.state == RunState.OPEN.value and decision is Decision.RELEASE and now_plan == plan:
+                _mark_released(session, locked, plan, digest, size)
+                purge_closed_payloads(session, round_id=locked.id)
+                return locked
         served = session.execute(select(RoundRow.id).where(RoundRow.aggregate_digest == digest).limit(1)).first()
         session.commit()
     if served is None:
         blob_store().delete(digest)
-    if locked is None or locked.state != RoundState.OPEN.value:  # pragma: no cover - released or failed by another
+    if locked is None or locked.state != RoundState.OPEN.value:  # pragma: no cover - closed by another meanwhile
         return locked or current
-    return settle_round(session, locked)
+    return settle_round(session, locked, leased=True)
 
 
 @dataclass(frozen=True)
@@ -674,7 +695,8 @@ def settle_run(session: Session, run: Run) -> Run:
 
 
 def sweep_expired(app: Flask) -> int:
-    """Close every open round past its deadline; return how many were closed.
+    """Close every open round past its deadline, and hand on the sums whose lease ran out; return
+    how many rounds were closed.
 
     Run periodically by ``serve``'s scheduler; also removes payload files of closed rounds that
     a crash left behind.
@@ -683,9 +705,12 @@ def sweep_expired(app: Flask) -> int:
     with app.app_context():
         session = db.session
         moment = now(app)
+        # Past their deadline, or large rounds whose sum's lease ran out (the process summing them
+        # died, or the sum failed): handed on again.
         expired = list(
             session.execute(
-                select(RoundRow).where(RoundRow.state == RoundState.OPEN.value, RoundRow.deadline <= moment)
+                select(RoundRow).where(RoundRow.state == RoundState.OPEN.value,
+                                       or_(RoundRow.deadline <= moment, RoundRow.summing_until <= moment))
             ).scalars()
         )
         for current in expired:

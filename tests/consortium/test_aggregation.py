@@ -4,7 +4,10 @@ thread makes, and a contribution damaged on disk stops the release whichever pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +17,15 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 import crypto
 from consortium.aggregation import Summer
 from consortium.extensions import summer
-from consortium.rounds import SUM_LEASE_S
+from consortium.rounds import SUM_LEASE_S, sweep_expired
+from consortium.storage.blobs import BlobStore
+from consortium.storage.database import db
+from consortium.storage.models import RoundRow
 from tests.consortium.conftest import Consortium, set_up_consortium
 
 N_BANKS = 5
@@ -79,18 +86,85 @@ def test_the_upload_is_answered_before_the_sum_and_the_sum_is_the_one_thread_sum
     assert len(calls) == 1 and calls[0].startswith("fedfraud-release")
 
 
-def test_a_sum_left_by_a_process_that_died_is_made_again_once_its_lease_ran_out(
-    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, clock: Any, monkeypatch: pytest.MonkeyPatch,
+def test_a_sum_left_by_a_process_that_died_is_handed_on_by_the_sweep_once_its_lease_ran_out(
+    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, clock: Any, app: Flask,
 ) -> None:
     run_id = five.open_run(min_banks=N_BANKS, round_timeout_s=3600)["run_id"]
-    monkeypatch.setattr(Summer, "in_background", lambda self, task: None)  # the process dies before summing
-    for bank, vector in zip(five.banks.values(), _vectors(he_key), strict=True):
-        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
-    assert five.run(run_id)["rounds"][0]["state"] == "open"  # leased: nobody else starts the sum
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Summer, "in_background", lambda self, task: None)  # the process dies before summing
+        for bank, vector in zip(five.banks.values(), _vectors(he_key), strict=True):
+            assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+        assert five.run(run_id)["rounds"][0]["state"] == "open"  # leased: nobody else starts the sum
+    assert sweep_expired(app) == 0 and five.run(run_id)["rounds"][0]["state"] == "open"
     clock.advance(SUM_LEASE_S + 1)
-    assert five.run(run_id)["rounds"][0]["state"] == "released"
-    released = five.bank("bank-2").aggregate(run_id, "r")
+    sweep_expired(app)  # hands it on (the round is far from its deadline)
+    released = _waited_sum(client, five, run_id)
+    assert released.status_code == 200
     np.testing.assert_allclose(he_key.decrypt(released.data), np.sum(_vectors(he_key), axis=0), atol=1e-3)
+
+
+def test_a_round_being_summed_past_its_deadline_takes_no_late_contribution(
+    five: Consortium, he_key: crypto.HEScheme, clock: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At its deadline a round with a quorum is due: its sum is leased and handed to the background;
+    a bank that comes late is refused, not folded into the sum being made."""
+    run_id = five.open_run(min_banks=3, round_timeout_s=60)["run_id"]
+    monkeypatch.setattr(Summer, "in_background", lambda self, task: None)  # the sum is slow to come
+    banks = list(five.banks.values())
+    for bank, vector in zip(banks[:3], _vectors(he_key), strict=False):
+        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+    clock.advance(61)
+    assert five.run(run_id)["rounds"][0]["state"] == "open"  # due, leased, handed off
+    late = banks[3].contribute(run_id, "r", he_key.encrypt(_vectors(he_key)[3]))
+    assert late.status_code == 409 and "passed its deadline" in late.get_json()["message"]
+    assert five.run(run_id)["rounds"][0]["contributed"] == 3
+
+
+def test_the_lease_is_taken_only_when_every_expected_bank_contributed(
+    five: Consortium, client: FlaskClient, he_key: crypto.HEScheme, app: Flask,
+) -> None:
+    """A bank that contributed and then withdrew does not make the round complete: no lease is
+    taken until the banks still expected all contributed (a stale lease would hold the round
+    open past its deadline)."""
+    run_id = five.open_run(min_banks=3)["run_id"]
+    banks = sorted(five.banks.values(), key=lambda bank: bank.bank_id)
+    vectors = _vectors(he_key)
+    assert banks[0].contribute(run_id, "r", he_key.encrypt(vectors[0])).status_code == 201
+    assert client.post(f"/v1/runs/{run_id}/withdrawals", json={"reason": "its store is being restored"},
+                       headers=banks[0].auth).status_code == 200
+    for bank, vector in zip(banks[1:4], vectors[1:4], strict=True):
+        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+
+    def lease() -> Any:
+        with app.app_context():
+            return db.session.execute(select(RoundRow.summing_until).where(RoundRow.run_id == run_id)).scalar_one()
+
+    assert lease() is None
+    assert banks[4].contribute(run_id, "r", he_key.encrypt(vectors[4])).status_code == 201
+    assert _waited_sum(client, five, run_id).status_code == 200
+    assert lease() is None  # released: the lease is gone with it
+
+
+def test_a_pool_whose_process_died_is_replaced(tmp_path: Path, he_key: crypto.HEScheme) -> None:
+    """A pool process killed (out of memory, by an operator) breaks the pool for good in the standard
+    library: the next sum starts a new one instead of failing every large round after."""
+    store = BlobStore(tmp_path / "blobs")
+    public = he_key.public_context()
+    context = crypto.load_context(public, require_public=True)
+    digests = [store.put(he_key.encrypt(vector)) for vector in _vectors(he_key)]
+    summer = Summer(store, processes=2, background_min_bytes=0)
+    try:
+        arguments = dict(n_values=_vectors(he_key)[0].size, total_bytes=1, guard=contextlib.nullcontext())
+        first, pieces = summer.total(context, store.put(public), digests, **arguments)
+        assert pieces == 2
+        pool = summer._pool
+        assert pool is not None
+        for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+            os.kill(process.pid, signal.SIGKILL)
+        again, _ = summer.total(context, store.put(public), digests, **arguments)
+        assert again == first and summer._pool is not pool
+    finally:
+        summer.close()
 
 
 @pytest.mark.parametrize("damaged", [0, 1, 3])

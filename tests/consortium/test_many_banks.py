@@ -4,6 +4,7 @@ request that completed it or off it by two processes."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,16 +36,20 @@ def stop_summing(app: Flask) -> Iterator[None]:
 
 @pytest.mark.usefixtures("stop_summing")
 def test_fifty_banks_contributions_are_summed_exactly(client: FlaskClient, operator_token: str,
-                                                     he_key: crypto.HEScheme, app: Flask) -> None:
+                                                     he_key: crypto.HEScheme, app: Flask,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     consortium = set_up_consortium(client, operator_token, he_key, n_banks=N_BANKS)
     run_id = consortium.open_run(min_banks=N_BANKS)["run_id"]
     # Longer than a ciphertext's slots: several chunk positions, summed one after the other.
     n_values = 3 * he_key.slot_count + 17  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     vectors = [rng.uniform(-1, 1, n_values) for _ in range(N_BANKS)]
-    for bank, vector in zip(consortium.banks.values(), vectors, strict=True):
-        assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
-    released = client.get(f"/v1/runs/{run_id}/aggregates/r?wait=30", headers=consortium.bank("bank-17").auth)
+    with caplog.at_level(logging.INFO, logger="consortium.rounds"):
+        for bank, vector in zip(consortium.banks.values(), vectors, strict=True):
+            assert bank.contribute(run_id, "r", he_key.encrypt(vector)).status_code == 201
+        released = client.get(f"/v1/runs/{run_id}/aggregates/r?wait=30", headers=consortium.bank("bank-17").auth)
+    [summed] = [record for record in caplog.records if record.getMessage() == "round summed"]
+    assert summed.pieces == (2 if app.config["AGGREGATION_PROCESSES"] == 2 else 1)  # type: ignore[attr-defined]
     assert released.status_code == 200
     np.testing.assert_allclose(he_key.decrypt(released.data)[:n_values], np.sum(vectors, axis=0), atol=1e-3)
     state = consortium.run(run_id)

@@ -14,10 +14,14 @@ def _payloads(scheme: HEScheme, rng: np.random.Generator, n_values: int, banks: 
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
+@pytest.mark.parametrize("length", ["three and a bit", "exactly two", "under one"])
 def test_pieces_summed_apart_and_joined_equal_the_whole_sum_byte_for_byte(
-    bank_scheme: HEScheme, aggregator_scheme: HEScheme, rng: np.random.Generator, count: int
+    bank_scheme: HEScheme, aggregator_scheme: HEScheme, rng: np.random.Generator, count: int, length: str
 ) -> None:
-    n_values = 3 * bank_scheme.slot_count + 5 if bank_scheme.slot_count > 1 else 41
+    slots = bank_scheme.slot_count
+    n_values = {"three and a bit": 3 * slots + 5, "exactly two": 2 * slots, "under one": max(1, slots - 1)}[length]
+    if slots == 1:
+        n_values = {"three and a bit": 41, "exactly two": 2, "under one": 1}[length]
     payloads = _payloads(bank_scheme, rng, n_values)
     whole = aggregator_scheme.aggregate(payloads)
     pieces = aggregator_scheme.pieces(n_values, count)
