@@ -59,7 +59,7 @@ from consortium.storage.models import (
     Run,
     RunState,
 )
-from schemas.privacy import RunPrivacy, run_privacy
+from schemas.privacy import RunPrivacy, has_gate, run_privacy
 from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
@@ -313,7 +313,7 @@ def _store_contribution(
             )
             session.add(current)
             session.flush()
-        privacy = run_privacy(run.model, dict(run.params or {}))
+        privacy = run_privacy(run.model, dict(run.params or {}), gate=has_gate(run.window))
         if privacy is not None:
             _record_privacy_spent(session, run, bank, round_key, privacy)
         session.add(

@@ -118,7 +118,7 @@ class SimulationConfig:
 
     def privacy(self, model: str) -> RunPrivacy | None:
         """The private runs' setting, or None without differential privacy."""
-        return run_privacy(model, self.run_params(model))
+        return run_privacy(model, self.run_params(model), gate=False)  # the simulator runs no gate
 
     @property
     def terminal_privacy(self) -> DayCountPrivacy | None:

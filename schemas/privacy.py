@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_DELTA",
     "RunPrivacy",
     "compose_epsilon",
+    "has_gate",
     "noise_multiplier",
     "releases",
     "run_privacy",
@@ -75,7 +76,8 @@ class RunPrivacy:
     Attributes
     ----------
     epsilon, delta
-        The run's (epsilon, delta), for its whole composition.
+        The run's (epsilon, delta) for its training's sums together (:attr:`total_epsilon`
+        composes them with the terminal statistics' and the gate's releases).
     clip
         Bound on one transaction's gradient (its Hessian is bounded by a quarter of it).
     releases
@@ -137,20 +139,29 @@ class RunPrivacy:
         return out
 
 
-def run_privacy(model: str, params: Mapping[str, Any]) -> RunPrivacy | None:
-    """The run's privacy setting, or None for a run without differential privacy."""
+def has_gate(window: Mapping[str, Any] | None) -> bool:
+    """Whether a run of this window (as the run records it) releases a promotion gate: only a run
+    with validation days evaluates its candidate."""
+    return window is not None and int(window.get("validation_days") or 0) > 0
+
+
+def run_privacy(model: str, params: Mapping[str, Any], *, gate: bool = True) -> RunPrivacy | None:
+    """The run's privacy setting, or None for a run without differential privacy. ``gate``:
+    whether the run releases the promotion gate's histograms (:func:`has_gate` of its window); a
+    run without one is not charged for it."""
     epsilon = params.get("dp_epsilon")
     if epsilon is None:
         return None
     delta = float(params.get("dp_delta", DEFAULT_DELTA))
     n = releases(model, params)
     terminal = params.get("terminal_dp_epsilon")
-    gate = float(params.get("gate_dp_epsilon", epsilon))
+    gate_epsilon = float(params.get("gate_dp_epsilon", epsilon)) if gate else None
     return RunPrivacy(epsilon=float(epsilon), delta=delta, clip=float(params.get("dp_clip", 1.0)), releases=n,
                       multiplier=noise_multiplier(float(epsilon), delta, n),
                       terminal_epsilon=None if terminal is None else float(terminal),
                       terminal_multiplier=None if terminal is None else noise_multiplier(float(terminal), delta, 1),
-                      gate_epsilon=gate, gate_multiplier=noise_multiplier(gate, delta, 1))
+                      gate_epsilon=gate_epsilon,
+                      gate_multiplier=None if gate_epsilon is None else noise_multiplier(gate_epsilon, delta, 1))
 
 
 def compose_epsilon(runs: Iterable[tuple[float, int]], delta: float) -> float:

@@ -60,7 +60,7 @@ from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
 from schemas.assessment import Assessment
-from schemas.privacy import run_privacy
+from schemas.privacy import has_gate, run_privacy
 from schemas.round_key import algorithm_key, training_progress
 from schemas.run import RunWindow, load_run_params, load_window
 
@@ -406,7 +406,8 @@ class BankAgent:
                 f"model; this bank accepts at most {self.settings.max_promotion_tolerance:g}")
         if self.settings.privacy_budget is not None:  # the bank's own limit first: nothing else matters past it
             self.settings.privacy_budget.check(self.state, run.run_id,
-                                               run_privacy(run.model, load_run_params(run.model, run.params)))
+                                               run_privacy(run.model, load_run_params(run.model, run.params),
+                                                           gate=has_gate(run.window)))
         window = None if run.window is None else load_window(run.window)
         self._check_gate(run, window)
         # The baseline is checked before any round: a baseline this bank cannot use costs no training.
@@ -466,7 +467,7 @@ class BankAgent:
             sleep=self._sleep,
             clock=self._clock,
         )
-        privacy = run_privacy(run.model, run.params)
+        privacy = run_privacy(run.model, run.params, gate=has_gate(run.window))
         budget = self.settings.privacy_budget
         charge_restart = None
         if privacy is not None and budget is not None:

@@ -14,7 +14,8 @@ from bank_node.agent.runner import BankAgent
 from bank_node.agent.training import FEATURES_ATTRIBUTE, FeatureSettings, TransactionSource
 from bank_node.features import TERMINAL_ID, compute_features
 from bank_node.terminal_history import PooledHistory, pooling_scope, terminal_key
-from schemas.run import load_window
+from bank_node.federated.evaluation import PRIVATE_BINS
+from schemas.run import RunWindow, load_window
 from tests.bank_node.agent.conftest import SETTINGS, XGB_PARAMS, Bank
 from tests.bank_node.agent.fake_consortium import FakeConsortium
 from tests.bank_node.agent.test_runner import run_concurrently
@@ -181,6 +182,18 @@ def test_a_private_run_pools_noisy_day_counts_kept_apart_and_charges_them(
         # No table of events is summed: neither times of day nor single events leave a bank.
         assert not [k for k in keys if k.startswith("terminals/") and "/a0/" in k and "presence" not in k]
         pooled_per_night.append({(b.state.run_record(run_id) or {})["terminal_days_pooled"] for b in keyed_banks})
+        # The gate is private too: 16 bins per class and model, noisy counts (the pooled rows the
+        # histograms add up to are not the banks' validation rows).
+        rounds = fake.runs[run_id].rounds
+        assert rounds is not None
+        [gate_key] = [k for k in keys if k.startswith("eval/histograms")]
+        models = 1 if night == 0 else 2  # the second night compares with the first night's model
+        assert rounds._rounds[gate_key].n_values == 2 * models * PRIVATE_BINS + 1  # and the masks' check word
+        validation = sum(agent.training_rows(RunWindow(as_of=FIRST_NIGHT + timedelta(days=night), train_days=1,
+                                                       validation_days=0, label_delay_days=7)).y.size
+                         for agent in agents.values())
+        [noisy_rows] = {document["candidate"]["rows"] for document in fake.runs[run_id].assessments.values()}
+        assert validation > 1000 and noisy_rows != validation
     assert pooled_per_night[1] == {2}  # the second night: only what no bank held yet
 
     history = agents[watched.bank_id].terminal_history

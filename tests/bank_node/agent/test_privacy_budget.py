@@ -88,8 +88,8 @@ def _together(agents: list[BankAgent]) -> list[list[RunOutcome]]:
 def test_an_agent_refuses_a_run_that_would_exceed_its_budget_even_after_a_restart(
     fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
 ) -> None:
-    budget = PrivacyBudget(epsilon=3.5, period_days=30)  # one run of epsilon 2 and its gate: about 2.9
-    private = fake.open_run("xgboost", _private(2.0))
+    budget = PrivacyBudget(epsilon=2.5, period_days=30)
+    private = fake.open_run("xgboost", _private(2.0))  # no window, so no gate: epsilon 2 in all
     outcomes = _together(_agents(keyed_banks, bank_rows, budget))
     assert all(o.status == "proposed" for result in outcomes for o in result), outcomes
     assert fake.runs[private].state == "completed"
@@ -98,10 +98,10 @@ def test_an_agent_refuses_a_run_that_would_exceed_its_budget_even_after_a_restar
         assert charge["run_id"] == private and charge["epsilon"] == 2.0
 
     # Restarted agents (new objects on the same state): a second epsilon-2 run would compose to
-    # about 4.2, more than 3.5, so the first bank refuses it before any round and says why.
+    # about 2.9, more than 2.5, so the first bank refuses it before any round and says why.
     greedy = fake.open_run("xgboost", _private(2.0))
     [refused] = _agents(keyed_banks[:1], bank_rows, budget)[0].run_once()
-    assert refused.status == "failed" and "over its budget of 3.5" in refused.message
+    assert refused.status == "failed" and "over its budget of 2.5" in refused.message
     assert fake.runs[greedy].withdrawn == {"bank-1": refused.message} and fake.runs[greedy].state == "failed"
     assert len(PrivacyBudget.charges(keyed_banks[0].state)) == 1  # nothing charged for a refused run
 

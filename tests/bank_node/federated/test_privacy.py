@@ -25,7 +25,7 @@ from bank_node.federated.rounds import SumRequest
 from bank_node.features import MODEL_INPUTS
 from consortium.secure_sum import SecureSum
 from schemas.errors import FedfraudInputError
-from schemas.privacy import compose_epsilon, noise_multiplier, releases, run_privacy
+from schemas.privacy import compose_epsilon, has_gate, noise_multiplier, releases, run_privacy
 from schemas.run import load_run_params, split_run_params
 from tests.bank_node.federated.conftest import make_features
 
@@ -219,11 +219,17 @@ def test_the_promotion_gate_is_a_release_of_the_run_with_its_own_epsilon() -> No
     assert default.gate_epsilon == 2.0 and own.gate_epsilon == 0.5
     assert default.gate_multiplier == noise_multiplier(2.0, 1e-5, 1)
     assert default.mechanisms() == [(default.multiplier, 31), (default.gate_multiplier, 1)]
-    assert default.total_epsilon == compose_epsilon(default.mechanisms(), 1e-5) > 2.0 > own.total_epsilon - 0.5
+    assert default.total_epsilon == compose_epsilon(default.mechanisms(), 1e-5)
+    assert 2.0 < own.total_epsilon < default.total_epsilon  # a cheaper gate, the same training
     recorded = default.to_json()
     assert recorded["gate_noise_multiplier"] == default.gate_multiplier and recorded["total_epsilon"] > 2.0
     assert default.mechanisms_of(recorded) == default.mechanisms()
     assert split_run_params("xgboost", {**params, "gate_dp_epsilon": 0.5})[0] == {"n_trees": 10, "max_depth": 3}
+    # A run without validation days evaluates nothing: it is not charged for a gate.
+    ungated = run_privacy("xgboost", load_run_params("xgboost", params), gate=False)
+    assert ungated is not None and ungated.gate_multiplier is None and "gate_epsilon" not in ungated.to_json()
+    assert ungated.mechanisms() == [(default.multiplier, 31)] and ungated.total_epsilon == 2.0
+    assert has_gate({"validation_days": 7}) and not has_gate({"validation_days": 0}) and not has_gate(None)
     for bad in ({"gate_dp_epsilon": 1.0}, {"dp_epsilon": 1.0, "gate_dp_epsilon": 0}):
         with pytest.raises(FedfraudInputError) as caught:
             load_run_params("xgboost", bad)
