@@ -107,8 +107,12 @@ class _FastJSON(DefaultJSONProvider):
         return orjson.dumps(obj, default=self.default, option=self._OPTIONS).decode("utf-8")
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
-        body = orjson.dumps(self._prepare_response_obj(args, kwargs), default=self.default,
-                            option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        # What ``flask.json.jsonify`` documents: one argument as is, several as a list, keywords as
+        # an object (read here rather than through the provider's private helper).
+        if args and kwargs:
+            raise TypeError("a JSON answer takes either arguments or keyword arguments, not both")
+        obj: Any = kwargs or (args[0] if len(args) == 1 else list(args)) if (args or kwargs) else None
+        body = orjson.dumps(obj, default=self.default, option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
         return Response(body, mimetype=self.mimetype)
 
 

@@ -333,4 +333,10 @@ def test_answers_encoded_by_orjson_read_as_flasks_own_encoder_wrote_them(tmp_pat
     assert list(json.loads(ours)) == list(json.loads(flasks))
     with app.app_context():
         body = _FastJSON(app).response(document).get_data()
+        # jsonify's forms: one argument as is, several as a list, keywords as an object, none as null.
+        for args, kwargs in (((), {}), ((1, "x", document), {}), ((), {"z": 1, "a": document}), (([],), {})):
+            assert (json.loads(_FastJSON(app).response(*args, **kwargs).get_data())
+                    == json.loads(DefaultJSONProvider(app).response(*args, **kwargs).get_data()))
+        with pytest.raises(TypeError):
+            _FastJSON(app).response(1, a=2)
     assert body.endswith(b"\n") and json.loads(body) == json.loads(flasks)
