@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 
 from consortium.aggregation import Summer
+from consortium.notify import attach
 from consortium.storage.blobs import BlobStore
 from consortium.storage.database import Database
 
 if TYPE_CHECKING:
     from crypto.scheme import HEScheme
 
-__all__ = ["blob_store", "init_resources", "now", "public_context", "round_changed", "round_generation", "summer",
+__all__ = ["blob_store", "close_resources", "init_resources", "now", "public_context", "round_changed", "round_generation", "summer",
            "wait_for_round_change", "write_lock"]
 
 _KEY = "fedfraud_resources"
@@ -39,19 +40,37 @@ def init_resources(app: Flask) -> None:
         "context_lock": threading.Lock(),
         "round_changes": threading.Condition(),
         "round_generation": 0,
+        "notifier": None,
         "summer": Summer(store, processes=int(app.config["AGGREGATION_PROCESSES"]),
                          background_min_bytes=int(app.config["AGGREGATION_BACKGROUND_MIN_BYTES"])),
     }
+    resources = app.extensions[_KEY]
+    resources["notifier"] = attach(Database.engine_for(app), lambda: _wake(resources))
 
 
 def round_changed(app: Flask | None = None) -> None:
-    """Wake this process's requests waiting on a round (after a release, a failure or a note
-    was committed). Requests in other processes see it at their next read."""
+    """Wake the requests waiting on a round (after a release, a failure or a note was committed):
+    this process's at once, other processes' through PostgreSQL's notifications
+    (:mod:`consortium.notify`), or at their next read on SQLite."""
     resources = _resources(app)
+    _wake(resources)
+    if resources["notifier"] is not None:
+        resources["notifier"].publish()
+
+
+def _wake(resources: dict[str, Any]) -> None:
     changes: threading.Condition = resources["round_changes"]
     with changes:
         resources["round_generation"] += 1
         changes.notify_all()
+
+
+def close_resources(app: Flask) -> None:
+    """Stop the app's background work: the round listener and the summing processes."""
+    resources = _resources(app)
+    if resources["notifier"] is not None:
+        resources["notifier"].close()
+    resources["summer"].close()
 
 
 def round_generation(app: Flask | None = None) -> int:
@@ -62,6 +81,8 @@ def round_generation(app: Flask | None = None) -> int:
 def wait_for_round_change(seen: int, timeout_s: float, app: Flask | None = None) -> None:
     """Sleep until a round change after generation ``seen``, or ``timeout_s`` passed."""
     resources = _resources(app)
+    if resources["notifier"] is not None:
+        resources["notifier"].ensure_listening()
     changes: threading.Condition = resources["round_changes"]
     with changes:
         changes.wait_for(lambda: resources["round_generation"] != seen, timeout_s)

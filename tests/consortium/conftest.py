@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse
 import crypto
 from consortium.app import create_app
 from consortium.auth import issue_token
+from consortium.extensions import close_resources
 from consortium.storage.database import Database, db
 from consortium.storage.models import Base
 from crypto.roster import Member, Roster, roster_message
@@ -112,6 +113,7 @@ def app_config(database_url: str, tmp_path: Path, clock: FakeClock) -> dict[str,
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     application = create_app(app_config)
     yield application
+    close_resources(application)
     Database.engine_for(application).dispose()
 
 
