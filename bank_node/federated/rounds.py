@@ -306,17 +306,21 @@ class BankRunner:
 
         Given a factory, the algorithm starts over without banks that dropped out (at most
         ``max_epochs`` times, and never with fewer than the quorum); given a generator, a
-        dropout ends the run.
+        dropout ends the run. An algorithm run after another on the same runner (the run's
+        training after its terminal statistics, its gate after its training) starts with the
+        banks and the epoch the previous one ended with: a bank that dropped out is not waited
+        for again, and nothing starts over (or is charged again) for it.
 
         Raises
         ------
         RoundFailedError
             A round could not be completed, or too few banks are left.
         """
-        participants = self.participants
-        for epoch in range(self.max_epochs):
+        participants = self.epoch_participants
+        first = self.ledger.epochs - 1  # the epoch the previous algorithm ended in (0 at first)
+        for epoch in range(first, self.max_epochs):
             self.epoch_participants = participants
-            if epoch > 0 and self.on_restart is not None:
+            if epoch > first and self.on_restart is not None:
                 self.on_restart(epoch)
             generator = algorithm() if callable(algorithm) else algorithm
             try:

@@ -132,3 +132,46 @@ def test_an_algorithm_started_over_sees_the_banks_of_its_epoch() -> None:
         thread.join(timeout=60)
     for bank in BANKS[:3]:
         assert seen[bank] == [frozenset(BANKS), frozenset(BANKS[:3])]
+
+
+def test_the_next_algorithm_of_a_run_goes_on_without_a_bank_that_dropped_out() -> None:
+    """A run's algorithms share one runner (terminal statistics, training, gate): after a dropout in
+    one, the next starts with the banks and the epoch it ended with; it neither waits for the
+    dropped bank again nor starts over (a private run would be charged again for nothing)."""
+    from bank_node.federated.rounds import SumRequest
+
+    secret = crypto.generate("plain")
+    aggregator = SecureSum(context=crypto.load_context(secret.public_context(), require_public=True))
+    channel = InMemoryChannel(aggregator=aggregator, participants=BANKS, timeout_s=2.0)
+    sessions = simulated_mask_sessions(BANKS, "run-next")
+    restarts: dict[str, list[int]] = {bank: [] for bank in BANKS}
+    runners = {bank: BankRunner(bank=bank, context=secret, masks=sessions[bank], participants=BANKS,
+                                channel=channel if bank != "bank-4" else _Dropping(channel, uploads=False),
+                                on_restart=restarts[bank].append)
+               for bank in BANKS}
+    sums: dict[str, list[float]] = {bank: [] for bank in BANKS}
+
+    def algorithm(key: str):  # type: ignore[no-untyped-def]
+        def run():  # type: ignore[no-untyped-def]
+            total = yield SumRequest(key, np.ones(2))
+            return float(total[0])
+        return run
+
+    def run(bank: str) -> None:
+        try:
+            sums[bank].append(runners[bank].run(algorithm("training")))
+            sums[bank].append(runners[bank].run(algorithm("gate")))
+        except _Vanished:
+            pass
+
+    threads = [threading.Thread(target=run, args=(bank,)) for bank in BANKS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    gate_keys = [key for key in aggregator.keys() if "gate" in key]
+    assert len(gate_keys) == 1 and aggregator.get(gate_keys[0]).summed == frozenset(BANKS[:3])
+    for bank in BANKS[:3]:
+        assert sums[bank] == [3.0, 3.0]
+        assert restarts[bank] == [1]  # the training's restart only
+        assert runners[bank].ledger.epochs == 2 and runners[bank].epoch_participants == frozenset(BANKS[:3])
