@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +43,19 @@ class _Piece:
 
 
 _CONTEXTS: dict[str, Any] = {}  # the public contexts a pool process loaded, by blob digest
+_PARENT_CHECK_S = 1.0
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a pool process: exit once the worker that started it is gone. A worker killed outright
+    (gunicorn's timeout, the kernel's out-of-memory killer) shuts nothing down, and the standard
+    library's pool processes would otherwise live on, idle, holding their memory."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fedfraud-parent-watch", daemon=True).start()
 
 
 def sum_piece(piece: _Piece) -> bytes:
@@ -153,7 +167,8 @@ class Summer:
         with self._lock:
             if self._pool is None:
                 # spawn: a web worker holds threads and open database connections; a fork copies them.
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_end_with_parent, initargs=(os.getpid(),))
             return self._pool
 
     def _forget_pool(self) -> None:

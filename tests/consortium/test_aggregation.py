@@ -198,3 +198,43 @@ def test_aggregation_settings_are_checked() -> None:
         Summer(None, processes=-1, background_min_bytes=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="AGGREGATION_BACKGROUND_MIN_BYTES"):
         Summer(None, processes=2, background_min_bytes=-5)  # type: ignore[arg-type]
+
+
+def test_pool_processes_end_with_the_worker_that_started_them(tmp_path: Path) -> None:
+    """A worker killed outright shuts nothing down: its pool processes must not live on (the
+    standard library's would, idle, for ever)."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from consortium.aggregation import Summer\n"
+        "from consortium.storage.blobs import BlobStore\n"
+        f"summer = Summer(BlobStore({str(tmp_path)!r}), processes=2, background_min_bytes=0)\n"
+        "pool = summer._processes()\n"
+        "[future.result() for future in [pool.submit(os.getpid) for _ in range(8)]]\n"
+        "print(' '.join(str(pid) for pid in pool._processes), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert worker.stdout is not None
+        children = [int(pid) for pid in worker.stdout.readline().split()]
+        assert len(children) == 2 and all(_alive(pid) for pid in children)
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)], "pool processes outlived their worker"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
