@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -66,10 +66,18 @@ def sum_piece(piece: _Piece) -> bytes:
     context = _CONTEXTS.get(piece.context_digest)
     if context is None:
         context = _CONTEXTS[piece.context_digest] = load_context(store.get(piece.context_digest), require_public=True)
+    return _mapped_sum(context, store, piece.digests, checked=piece.check, values=piece.values)
+
+
+def _mapped_sum(context: Any, store: BlobStore, digests: Sequence[str], *, checked: Collection[str],
+                values: range | None = None, guard: contextlib.AbstractContextManager[Any] | None = None) -> bytes:
+    """The sum of the blobs ``digests`` (of ``values`` only, if given) read through read-only maps,
+    those in ``checked`` checked against their names; the payloads' own body digests, checked when
+    they were accepted, are not checked again."""
     with contextlib.ExitStack() as stack:
-        payloads = [stack.enter_context(store.mapped(digest, check=digest in piece.check)) for digest in piece.digests]
-        total: bytes = context.aggregate(payloads, values=piece.values,  # type: ignore[arg-type]  # a map is a buffer
-                                         check_bodies=False)
+        payloads = [stack.enter_context(store.mapped(digest, check=digest in checked)) for digest in digests]
+        with guard or contextlib.nullcontext():
+            total: bytes = context.aggregate(payloads, values=values, check_bodies=False)
         del payloads
     return total
 
@@ -126,12 +134,7 @@ class Summer:
         """
         pieces = context.pieces(n_values, self.processes) if self.processes > 1 and self.is_large(total_bytes) else []
         if len(pieces) < 2:
-            with contextlib.ExitStack() as stack:
-                payloads = [stack.enter_context(self._store.mapped(digest)) for digest in digests]
-                with guard:
-                    result: bytes = context.aggregate(payloads, check_bodies=False)
-                del payloads
-            return result, 1
+            return _mapped_sum(context, self._store, digests, checked=frozenset(digests), guard=guard), 1
         shares = [frozenset(digests[index::len(pieces)]) for index in range(len(pieces))]
         work = [_Piece(root=str(self._store.root), context_digest=context_digest, digests=tuple(digests),
                        values=values, check=share) for values, share in zip(pieces, shares, strict=True)]

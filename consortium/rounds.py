@@ -328,8 +328,10 @@ def _store_contribution(
                 payload_kept=True,
             )
         )
-        session.flush()
-        leased = lease_at is not None and lease_at <= set(contributors_of(session, current.id))
+        leased = False
+        if lease_at is not None:
+            session.flush()  # the read below sees this contribution
+            leased = lease_at <= set(contributors_of(session, current.id))
         if leased:
             current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
         entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
@@ -422,17 +424,17 @@ def settle_round(session: Session, current: RoundRow, *, at: datetime | None = N
         if locked is None or locked.state != RoundState.OPEN.value:
             session.commit()
             return locked or current
-        run, decision, plan, (contributed, participants) = _judge(session, locked, moment)
+        run, decision, contributed, participants = _judge(session, locked, moment)
         if run.state != RunState.OPEN.value:
             _fail(session, locked, run, f"run {run.run_id!r} is {run.state}")
         elif decision is Decision.FAIL:
-            _fail(session, locked, run, quorum_failure_reason(contributed, participants, run.min_banks))
+            _fail(session, locked, run, quorum_failure_reason(len(contributed), len(participants), run.min_banks))
         elif decision is not Decision.RELEASE:
             if leased:  # the round is no longer complete (a bank withdrew): nobody is summing it
                 locked.summing_until = None
             session.commit()  # end the locking transaction
             return locked
-        elif not summer().is_large(plan.total_bytes):
+        elif not summer().is_large((plan := _sum_plan(session, locked, participants - contributed)).total_bytes):
             _mark_released(session, locked, plan, *_make_sum(plan))
         elif not leased and locked.summing_until is not None and now() < locked.summing_until:
             session.commit()  # being summed by another request or process
@@ -455,17 +457,16 @@ SUM_LEASE_S: Final = 120
 contributions take about a second)."""
 
 
-def _judge(session: Session, locked: RoundRow, moment: datetime) -> tuple[Run, Decision, _SumPlan, tuple[int, int]]:
-    """The locked round's run (freshly read), what :func:`decide` says of it, what a release would
-    sum now (its ``dropped``: the banks the round expects and has not got), and how many banks
-    contributed and are expected."""
+def _judge(session: Session, locked: RoundRow, moment: datetime) -> tuple[Run, Decision, set[str], set[str]]:
+    """The locked round's run (freshly read), what :func:`decide` says of it, and the banks that
+    contributed and that the round expects (one column read: this runs at every contribution)."""
     run = locked.run
     session.refresh(run)
     contributed = set(contributors_of(session, locked.id))
     participants = set(expected_banks(run, locked.round_key))
     decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
                       past_deadline=moment >= locked.deadline)
-    return run, decision, _sum_plan(session, locked, participants - contributed), (len(contributed), len(participants))
+    return run, decision, contributed, participants
 
 
 def _hand_off(run_id: str, round_key: str) -> None:
@@ -483,8 +484,9 @@ def _release_large(session: Session, current: RoundRow, plan: _SumPlan, moment: 
     with write_lock():
         locked = find_round(session, run_id, round_key, lock=True)
         if locked is not None and locked.state == RoundState.OPEN.value:
-            run, decision, now_plan, _ = _judge(session, locked, moment)
-            if run.state == RunState.OPEN.value and decision is Decision.RELEASE and now_plan == plan:
+            run, decision, contributed, participants = _judge(session, locked, moment)
+            if (run.state == RunState.OPEN.value and decision is Decision.RELEASE
+                    and _sum_plan(session, locked, participants - contributed) == plan):
                 _mark_released(session, locked, plan, digest, size)
                 purge_closed_payloads(session, round_id=locked.id)
                 return locked

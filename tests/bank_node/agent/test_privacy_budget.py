@@ -127,3 +127,18 @@ def test_a_run_started_over_after_a_dropout_is_charged_again_or_left(tmp_path: o
     with pytest.raises(BudgetExceeded, match="starting the run over \\(epoch 2\\)"):
         charge(2)
     assert len(PrivacyBudget.charges(state)) == 2
+
+
+def test_an_operator_cannot_spend_a_banks_budget_through_the_gate_alone(
+    fake: FakeConsortium, keyed_banks: list[Bank], bank_rows: dict[str, TrainingSet]
+) -> None:
+    """The operator alone sets a run's params: a modest training epsilon with a huge gate epsilon
+    (a near-exact gate) is charged in full and refused by a bank with a budget, before any round."""
+    budget = PrivacyBudget(epsilon=5.0, period_days=30)
+    window = {"as_of": "2030-01-15", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+    run_id = fake.open_run("xgboost", {**_private(1.0), "gate_dp_epsilon": 50.0}, window=window)
+    [refused] = _agents(keyed_banks[:1], bank_rows, budget)[0].run_once()
+    assert refused.status == "failed" and "over its budget of 5" in refused.message
+    assert fake.runs[run_id].withdrawn == {"bank-1": refused.message}
+    assert PrivacyBudget.charges(keyed_banks[0].state) == []
+    assert fake.runs[run_id].rounds is None  # nothing was sent
