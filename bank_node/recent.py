@@ -66,6 +66,11 @@ class _Rows:
     def put(self, time: int, txid: int, value: float) -> None:
         """Insert the row, or give the row held already (same id) its new value."""
         times, n = self.time, len(self.time)
+        if not n or time > times[-1]:  # the usual case: the newest of its card or terminal
+            times.append(time)
+            self.txid.append(txid)
+            self.value.append(value)
+            return
         i = bisect_left(times, time)
         while i < n and times[i] == time and self.txid[i] < txid:
             i += 1
@@ -257,15 +262,20 @@ class RecentTransactions:
                 out.append((end - first, math.fsum(rows.value[first:end])))
             return out
 
-    def terminal_window_counts(self, terminal: int, after: int, until: int) -> tuple[int, int]:
-        """The held rows of ``terminal`` timed in ``(after, until]``: how many, and how many
-        known frauds."""
+    def terminal_window_counts(self, terminal: int, until: int, spans: Sequence[int]) -> list[tuple[int, int]]:
+        """Per span (ns), the held rows of ``terminal`` timed in ``(until - span, until]``: how
+        many, and how many known frauds."""
         with self.lock:
             rows = self._terminals.get(terminal)
             if rows is None:
-                return 0, 0
-            lo, hi = bisect_right(rows.time, after), bisect_right(rows.time, until)
-            return max(hi - lo, 0), sum(rows.value[lo:hi]) if hi > lo else 0
+                return [(0, 0) for _ in spans]
+            times, frauds = rows.time, rows.value
+            hi = bisect_right(times, until)
+            out = []
+            for span in spans:
+                lo = bisect_right(times, until - span, 0, hi)
+                out.append((hi - lo, sum(frauds[lo:hi]) if hi > lo else 0))
+            return out
 
 
 def _concat(parts: list[array[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:

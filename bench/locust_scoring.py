@@ -24,17 +24,20 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from locust import FastHttpUser, constant, events, task
 
 _ROWS: list[dict[str, Any]] = json.loads(open(os.environ["SCORING_ROWS"], encoding="utf-8").read())
 _BATCH = int(os.environ.get("SCORING_BATCH", "1"))
 _RATE = float(os.environ.get("SCORING_RATE", "0"))
-_HEADERS = {"Authorization": f"Bearer {os.environ['SCORING_TOKEN']}"}
+_HEADERS = {"Authorization": f"Bearer {os.environ['SCORING_TOKEN']}", "Content-Type": "application/json"}
 
 
-def _bodies() -> Iterator[Any]:
+def _bodies() -> Iterator[bytes]:
+    # Encoded as they are sent (orjson: the load generator shares the service's two cores, and
+    # the standard library's encoder took 15 ms of its time a 1,000-transaction request).
     for start in range(0, len(_ROWS) - _BATCH + 1, _BATCH):
-        yield _ROWS[start] if _BATCH == 1 else {"transactions": _ROWS[start : start + _BATCH]}
+        yield orjson.dumps(_ROWS[start] if _BATCH == 1 else {"transactions": _ROWS[start : start + _BATCH]})
 
 
 _NEXT = _bodies()  # shared by every user (locust users are greenlets of one process)
@@ -58,10 +61,10 @@ class RiskSystem(FastHttpUser):
             self.environment.runner.quit()
             return
         name = "/v1/score" if _BATCH == 1 else f"/v1/score [{_BATCH}]"
-        with self.client.post("/v1/score", json=body, headers=_HEADERS, name=name, catch_response=True) as answer:
+        with self.client.post("/v1/score", data=body, headers=_HEADERS, name=name, catch_response=True) as answer:
             if answer.status_code != 200:
                 answer.failure(f"{answer.status_code}: {answer.text[:200]}")
-            elif _BATCH > 1 and len(answer.json()["results"]) != _BATCH:
+            elif _BATCH > 1 and len(orjson.loads(answer.content)["results"]) != _BATCH:
                 answer.failure("not one result per transaction")
 
 

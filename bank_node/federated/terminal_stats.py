@@ -631,8 +631,10 @@ def consortium_terminal_values(
     *,
     secret: bytes,
     config: FeatureConfig = FeatureConfig(),
+    tags: IntArray | None = None,
 ) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.bool_]]:
-    """The consortium-wide terminal features of the rows whose terminal passed the threshold.
+    """The consortium-wide terminal features of the rows whose terminal passed the threshold
+    (``tags``: the terminals' :func:`terminal_tags` under ``secret``, when known already).
 
     Returns
     -------
@@ -653,7 +655,8 @@ def consortium_terminal_values(
             f"the consortium history lacks {len(missing)} day(s) these rows' windows reach, "
             f"from {day_label(missing[0])} to {day_label(missing[-1])}"
         )
-    tags = terminal_tags(terminal_ids, secret)
+    if tags is None:
+        tags = terminal_tags(terminal_ids, secret)
     covered = history.eligible(tags)
     if not covered.any():
         return {}, covered

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bank_node.features import FEATURE_COLUMNS, compute_features, model_matrix
+from bank_node.features import FEATURE_COLUMNS, FeatureConfig, compute_features, feature_columns, model_matrix
 from bank_node.generator import generate_transactions
 from bank_node.online import NewTransactions, OnlineFeatures
+from bank_node.recent import RecentTransactions
 from bank_node.store import TransactionStore
 from schemas.errors import FedfraudInputError
 from schemas.transaction import to_canonical
@@ -191,31 +192,61 @@ def test_a_transaction_older_than_what_memory_holds_is_featured_from_the_store(
     np.testing.assert_allclose(model_matrix(scored), model_matrix(expected), rtol=1e-12, atol=0)
 
 
-def test_one_transaction_read_off_memory_equals_the_array_path(store: TransactionStore,
-                                                               transactions: pd.DataFrame) -> None:
-    """The single-transaction path agrees with the batch-shaped one on the awkward cases: a
-    transaction at the same instant as a held row of its card (before or after it in id order),
-    one arriving late (older than its card's newest held row), a new card, a new terminal."""
-    online = OnlineFeatures(store)
-    online.recent.load()
-    held = transactions[transactions["timestamp"] < WEEK]
+def _awkward_requests(held: pd.DataFrame) -> list[pd.DataFrame]:
+    """Requests a scoring service can receive that the batch windows handle in their own way."""
     busy_card = held["customer_id"].value_counts().index[0]
     rows = held[held["customer_id"] == busy_card].sort_values(["timestamp", "transaction_id"])
-    tie = rows.iloc[-5]
-    cases = [
+    tie, newest = rows.iloc[-5], rows.iloc[-1]
+    busy_terminal = held["terminal_id"].value_counts().index[0]
+    at_terminal = held[held["terminal_id"] == busy_terminal].iloc[-1]
+    one = [
         {**tie.to_dict(), "transaction_id": -1, "amount": 12.5},  # same instant, sorts before the held row
         {**tie.to_dict(), "transaction_id": 10**12, "amount": 99.0},  # same instant, after it
-        {**rows.iloc[-1].to_dict(), "timestamp": rows.iloc[-1]["timestamp"] - pd.Timedelta(days=2),
-         "transaction_id": 10**12 + 1},  # late
+        {**newest.to_dict(), "timestamp": newest["timestamp"] - pd.Timedelta(days=2), "transaction_id": 10**12 + 1},
         {**tie.to_dict(), "customer_id": 10**9, "transaction_id": 10**12 + 2},  # a card never seen
         {**tie.to_dict(), "terminal_id": 10**9, "transaction_id": 10**12 + 3},  # a terminal never seen
     ]
-    for case in cases:
-        new = NewTransactions.from_frame(pd.DataFrame([case]).drop(columns=["label"]))
-        quick, arrays = online._one_from_memory(new), online._from_memory(new)
-        assert list(quick) == list(arrays)
-        for name in quick:
+    requests = [pd.DataFrame([case]) for case in one]
+    # Several of one card in one request, two at the same instant, given out of time order.
+    same_card = [{**newest.to_dict(), "timestamp": newest["timestamp"] + pd.Timedelta(hours=h), "transaction_id": 10**13 + k,
+                  "amount": 10.0 + k} for k, h in enumerate((5, 1, 3, 3, 0.5))]
+    requests.append(pd.DataFrame(same_card))
+    # One terminal over more than the label delay: the earlier ones enter the later ones' terminal
+    # windows (as not known to be fraud), and a second card at the same terminal too.
+    spread = [{**at_terminal.to_dict(), "timestamp": at_terminal["timestamp"] + pd.Timedelta(days=d),
+               "transaction_id": 10**14 + k, "customer_id": int(at_terminal["customer_id"]) + (k % 2)}
+              for k, d in enumerate((0.1, 1, 7.1, 7.5, 8, 9))]
+    requests.append(pd.DataFrame(spread))
+    requests.append(pd.concat([pd.DataFrame(same_card), pd.DataFrame(spread), *requests[:3]], ignore_index=True))
+    return [r.drop(columns=["label"]) for r in requests]
+
+
+@pytest.mark.parametrize("delay_days", [7, 0])
+def test_features_read_off_memory_equal_the_batch_path_on_awkward_requests(
+        store: TransactionStore, transactions: pd.DataFrame, delay_days: int) -> None:
+    """What the scoring service reads off its held rows equals ``compute_features`` over the
+    rows the windows reach (the store path), on ties in time (before or after a held row in id
+    order), a late arrival, a new card, a new terminal, several transactions of one card in one
+    request, and a request spanning more than the label delay (or, with no delay, a transaction
+    whose own terminal window holds it)."""
+    online = OnlineFeatures(store, FeatureConfig(delay_days=delay_days))
+    online.recent = RecentTransactions(store, keep_days=60)  # every held row: the cases reach far back
+    online.recent.load()
+    held = transactions[transactions["timestamp"] < WEEK]
+    for request in _awkward_requests(held):
+        new = NewTransactions.from_frame(request)
+        first = int(new.time_ns.min())
+        assert online.recent.covers(first, online.config.lookback_days * 86_400 * 10**9)
+        from_memory, from_batch = online._from_memory(new), online._from_store(new)
+        assert list(from_memory) == list(from_batch) == list(feature_columns(online.config))
+        for name in from_memory:
             if "_NB_TX_" in name or name.startswith("TX_DURING"):
-                np.testing.assert_array_equal(quick[name], arrays[name], err_msg=name)
+                np.testing.assert_array_equal(from_memory[name], from_batch[name], err_msg=name)
             else:
-                np.testing.assert_allclose(quick[name], arrays[name], rtol=1e-12, atol=0, err_msg=name)
+                np.testing.assert_allclose(from_memory[name], from_batch[name], rtol=1e-12, atol=0, err_msg=name)
+    # The requests did reach the cases: in-request card and terminal windows.
+    spread = NewTransactions.from_frame(_awkward_requests(held)[6])
+    counts = online._from_memory(spread)["TERMINAL_ID_NB_TX_1DAY_WINDOW"]
+    alone = [online._from_memory(NewTransactions.from_frame(_awkward_requests(held)[6].iloc[[k]]))[
+        "TERMINAL_ID_NB_TX_1DAY_WINDOW"][0] for k in range(len(spread))]
+    assert (counts > np.array(alone)).any()

@@ -190,3 +190,33 @@ def test_a_reader_following_versions_misses_no_write_of_concurrent_writers(
     changed, newer = store.changes(version, limit=50)
     assert newer > version and sorted(row[0] for row in changed) == sorted(relabelled["transaction_id"])
     assert all(row[-1] == 1 for row in changed)
+
+
+def test_rows_the_scoring_path_records_read_back_as_the_frame_path_writes_them(tmp_path: Path) -> None:
+    """The scoring service records rows through the SQLite driver, timestamps written many at
+    once; they must read back exactly (to the microsecond, floored) and sort and compare in the
+    database like rows the ordinary path writes."""
+    rng = np.random.default_rng(5)
+    ns = np.concatenate([[0, 999, 1_000, 951_782_400_000_000_000, 1_533_081_599_999_999_999],
+                         rng.integers(0, 4_102_444_800 * 10**9, 200)]).tolist()
+    fast = TransactionStore(f"sqlite:///{tmp_path / 'fast.db'}")
+    assert fast._driver is not None and fast._driver._numpy_text  # the quick path is the one tested
+    assert fast._driver.bind_timestamps(ns) == [fast._driver.bind_timestamp(datetime(1970, 1, 1) + pd.Timedelta(
+        microseconds=v // 1000).to_pytimedelta()) for v in ns]
+    fast.record_rows([(i, v, 7, 8, 1.5) for i, v in enumerate(ns)])
+    plain = TransactionStore(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain.record(pd.DataFrame({"transaction_id": range(len(ns)), "timestamp": pd.to_datetime(ns).floor("us"),
+                               "customer_id": 7, "terminal_id": 8, "amount": 1.5}))
+    since = datetime(2000, 1, 1)
+    for store in (fast, plain):
+        rows, _ = store.recent(since)
+        assert sorted(rows["transaction_id"]) == sorted(i for i, v in enumerate(ns) if v >= 946_684_800 * 10**9)
+    fast_rows = fast.recent(datetime(1970, 1, 1))[0].sort_values("transaction_id").reset_index(drop=True)
+    plain_rows = plain.recent(datetime(1970, 1, 1))[0].sort_values("transaction_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(fast_rows, plain_rows)
+    assert (fast_rows["timestamp"].astype("datetime64[ns]").astype("int64") == np.asarray(ns) // 1000 * 1000).all()
+    # What scoring workers read to keep in step: the same instants, as nanoseconds.
+    changed, _ = fast.changes(0, limit=1000)
+    assert sorted((row[0], row[1]) for row in changed) == [(i, v // 1000 * 1000) for i, v in enumerate(ns)]
+    fast.close()
+    plain.close()
