@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import pandas as pd
@@ -490,7 +490,7 @@ class _DriverStatements:
         texts = [bind(_datetime(ns)) for ns in probes]
         self._numpy_text = all(isinstance(text, str) for text in texts) and self._numpy_timestamps(probes) == texts and (
             (np.asarray(texts, dtype="datetime64[us]").astype(np.int64) * 1000).tolist()
-            == [_ns(self._read_timestamp(text)) for text in texts])
+            == [_ns(cast(datetime, read(text))) for text in texts])
 
     def bind_timestamps(self, ns: Sequence[int]) -> list[Any]:
         """Timestamps (ns since 1970) as the column's bind processor writes them (to the microsecond)."""
