@@ -229,6 +229,8 @@ class _GroupTimeIndex:
             ``(group, time) <= (query_group, query_time - offset)``; an index into the
             sorted table, since rows of lower groups are counted too.
         """
+        if len(query_group) == 1 and query_group is not self._group:
+            return self._one_position(int(query_group[0]), int(query_time[0]), offsets)
         if query_group is self._group and query_time is self._time:
             query_by_time, query_order = self._by_time, self.order
         else:
@@ -254,6 +256,20 @@ class _GroupTimeIndex:
             in_query_order = np.empty(len(found), dtype=np.int64)
             in_query_order[query_order] = found
             positions.append(in_query_order)
+        return positions
+
+
+    def _one_position(self, group: int, time: int, offsets: Sequence[int]) -> list[IntArray]:
+        """:meth:`positions` of a single query (a scoring request's), by scalar searches: the
+        same counts without sorting the queries (0.4 ms of numpy calls on one-element arrays)."""
+        groups = self._distinct_groups
+        code = int(np.searchsorted(groups, group))
+        known = code < len(groups) and int(groups[code]) == group
+        base = code * int(self._stride)
+        positions = []
+        for offset in offsets:
+            rank = int(np.searchsorted(self._distinct_times, time - offset, side="right")) if known else 0
+            positions.append(np.array([np.searchsorted(self._key, base + rank, side="right")], dtype=np.int64))
         return positions
 
 

@@ -243,29 +243,24 @@ class OnlineFeatures:
         fsum = math.fsum
         for i in order:
             time, card, terminal, amount = times[i], cards[i], terminals[i], amounts[i]
-            starts = [time - span for span in spans]
+            until = time - delay
+            counts, totals, seen, frauds = recent.windows(card, time, txids[i], terminal, until, spans)
             earlier = same_card.get(card)
-            counts, means = [], []
-            for start, (count, total) in zip(starts, recent.card_window_sums(card, time, txids[i], starts)):
-                if earlier:
-                    extra = [value for at, value in earlier if at > start]
-                    count += len(extra)
-                    total = fsum((total, *extra))
-                counts.append(count + 1)
-                means.append(fsum((total, amount)) / (count + 1))
             if earlier is None:
                 same_card[card] = [(time, amount)]
             else:
+                for k, span in enumerate(spans):
+                    extra = [value for at, value in earlier if at > time - span]
+                    counts[k] += len(extra)
+                    totals[k] = fsum((totals[k], *extra))
                 earlier.append((time, amount))
-            until = time - delay
             reached = same_terminal.get(terminal)
-            seen, risks = [], []
-            for span, (count, frauds) in zip(spans, recent.terminal_window_counts(terminal, until, spans)):
-                if reached:  # in time order: a bisection
-                    count += bisect_right(reached, until) - bisect_right(reached, until - span)
-                seen.append(count)
-                risks.append(frauds / count if count else 0.0)
-            rows[i] = counts + means + seen + risks
+            if reached:  # in time order: a bisection
+                for k, span in enumerate(spans):
+                    seen[k] += bisect_right(reached, until) - bisect_right(reached, until - span)
+            rows[i] = ([count + 1 for count in counts]
+                       + [fsum((total, amount)) / (count + 1) for count, total in zip(counts, totals, strict=True)]
+                       + seen + [fraud / count if count else 0.0 for fraud, count in zip(frauds, seen, strict=True)])
         table = np.array(rows, dtype=np.float64).reshape(n, 4 * len(spans))
         features: dict[str, FloatArray] = {
             name: flag.astype(np.float64) for name, flag in calendar_features(new.time_ns, config=config).items()}

@@ -20,12 +20,10 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
 from bank_node.features import (
@@ -40,12 +38,10 @@ from bank_node.features import (
 )
 from bank_node.store import TransactionStore
 
-__all__ = ["CardRows", "RecentTransactions", "TerminalRows"]
+__all__ = ["RecentTransactions"]
 
 log = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 #: More changed rows than this at one sync are read as a fresh snapshot instead (a large ingest).
 MAX_CHANGES: Final = 50_000
@@ -86,25 +82,6 @@ class _Rows:
         k = bisect_left(self.time, cutoff)
         if k:
             del self.time[:k], self.txid[:k], self.value[:k]
-
-
-@dataclass(frozen=True)
-class CardRows:
-    """Rows of some cards: card, time (ns), transaction id, amount."""
-
-    card: IntArray
-    time: IntArray
-    txid: IntArray
-    amount: FloatArray
-
-
-@dataclass(frozen=True)
-class TerminalRows:
-    """Rows of some terminals: terminal, time (ns), 1 for a known fraud (0 otherwise)."""
-
-    terminal: IntArray
-    time: IntArray
-    fraud: FloatArray
 
 
 class RecentTransactions:
@@ -180,9 +157,9 @@ class RecentTransactions:
 
     def _apply(self, rows: Iterable[tuple[int, int, int, int, float, bool]]) -> None:
         """Put rows ``(transaction_id, time ns, card, terminal, amount, known fraud)``."""
-        cards, terminals, newest = self._cards, self._terminals, self.newest
+        cards, terminals, newest, covered_from = self._cards, self._terminals, self.newest, self.covered_from
         for tx, t, card, terminal, amount, is_fraud in rows:
-            if t < self.covered_from:
+            if t < covered_from:
                 continue  # older than what this worker holds; never read from memory
             held = cards.get(card)
             if held is None:
@@ -192,7 +169,8 @@ class RecentTransactions:
             if held is None:
                 held = terminals[terminal] = _Rows("b")
             held.put(t, tx, 1 if is_fraud else 0)
-            newest = max(newest, t)
+            if t > newest:
+                newest = t
         self.newest = newest
         if self.newest - self.covered_from > self.keep_ns + NS_PER_DAY:
             self._prune(self.newest - self.keep_ns)
@@ -213,76 +191,40 @@ class RecentTransactions:
         with self.lock:
             return self._loaded and first_ns - reach_ns >= self.covered_from
 
-    def card_rows(self, cards: Iterable[int], after: int) -> CardRows:
-        """The held rows of ``cards`` timed after ``after`` (ns)."""
-        parts: list[tuple[int, array[int], array[int], array[Any]]] = []
-        with self.lock:
-            for card in cards:
-                rows = self._cards.get(card)
-                if rows is not None:
-                    k = bisect_right(rows.time, after)
-                    parts.append((card, rows.time[k:], rows.txid[k:], rows.value[k:]))
-        time = _concat([p[1] for p in parts], np.int64)
-        return CardRows(card=np.repeat(np.asarray([p[0] for p in parts], dtype=np.int64),
-                                       [len(p[1]) for p in parts]).astype(np.int64),
-                        time=time, txid=_concat([p[2] for p in parts], np.int64),
-                        amount=_concat([p[3] for p in parts], np.float64))
+    def windows(self, card: int, time: int, txid: int, terminal: int, until: int,
+                spans: Sequence[int]) -> tuple[list[int], list[float], list[int], list[int]]:
+        """One transaction's windows, read off the held rows (it is not held yet), per span (ns):
 
-    def terminal_rows(self, terminals: Iterable[int], after: int, until: int) -> TerminalRows:
-        """The held rows of ``terminals`` timed in ``(after, until]`` (ns)."""
-        parts: list[tuple[int, array[int], array[Any]]] = []
-        with self.lock:
-            for terminal in terminals:
-                rows = self._terminals.get(terminal)
-                if rows is not None:
-                    lo, hi = bisect_right(rows.time, after), bisect_right(rows.time, until)
-                    if hi > lo:
-                        parts.append((terminal, rows.time[lo:hi], rows.value[lo:hi]))
-        return TerminalRows(
-            terminal=np.repeat(np.asarray([p[0] for p in parts], dtype=np.int64),
-                               [len(p[1]) for p in parts]).astype(np.int64),
-            time=_concat([p[1] for p in parts], np.int64),
-            fraud=_concat([p[2] for p in parts], np.int8).astype(np.float64))
-
-    def card_window_sums(self, card: int, time: int, txid: int, starts: Sequence[int]) -> list[tuple[int, float]]:
-        """For a transaction ``(time, txid)`` of ``card`` not held yet: per start (ns), how many of
-        the card's held rows lie in ``(start, (time, txid))`` in (time, id) order, and their
-        amounts' sum (one transaction's card windows, without building arrays)."""
+        - the card's held rows in ``(time - span, (time, txid))`` in (time, id) order: how many,
+          and their amounts' sum (exact, ``math.fsum``);
+        - the terminal's held rows timed in ``(until - span, until]``: how many, and how many
+          known frauds.
+        """
+        card_counts: list[int] = []
+        card_sums: list[float] = []
+        terminal_counts: list[int] = []
+        terminal_frauds: list[int] = []
         with self.lock:
             rows = self._cards.get(card)
             if rows is None:
-                return [(0, 0.0) for _ in starts]
-            times, ids = rows.time, rows.txid
-            end = bisect_right(times, time)
-            while end > 0 and times[end - 1] == time and ids[end - 1] > txid:
-                end -= 1
-            out = []
-            for start in starts:
-                first = bisect_right(times, start, 0, end)
-                out.append((end - first, math.fsum(rows.value[first:end])))
-            return out
-
-    def terminal_window_counts(self, terminal: int, until: int, spans: Sequence[int]) -> list[tuple[int, int]]:
-        """Per span (ns), the held rows of ``terminal`` timed in ``(until - span, until]``: how
-        many, and how many known frauds."""
-        with self.lock:
+                card_counts, card_sums = [0] * len(spans), [0.0] * len(spans)
+            else:
+                times, ids, amounts = rows.time, rows.txid, rows.value
+                end = bisect_right(times, time)
+                while end > 0 and times[end - 1] == time and ids[end - 1] > txid:
+                    end -= 1
+                for span in spans:
+                    first = bisect_right(times, time - span, 0, end)
+                    card_counts.append(end - first)
+                    card_sums.append(math.fsum(amounts[first:end]))
             rows = self._terminals.get(terminal)
             if rows is None:
-                return [(0, 0) for _ in spans]
-            times, frauds = rows.time, rows.value
-            hi = bisect_right(times, until)
-            out = []
-            for span in spans:
-                lo = bisect_right(times, until - span, 0, hi)
-                out.append((hi - lo, sum(frauds[lo:hi]) if hi > lo else 0))
-            return out
-
-
-def _concat(parts: list[array[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:
-    """One array of the parts (joined as arrays first: a numpy view of each small part cost 10 µs)."""
-    if not parts:
-        return np.empty(0, dtype=dtype)
-    joined = array(parts[0].typecode)
-    for part in parts:
-        joined.extend(part)
-    return np.frombuffer(joined, dtype=dtype) if len(joined) else np.empty(0, dtype=dtype)
+                terminal_counts, terminal_frauds = [0] * len(spans), [0] * len(spans)
+            else:
+                times, frauds = rows.time, rows.value
+                hi = bisect_right(times, until)
+                for span in spans:
+                    lo = bisect_right(times, until - span, 0, hi)
+                    terminal_counts.append(hi - lo)
+                    terminal_frauds.append(sum(frauds[lo:hi]))
+        return card_counts, card_sums, terminal_counts, terminal_frauds

@@ -16,6 +16,7 @@ from bank_node.features import (
     FeatureConfig,
     compute_features,
     customer_window_features,
+    TerminalWindows,
     terminal_window_features,
 )
 from bank_node.generator import HANDBOOK_TO_CANONICAL, generate_transactions
@@ -130,6 +131,24 @@ def test_terminal_features_accept_aggregated_and_foreign_history() -> None:
         assert aggregated[name][2] == 0
     assert single["TERMINAL_ID_NB_TX_7DAY_WINDOW"][0] == 3
     assert single["TERMINAL_ID_RISK_7DAY_WINDOW"][0] == pytest.approx(2 / 3)
+
+
+def test_a_single_query_gets_the_windows_many_queries_get() -> None:
+    """The scoring service asks the pooled history about one transaction at a time, a path of
+    its own (scalar searches): it must count what the many-query path counts, on exact window
+    boundaries, terminals absent from the history and times before or after all of it."""
+    rng = np.random.default_rng(8)
+    terminal = rng.integers(0, 40, 3000) * 7
+    time = T0.value + rng.integers(0, 60, 3000) * DAY.value // 4
+    windows = TerminalWindows(terminal, time, rng.integers(0, 2, 3000), rng.integers(1, 4, 3000))
+    query_terminal = np.concatenate([terminal[:200], [3, -5, 10**9, 0, 273, 10]])
+    query_time = np.concatenate([time[:200] + 7 * DAY.value, [T0.value, T0.value, T0.value, 0, 2**62, T0.value + 40 * DAY.value]])
+    many = windows.features(query_terminal, query_time)
+    for i in range(len(query_terminal)):
+        one = windows.features(query_terminal[i : i + 1], query_time[i : i + 1])
+        for name, values in many.items():
+            assert one[name][0] == values[i], (name, i)
+    assert many["TERMINAL_ID_NB_TX_30DAY_WINDOW"][:200].min() > 0
 
 
 # --------------------------------------------------------------------------- calendar flags
