@@ -54,12 +54,14 @@ from consortium.storage.models import (
     Bank,
     Contribution,
     KeyMaterial,
+    LedgerEntry,
     RoundNote,
     RoundRow,
     Run,
     RunState,
 )
 from schemas.privacy import RunPrivacy, has_gate, run_privacy
+from schemas.ledger import parse_entry
 from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
@@ -363,6 +365,23 @@ def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str
     if session.execute(earlier.limit(1)).first() is None:
         details = {**privacy.to_json(), "round_key": round_key, **({"epoch": epoch} if epoch else {})}
         record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id, details=details)
+
+
+def privacy_entry(session: Session, run: Run, bank_id: str, round_key: str) -> int | None:
+    """The ledger index of the ``privacy.spent`` entry recording ``bank_id``'s spend in the epoch
+    of ``round_key`` (None when the run is not private, or nothing was recorded). Every
+    contribution to a private run is answered with that entry's receipt, so that the bank checks
+    the spend recorded in its name is the one it made (``LedgerWatch.keep``)."""
+    if run_privacy(run.model, dict(run.params or {}), gate=has_gate(run.window)) is None:
+        return None
+    epoch = parse_round_key(round_key).epoch
+    for seq, body in session.execute(
+            select(LedgerEntry.seq, LedgerEntry.body).where(
+                LedgerEntry.event == "privacy.spent", LedgerEntry.bank_id == bank_id,
+                LedgerEntry.run_id == run.run_id).order_by(LedgerEntry.seq)):
+        if (parse_entry(body).get("details") or {}).get("epoch", 0) == epoch:
+            return int(seq)
+    return None
 
 
 _CONTRIBUTORS: Final = (select(Contribution.bank_id).where(Contribution.round_id == bindparam("round_id"))

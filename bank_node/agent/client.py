@@ -176,17 +176,21 @@ class ConsortiumClient:
 
         With ``wait_s``, the consortium answers with the round's sum if it is released within
         that time (in the result), else as without. The result carries the ledger's receipt of
-        the contribution when the consortium gives one (not yet verified)."""
+        the contribution when the consortium gives one, and in a private run the receipt of
+        its privacy spend (not yet verified)."""
         path = f"/v1/runs/{_segment(run_id)}/contributions/{_round_path(round_key)}"
         response = self._request("PUT", path, data=payload, signature=signature,
                                  params={"wait": f"{wait_s:.3f}"} if wait_s > 0 else None)
         if response.status_code != 200:
-            receipt = _json_body(response).get("receipt")
-            return Contributed(released=None, receipt=receipt if isinstance(receipt, dict) else None)
+            document = _json_body(response)
+            receipt, privacy_receipt = document.get("receipt"), document.get("privacy_receipt")
+            return Contributed(released=None, receipt=receipt if isinstance(receipt, dict) else None,
+                               privacy_receipt=privacy_receipt if isinstance(privacy_receipt, dict) else None)
         named = response.headers.get("X-Fedfraud-Contributors", "")
         return Contributed(
             released=AggregateStatus(payload=response.content, contributors=frozenset(n for n in named.split(",") if n)),
-            receipt=_header_receipt(response.headers.get(RECEIPT_HEADER)))
+            receipt=_header_receipt(response.headers.get(RECEIPT_HEADER)),
+            privacy_receipt=_header_receipt(response.headers.get(PRIVACY_RECEIPT_HEADER)))
 
     # ---------------------------------------------------------------------------- ledger
 
@@ -406,6 +410,7 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 RECEIPT_HEADER = "X-Fedfraud-Receipt"
+PRIVACY_RECEIPT_HEADER = "X-Fedfraud-Privacy-Receipt"
 
 
 def _header_receipt(value: str | None) -> dict[str, Any] | None:

@@ -73,8 +73,8 @@ class HttpChannel:
     signing_keys
         Bank id to base64 Ed25519 key: notes are accepted only with a valid signature by it.
     receipts
-        Called with (run id, round key, payload, receipt or None) after each stored
-        contribution: the agent checks and keeps the ledger's receipts.
+        Called with (run id, round key, payload, receipt or None, privacy receipt or None) after
+        each stored contribution: the agent checks and keeps the ledger's receipts.
     sleep, clock
         Injected for tests.
     """
@@ -92,7 +92,7 @@ class HttpChannel:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         signing_keys: Mapping[str, str] | None = None,
-        receipts: Callable[[str, str, bytes, dict[str, Any] | None], None] | None = None,
+        receipts: Callable[[str, str, bytes, dict[str, Any] | None, dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.signing_keys = dict(signing_keys or {})
         self.receipts = receipts
@@ -130,7 +130,7 @@ class HttpChannel:
                                                   wait_s=min(self.long_poll_s, self.timeout_s))
             self.stats.contributed += 1
             if self.receipts is not None:
-                self.receipts(self.run_id, key, payload, result.receipt)
+                self.receipts(self.run_id, key, payload, result.receipt, result.privacy_receipt)
             summed = result.released
             if summed is not None and summed.payload is not None:
                 _check_aggregate(summed.payload, key=key, n_values=n_values)

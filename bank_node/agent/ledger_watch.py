@@ -8,7 +8,10 @@ stops serving the ledger once a key is pinned is treated the same way.
 
 Every accepted contribution comes with a receipt: the agent checks that it proves this bank's own
 contribution (this run, this round, these bytes) in a checkpoint signed by the pinned key, and
-keeps it in ``receipts/`` of its state directory, for ``fedfraud ledger verify --receipts``.
+keeps it in ``receipts/`` of its state directory, for ``fedfraud ledger verify --receipts``. In a
+differentially private run every contribution also comes with the receipt of the entry recording
+this bank's privacy spend for the run (and epoch): the agent checks that it records the setting
+its noise was drawn for, so the spend compliance staff read in the ledger is the one made.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 from bank_node.agent.client import ConsortiumClient
@@ -24,6 +28,8 @@ from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError
 from bank_node.agent.state import StateDir
 from crypto.checkpoint import Checkpoint, CheckpointError, check_growth
 from schemas.ledger import LedgerError, verify_receipt
+from schemas.privacy import RunPrivacy
+from schemas.round_key import parse_round_key
 
 __all__ = ["LedgerRewrittenError", "LedgerWatch"]
 
@@ -176,13 +182,18 @@ class LedgerWatch:
 
     # ------------------------------------------------------------------------------ receipts
 
-    def keep(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None) -> None:
-        """Check a contribution's receipt and keep it.
+    def keep(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None, *,
+             privacy_receipt: dict[str, Any] | None = None, privacy: RunPrivacy | None = None) -> None:
+        """Check a contribution's receipt and keep it; in a private run (``privacy``: the setting
+        this bank's noise was drawn for), check and keep the receipt of the ledger entry that
+        records this bank's privacy spend too.
 
         Raises
         ------
         LedgerRewrittenError
-            A receipt under another key, or one that does not prove this very contribution.
+            A receipt under another key, or one that does not prove this very contribution; in a
+            private run, no privacy receipt, or one recording another spend than this bank's
+            (a consortium understating what banks spent would mislead every compliance review).
         """
         key = self.public_key
         if key is None:
@@ -205,9 +216,63 @@ class LedgerWatch:
                                        f"(entry {fields.get('index')})")
         if checkpoint.origin != self._load().get("origin", checkpoint.origin):
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt is of log {checkpoint.origin!r}")
+        spent = self._privacy_entry(run_id, round_key, privacy_receipt, privacy, key)
+        self._store(int(fields["index"]), receipt)
+        if spent is not None and privacy_receipt is not None:
+            self._store(spent, privacy_receipt)
+
+    def _privacy_entry(self, run_id: str, round_key: str, receipt: dict[str, Any] | None,
+                       privacy: RunPrivacy | None, key: str) -> int | None:
+        """The index of the entry a privacy receipt proves, once checked against what this bank
+        spent in the run's epoch of ``round_key``; None outside private runs."""
+        where = f"run {run_id}, round {round_key}"
+        if privacy is None:
+            if receipt is not None:
+                raise LedgerRewrittenError(f"{where}: the consortium records a privacy spend in this bank's name in a "
+                                           "run this bank takes part in without differential privacy")
+            return None
+        if receipt is None:
+            raise LedgerRewrittenError(f"{where}: the consortium stored this bank's contribution to a private run "
+                                       "without the receipt of the ledger entry recording its privacy spend")
+        try:
+            fields, checkpoint = verify_receipt(receipt, key)
+        except LedgerError as exc:
+            raise LedgerRewrittenError(f"{where}: the privacy receipt does not hold: {exc}") from None
+        details = dict(fields.get("details") or {})
+        epoch = parse_round_key(round_key).epoch
+        if (fields.get("event"), fields.get("bank_id"), fields.get("run_id"), details.pop("epoch", 0)) != (
+                "privacy.spent", self.bank_id, run_id, epoch):
+            raise LedgerRewrittenError(f"{where}: the privacy receipt records another entry (entry {fields.get('index')})")
+        details.pop("round_key", None)
+        spent = privacy.to_json()
+        if not _same_setting(details, spent):
+            raise LedgerRewrittenError(
+                f"{where}: the ledger records this bank's privacy spend as {json.dumps(details, sort_keys=True)}, "
+                f"not what it spent, {json.dumps(spent, sort_keys=True)} (entry {fields.get('index')}): the agent stops")
+        if checkpoint.origin != self._load().get("origin", checkpoint.origin):
+            raise LedgerRewrittenError(f"{where}: the privacy receipt is of log {checkpoint.origin!r}")
+        return int(fields["index"])
+
+    def _store(self, index: int, receipt: dict[str, Any]) -> None:
         folder = self.state.root / RECEIPTS
         folder.mkdir(mode=0o700, exist_ok=True)
-        (folder / f"{fields['index']:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")
+        (folder / f"{index:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")
         # Confirmed at the next poll: a receipt file whose index is past the last checkpoint
         # accepted is waiting by that alone (it survives a restart without a state write here).
-        self._unconfirmed.add(int(fields["index"]))
+        self._unconfirmed.add(index)
+
+
+def _same_setting(recorded: dict[str, Any], spent: dict[str, Any]) -> bool:
+    """Whether a recorded privacy setting is the one spent: the same fields, numbers equal to
+    rounding (both sides compute them; JSON carries them)."""
+    if set(recorded) != set(spent):
+        return False
+    for name, value in spent.items():
+        other = recorded[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if other != value:
+                return False
+        elif isinstance(other, bool) or not isinstance(other, int | float) or not math.isclose(
+                float(other), float(value), rel_tol=1e-9, abs_tol=0.0):
+            return False
+    return True

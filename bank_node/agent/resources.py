@@ -109,10 +109,12 @@ class RunInfo:
 @dataclass(frozen=True)
 class Contributed:
     """What the consortium answered to a contribution: the round's sum if it was released within
-    the wait, and the ledger's receipt of the contribution (as sent, not yet verified)."""
+    the wait, the ledger's receipt of the contribution and, in a private run, the receipt of the
+    entry recording the bank's privacy spend (as sent, not yet verified)."""
 
     released: AggregateStatus | None
     receipt: dict[str, Any] | None = None
+    privacy_receipt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ function of the sums, the agent arrives where it was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -60,7 +61,7 @@ from crypto.roster import Roster
 from crypto.signing import SignatureError, b64decode_key, proposal_message, verify
 from crypto.scheme import CryptoError, HEScheme
 from schemas.assessment import Assessment
-from schemas.privacy import has_gate, run_privacy
+from schemas.privacy import RunPrivacy, has_gate, run_privacy
 from schemas.round_key import algorithm_key, training_progress
 from schemas.run import RunWindow, load_run_params, load_window
 
@@ -252,10 +253,11 @@ class BankAgent:
         """This bank's id."""
         return self.identity.bank_id
 
-    def _keep_receipt(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None) -> None:
+    def _keep_receipt(self, run_id: str, round_key: str, payload: bytes, receipt: dict[str, Any] | None,
+                      privacy_receipt: dict[str, Any] | None, *, privacy: RunPrivacy | None) -> None:
         if self.metrics is not None:
             self.metrics.contributed(payload)
-        self.ledger.keep(run_id, round_key, payload, receipt)
+        self.ledger.keep(run_id, round_key, payload, receipt, privacy_receipt=privacy_receipt, privacy=privacy)
 
     # ---------------------------------------------------------------------------- loop
 
@@ -455,6 +457,7 @@ class BankAgent:
 
     def _train_and_propose(self, run: RunInfo, preparation: _Preparation) -> RunOutcome:
         context, roster, window, rows = preparation.context, preparation.roster, preparation.window, preparation.rows
+        privacy = run_privacy(run.model, run.params, gate=has_gate(run.window))
         channel = HttpChannel(
             signing_keys={b: key for b, key in roster.signing_keys().items() if b in run.participants},
             client=self.client,
@@ -463,11 +466,10 @@ class BankAgent:
             timeout_s=self._round_wait_s(run),
             poll_initial_s=self.settings.sum_poll_initial_s,
             poll_max_s=self.settings.sum_poll_max_s,
-            receipts=self._keep_receipt,
+            receipts=functools.partial(self._keep_receipt, privacy=privacy),
             sleep=self._sleep,
             clock=self._clock,
         )
-        privacy = run_privacy(run.model, run.params, gate=has_gate(run.window))
         budget = self.settings.privacy_budget
         charge_restart = None
         if privacy is not None and budget is not None:

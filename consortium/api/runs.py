@@ -48,6 +48,7 @@ from schemas.round_key import training_progress
 from schemas.run import RunWindow
 
 RECEIPT_HEADER: Final = "X-Fedfraud-Receipt"
+PRIVACY_RECEIPT_HEADER: Final = "X-Fedfraud-Privacy-Receipt"
 
 blp = Blueprint("runs", __name__, url_prefix="/v1/runs", description="Training runs, rounds, aggregates, proposals")
 
@@ -275,15 +276,20 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
                               refusal=exc)
         raise
     receipt = ledger.receipt(db.session, entry)
+    spent = rounds.privacy_entry(db.session, run, bank_id, round_key)
+    privacy_receipt = None if spent is None else ledger.receipt(db.session, spent)
     if query["wait"] > 0:
         current = _long_poll(run_id, round_key, _closed, query["wait"])
         if current.state == RoundState.RELEASED.value:
             response = _sum_response(current, run)
             response.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
+            if privacy_receipt is not None:
+                response.headers[PRIVACY_RECEIPT_HEADER] = ledger.receipt_header(privacy_receipt)
             return response
     view = round_view(current, run)
     return {
         "receipt": receipt,
+        "privacy_receipt": privacy_receipt,
         "run_id": run_id,
         "round_key": round_key,
         "bank_id": bank_id,

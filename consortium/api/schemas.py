@@ -269,6 +269,10 @@ class ContributionStoredSchema(Schema):
         "the ledger's receipt of this contribution: the entry, its index, an inclusion proof and the "
         "signed checkpoint (docs/ledger.md); with ?wait and a 200 answer, in the X-Fedfraud-Receipt header "
         "as base64 JSON")})
+    privacy_receipt = fields.Dict(allow_none=True, metadata={"description": (
+        "in a differentially private run, the receipt of the ledger entry recording this bank's privacy "
+        "spend (privacy.spent) for the run's current epoch, so the bank checks the spend recorded in its "
+        "name; with ?wait and a 200 answer, in the X-Fedfraud-Privacy-Receipt header")})
 
 
 class NotePostedSchema(Schema):

@@ -26,6 +26,7 @@ from crypto.checkpoint import Checkpoint
 from crypto.merkle import Tree, leaf_hash
 from fedfraud.cli import main
 from schemas.ledger import LedgerError, canonical_entry, verify_receipt
+from crypto.signing import contribution_message, sign
 from tests.consortium.conftest import Consortium, bearer
 from tests.ledger_rewrite import rewrite_ledger
 
@@ -222,6 +223,51 @@ def test_a_private_run_started_over_is_charged_again_in_the_ledger(
                  if s["bank_id"] == "bank-1"]
     assert summary["private_runs"] == 1
     assert summary["privacy_budget_spent"] == pytest.approx(compose_epsilon(setting.mechanisms() * 2, 1e-5))
+
+
+def test_every_contribution_to_a_private_run_comes_with_the_receipt_of_the_banks_spend(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    """What the bank's agent checks its recorded spend against (``LedgerWatch.keep``): with every
+    contribution to a private run, the receipt of the entry recording that bank's spend in the
+    run's epoch, in the answer or, when the answer is the round's sum, in a header."""
+    import base64 as b64
+
+    from schemas.privacy import run_privacy
+
+    params = {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0}
+    run_id = consortium.open_run(params=params)["run_id"]
+    key = _public_key(consortium)
+    bank = consortium.bank("bank-1")
+    indexes = []
+    for round_key in ("r/n3", "r2/n3", "e1/r/n3"):
+        answer = bank.contribute(run_id, round_key, he_key.encrypt(np.ones(3)))
+        assert answer.status_code == 201
+        fields, _ = verify_receipt(answer.get_json()["privacy_receipt"], key)
+        assert (fields["event"], fields["bank_id"], fields["run_id"]) == ("privacy.spent", "bank-1", run_id)
+        indexes.append(fields["index"])
+    spent = _entries(consortium, compliance_token, event="privacy.spent")
+    assert indexes == [spent[0]["index"], spent[0]["index"], spent[1]["index"]]  # epoch 1: its own entry
+    setting = run_privacy("xgboost", params)
+    assert setting is not None
+    assert {k: v for k, v in spent[0]["details"].items() if k != "round_key"} == setting.to_json()
+
+    # The last bank of a round waits for its sum: the receipt comes as a header.
+    for other in ("bank-1", "bank-2"):
+        assert consortium.bank(other).contribute(run_id, "r3/n3", he_key.encrypt(np.ones(3))).status_code == 201
+    last = consortium.bank("bank-3")
+    message = contribution_message(run_id, "r3/n3", "bank-3", payload := he_key.encrypt(np.ones(3)))
+    answer = consortium.client.put(f"/v1/runs/{run_id}/contributions/r3/n3?wait=5", data=payload,
+                                   headers={**last.auth, "X-Fedfraud-Signature": sign(last.keys.signing, message)},
+                                   content_type="application/octet-stream")
+    assert answer.status_code == 200
+    header = json.loads(b64.b64decode(answer.headers["X-Fedfraud-Privacy-Receipt"]))
+    fields, _ = verify_receipt(header, key)
+    assert (fields["event"], fields["bank_id"]) == ("privacy.spent", "bank-3")
+
+    plain = consortium.open_run()["run_id"]
+    answer = bank.contribute(plain, "r/n3", he_key.encrypt(np.ones(3)))
+    assert answer.status_code == 201 and answer.get_json()["privacy_receipt"] is None
 
 
 def test_a_refused_contribution_is_recorded_and_a_failed_state_change_leaves_no_entry(

@@ -222,6 +222,31 @@ def test_a_worse_candidate_is_rejected_and_the_current_model_stays(
     assert "keep the current model" in consortium.agent_logs()
 
 
+def test_a_private_runs_spend_is_recorded_per_bank_and_each_bank_checked_its_own(
+    consortium: LocalConsortium, bank_files: dict[str, Path]
+) -> None:
+    """A differentially private run between real processes: every bank's agent checked, at each
+    contribution, the ledger entry recording its spend against the setting its noise was drawn
+    for (it stops otherwise), and keeps its receipt beside those of its contributions."""
+    from schemas.ledger import parse_entry
+    from schemas.privacy import run_privacy
+
+    set_up(consortium)
+    params = {"dp_epsilon": 4.0}
+    run_id = consortium.open_run("logreg", params, train_start=TRAIN_START)
+    finish(consortium, start_agents(consortium, bank_files))
+    assert consortium.run(run_id)["state"] == "completed"
+    setting = run_privacy("logreg", params, gate=False)  # no validation days: no promotion gate
+    assert setting is not None
+    for bank in BANKS:
+        entries = [parse_entry(json.loads(p.read_text())["entry"])
+                   for p in (consortium.state_dir(bank) / "receipts").glob("*.json")]
+        [spent] = [e for e in entries if e["event"] == "privacy.spent"]
+        assert spent["bank_id"] == bank and spent["run_id"] == run_id
+        assert {k: v for k, v in spent["details"].items() if k != "round_key"} == setting.to_json()
+        assert sum(e["event"] == "contribution.accepted" for e in entries) > 1
+
+
 def test_an_agent_started_while_the_consortium_is_down_waits_for_it(
     consortium: LocalConsortium, bank_files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -195,6 +195,69 @@ def test_receipts_are_kept_only_when_they_prove_this_banks_own_contribution(tmp_
         watch.pin(base64.b64encode(bytes(other.verify_key)).decode(), "fedfraud-consortium")
 
 
+def test_a_private_runs_spend_recorded_in_the_banks_name_must_be_the_one_it_made(tmp_path: Path) -> None:
+    """The consortium's operator writes the ledger that compliance staff read. In a private run it
+    could record less than a bank spent (a smaller epsilon, fewer releases, more noise than drawn)
+    or nothing at all; the bank's agent checks the receipt of that entry, which comes with every
+    contribution, against the setting its own noise was drawn for, and stops otherwise."""
+    from datetime import datetime
+
+    from schemas.privacy import run_privacy
+
+    key = SigningKey.generate()
+    state = StateDir(tmp_path / "bank-1")
+    state.ensure()
+    watch = LedgerWatch(ConsortiumClient(base_url="http://127.0.0.1:9", token="token"), state, "bank-1")
+    watch.pin(base64.b64encode(bytes(key.verify_key)).decode(), "fedfraud-consortium")
+    privacy = run_privacy("xgboost", {"n_trees": 10, "max_depth": 3, "dp_epsilon": 2.0})
+    assert privacy is not None
+    payload = b"ciphertext"
+    at = datetime(2026, 12, 3)
+
+    def log_with(spent: dict[str, Any], *, bank_id: str = "bank-1", round_key: str = "r/n3") -> tuple[Any, Any]:
+        entries = [canonical_entry(0, "ledger.started", at),
+                   canonical_entry(1, "privacy.spent", at, bank_id=bank_id, run_id="run-1", details=spent),
+                   canonical_entry(2, "contribution.accepted", at, bank_id="bank-1", run_id="run-1", details={
+                       "round_key": round_key, "payload_sha256": hashlib.sha256(payload).hexdigest()})]
+        tree, checkpoints = _signed_log(key, entries)
+        return (receipt_document(entries[2], 2, tree.inclusion_proof(2, 3), checkpoints[2]),
+                receipt_document(entries[1], 1, tree.inclusion_proof(1, 3), checkpoints[2]))
+
+    honest = {**privacy.to_json(), "round_key": "r/n3"}
+    receipt, spent = log_with(honest)
+    watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
+    assert json.loads((state.root / "receipts" / "000000000001.json").read_text()) == spent  # kept, confirmed at polls
+
+    understated = {
+        "a smaller epsilon": {**honest, "epsilon": 0.5},
+        "fewer releases": {**honest, "releases": privacy.releases // 2},
+        "more noise than was drawn": {**honest, "noise_multiplier": privacy.multiplier * 4},
+        "the gate left out": {k: v for k, v in honest.items() if not k.startswith(("gate_", "total_"))},
+    }
+    for what, recorded in understated.items():
+        receipt, spent = log_with(recorded)
+        with pytest.raises(LedgerRewrittenError, match="not what it spent"):
+            watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
+        assert what
+    receipt, spent = log_with(honest)
+    with pytest.raises(LedgerRewrittenError, match="without the receipt of the ledger entry recording its privacy"):
+        watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=None, privacy=privacy)
+    with pytest.raises(LedgerRewrittenError, match="without differential privacy"):
+        watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=None)
+    receipt, spent = log_with(honest, bank_id="bank-2")  # another bank's entry handed over
+    with pytest.raises(LedgerRewrittenError, match="records another entry"):
+        watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
+    receipt, spent = log_with(honest, round_key="e1/r/n3")  # the run started over: epoch 1 needs its own entry
+    with pytest.raises(LedgerRewrittenError, match="records another entry"):
+        watch.keep("run-1", "e1/r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
+    other = SigningKey.generate()
+    _, foreign = _signed_log(other, [canonical_entry(0, "ledger.started", at)])
+    receipt, spent = log_with(honest)
+    with pytest.raises(LedgerRewrittenError, match="privacy receipt does not hold"):
+        watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt={**spent, "checkpoint": foreign[0].to_json()},
+                   privacy=privacy)
+
+
 def test_a_receipt_from_a_fork_is_caught_at_the_next_poll(aggregator: Aggregator, watch: LedgerWatch) -> None:
     """The operator, holding the key, hands the bank a receipt from one log (fork A, where the
     bank's contribution is entry N) and serves another to its polls (fork B, where entry N is
