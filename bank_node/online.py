@@ -258,17 +258,21 @@ class OnlineFeatures:
             if reached:  # in time order: a bisection
                 for k, span in enumerate(spans):
                     seen[k] += bisect_right(reached, until) - bisect_right(reached, until - span)
-            rows[i] = ([count + 1 for count in counts]
-                       + [fsum((total, amount)) / (count + 1) for count, total in zip(counts, totals, strict=True)]
-                       + seen + [fraud / count if count else 0.0 for fraud, count in zip(frauds, seen, strict=True)])
-        table = np.array(rows, dtype=np.float64).reshape(n, 4 * len(spans))
+            rows[i] = counts + totals + seen + frauds
+        # Means and risks for all at once: adding the transaction's own amount to its window's
+        # exact sum is one correctly rounded addition, as ``fsum`` of the two would be.
+        table = np.array(rows, dtype=np.float64).reshape(n, 4, len(spans))
+        count, total, seen_, fraud = (table[:, j, :] for j in range(4))
+        card_count = count + 1
+        card_mean = (total + new.amount[:, None]) / card_count
+        risk = np.divide(fraud, seen_, out=np.zeros_like(fraud), where=seen_ > 0)
         features: dict[str, FloatArray] = {
             name: flag.astype(np.float64) for name, flag in calendar_features(new.time_ns, config=config).items()}
         for k, w in enumerate(config.windows_days):
-            features[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = table[:, k]
-            features[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = table[:, len(spans) + k]
-            features[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = table[:, 2 * len(spans) + k]
-            features[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = table[:, 3 * len(spans) + k]
+            features[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = card_count[:, k]
+            features[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = card_mean[:, k]
+            features[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = seen_[:, k]
+            features[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = risk[:, k]
         return {name: features[name] for name in feature_columns(config)}
 
     def _from_store(self, transactions: NewTransactions) -> dict[str, FloatArray]:

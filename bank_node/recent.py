@@ -161,14 +161,26 @@ class RecentTransactions:
         for tx, t, card, terminal, amount, is_fraud in rows:
             if t < covered_from:
                 continue  # older than what this worker holds; never read from memory
+            # The newest row of its card or terminal (the usual case) is appended here, the
+            # others put in place (a call per row and table was a tenth of a request's time).
             held = cards.get(card)
             if held is None:
                 held = cards[card] = _Rows("d")
-            held.put(t, tx, amount)
+            if held.time and t <= held.time[-1]:
+                held.put(t, tx, amount)
+            else:
+                held.time.append(t)
+                held.txid.append(tx)
+                held.value.append(amount)
             held = terminals.get(terminal)
             if held is None:
                 held = terminals[terminal] = _Rows("b")
-            held.put(t, tx, 1 if is_fraud else 0)
+            if held.time and t <= held.time[-1]:
+                held.put(t, tx, 1 if is_fraud else 0)
+            else:
+                held.time.append(t)
+                held.txid.append(tx)
+                held.value.append(1 if is_fraud else 0)
             if t > newest:
                 newest = t
         self.newest = newest

@@ -215,6 +215,19 @@ def test_rows_the_scoring_path_records_read_back_as_the_frame_path_writes_them(t
     plain_rows = plain.recent(datetime(1970, 1, 1))[0].sort_values("transaction_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(fast_rows, plain_rows)
     assert (fast_rows["timestamp"].astype("datetime64[ns]").astype("int64") == np.asarray(ns) // 1000 * 1000).all()
+    # A scoring worker's start reads the recent rows through the driver too: the same frame as
+    # the ordinary path reads from the same database.
+    ordinary = TransactionStore(f"sqlite:///{tmp_path / 'fast.db'}")
+    ordinary._driver = None
+    for since in (datetime(1970, 1, 1), datetime(2000, 2, 29), datetime(2100, 1, 1)):
+        driven, version = fast.recent(since)
+        read, same_version = ordinary.recent(since)
+        assert version == same_version
+        if len(read):
+            pd.testing.assert_frame_equal(driven, read)
+        else:
+            assert driven.empty
+    ordinary.close()
     # What scoring workers read to keep in step: the same instants, as nanoseconds.
     changed, _ = fast.changes(0, limit=1000)
     assert sorted((row[0], row[1]) for row in changed) == [(i, v // 1000 * 1000) for i, v in enumerate(ns)]
