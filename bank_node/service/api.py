@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
+import orjson
 import pandas as pd
 from flask import current_app, jsonify, request
 from flask.views import MethodView
@@ -16,7 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from bank_node.online import NewTransactions
 from bank_node.scoring import describe
 from bank_node.service.auth import Role, requires
-from consortium.api.bodies import parse_json_body
+from consortium.api.bodies import json_bytes, parse_json, parse_json_body
 from consortium.errors import Conflict, ConsortiumError, PayloadTooLarge, Unprocessable
 from schemas.errors import FedfraudInputError
 
@@ -99,6 +101,32 @@ def _plainly_valid(records: Any) -> list[dict[str, Any]] | None:
     return loaded
 
 
+#: A run of 19 digits: a number orjson may read otherwise than the standard library (an integer
+#: beyond 64 bits becomes a float there); such a body is read by the standard library alone.
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")
+
+
+def _quick_json(raw: bytes) -> Any:
+    """The body as orjson reads it; None where it refuses or might read a number otherwise."""
+    if _LONG_NUMBER.search(raw) is not None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _plainly_valid_request(document: Any) -> tuple[bool, list[dict[str, Any]] | None]:
+    """Whether ``document`` is a single transaction, and its transactions when plainly valid
+    (:func:`_plainly_valid`); None for anything the schema must look at."""
+    single = type(document) is dict and "transactions" not in document
+    if single:
+        return True, _plainly_valid([document])
+    if type(document) is dict and document.keys() == {"transactions"}:
+        return False, _plainly_valid(document["transactions"])
+    return False, None
+
+
 class LabelSchema(_Strict):
     transaction_id = fields.Integer(required=True, strict=True)
     label = fields.Integer(required=True, strict=True, validate=validate.OneOf([0, 1]),
@@ -144,13 +172,18 @@ class Score(MethodView):
         that scored it, and the inputs that pushed its score most. Scored transactions are
         recorded in the node's store (their card's next transaction sees them); a transaction id
         seen before is refused (409) and nothing of the request is recorded."""
-        document = _body()
-        single = isinstance(document, dict) and "transactions" not in document
-        request_document = {"transactions": [document]} if single else document
-        transactions = (_plainly_valid(request_document["transactions"])
-                        if type(request_document) is dict and request_document.keys() == {"transactions"} else None)
+        raw = json_bytes(int(current_app.config["MAX_BODY_BYTES"]))
+        # orjson first (5x faster than the standard library: 2 ms of a 1,000-transaction request),
+        # kept only for a request of plainly valid transactions: flat objects of numbers in range
+        # and strings, which both libraries read alike. Anything else is read again by the standard
+        # library and goes through the schema, as always.
+        single, transactions = _plainly_valid_request(_quick_json(raw))
         if transactions is None:
-            transactions = _load(ScoreRequestSchema(), request_document)["transactions"]
+            document = parse_json(raw)
+            single, transactions = _plainly_valid_request(document)
+            if transactions is None:
+                request_document = {"transactions": [document]} if single else document
+                transactions = _load(ScoreRequestSchema(), request_document)["transactions"]
         limit = int(current_app.config["MAX_BATCH"])
         if len(transactions) > limit:
             raise PayloadTooLarge(f"at most {limit} transactions a request; got {len(transactions)}",

@@ -11,7 +11,7 @@ from flask import request
 
 from consortium.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
-__all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body", "parse_json_body"]
+__all__ = ["BINARY", "BINARY_REQUEST", "ROSTER_PARAMETER", "SIGNATURE_PARAMETER", "binary_body", "binary_response", "json_body", "json_bytes", "parse_json", "parse_json_body"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +45,11 @@ def binary_response(description: str) -> dict[str, Any]:
 def parse_json_body(limit: int = MAX_JSON_BYTES) -> Any:
     """The request's JSON document: 415 unless the body is JSON, 413 over ``limit`` bytes (before
     parsing), 400 naming the problem if it does not parse."""
+    return parse_json(json_bytes(limit))
+
+
+def json_bytes(limit: int = MAX_JSON_BYTES) -> bytes:
+    """The request's JSON body, unparsed: 415 unless it is JSON, 413 over ``limit`` bytes."""
     if not request.is_json:
         raise UnsupportedMediaType(
             f"this endpoint takes application/json, not {request.mimetype or 'a body without content type'}"
@@ -54,6 +59,11 @@ def parse_json_body(limit: int = MAX_JSON_BYTES) -> Any:
     raw = request.get_data(cache=True)
     if len(raw) > limit:
         raise PayloadTooLarge(f"a JSON body is at most {limit} bytes; got {len(raw)}")
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """A JSON document, 400 naming the problem if it does not parse."""
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError:

@@ -74,3 +74,21 @@ def test_plain_transactions_are_accepted_and_others_left_to_the_schema() -> None
 @pytest.mark.parametrize("value", [True, 1.0, "1"])
 def test_an_id_that_is_not_a_plain_int_is_left_to_the_schema(value: Any) -> None:
     assert _plainly_valid([{**VALID, "terminal_id": value}]) is None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(records(), min_size=1, max_size=3), st.booleans(), st.booleans())
+def test_the_quick_reading_of_a_body_is_the_standard_librarys_where_it_is_used(
+        transactions: list[Any], single: bool, spaced: bool) -> None:
+    """The service reads a scoring body with orjson and keeps that reading only for plainly
+    valid transactions; those must be read exactly as the standard library reads the bytes (ids
+    of 19 or 20 digits, amounts to the last bit, escapes, a single transaction or a list)."""
+    import json
+
+    from bank_node.service.api import _plainly_valid_request, _quick_json
+
+    document: Any = transactions[0] if single else {"transactions": transactions}
+    raw = json.dumps(document, indent=1 if spaced else None, ensure_ascii=spaced).encode()
+    quick = _plainly_valid_request(_quick_json(raw))
+    if quick[1] is not None:
+        assert quick == _plainly_valid_request(json.loads(raw))
