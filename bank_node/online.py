@@ -21,7 +21,6 @@ above the threshold are replaced from the pooled consortium history, as in train
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from bank_node.features import (
     timestamps_ns,
 )
 from bank_node.federated.terminal_stats import ConsortiumHistory, consortium_terminal_values, terminal_tags
-from bank_node.recent import RecentTransactions
+from bank_node.recent import RecentTransactions, Rows
 from bank_node.store import TransactionStore
 
 __all__ = ["ConsortiumTerminals", "Featured", "NewTransactions", "OnlineFeatures"]
@@ -220,9 +219,10 @@ class OnlineFeatures:
         as they would once recorded: a card's earlier ones with their amounts, a terminal's
         (when the request spans more than the label delay) as not known to be fraud.
 
-        Window sums are taken exactly (``math.fsum``) where the batch path differences running
-        sums, so the two agree to rounding (tested against :meth:`_from_store`, which is the
-        batch path itself)."""
+        Window sums are taken exactly over a few rows and by difference of running sums over
+        many (:meth:`bank_node.recent.Rows.total`), so each transaction costs binary searches
+        however busy its card or terminal; the batch path differences running sums too, and the
+        two agree to rounding (tested against :meth:`_from_store`, which is the batch path)."""
         config, recent = self.config, self.recent
         spans = [w * NS_PER_DAY for w in config.windows_days]
         delay = config.delay_days * NS_PER_DAY
@@ -233,27 +233,26 @@ class OnlineFeatures:
         # Earlier transactions of this request per card; and per terminal, the request's times,
         # when they can reach one another's terminal windows at all (a request spanning the
         # label delay; with no delay, a transaction's window holds itself).
-        same_card: dict[int, list[tuple[int, float]]] = {}
+        same_card: dict[int, Rows] = {}
         same_terminal: dict[int, list[int]] = {}
         if max(times) - min(times) >= delay:
             for i in order:
                 same_terminal.setdefault(terminals[i], []).append(times[i])
         # Per transaction: card counts and mean amounts, then terminal counts and risks, per window.
         rows: list[list[float]] = [[]] * n
-        fsum = math.fsum
         for i in order:
             time, card, terminal, amount = times[i], cards[i], terminals[i], amounts[i]
             until = time - delay
             counts, totals, seen, frauds = recent.windows(card, time, txids[i], terminal, until, spans)
             earlier = same_card.get(card)
             if earlier is None:
-                same_card[card] = [(time, amount)]
-            else:
+                earlier = same_card[card] = Rows("d")
+            else:  # in (time, id) order: a bisection, and the rows' sum (a burst of one card is cheap)
                 for k, span in enumerate(spans):
-                    extra = [value for at, value in earlier if at > time - span]
-                    counts[k] += len(extra)
-                    totals[k] = fsum((totals[k], *extra))
-                earlier.append((time, amount))
+                    first = bisect_right(earlier.time, time - span)
+                    counts[k] += len(earlier.time) - first
+                    totals[k] = totals[k] + earlier.total(first, len(earlier.time))
+            earlier.append(time, txids[i], amount)
             reached = same_terminal.get(terminal)
             if reached:  # in time order: a bisection
                 for k, span in enumerate(spans):

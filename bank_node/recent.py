@@ -19,6 +19,7 @@ import math
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -38,7 +39,7 @@ from bank_node.features import (
 )
 from bank_node.store import TransactionStore
 
-__all__ = ["RecentTransactions"]
+__all__ = ["RecentTransactions", "Rows"]
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,39 @@ MAX_CHANGES: Final = 50_000
 MARGIN_DAYS: Final = 2
 
 
-class _Rows:
-    """One card's or one terminal's rows, sorted by (time, transaction id), with one value each."""
+#: A window of more rows than this is summed by difference of running sums, not row by row
+#: (exact fraud counts either way; amounts to rounding, like the batch path's running sums).
+SUM_ROWS_MAX: Final = 64
 
-    __slots__ = ("time", "txid", "value")
+
+class Rows:
+    """One card's or one terminal's rows, sorted by (time, transaction id), with one value each,
+    and the running sums of the values (built when first asked for, kept up by appends, dropped
+    by any other change)."""
+
+    __slots__ = ("_sums", "time", "txid", "value")
 
     def __init__(self, typecode: str) -> None:
         self.time = array("q")
         self.txid = array("q")
         self.value: array[Any] = array(typecode)
+        self._sums: array[Any] | None = None
+
+    def append(self, time: int, txid: int, value: float) -> None:
+        """Add a row timed after every row held."""
+        self.time.append(time)
+        self.txid.append(txid)
+        self.value.append(value)
+        if self._sums is not None:
+            self._sums.append(self._sums[-1] + value)
 
     def put(self, time: int, txid: int, value: float) -> None:
         """Insert the row, or give the row held already (same id) its new value."""
         times, n = self.time, len(self.time)
         if not n or time > times[-1]:  # the usual case: the newest of its card or terminal
-            times.append(time)
-            self.txid.append(txid)
-            self.value.append(value)
+            self.append(time, txid, value)
             return
+        self._sums = None
         i = bisect_left(times, time)
         while i < n and times[i] == time and self.txid[i] < txid:
             i += 1
@@ -77,11 +93,23 @@ class _Rows:
         self.txid.insert(i, txid)
         self.value.insert(i, value)
 
+    def total(self, first: int, end: int) -> Any:
+        """The values of rows ``first`` to ``end`` (excluded) added up: exactly (``math.fsum``,
+        or integers) for a few rows, by difference of running sums for many (a busy terminal's
+        window holds thousands of rows, and a request reads one per transaction)."""
+        if end - first <= SUM_ROWS_MAX:
+            values = self.value[first:end]
+            return math.fsum(values) if self.value.typecode == "d" else sum(values)
+        if self._sums is None:
+            self._sums = array("d" if self.value.typecode == "d" else "q", accumulate(self.value, initial=0))
+        return self._sums[end] - self._sums[first]
+
     def drop_before(self, cutoff: int) -> None:
         """Forget the rows timed before ``cutoff``."""
         k = bisect_left(self.time, cutoff)
         if k:
             del self.time[:k], self.txid[:k], self.value[:k]
+            self._sums = None
 
 
 class RecentTransactions:
@@ -99,8 +127,8 @@ class RecentTransactions:
         self.store = store
         self.keep_ns = (keep_days + MARGIN_DAYS) * NS_PER_DAY
         self.lock = threading.RLock()
-        self._cards: dict[int, _Rows] = {}
-        self._terminals: dict[int, _Rows] = {}
+        self._cards: dict[int, Rows] = {}
+        self._terminals: dict[int, Rows] = {}
         self.version = 0
         self.covered_from = 0  # every store row timed at or after it is held
         self.newest = 0
@@ -161,26 +189,22 @@ class RecentTransactions:
         for tx, t, card, terminal, amount, is_fraud in rows:
             if t < covered_from:
                 continue  # older than what this worker holds; never read from memory
-            # The newest row of its card or terminal (the usual case) is appended here, the
-            # others put in place (a call per row and table was a tenth of a request's time).
+            # The newest row of its card or terminal (the usual case) is appended, the others
+            # put in place.
             held = cards.get(card)
             if held is None:
-                held = cards[card] = _Rows("d")
+                held = cards[card] = Rows("d")
             if held.time and t <= held.time[-1]:
                 held.put(t, tx, amount)
             else:
-                held.time.append(t)
-                held.txid.append(tx)
-                held.value.append(amount)
+                held.append(t, tx, amount)
             held = terminals.get(terminal)
             if held is None:
-                held = terminals[terminal] = _Rows("b")
+                held = terminals[terminal] = Rows("b")
             if held.time and t <= held.time[-1]:
                 held.put(t, tx, 1 if is_fraud else 0)
             else:
-                held.time.append(t)
-                held.txid.append(tx)
-                held.value.append(1 if is_fraud else 0)
+                held.append(t, tx, 1 if is_fraud else 0)
             if t > newest:
                 newest = t
         self.newest = newest
@@ -208,7 +232,7 @@ class RecentTransactions:
         """One transaction's windows, read off the held rows (it is not held yet), per span (ns):
 
         - the card's held rows in ``(time - span, (time, txid))`` in (time, id) order: how many,
-          and their amounts' sum (exact, ``math.fsum``);
+          and their amounts' sum (:meth:`Rows.total`);
         - the terminal's held rows timed in ``(until - span, until]``: how many, and how many
           known frauds.
         """
@@ -221,22 +245,22 @@ class RecentTransactions:
             if rows is None:
                 card_counts, card_sums = [0] * len(spans), [0.0] * len(spans)
             else:
-                times, ids, amounts = rows.time, rows.txid, rows.value
+                times, ids = rows.time, rows.txid
                 end = bisect_right(times, time)
                 while end > 0 and times[end - 1] == time and ids[end - 1] > txid:
                     end -= 1
                 for span in spans:
                     first = bisect_right(times, time - span, 0, end)
                     card_counts.append(end - first)
-                    card_sums.append(math.fsum(amounts[first:end]))
+                    card_sums.append(rows.total(first, end))
             rows = self._terminals.get(terminal)
             if rows is None:
                 terminal_counts, terminal_frauds = [0] * len(spans), [0] * len(spans)
             else:
-                times, frauds = rows.time, rows.value
+                times = rows.time
                 hi = bisect_right(times, until)
                 for span in spans:
                     lo = bisect_right(times, until - span, 0, hi)
                     terminal_counts.append(hi - lo)
-                    terminal_frauds.append(sum(frauds[lo:hi]))
+                    terminal_frauds.append(int(rows.total(lo, hi)))
         return card_counts, card_sums, terminal_counts, terminal_frauds

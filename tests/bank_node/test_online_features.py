@@ -14,7 +14,7 @@ import pytest
 from bank_node.features import FEATURE_COLUMNS, FeatureConfig, compute_features, feature_columns, model_matrix
 from bank_node.generator import generate_transactions
 from bank_node.online import NewTransactions, OnlineFeatures
-from bank_node.recent import RecentTransactions
+from bank_node.recent import SUM_ROWS_MAX, RecentTransactions
 from bank_node.store import TransactionStore
 from schemas.errors import FedfraudInputError
 from schemas.transaction import to_canonical
@@ -218,6 +218,10 @@ def _awkward_requests(held: pd.DataFrame) -> list[pd.DataFrame]:
               for k, d in enumerate((0.1, 1, 7.1, 7.5, 8, 9))]
     requests.append(pd.DataFrame(spread))
     requests.append(pd.concat([pd.DataFrame(same_card), pd.DataFrame(spread), *requests[:3]], ignore_index=True))
+    # A burst of one card at the busiest terminal (card testing): 150 in two hours, out of order.
+    burst = [{**at_terminal.to_dict(), "customer_id": busy_card, "transaction_id": 10**15 + k, "amount": 1.0 + k % 7,
+              "timestamp": at_terminal["timestamp"] + pd.Timedelta(seconds=(k * 7919) % 7200)} for k in range(150)]
+    requests.append(pd.DataFrame(burst))
     return [r.drop(columns=["label"]) for r in requests]
 
 
@@ -233,17 +237,38 @@ def test_features_read_off_memory_equal_the_batch_path_on_awkward_requests(
     online.recent = RecentTransactions(store, keep_days=60)  # every held row: the cases reach far back
     online.recent.load()
     held = transactions[transactions["timestamp"] < WEEK]
-    for request in _awkward_requests(held):
-        new = NewTransactions.from_frame(request)
-        first = int(new.time_ns.min())
-        assert online.recent.covers(first, online.config.lookback_days * 86_400 * 10**9)
-        from_memory, from_batch = online._from_memory(new), online._from_store(new)
-        assert list(from_memory) == list(from_batch) == list(feature_columns(online.config))
-        for name in from_memory:
-            if "_NB_TX_" in name or name.startswith("TX_DURING"):
-                np.testing.assert_array_equal(from_memory[name], from_batch[name], err_msg=name)
-            else:
-                np.testing.assert_allclose(from_memory[name], from_batch[name], rtol=1e-12, atol=0, err_msg=name)
+
+    def compare() -> None:
+        for request in _awkward_requests(held):
+            new = NewTransactions.from_frame(request)
+            first = int(new.time_ns.min())
+            assert online.recent.covers(first, online.config.lookback_days * 86_400 * 10**9)
+            from_memory, from_batch = online._from_memory(new), online._from_store(new)
+            assert list(from_memory) == list(from_batch) == list(feature_columns(online.config))
+            for name in from_memory:
+                if "_NB_TX_" in name or name.startswith("TX_DURING"):
+                    np.testing.assert_array_equal(from_memory[name], from_batch[name], err_msg=name)
+                else:
+                    np.testing.assert_allclose(from_memory[name], from_batch[name], rtol=1e-12, atol=0,
+                                               err_msg=name)
+
+    compare()
+    # Windows long enough to be summed by running sums, on both sides, were among them.
+    burst = _awkward_requests(held)[-1]
+    features = online._from_memory(NewTransactions.from_frame(burst))
+    assert features["CUSTOMER_ID_NB_TX_1DAY_WINDOW"].max() > SUM_ROWS_MAX
+    assert features["TERMINAL_ID_NB_TX_30DAY_WINDOW"].max() > SUM_ROWS_MAX
+    # Labels that arrive change held rows in place (running sums made again), and rows recorded
+    # since are appended to them: the windows still equal the batch path's.
+    busy_terminal = held["terminal_id"].value_counts().index[0]
+    relabel = held[held["terminal_id"] == busy_terminal].iloc[:-3:2]
+    store.record_labels(relabel[["transaction_id"]].assign(label=1), name="late labels", sha256="6" * 64)
+    later = held[held["terminal_id"] == busy_terminal].iloc[[-1]]
+    newer = later.assign(transaction_id=10**16, timestamp=later["timestamp"] + pd.Timedelta(minutes=1))
+    online.record(newer.drop(columns=["label"]))
+    online.recent.sync()
+    held = pd.concat([held, newer.assign(label=0)], ignore_index=True)
+    compare()
     # The requests did reach the cases: in-request card and terminal windows.
     spread = NewTransactions.from_frame(_awkward_requests(held)[6])
     counts = online._from_memory(spread)["TERMINAL_ID_NB_TX_1DAY_WINDOW"]
