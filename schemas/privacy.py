@@ -139,10 +139,19 @@ class RunPrivacy:
         return out
 
 
+#: Validation days of a window that does not say (``schemas.run.RunWindow``'s default).
+DEFAULT_VALIDATION_DAYS: Final = 7
+
+
 def has_gate(window: Mapping[str, Any] | None) -> bool:
     """Whether a run of this window (as the run records it) releases a promotion gate: only a run
-    with validation days evaluates its candidate."""
-    return window is not None and int(window.get("validation_days") or 0) > 0
+    with validation days evaluates its candidate. A window that leaves them out has the default,
+    as the agents load it (and run the gate): reading it as none would leave the gate's release
+    out of the run's privacy spend."""
+    if window is None:
+        return False
+    days = window.get("validation_days", DEFAULT_VALIDATION_DAYS)
+    return isinstance(days, int) and not isinstance(days, bool) and days > 0
 
 
 def run_privacy(model: str, params: Mapping[str, Any], *, gate: bool = True) -> RunPrivacy | None:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from schemas.errors import FedfraudInputError
-from schemas.privacy import PRIVACY_PARAMS
+from schemas.privacy import DEFAULT_VALIDATION_DAYS, PRIVACY_PARAMS
 
 __all__ = [
     "DEFAULT_TERMINAL_THRESHOLD",
@@ -195,7 +195,7 @@ class RunWindow:
 
     as_of: date
     train_days: int = 7
-    validation_days: int = 7
+    validation_days: int = DEFAULT_VALIDATION_DAYS
     label_delay_days: int = 7
 
     @property

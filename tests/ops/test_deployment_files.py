@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"
 #: Where the units and the image put the repository.
 INSTALLED = Path("/opt/fedfraud")
+#: Room for an answer's receipt headers: two receipts whose proofs hold 32 hashes each (a log of
+#: four billion entries), as base64 JSON, with their entries and checkpoints.
+RECEIPT_HEADERS_MAX = 16 * 1024
 
 
 def command_of(args: list[str]) -> click.Command:
@@ -197,6 +200,10 @@ def test_the_tls_front_fits_the_service_behind_it() -> None:
     # A long poll ends before the proxy gives up on it.
     read = re.search(r"proxy_read_timeout (\d+)s;", front)
     assert read and int(read.group(1)) > MAX_WAIT_S + 30
+    # The answer headers that carry ledger receipts fit the proxy's header buffer (its default,
+    # 4 KiB, does not: two receipts of a private run's answer are 4 to 5 KiB with their proofs).
+    headers = re.search(r"proxy_buffer_size (\d+)k;", front)
+    assert headers and int(headers.group(1)) * 1024 >= RECEIPT_HEADERS_MAX
     assert re.search(r"ssl_protocols\s+TLSv1\.2 TLSv1\.3;", front)
     assert "X-Request-ID $http_x_request_id" in front
     mtls = (OPS / "nginx" / "fedfraud-mtls.conf").read_text()

@@ -239,6 +239,13 @@ def test_a_private_runs_spend_recorded_in_the_banks_name_must_be_the_one_it_made
         with pytest.raises(LedgerRewrittenError, match="not what it spent"):
             watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
         assert what
+    # What an honest consortium on another build may record: multipliers calibrated a hair apart,
+    # another label of the accounting method, a field this agent does not know, more spend.
+    for recorded in ({**honest, "noise_multiplier": privacy.multiplier * (1 + 1e-6)},
+                     {**honest, "accounting": "Renyi DP (dp-accounting 0.5)", "note": "later version"},
+                     {**honest, "epsilon": 2.5, "releases": privacy.releases + 1}):
+        receipt, spent = log_with(recorded)
+        watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=spent, privacy=privacy)
     receipt, spent = log_with(honest)
     with pytest.raises(LedgerRewrittenError, match="without the receipt of the ledger entry recording its privacy"):
         watch.keep("run-1", "r/n3", payload, receipt, privacy_receipt=None, privacy=privacy)

@@ -230,6 +230,15 @@ def test_the_promotion_gate_is_a_release_of_the_run_with_its_own_epsilon() -> No
     assert ungated is not None and ungated.gate_multiplier is None and "gate_epsilon" not in ungated.to_json()
     assert ungated.mechanisms() == [(default.multiplier, 31)] and ungated.total_epsilon == 2.0
     assert has_gate({"validation_days": 7}) and not has_gate({"validation_days": 0}) and not has_gate(None)
+    # A window that leaves its validation days out has the default, and its gate, as the agents
+    # load it and run it: the spend recorded and checked must count that gate (an operator could
+    # otherwise serve such a window and have the gate's release left out of every record).
+    from schemas.run import load_window
+
+    for window in ({"as_of": "2026-01-10", "train_days": 7}, {"as_of": "2026-01-10", "train_days": 7,
+                                                             "validation_days": 0}):
+        assert has_gate(window) == (load_window(window).validation_days > 0)
+    assert has_gate({"as_of": "2026-01-10", "train_days": 7})
     for bad in ({"gate_dp_epsilon": 1.0}, {"dp_epsilon": 1.0, "gate_dp_epsilon": 0}):
         with pytest.raises(FedfraudInputError) as caught:
             load_run_params("xgboost", bad)
