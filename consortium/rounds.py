@@ -367,6 +367,14 @@ def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str
         record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id, details=details)
 
 
+def contributed(session: Session, run_id: str, round_key: str, bank_id: str) -> bool:
+    """Whether ``bank_id`` has a stored contribution to the round."""
+    return session.execute(
+        select(Contribution.id).join(RoundRow, RoundRow.id == Contribution.round_id).where(
+            RoundRow.run_id == run_id, RoundRow.round_key == round_key, Contribution.bank_id == bank_id).limit(1)
+    ).first() is not None
+
+
 def privacy_entry(session: Session, run: Run, bank_id: str, round_key: str) -> int | None:
     """The ledger index of the ``privacy.spent`` entry recording ``bank_id``'s spend in the epoch
     of ``round_key`` (None when the run is not private, or nothing was recorded). Every

@@ -34,6 +34,7 @@ from bank_node.agent.retry import Backoff
 from bank_node.federated.rounds import Released
 from crypto.scheme import PayloadError, read_header
 from crypto.signing import SignatureError, note_message, verify
+from schemas.round_key import parse_round_key
 
 T = TypeVar("T")
 
@@ -75,6 +76,9 @@ class HttpChannel:
     receipts
         Called with (run id, round key, payload, receipt or None, privacy receipt or None) after
         each stored contribution: the agent checks and keeps the ledger's receipts.
+    replayed
+        Called with (run id, round key, privacy receipt) when a contribution is answered as one
+        stored before (409) with the receipt of the bank's privacy spend in the run's epoch.
     sleep, clock
         Injected for tests.
     """
@@ -93,9 +97,14 @@ class HttpChannel:
         clock: Callable[[], float] = time.monotonic,
         signing_keys: Mapping[str, str] | None = None,
         receipts: Callable[[str, str, bytes, dict[str, Any] | None, dict[str, Any] | None], None] | None = None,
+        replayed: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.signing_keys = dict(signing_keys or {})
         self.receipts = receipts
+        self.replayed = replayed
+        #: The epochs of the run this bank sent contributions in (each has a privacy spend entry
+        #: in a private run).
+        self.epochs_sent: set[int] = set()
         self.client = client
         self.identity = identity
         self.run_id = run_id
@@ -124,6 +133,7 @@ class HttpChannel:
         if bank != self.identity.bank_id:
             raise ValueError(f"this channel sends as bank {self.identity.bank_id!r}, not {bank!r}")
         signature = self.identity.sign_contribution(self.run_id, key, payload)
+        self.epochs_sent.add(parse_round_key(key).epoch)
         try:
             # One request for the upload and the sum, when the last upload lands within the wait.
             result = self.client.put_contribution(self.run_id, key, payload, signature=signature,
@@ -140,6 +150,9 @@ class HttpChannel:
             self.stats.replayed += 1
             log.info("contribution not stored, fetching the round's sum: run=%s round=%s reason=%s",
                      self.run_id, key, exc.message)
+            privacy_receipt = exc.document.get("privacy_receipt")
+            if self.replayed is not None and isinstance(privacy_receipt, dict):
+                self.replayed(self.run_id, key, privacy_receipt)
         released = self._wait_for_sum(key)
         _check_aggregate(released.payload, key=key, n_values=n_values)
         return released

@@ -220,6 +220,47 @@ class LedgerWatch:
         self._store(int(fields["index"]), receipt)
         if spent is not None and privacy_receipt is not None:
             self._store(spent, privacy_receipt)
+            self._checked(run_id, round_key)
+
+    def keep_privacy(self, run_id: str, round_key: str, privacy_receipt: dict[str, Any],
+                     privacy: RunPrivacy | None) -> None:
+        """Check and keep the privacy receipt that comes with a contribution answered as stored
+        before (409): the bank's spend in the run's epoch, as :meth:`keep` checks it."""
+        key = self.public_key
+        if key is None:
+            return
+        spent = self._privacy_entry(run_id, round_key, privacy_receipt, privacy, key)
+        if spent is not None:
+            self._store(spent, privacy_receipt)
+            self._checked(run_id, round_key)
+
+    def require_privacy(self, run_id: str, epochs: set[int]) -> None:
+        """Before the bank proposes a private run's model: its spend in every epoch it sent
+        contributions in was recorded and checked. A consortium that answered every contribution
+        of an epoch as a replay (409), so that no privacy receipt came, is caught here.
+
+        Raises
+        ------
+        LedgerRewrittenError
+            An epoch without a checked privacy receipt (only with the ledger's key pinned).
+        """
+        if self.public_key is None:
+            return
+        checked = set(self._load().get("privacy_checked", {}).get(run_id, []))
+        missing = sorted(set(epochs) - checked)
+        if missing:
+            raise LedgerRewrittenError(
+                f"run {run_id}: the consortium never showed this bank the ledger entry recording its privacy spend "
+                f"in epoch(s) {', '.join(map(str, missing))} (its contributions were answered without that "
+                "receipt): the agent stops")
+
+    def _checked(self, run_id: str, round_key: str) -> None:
+        epoch = parse_round_key(round_key).epoch
+        record = self._load()
+        checked = dict(record.get("privacy_checked", {}))
+        if epoch not in checked.get(run_id, []):
+            checked[run_id] = sorted({*checked.get(run_id, []), epoch})
+            self._save({**record, "privacy_checked": checked})
 
     def _privacy_entry(self, run_id: str, round_key: str, receipt: dict[str, Any] | None,
                        privacy: RunPrivacy | None, key: str) -> int | None:

@@ -467,6 +467,7 @@ class BankAgent:
             poll_initial_s=self.settings.sum_poll_initial_s,
             poll_max_s=self.settings.sum_poll_max_s,
             receipts=functools.partial(self._keep_receipt, privacy=privacy),
+            replayed=lambda run_id, round_key, receipt: self.ledger.keep_privacy(run_id, round_key, receipt, privacy),
             sleep=self._sleep,
             clock=self._clock,
         )
@@ -508,6 +509,8 @@ class BankAgent:
                      "no current model" if assessment.baseline is None else
                      f"v{assessment.baseline_version} AUC {assessment.baseline['auc']:.4f}",
                      "promote" if assessment.promote else "keep the current model")
+        if privacy is not None:  # every epoch's spend was recorded as spent, whatever the answers were
+            self.ledger.require_privacy(run.run_id, channel.epochs_sent)
         try:
             self.client.post_proposal(run.run_id, body, signature=self.identity.sign_proposal(run.run_id, body))
         except ConflictError as exc:

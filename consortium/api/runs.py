@@ -274,6 +274,12 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     except ConsortiumError as exc:
         ledger.record_refusal(db.session, bank_id=bank_id, run_id=run_id, round_key=round_key, payload=payload,
                               refusal=exc)
+        if isinstance(exc, Conflict) and rounds.contributed(db.session, run_id, round_key, bank_id):
+            # A replay (the bank restarted): the receipt of its privacy spend in the epoch comes
+            # back too, so that it checks the spend whether or not it saw the first answer.
+            spent = rounds.privacy_entry(db.session, run, bank_id, round_key)
+            if spent is not None:
+                exc.extra["privacy_receipt"] = ledger.receipt(db.session, spent)
         raise
     receipt = ledger.receipt(db.session, entry)
     spent = rounds.privacy_entry(db.session, run, bank_id, round_key)

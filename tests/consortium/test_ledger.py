@@ -270,9 +270,18 @@ def test_every_contribution_to_a_private_run_comes_with_the_receipt_of_the_banks
     fields, _ = verify_receipt(header, key)
     assert (fields["event"], fields["bank_id"]) == ("privacy.spent", "bank-3")
 
+    # A replay (the bank restarted after its upload was stored) is answered 409 with the receipt of
+    # its spend in the epoch, which it may not have seen; a refusal of another kind has none.
+    replay = bank.contribute(run_id, "r/n3", he_key.encrypt(np.ones(3)))
+    assert replay.status_code == 409
+    fields, _ = verify_receipt(replay.get_json()["privacy_receipt"], key)
+    assert fields["index"] == spent[0]["index"]
+
     plain = consortium.open_run()["run_id"]
     answer = bank.contribute(plain, "r/n3", he_key.encrypt(np.ones(3)))
     assert answer.status_code == 201 and answer.get_json()["privacy_receipt"] is None
+    replay = bank.contribute(plain, "r/n3", he_key.encrypt(np.ones(3)))
+    assert replay.status_code == 409 and "privacy_receipt" not in replay.get_json()
 
 
 def test_a_refused_contribution_is_recorded_and_a_failed_state_change_leaves_no_entry(

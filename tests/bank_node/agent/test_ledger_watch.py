@@ -265,6 +265,44 @@ def test_a_private_runs_spend_recorded_in_the_banks_name_must_be_the_one_it_made
                    privacy=privacy)
 
 
+def test_a_private_run_is_not_proposed_until_every_epochs_spend_was_checked(tmp_path: Path) -> None:
+    """The operator could answer every contribution of an epoch as a replay (409, no receipt) while
+    using it in the sum: before proposing, the agent requires a checked privacy receipt for each
+    epoch it sent contributions in; a genuine replay (after a restart) brings that receipt back
+    in its 409, and what was checked survives a restart of the agent."""
+    from datetime import datetime
+
+    from schemas.privacy import run_privacy
+
+    key = SigningKey.generate()
+    state = StateDir(tmp_path / "bank-1")
+    state.ensure()
+    client = ConsortiumClient(base_url="http://127.0.0.1:9", token="token")
+    watch = LedgerWatch(client, state, "bank-1")
+    watch.pin(base64.b64encode(bytes(key.verify_key)).decode(), "fedfraud-consortium")
+    privacy = run_privacy("logreg", {"dp_epsilon": 2.0}, gate=False)
+    assert privacy is not None
+    at = datetime(2026, 12, 3)
+    entries = [canonical_entry(0, "ledger.started", at)] + [
+        canonical_entry(1 + epoch, "privacy.spent", at, bank_id="bank-1", run_id="run-1",
+                        details={**privacy.to_json(), "round_key": key_, **({"epoch": epoch} if epoch else {})})
+        for epoch, key_ in ((0, "r/n3"), (1, "e1/r/n3"))]
+    tree, checkpoints = _signed_log(key, entries)
+    receipts = [receipt_document(entries[i], i, tree.inclusion_proof(i, 3), checkpoints[2]) for i in (1, 2)]
+
+    with pytest.raises(LedgerRewrittenError, match=r"epoch\(s\) 0, 1"):
+        watch.require_privacy("run-1", {0, 1})  # every contribution answered 409 without a receipt
+    watch.keep_privacy("run-1", "r/n3", receipts[0], privacy)  # a replay's 409 with the receipt
+    with pytest.raises(LedgerRewrittenError, match=r"epoch\(s\) 1 "):
+        watch.require_privacy("run-1", {0, 1})
+    with pytest.raises(LedgerRewrittenError, match="records another entry"):
+        watch.keep_privacy("run-1", "e1/r/n3", receipts[0], privacy)  # epoch 0's entry for epoch 1
+    watch.keep_privacy("run-1", "e1/r2/n3", receipts[1], privacy)
+    LedgerWatch(client, state, "bank-1").require_privacy("run-1", {0, 1})  # after a restart too
+    with pytest.raises(LedgerRewrittenError):
+        watch.require_privacy("run-2", {0})
+
+
 def test_a_receipt_from_a_fork_is_caught_at_the_next_poll(aggregator: Aggregator, watch: LedgerWatch) -> None:
     """The operator, holding the key, hands the bank a receipt from one log (fork A, where the
     bank's contribution is entry N) and serves another to its polls (fork B, where entry N is
