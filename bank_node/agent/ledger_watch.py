@@ -203,10 +203,7 @@ class LedgerWatch:
         if receipt is None:
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the consortium stored this bank's "
                                        "contribution without a ledger receipt")
-        try:
-            fields, checkpoint = verify_receipt(receipt, key)
-        except LedgerError as exc:
-            raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt does not hold: {exc}") from None
+        fields, checkpoint = _verified(receipt, key, f"run {run_id}, round {round_key}: the receipt")
         details = fields.get("details") or {}
         expected = {"event": "contribution.accepted", "bank_id": self.bank_id, "run_id": run_id}
         if any(fields.get(name) != value for name, value in expected.items()) \
@@ -275,10 +272,7 @@ class LedgerWatch:
         if receipt is None:
             raise LedgerRewrittenError(f"{where}: the consortium stored this bank's contribution to a private run "
                                        "without the receipt of the ledger entry recording its privacy spend")
-        try:
-            fields, checkpoint = verify_receipt(receipt, key)
-        except LedgerError as exc:
-            raise LedgerRewrittenError(f"{where}: the privacy receipt does not hold: {exc}") from None
+        fields, checkpoint = _verified(receipt, key, f"{where}: the privacy receipt")
         details = dict(fields.get("details") or {})
         epoch = parse_round_key(round_key).epoch
         if (fields.get("event"), fields.get("bank_id"), fields.get("run_id"), details.pop("epoch", 0)) != (
@@ -301,6 +295,14 @@ class LedgerWatch:
         # Confirmed at the next poll: a receipt file whose index is past the last checkpoint
         # accepted is waiting by that alone (it survives a restart without a state write here).
         self._unconfirmed.add(index)
+
+
+def _verified(receipt: dict[str, Any], key: str, what: str) -> tuple[dict[str, Any], Checkpoint]:
+    """A receipt's entry fields and checkpoint, checked under the pinned key."""
+    try:
+        return verify_receipt(receipt, key)
+    except LedgerError as exc:
+        raise LedgerRewrittenError(f"{what} does not hold: {exc}") from None
 
 
 #: Relative slack when comparing recorded and spent privacy numbers: both sides compute them
