@@ -67,19 +67,23 @@ class ConsortiumTerminals:
 
     history: ConsortiumHistory
     key: bytes
-    _tags: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    _tags: dict[int, int] = field(default_factory=dict, compare=False, repr=False, init=False)
 
     MAX_KEPT_TAGS: ClassVar[int] = 1 << 20
 
     def tags(self, terminal_ids: IntArray) -> IntArray:
         """:func:`~bank_node.federated.terminal_stats.terminal_tags` of ``terminal_ids``."""
         kept, ids = self._tags, terminal_ids.tolist()
-        missing = sorted({t for t in ids if t not in kept})
+        # Read into a dict of this call's own: another thread may clear the kept tags meanwhile.
+        found = {t: tag for t in set(ids) if (tag := kept.get(t)) is not None}
+        missing = sorted(set(ids) - found.keys())
         if missing:
-            if len(kept) + len(missing) > self.MAX_KEPT_TAGS:
+            made = dict(zip(missing, terminal_tags(np.asarray(missing, dtype=np.int64), self.key).tolist(), strict=True))
+            if len(kept) + len(made) > self.MAX_KEPT_TAGS:
                 kept.clear()
-            kept.update(zip(missing, terminal_tags(np.asarray(missing, dtype=np.int64), self.key).tolist()))
-        return np.fromiter((kept[t] for t in ids), dtype=np.int64, count=len(ids))
+            kept.update(made)
+            found.update(made)
+        return np.fromiter((found[t] for t in ids), dtype=np.int64, count=len(ids))
 
 
 @dataclass(frozen=True)

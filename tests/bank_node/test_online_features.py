@@ -275,3 +275,39 @@ def test_features_read_off_memory_equal_the_batch_path_on_awkward_requests(
     alone = [online._from_memory(NewTransactions.from_frame(_awkward_requests(held)[6].iloc[[k]]))[
         "TERMINAL_ID_NB_TX_1DAY_WINDOW"][0] for k in range(len(spread))]
     assert (counts > np.array(alone)).any()
+
+
+def test_terminal_tags_kept_by_a_worker_are_the_keyed_tags_even_when_threads_evict_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scoring worker keeps terminals' keyed tags; with a small limit, threads scoring at once
+    keep clearing them under each other, and every answer is still the keyed tag."""
+    import threading
+
+    from bank_node.federated.terminal_stats import ConsortiumHistory, terminal_tags
+    from bank_node.online import ConsortiumTerminals
+
+    monkeypatch.setattr(ConsortiumTerminals, "MAX_KEPT_TAGS", 50)
+    key = bytes(range(32))
+    empty = np.empty(0, dtype=np.int64)
+    kept = ConsortiumTerminals(history=ConsortiumHistory(tag=empty, time_ns=empty, count=empty, frauds=empty,
+                                                         presence_tags=empty, presence_banks=empty, days=(),
+                                                         threshold=1), key=key)
+    rng = np.random.default_rng(3)
+    asks = [rng.integers(0, 400, 40) for _ in range(300)]
+    wrong: list[object] = []
+
+    def score(part: list[np.ndarray]) -> None:
+        for ids in part:
+            try:
+                if not np.array_equal(kept.tags(ids), terminal_tags(ids, key)):
+                    wrong.append(ids)
+            except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
+                wrong.append(exc)
+
+    threads = [threading.Thread(target=score, args=(asks[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert len(kept._tags) <= 50 + 40
