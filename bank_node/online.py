@@ -74,9 +74,10 @@ class ConsortiumTerminals:
     def tags(self, terminal_ids: IntArray) -> IntArray:
         """:func:`~bank_node.federated.terminal_stats.terminal_tags` of ``terminal_ids``."""
         kept, ids = self._tags, terminal_ids.tolist()
+        distinct = set(ids)
         # Read into a dict of this call's own: another thread may clear the kept tags meanwhile.
-        found = {t: tag for t in set(ids) if (tag := kept.get(t)) is not None}
-        missing = sorted(set(ids) - found.keys())
+        found = {t: tag for t in distinct if (tag := kept.get(t)) is not None}
+        missing = sorted(distinct - found.keys())
         if missing:
             made = dict(zip(missing, terminal_tags(np.asarray(missing, dtype=np.int64), self.key).tolist(), strict=True))
             if len(kept) + len(made) > self.MAX_KEPT_TAGS:
@@ -262,8 +263,7 @@ class OnlineFeatures:
                 for k, span in enumerate(spans):
                     seen[k] += bisect_right(reached, until) - bisect_right(reached, until - span)
             rows[i] = counts + totals + seen + frauds
-        # Means and risks for all at once: adding the transaction's own amount to its window's
-        # exact sum is one correctly rounded addition, as ``fsum`` of the two would be.
+        # Means and risks for all at once (the transaction's own amount added to its window's sum).
         table = np.array(rows, dtype=np.float64).reshape(n, 4, len(spans))
         count, total, seen_, fraud = (table[:, j, :] for j in range(4))
         card_count = count + 1

@@ -189,22 +189,14 @@ class RecentTransactions:
         for tx, t, card, terminal, amount, is_fraud in rows:
             if t < covered_from:
                 continue  # older than what this worker holds; never read from memory
-            # The newest row of its card or terminal (the usual case) is appended, the others
-            # put in place.
             held = cards.get(card)
             if held is None:
                 held = cards[card] = Rows("d")
-            if held.time and t <= held.time[-1]:
-                held.put(t, tx, amount)
-            else:
-                held.append(t, tx, amount)
+            held.put(t, tx, amount)
             held = terminals.get(terminal)
             if held is None:
                 held = terminals[terminal] = Rows("b")
-            if held.time and t <= held.time[-1]:
-                held.put(t, tx, 1 if is_fraud else 0)
-            else:
-                held.append(t, tx, 1 if is_fraud else 0)
+            held.put(t, tx, 1 if is_fraud else 0)
             if t > newest:
                 newest = t
         self.newest = newest

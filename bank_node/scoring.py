@@ -82,8 +82,7 @@ class Scores:
         flat = [{"feature": name, "value": value, "contribution": push}
                 for name, value, push in zip(names, values, pushes, strict=True)]
         width = order.shape[1]
-        return [flat[start : start + width] for start in range(0, len(flat), width)] if width else [
-            [] for _ in range(len(order))]
+        return [flat[row * width : (row + 1) * width] for row in range(len(order))]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import (
     BigInteger,
@@ -495,8 +496,8 @@ class _DriverStatements:
         probes = [0, 1_000, 951_782_400_000_000_000, 1_533_081_631_123_456_789, 4_102_444_799_999_999_000]
         texts = [bind(_datetime(ns)) for ns in probes]
         self._numpy_text = all(isinstance(text, str) for text in texts) and self._numpy_timestamps(probes) == texts and (
-            (np.asarray(texts, dtype="datetime64[us]").astype(np.int64) * 1000).tolist()
-            == [_ns(cast(datetime, read(text))) for text in texts])
+            np.asarray(texts, dtype="datetime64[us]").astype(np.int64).tolist()
+            == [_ns(cast(datetime, read(text))) // 1000 for text in texts])
 
     def bind_timestamps(self, ns: Sequence[int]) -> list[Any]:
         """Timestamps (ns since 1970) as the column's bind processor writes them (to the microsecond)."""
@@ -537,7 +538,7 @@ class _DriverStatements:
             pooled.rollback()  # end the read transaction the driver may have begun
         finally:
             pooled.close()
-        stamps = self.read_timestamps([row[1] for row in rows])
+        stamps = (self.read_micros([row[1] for row in rows]) * 1000).tolist()
         return [(row[0], stamp, *row[2:]) for row, stamp in zip(rows, stamps, strict=True)]
 
     def recent(self, since: datetime) -> tuple[pd.DataFrame, int]:
@@ -547,27 +548,28 @@ class _DriverStatements:
         pooled = self.engine.raw_connection()
         try:
             cursor = pooled.cursor()
+            # The version first: every write it counts is committed, so the rows read after it
+            # hold them all (and perhaps later ones, which the reader's applying tolerates).
             version = int(cursor.execute(self._version).fetchone()[0])
             rows = cursor.execute(self._recent, (self.bind_timestamp(since),)).fetchall()
-            pooled.rollback()  # one read transaction for both, ended
+            pooled.rollback()
         finally:
             pooled.close()
         frame = pd.DataFrame.from_records(rows, columns=_NAMES)
-        stamps = np.asarray(self.read_timestamps(frame["timestamp"].tolist()), dtype=np.int64) // 1000
-        frame["timestamp"] = stamps.view("datetime64[us]")  # the store keeps microseconds
+        frame["timestamp"] = self.read_micros(frame["timestamp"].tolist()).view("datetime64[us]")
         return _typed(frame), version
 
-    def read_timestamps(self, stored: Sequence[Any]) -> list[int]:
-        """Nanoseconds since 1970 of stored timestamps, as the column's result processor reads
-        them (numpy parses many at once, where it agrees with the processor: 3 ms a thousand
-        the other way)."""
+    def read_micros(self, stored: Sequence[Any]) -> npt.NDArray[np.int64]:
+        """Microseconds since 1970 of stored timestamps (what the store keeps), as the column's
+        result processor reads them (numpy parses many at once, where it agrees with the
+        processor: 3 ms a thousand the other way)."""
         if self._numpy_text:
             try:
-                return (np.asarray(stored, dtype="datetime64[us]").astype(np.int64) * 1000).tolist()
+                return np.asarray(stored, dtype="datetime64[us]").astype(np.int64)
             except ValueError:  # not a form numpy reads: the processor's way
                 pass
         read = self._read_timestamp
-        return [_ns(read(value)) for value in stored]
+        return np.asarray([_ns(read(value)) // 1000 for value in stored], dtype=np.int64)
 
 
 def _datetime(ns: int) -> datetime:

@@ -14,13 +14,12 @@ holds one such card and terminal (``--busy-rows`` rows, two minutes apart) among
 Each is the median of ``--repeats`` requests, and is also given as a ratio to the ordinary case
 (this machine is shared: ratios taken in one run compare, absolute times drift).
 
-Usage: python bench/scoring_busy.py [--busy-rows 20000] [--repeats 7] [--json OUT]
+Usage: python bench/scoring_busy.py [--busy-rows 20000] [--repeats 7] [--json OUT] [--png OUT]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _outputs import write_outputs  # noqa: E402
 from bank_node.generator import generate_transactions  # noqa: E402
 from bank_node.online import NewTransactions, OnlineFeatures  # noqa: E402
 from bank_node.store import TransactionStore  # noqa: E402
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--busy-rows", type=int, default=20_000, help="rows of the busy card and terminal")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--png", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedfraud-bench-busy-") as folder:
         err.print(f"building a store with a card and a terminal of {args.busy_rows:,} rows ...")
@@ -102,9 +103,25 @@ def main(argv: list[str] | None = None) -> None:
     for case, ms in medians.items():
         table.add_row(case, f"{ms:.1f}", f"{ms / medians['ordinary']:.2f}")
     Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"busy_rows": args.busy_rows, "median_ms": medians}, indent=2))
+    write_outputs({"busy_rows": args.busy_rows, "repeats": args.repeats, "median_ms": medians}, args.json, args.png,
+                  plot)
+
+
+def plot(result: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    medians = result["median_ms"]
+    assert isinstance(medians, dict)
+    fig, axes = plt.subplots(figsize=(6, 3.5))
+    axes.bar(list(medians), list(medians.values()), color=["tab:gray", "tab:blue", "tab:orange"])
+    axes.set_ylabel("ms for 1,000 transactions' online features")
+    axes.set_title(f"busy card and terminal of {result['busy_rows']:,} rows (median of {result['repeats']})",
+                   fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -315,7 +315,7 @@ def _store_contribution(
             )
             session.add(current)
             session.flush()
-        privacy = run_privacy(run.model, dict(run.params or {}), gate=has_gate(run.window))
+        privacy = run_setting(run)
         if privacy is not None:
             _record_privacy_spent(session, run, bank, round_key, privacy)
         session.add(
@@ -367,6 +367,11 @@ def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str
         record(session, "privacy.spent", bank_id=bank.bank_id, run_id=run.run_id, details=details)
 
 
+def run_setting(run: Run) -> RunPrivacy | None:
+    """The run's differential-privacy setting (None for a run without), as its banks compute it."""
+    return run_privacy(run.model, dict(run.params or {}), gate=has_gate(run.window))
+
+
 def contributed(session: Session, run_id: str, round_key: str, bank_id: str) -> bool:
     """Whether ``bank_id`` has a stored contribution to the round."""
     return session.execute(
@@ -380,7 +385,7 @@ def privacy_entry(session: Session, run: Run, bank_id: str, round_key: str) -> i
     of ``round_key`` (None when the run is not private, or nothing was recorded). Every
     contribution to a private run is answered with that entry's receipt, so that the bank checks
     the spend recorded in its name is the one it made (``LedgerWatch.keep``)."""
-    if run_privacy(run.model, dict(run.params or {}), gate=has_gate(run.window)) is None:
+    if run_setting(run) is None:
         return None
     epoch = parse_round_key(round_key).epoch
     for seq, body in session.execute(

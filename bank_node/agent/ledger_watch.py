@@ -213,22 +213,22 @@ class LedgerWatch:
                                        f"(entry {fields.get('index')})")
         if checkpoint.origin != self._load().get("origin", checkpoint.origin):
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the receipt is of log {checkpoint.origin!r}")
-        spent = self._privacy_entry(run_id, round_key, privacy_receipt, privacy, key)
         self._store(int(fields["index"]), receipt)
-        if spent is not None and privacy_receipt is not None:
-            self._store(spent, privacy_receipt)
-            self._checked(run_id, round_key)
+        self._keep_privacy(run_id, round_key, privacy_receipt, privacy, key)
 
     def keep_privacy(self, run_id: str, round_key: str, privacy_receipt: dict[str, Any],
                      privacy: RunPrivacy | None) -> None:
         """Check and keep the privacy receipt that comes with a contribution answered as stored
         before (409): the bank's spend in the run's epoch, as :meth:`keep` checks it."""
         key = self.public_key
-        if key is None:
-            return
-        spent = self._privacy_entry(run_id, round_key, privacy_receipt, privacy, key)
-        if spent is not None:
-            self._store(spent, privacy_receipt)
+        if key is not None:
+            self._keep_privacy(run_id, round_key, privacy_receipt, privacy, key)
+
+    def _keep_privacy(self, run_id: str, round_key: str, receipt: dict[str, Any] | None,
+                      privacy: RunPrivacy | None, key: str) -> None:
+        spent = self._privacy_entry(run_id, round_key, receipt, privacy, key)
+        if spent is not None and receipt is not None:
+            self._store(spent, receipt)
             self._checked(run_id, round_key)
 
     def require_privacy(self, run_id: str, epochs: set[int]) -> None:
@@ -280,7 +280,7 @@ class LedgerWatch:
             raise LedgerRewrittenError(f"{where}: the privacy receipt records another entry (entry {fields.get('index')})")
         details.pop("round_key", None)
         spent = privacy.to_json()
-        if not _same_setting(details, spent):
+        if not _records_at_least(details, spent):
             raise LedgerRewrittenError(
                 f"{where}: the ledger records this bank's privacy spend as {json.dumps(details, sort_keys=True)}, "
                 f"not what it spent, {json.dumps(spent, sort_keys=True)} (entry {fields.get('index')}): the agent stops")
@@ -314,7 +314,7 @@ _AT_LEAST: Final = ("epsilon", "delta", "releases", "terminal_epsilon", "gate_ep
 _AT_MOST: Final = ("noise_multiplier", "terminal_noise_multiplier", "gate_noise_multiplier")
 
 
-def _same_setting(recorded: dict[str, Any], spent: dict[str, Any]) -> bool:
+def _records_at_least(recorded: dict[str, Any], spent: dict[str, Any]) -> bool:
     """Whether a recorded privacy setting records at least the spend made: every mechanism spent
     is there, with no smaller epsilon, delta or number of releases and no larger noise multiplier
     (to a relative slack of :data:`_SLACK`), and the same clipping bound. More recorded than spent

@@ -92,3 +92,15 @@ def test_the_quick_reading_of_a_body_is_the_standard_librarys_where_it_is_used(
     quick = _plainly_valid_request(_quick_json(raw))
     if quick[1] is not None:
         assert quick == _plainly_valid_request(json.loads(raw))
+
+
+def test_the_quick_reading_is_the_one_used_for_plain_requests() -> None:
+    """The property above holds vacuously unless the quick reading is taken: it is, for plainly
+    valid requests in both forms, and not for a 19-digit id, which the standard library reads."""
+    import json
+
+    from bank_node.service.api import _plainly_valid_request, _quick_json
+
+    for document in (VALID, {"transactions": [VALID, {**VALID, "transaction_id": 8}]}):
+        assert _plainly_valid_request(_quick_json(json.dumps(document).encode()))[1] is not None
+    assert _quick_json(json.dumps({**VALID, "transaction_id": 10**18}).encode()) is None
