@@ -247,6 +247,38 @@ def test_a_private_runs_spend_is_recorded_per_bank_and_each_bank_checked_its_own
         assert sum(e["event"] == "contribution.accepted" for e in entries) > 1
 
 
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("replay", "never showed this bank the ledger entry recording its privacy spend"),
+    ("no-receipt", "without the receipt of the ledger entry recording its privacy spend"),
+])
+def test_an_operator_hiding_a_banks_privacy_spend_gets_no_model_from_it(
+    consortium: LocalConsortium, bank_files: dict[str, Path], mode: str, reason: str
+) -> None:
+    """The operator answers one bank's contributions to a private run (all stored by the real
+    aggregator) either as replays without the receipt of its spend, or as stored without it: the
+    bank sees no ledger entry recording what it spent. Its agent stops saying so, and proposes
+    no model: the run publishes nothing."""
+    from bank_node.agent.state import AgentConfig, StateDir
+    from tests.e2e.operator_proxy import operator_proxy
+
+    set_up(consortium)
+    victim = StateDir(consortium.state_dir("bank-1"))
+    with operator_proxy(consortium.url, mode) as (proxy_url, proxy):  # type: ignore[arg-type]
+        victim.save_config(AgentConfig(url=proxy_url, bank_id="bank-1"))
+        run_id = consortium.open_run("logreg", {"dp_epsilon": 4.0}, train_start=TRAIN_START)
+        agents = start_agents(consortium, bank_files)
+        try:
+            code = agents["bank-1"].wait(timeout=600)
+            log = (consortium.root / "bank-1-agent.log").read_text()
+            assert code != 0 and reason in log, log[-3000:]
+            assert "Traceback" not in log
+            assert proxy.rewritten >= 1  # the aggregator stored what the bank sent
+            assert consortium.run(run_id)["state"] != "completed"
+            assert all(str(m.get("run_id")) != run_id for m in consortium.api("GET", "/v1/models").json())
+        finally:
+            consortium.stop(*(agent for agent in agents.values() if agent.poll() is None))
+
+
 def test_an_agent_started_while_the_consortium_is_down_waits_for_it(
     consortium: LocalConsortium, bank_files: dict[str, Path], tmp_path: Path
 ) -> None:
