@@ -95,6 +95,25 @@ def revoke_token(token_id: int) -> None:
         click.echo(f"token {token_id} ({row.role}{', bank ' + row.bank_id if row.bank_id else ''}) revoked")
 
 
+@consortium_cli.command("rotate-ledger-key")
+def rotate_ledger_key() -> None:
+    """Replace the ledger's signing key: a ledger.key_rotated entry endorsed by the old key and
+    signed by the new one. Running services follow it at their next entry; banks' agents follow it
+    at their next poll, from the key they pinned. Take a backup afterwards: it holds the new key."""
+    from consortium.app import create_app
+    from consortium.errors import ConsortiumError
+    from consortium.ledger import rotate_key
+    from consortium.storage.database import db
+
+    app = create_app()
+    with app.app_context():
+        try:
+            old, new = rotate_key(db.session)
+        except ConsortiumError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"ledger signing key rotated: {old} -> {new}")
+
+
 @consortium_cli.command("enrol-bank")
 @click.argument("bank_id")
 @click.argument("name")

@@ -13,12 +13,16 @@ ledger broken at that entry: the process then refuses every state change (503) a
 more, rather than extend, under its key, a history someone rewrote.
 
 The signing key is the consortium's own (``LEDGER_KEY_FILE``, created on first start, mode 0600);
-it signs checkpoints only. Banks pin its public key.
+it signs checkpoints only. Banks pin its public key. :func:`rotate_key` replaces it: a
+``ledger.key_rotated`` entry, endorsed by the old key over the log before it and signed by the new
+one, which signs from there on; every process follows the rotation when it reads that entry
+(``schemas/ledger.py`` says how a verifier follows the chain of keys).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import fcntl
 import hashlib
@@ -48,7 +52,17 @@ from consortium.storage.models import LedgerEntry, LedgerHead
 from crypto.checkpoint import Checkpoint, CheckpointError
 from crypto.merkle import EMPTY_ROOT, Tree, leaf_hash
 from crypto.signing import b64encode
-from schemas.ledger import LogVerifier, Verification, canonical_entry, parse_entry, receipt_document
+from schemas.ledger import (
+    ROTATION,
+    LedgerError,
+    LogVerifier,
+    Verification,
+    canonical_entry,
+    check_rotation,
+    endorse_rotation,
+    parse_entry,
+    receipt_document,
+)
 
 __all__ = [
     "Ledger",
@@ -62,6 +76,7 @@ __all__ = [
     "receipt_header",
     "record",
     "record_refusal",
+    "rotate_key",
     "verify_database",
 ]
 
@@ -85,27 +100,41 @@ _APPENDED = "fedfraud_ledger_appended"
 KEY_FILE_NAME = "ledger-signing.key"
 
 
-def _load_or_create_key(path: Path) -> SigningKey:
-    """The key stored at ``path``, created there if absent. Two processes starting at once agree:
-    the file appears whole (written aside, then linked), and the loser reads the winner's."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".ledger-key-")
+def _write_key(path: Path, key: SigningKey) -> bool:
+    """Write ``key`` at ``path`` whole (aside, then linked) unless a file is there; True if written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".ledger-key-")
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, base64.b64encode(bytes(key)) + b"\n")
+        os.fsync(fd)
+        os.close(fd)
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, base64.b64encode(bytes(SigningKey.generate())) + b"\n")
-            os.fsync(fd)
-            os.close(fd)
-            try:
-                os.link(temporary, path)
-                logger.info("ledger signing key created", extra={"path": str(path)})
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(temporary)
+            os.link(temporary, path)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(temporary)
+
+
+def _read_key(path: Path) -> SigningKey:
     if path.stat().st_mode & 0o077:
         raise RuntimeError(f"the ledger signing key {path} is readable by others: chmod 600 it")
     return SigningKey(base64.b64decode(path.read_bytes().strip(), validate=True))
+
+
+def _load_or_create_key(path: Path) -> SigningKey:
+    """The key stored at ``path``, created there if absent. Two processes starting at once agree:
+    the file appears whole (written aside, then linked), and the loser reads the winner's."""
+    if not path.exists() and _write_key(path, SigningKey.generate()):
+        logger.info("ledger signing key created", extra={"path": str(path)})
+    return _read_key(path)
+
+
+def staged_key_path(path: Path) -> Path:
+    """Where a rotation keeps the next key until the entry naming it is committed."""
+    return path.with_name(path.name + ".next")
 
 
 @dataclass
@@ -125,10 +154,61 @@ class Ledger:
     _witness_fd: int | None = None
     recent: dict[int, tuple[bytes, Checkpoint]] = field(default_factory=dict)
     """The text and checkpoint of the last entries this process committed (for their receipts)."""
+    key_file: Path | None = None
+    log_key: str | None = None
+    """The key the log is signed by from its newest entry read (None before any entry)."""
+
+    @property
+    def own_key(self) -> str:
+        """The public half of the key this process holds."""
+        return b64encode(bytes(self.key.verify_key))
 
     @property
     def public_key(self) -> str:
-        return b64encode(bytes(self.key.verify_key))
+        """The key that signs the log now (this process's own before the log has entries)."""
+        return self.log_key or self.own_key
+
+    def signer(self) -> SigningKey:
+        """The key to sign the next checkpoint with: the log's current key, read again from the
+        key file (or the one a rotation staged beside it) once another process rotated it.
+
+        Raises
+        ------
+        Unavailable
+            No key file holds the log's current key: this process signs nothing.
+        """
+        if self.log_key is None or self.own_key == self.log_key:
+            return self.key
+        for path in () if self.key_file is None else (self.key_file, staged_key_path(self.key_file)):
+            if path.exists():
+                candidate = _read_key(path)
+                if b64encode(bytes(candidate.verify_key)) == self.log_key:
+                    self.key = candidate
+                    if path != self.key_file and self.key_file is not None:  # a rotation cut short
+                        with contextlib.suppress(FileNotFoundError):
+                            os.replace(path, self.key_file)
+                    logger.info("ledger signing key reloaded after a rotation", extra={"public_key": self.log_key})
+                    return candidate
+        raise Unavailable(f"the ledger is now signed by key {self.log_key}, which this process does not hold "
+                          f"(key file {self.key_file}): restore that key file, then restart the service")
+
+    def _follow(self, session: Session, seq: int, body: str) -> bool:
+        """Follow the log's key through entry ``seq`` (before its leaf joins the tree); False if
+        it is a key rotation the key in force did not endorse (the log is then marked broken)."""
+        if seq != 0 and ROTATION not in body:
+            return True
+        fields = parse_entry(body)
+        if seq == 0:
+            declared = (fields.get("details") or {}).get("public_key")
+            self.log_key = declared if isinstance(declared, str) else self.own_key
+        if fields.get("event") == ROTATION:
+            try:
+                self.log_key = check_rotation(fields, origin=self.origin, root=self.tree.root(),
+                                              current_key=self.public_key)
+            except LedgerError as exc:
+                self._break(session, seq, str(exc))
+                return False
+        return True
 
     def sync(self, session: Session, below: int | None = None) -> Tree:
         """Bring the tree up to the committed entries (those under ``below`` when given),
@@ -156,7 +236,7 @@ class Ledger:
                 self._break(session, seq, f"entry {seq} is not the entry that was appended (its leaf hash differs)")
             elif self.tree.root_with(leaf).hex() != stored_root:
                 self._break(session, seq, f"entry {seq}: the log up to it is not the one the consortium signed")
-            else:
+            elif self._follow(session, seq, body):
                 self.tree.append(leaf)
                 last = Checkpoint(self.origin, seq + 1, bytes.fromhex(stored_root), timestamp_ms, signature)
         if self.broken is None and last is not None:
@@ -255,11 +335,14 @@ class Ledger:
                               "the consortium changes nothing until it is restored from a backup",
                               ledger_broken_at=self.broken[0])
 
-    def sign(self, size: int, root: bytes, at: datetime, *, not_before_ms: int = 0) -> Checkpoint:
+    def sign(self, size: int, root: bytes, at: datetime, *, not_before_ms: int = 0,
+             key: SigningKey | None = None) -> Checkpoint:
         """A checkpoint signed now, dated ``at`` but never before the last one this process read
         nor ``not_before_ms``: the banks refuse a checkpoint older than one they accepted, and the
-        clocks of two processes (the service and its scheduler) need not agree to the millisecond."""
-        return Checkpoint(self.origin, size, root, max(_ms(at), self.last_ms, not_before_ms)).signed(self.key)
+        clocks of two processes (the service and its scheduler) need not agree to the millisecond.
+        Signed with the log's current key, or ``key`` (a rotation's new key)."""
+        return Checkpoint(self.origin, size, root, max(_ms(at), self.last_ms, not_before_ms)).signed(
+            key or self.signer())
 
 
 def _ms(at: datetime) -> int:
@@ -276,7 +359,7 @@ def init_ledger(app: Flask) -> None:
     """Load (or create) the signing key and attach an empty view of the log to ``app``."""
     path = key_path(app.config.get("LEDGER_KEY_FILE"), app.config["BLOB_DIR"])
     app.extensions[_EXTENSION] = Ledger(key=_load_or_create_key(path), origin=app.config["LEDGER_ORIGIN"],
-                                        witness=path.with_name(path.name + ".head"))
+                                        witness=path.with_name(path.name + ".head"), key_file=path)
 
 
 def ledger(app: Flask | None = None) -> Ledger:
@@ -301,10 +384,12 @@ def _witness_commit(session: Session) -> None:
 
 
 def record(session: Session, event_name: str, *, bank_id: str | None = None, run_id: str | None = None,
-           model_version: int | None = None, details: Mapping[str, Any] | None = None) -> int:
+           model_version: int | None = None, details: Mapping[str, Any] | None = None,
+           rotate_to: SigningKey | None = None) -> int:
     """Append an entry to the ledger in ``session``'s transaction (commit it with the state change
     it records) and return its index. The log's first entry, ``ledger.started``, is written
-    before the first event.
+    before the first event. With ``rotate_to`` the entry is a key rotation to that key (see
+    :func:`rotate_key`).
 
     Raises
     ------
@@ -330,8 +415,50 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
             _append(session, view, pending, 0, "ledger.started", at,
                     details={"origin": view.origin, "public_key": view.public_key})
             seq = _next_seq(session)
+        if rotate_to is not None:
+            root = view.tree.root_with(*(p.leaf for p in pending))
+            details = endorse_rotation(view.signer(), view.origin, seq, root, b64encode(bytes(rotate_to.verify_key)))
         return _append(session, view, pending, seq, event_name, at, bank_id=bank_id, run_id=run_id,
-                       model_version=model_version, details=details)
+                       model_version=model_version, details=details, signer=rotate_to)
+
+
+def rotate_key(session: Session) -> tuple[str, str]:
+    """Replace the ledger's signing key; return the old and the new public key.
+
+    The new key is written beside the key file (``.next``) first, then a ``ledger.key_rotated``
+    entry is committed: endorsed by the old key over the log before it, and signed by the new key,
+    which signs everything after. Only then does the new key replace the old one in the key file
+    (a process that finds the rotation before that reads it from ``.next``). The old key is gone
+    afterwards: banks need only the public keys, which the log itself names.
+
+    Raises
+    ------
+    Unavailable
+        The ledger is broken, or this process holds no key file to rotate.
+    """
+    view = ledger()
+    if view.key_file is None:
+        raise Unavailable("this service keeps its ledger key in no file: it cannot rotate it")
+    staged = staged_key_path(view.key_file)
+    new = SigningKey.generate()
+    staged.unlink(missing_ok=True)  # a rotation that never committed
+    _write_key(staged, new)
+    try:
+        with write_lock():
+            seq = record(session, ROTATION, rotate_to=new)
+            old = view.public_key
+            session.commit()
+    except BaseException:
+        session.rollback()
+        staged.unlink(missing_ok=True)
+        raise
+    with view.lock:
+        if view.tree.size > seq:  # this process added the entry to its tree: it follows it now
+            view.log_key = b64encode(bytes(new.verify_key))
+        view.key = new
+        os.replace(staged, view.key_file)
+    logger.info("ledger signing key rotated", extra={"entry": seq, "public_key": b64encode(bytes(new.verify_key))})
+    return old, b64encode(bytes(new.verify_key))
 
 
 # Core statements built once (their compiled form is cached by identity), run on the session's
@@ -348,12 +475,13 @@ def _next_seq(session: Session) -> int:
 
 
 def _append(session: Session, view: Ledger, pending: list[_Pending], seq: int, event_name: str,
-            at: datetime,
+            at: datetime, signer: SigningKey | None = None,
             **fields: Any) -> int:
     body = canonical_entry(seq, event_name, at, **fields)
     leaf = leaf_hash(body)
     root = view.tree.root_with(*(p.leaf for p in pending), leaf)
-    checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p.timestamp_ms for p in pending), default=0))
+    checkpoint = view.sign(seq + 1, root, at, not_before_ms=max((p.timestamp_ms for p in pending), default=0),
+                           key=signer)
     # At once, in the transaction: no ORM object to build, flush and expire.
     session.connection().execute(_INSERT_ENTRY, {
         "seq": seq, "event": event_name, "at": at, "bank_id": fields.get("bank_id"), "run_id": fields.get("run_id"),
@@ -402,7 +530,7 @@ def latest_checkpoint(session: Session) -> Checkpoint:
         view.sync(session)
     view.check_intact()
     if view.tree.size == 0:  # dated 0: the empty log proves nothing, and no later checkpoint may seem older
-        return Checkpoint(view.origin, 0, EMPTY_ROOT, 0).signed(view.key)
+        return Checkpoint(view.origin, 0, EMPTY_ROOT, 0).signed(view.signer())
     row = session.get(LedgerEntry, view.tree.size - 1)
     if row is None:
         with view.lock:
@@ -488,6 +616,7 @@ def verify_database(session: Session, public_key: str | None = None) -> Verifica
             result.verified -= 1
         else:
             cache[position] = digest
+    result = verifier.conclude()
     if not result.ok and public_key is None and result.first_bad is not None:
         with view.lock:  # what the service found, it does not extend under its key
             view.mark_broken(result.first_bad, result.problem or "")

@@ -110,8 +110,10 @@ class Checkpoint:
         return cls(document["origin"], document["size"], root, document["timestamp_ms"], document["signature"])
 
 
-def check_growth(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes], public_key_b64: str) -> None:
-    """Accept ``new`` after ``old`` only if both are the log's, and ``new`` extends ``old``.
+def check_growth(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes], public_key_b64: str, *,
+                 old_key_b64: str | None = None) -> None:
+    """Accept ``new`` after ``old`` only if both are the log's, and ``new`` extends ``old``;
+    ``old`` is signed by ``old_key_b64`` when given (across a rotation of the log's key).
 
     Raises
     ------
@@ -119,7 +121,7 @@ def check_growth(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes], publi
         A bad signature, another log, a smaller or older tree, or a consistency proof that does
         not hold (the log was rewritten or forked); the message says which.
     """
-    old.verify(public_key_b64)
+    old.verify(old_key_b64 or public_key_b64)
     new.verify(public_key_b64)
     if new.origin != old.origin:
         raise CheckpointError(f"the new checkpoint is of log {new.origin!r}, not {old.origin!r}")

@@ -11,7 +11,7 @@ the key the bank saw at the time) to detect a log rewritten and re-signed with a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,17 +108,21 @@ def check_export(path: Path, *, public_key: str | None = None,
         header = _header(handle.readline(), path)
         key = public_key or header["public_key"]
         verifier = LogVerifier(key, origin=str(header.get("origin") or "") or None)
-        wanted = _receipts_by_index(list(receipts), key)
+        receipts = list(receipts)
+        indexes = {document["index"] for _, document in receipts
+                   if isinstance(document, dict) and isinstance(document.get("index"), int)}
         bodies: dict[int, str] = {}
         leaves = Tree()  # every line as found, for checking receipts even past the first bad entry
         for position, line in enumerate(handle):
             body, checkpoint = _line(line, position)
             verifier.add(position, body, checkpoint)
             leaves.append(leaf_hash(body.encode("utf-8")))
-            if position in wanted.indexes:
+            if position in indexes:
                 bodies[position] = body
+    # Each receipt under the key that signed its checkpoint, as the log's chain of keys says.
+    wanted = _receipts_by_index(receipts, verifier.key_for)
     result = ExportCheck(origin=str(header.get("origin")), public_key=key, key_pinned=public_key is not None,
-                         log=verifier.result)
+                         log=verifier.conclude())
     result.receipts_checked = wanted.count
     result.receipt_problems = wanted.problems + _against_log(wanted.valid, bodies, leaves)
     return result
@@ -132,11 +136,15 @@ class _Receipts:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _receipts_by_index(receipts: list[tuple[str, Any]], key: str) -> _Receipts:
+def _receipts_by_index(receipts: list[tuple[str, Any]], key_for: Callable[[int], str]) -> _Receipts:
     out = _Receipts(count=len(receipts))
     for name, document in receipts:
         try:
-            fields, checkpoint = verify_receipt(document, key)
+            size = Checkpoint.from_json(document.get("checkpoint")).size if isinstance(document, dict) else 0
+            fields, checkpoint = verify_receipt(document, key_for(size))
+        except CheckpointError as exc:
+            out.problems.append((-1, f"receipt {name}: {exc}"))
+            continue
         except LedgerError as exc:
             index = exc.index if exc.index is not None else -1
             out.problems.append((index, f"receipt {name} does not hold under the log's key: {exc} "

@@ -26,15 +26,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
 
+from nacl.signing import SigningKey
+
 from crypto.checkpoint import Checkpoint, CheckpointError
 from crypto.merkle import HASH_SIZE, ProofError, Tree, leaf_hash, verify_inclusion
+from crypto.signing import SignatureError, b64encode, sign, verify
 
 __all__ = [
     "EVENTS",
     "LedgerError",
     "LogVerifier",
     "Verification",
+    "ROTATION",
     "canonical_entry",
+    "check_rotation",
+    "endorse_rotation",
     "entry_time",
     "parse_entry",
     "receipt_document",
@@ -44,6 +50,8 @@ __all__ = [
 #: Every event the ledger records, and what it means.
 EVENTS: Final[Mapping[str, str]] = {
     "ledger.started": "the log's first entry: its origin and signing key",
+    "ledger.key_rotated": "the log's signing key was replaced: the old key endorsed the new one, which signs from "
+                          "this entry on",
     "bank.enrolled": "an operator enrolled a bank",
     "bank.keys_registered": "a bank registered its signing and box public keys",
     "roster.signed": "a bank proposed or approved a roster (membership) version",
@@ -68,6 +76,9 @@ EVENTS: Final[Mapping[str, str]] = {
     "model.published": "a model the agreeing banks signed was published (its lineage)",
     "model.current": "a family's current model changed: promoted, or rolled back by an operator",
 }
+
+ROTATION: Final = "ledger.key_rotated"
+_ROTATION_PREFIX: Final = "fedfraud ledger key rotation v1"
 
 _KEYS: Final = ("at", "bank_id", "details", "event", "index", "model_version", "run_id")
 
@@ -121,6 +132,46 @@ def parse_entry(body: str | bytes, index: int | None = None) -> dict[str, Any]:
     return document
 
 
+def _rotation_message(origin: str, size: int, root: bytes, new_key: str) -> bytes:
+    return "\n".join((_ROTATION_PREFIX, origin, str(size), b64encode(root), new_key)).encode("utf-8")
+
+
+def endorse_rotation(old_key: SigningKey, origin: str, size: int, root: bytes, new_key: str) -> dict[str, str]:
+    """The details of a ``ledger.key_rotated`` entry appended at index ``size`` to the log whose
+    first ``size`` entries have Merkle root ``root``: the old key signs that state of the log and
+    the new public key, which signs the checkpoints from this entry on."""
+    return {"public_key": new_key, "previous_key": b64encode(bytes(old_key.verify_key)),
+            "endorsement": sign(old_key, _rotation_message(origin, size, root, new_key))}
+
+
+def check_rotation(fields: Mapping[str, Any], *, origin: str, root: bytes, current_key: str) -> str:
+    """The key that signs from a ``ledger.key_rotated`` entry on, once checked to be endorsed by
+    ``current_key`` (the key in force before it) over the log as it stood before it (``root``).
+
+    Raises
+    ------
+    LedgerError
+        Not endorsed by the key in force (a key put in by whoever could write the database), or
+        endorsing another state of the log.
+    """
+    index = int(fields["index"])
+    details = fields.get("details") or {}
+    new_key, previous = details.get("public_key"), details.get("previous_key")
+    if not isinstance(new_key, str) or not isinstance(details.get("endorsement"), str):
+        raise LedgerError(f"entry {index}: a key rotation names the new public key and the old key's endorsement",
+                          index)
+    if previous != current_key:
+        raise LedgerError(f"entry {index}: the key rotation replaces key {previous}, but the log was signed by "
+                          f"{current_key} until then", index)
+    try:
+        verify(current_key, _rotation_message(origin, index, root, new_key), details["endorsement"])
+    except SignatureError:
+        raise LedgerError(f"entry {index}: the key rotation to {new_key} is not endorsed by the key in force "
+                          "over the log before it (a key put in by someone who does not hold the log's key)",
+                          index) from None
+    return new_key
+
+
 @dataclass
 class Verification:
     """What a check of a log found.
@@ -158,13 +209,36 @@ class LogVerifier:
     """Checks a log entry by entry, from the first, against the log's public key.
 
     Feed every entry with :meth:`add` in the log's order; the first that does not hold stops the
-    check (later entries are only counted). :attr:`result` says how far the log holds.
+    check (later entries are only counted). :attr:`result` says how far the log holds; call
+    :meth:`conclude` once the last entry is in.
+
+    The key is the one pinned (``public_key``). A log whose key was rotated is signed by the key
+    its first entry names up to the first rotation, then by each key a rotation endorsed in turn;
+    every rotation must be endorsed by the key in force before it. The pinned key must be one of
+    them, having signed a checkpoint: the log up to that checkpoint is then the one it signed, and
+    every later key holds by the chain of endorsements from it.
     """
 
     public_key: str
     origin: str | None = None
     tree: Tree = field(default_factory=Tree)
     result: Verification = field(default_factory=Verification)
+    keys: list[tuple[int, str]] = field(default_factory=list)
+    """(first checkpoint size it signs, key) of every key in the log so far, oldest first."""
+    _pinned_signed: bool = False
+
+    @property
+    def signing_key(self) -> str:
+        """The key in force at the end of the entries checked so far."""
+        return self.keys[-1][1] if self.keys else self.public_key
+
+    def key_for(self, size: int) -> str:
+        """The key that signs the checkpoint of the log's first ``size`` entries."""
+        found = self.keys[0][1] if self.keys else self.public_key
+        for first, key in self.keys:
+            if first <= size:
+                found = key
+        return found
 
     def add(self, position: int, body: str | bytes, checkpoint: Checkpoint) -> None:
         """Check the entry found at ``position`` (0-based) with the checkpoint stored beside it."""
@@ -182,18 +256,46 @@ class LogVerifier:
     def add_verified(self, body: str | bytes, checkpoint: Checkpoint) -> None:
         """Take an entry checked before, unchanged since (only its leaf joins the tree)."""
         raw = body.encode("utf-8") if isinstance(body, str) else body
+        if self.tree.size == 0 or ROTATION.encode() in raw:
+            self._follow_keys(parse_entry(raw), trusted=True)
         self.tree.append(leaf_hash(raw))
+        self._pinned_signed = self._pinned_signed or self.signing_key == self.public_key
         self.result.size += 1
         self.result.verified += 1
         self.result.checkpoint = checkpoint
 
+    def conclude(self) -> Verification:
+        """The result, once every entry was added: a log that holds but whose checkpoints the
+        pinned key never signed does not hold for whoever pinned it."""
+        if self.result.ok and self.result.verified and not self._pinned_signed:
+            self.result.first_bad, self.result.verified = 0, 0
+            self.result.problem = (f"no checkpoint of this log is signed by the pinned key {self.public_key} (its "
+                                   f"keys: {', '.join(key for _, key in self.keys)})")
+            self.result.checkpoint = None
+        return self.result
+
+    def _follow_keys(self, fields: Mapping[str, Any], *, trusted: bool = False,
+                     origin: str = "", root: bytes = b"") -> None:
+        """The key in force after entry ``fields``: the first entry's, then each rotation's."""
+        index = int(fields["index"])
+        if index == 0:
+            declared = (fields.get("details") or {}).get("public_key")
+            start = declared if fields.get("event") == "ledger.started" and isinstance(declared, str) \
+                else self.public_key
+            self.keys = [(1, start)]
+        if fields.get("event") == ROTATION:
+            new_key = (str((fields.get("details") or {}).get("public_key")) if trusted else
+                       check_rotation(fields, origin=origin, root=root, current_key=self.signing_key))
+            self.keys.append((index + 1, new_key))
+
     def _check(self, position: int, body: str | bytes, checkpoint: Checkpoint) -> None:
         if position != self.tree.size:
             raise LedgerError(f"entry {self.tree.size} is missing", self.tree.size)
-        parse_entry(body, position)
+        fields = parse_entry(body, position)
         raw = body.encode("utf-8") if isinstance(body, str) else body
-        self.tree.append(leaf_hash(raw))
         self.origin = self.origin or checkpoint.origin
+        self._follow_keys(fields, origin=self.origin, root=self.tree.root())
+        self.tree.append(leaf_hash(raw))
         if checkpoint.origin != self.origin:
             raise LedgerError(f"entry {position}: its checkpoint is of log {checkpoint.origin!r}, "
                               f"not {self.origin!r}", position)
@@ -201,10 +303,11 @@ class LogVerifier:
             raise LedgerError(f"entry {position}: the log up to it is not the one the consortium signed "
                               "(this entry, or the signed root stored with it, was changed)", position)
         try:
-            checkpoint.verify(self.public_key)
+            checkpoint.verify(self.signing_key)
         except CheckpointError:
             raise LedgerError(f"entry {position}: its checkpoint is not signed by the log's key "
                               "(entry forged or log re-signed with another key)", position) from None
+        self._pinned_signed = self._pinned_signed or self.signing_key == self.public_key
 
 
 def receipt_document(body: bytes, index: int, proof: list[bytes], checkpoint: Checkpoint) -> dict[str, Any]:

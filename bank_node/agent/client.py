@@ -200,6 +200,13 @@ class ConsortiumClient:
         return _parse("GET /v1/ledger/key", lambda: {"origin": str(document["origin"]),
                                                      "public_key": str(document["public_key"])})
 
+    def ledger_rotations(self) -> list[tuple[int, str]]:
+        """The index and text of every entry that rotated the ledger's key, oldest first (not yet
+        verified); none from a consortium of a version that could not rotate it."""
+        document = self._json("GET", "/v1/ledger/key")
+        return _parse("GET /v1/ledger/key", lambda: [(int(r["index"]), str(r["entry"]))
+                                                     for r in document.get("rotations", [])])
+
     def ledger_checkpoint(self) -> dict[str, Any]:
         """``GET /v1/ledger/checkpoint``: the newest signed checkpoint (not yet verified)."""
         return dict(self._json("GET", "/v1/ledger/checkpoint"))

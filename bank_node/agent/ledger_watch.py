@@ -27,7 +27,7 @@ from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError
 from bank_node.agent.state import StateDir
 from crypto.checkpoint import Checkpoint, CheckpointError, check_growth
-from schemas.ledger import LedgerError, verify_receipt
+from schemas.ledger import LedgerError, check_rotation, parse_entry, verify_receipt
 from schemas.privacy import RunPrivacy
 from schemas.round_key import parse_round_key
 
@@ -101,7 +101,9 @@ class LedgerWatch:
                 key = found["public_key"]
                 log.info("ledger key pinned: %s (origin %s)", key, found["origin"])
             new = Checkpoint.from_json(self.client.ledger_checkpoint())
-            old = self.checkpoint()
+            old = seen = self.checkpoint()
+            if not _signs(new, key):  # the consortium may have rotated the key since the last look
+                old, key = self._follow_rotations(old, key)
             proof: list[bytes] = []
             if old is not None and 0 < old.size < new.size:
                 document = self.client.ledger_consistency(old.size, new.size)
@@ -140,10 +142,69 @@ class LedgerWatch:
             raise LedgerRewrittenError(
                 f"the consortium's ledger does not extend the one this bank saw ({exc}); the agent stops until "
                 "the consortium's operators explain it (fedfraud ledger verify with this bank's receipts)") from None
-        self._confirm_receipts(new, key, since=0 if old is None else old.size)
+        self._confirm_receipts(new, key, since=0 if seen is None else seen.size)
         record = self._load()
         self._save({**record, "checkpoint": new.to_json(), "origin": record.get("origin") or new.origin})
         return new
+
+    def _follow_rotations(self, accepted: Checkpoint | None, key: str) -> tuple[Checkpoint | None, str]:
+        """Follow the ledger's key rotations made after ``accepted`` (signed by ``key``): each must
+        be endorsed by the key in force over the log this bank accepted, extended, and be in the
+        log the new key signs. The key and checkpoint reached are pinned and accepted.
+
+        Raises
+        ------
+        LedgerRewrittenError
+            A rotation not endorsed by the key this bank trusts (whoever holds only the database
+            or a new key cannot rotate to it), or not in the log this bank accepted.
+        """
+        origin = self._load().get("origin") or (accepted.origin if accepted is not None else "")
+        for index, body in self.client.ledger_rotations():
+            if accepted is not None and index < accepted.size:
+                continue  # followed before (or of a log this bank never saw signed by an older key)
+            fields = parse_entry(body, index)
+            if (fields.get("details") or {}).get("previous_key") != key:
+                continue  # a rotation between keys before the one pinned out of band
+            if accepted is not None and accepted.size == index:
+                before = accepted
+            else:
+                document = self.client.ledger_inclusion(index - 1, index)
+                before = Checkpoint.from_json(document.get("checkpoint"))
+                if accepted is None:
+                    before.verify(key)
+                else:
+                    growth = self.client.ledger_consistency(accepted.size, index)
+                    check_growth(accepted, before, [base64.b64decode(p, validate=True) for p in growth["proof"]], key)
+            try:
+                new_key = check_rotation(fields, origin=origin or before.origin, root=before.root, current_key=key)
+            except LedgerError as exc:
+                raise LedgerRewrittenError(f"the consortium's ledger names a new signing key this bank cannot trust "
+                                           f"({exc}): the agent stops") from None
+            document = self.client.ledger_inclusion(index, index + 1)
+            after = Checkpoint.from_json(document.get("checkpoint"))
+            verify_receipt({"entry": body, "index": index, "proof": document.get("proof", []),
+                            "checkpoint": after.to_json()}, new_key)
+            growth = self.client.ledger_consistency(index, index + 1)
+            check_growth(before, after, [base64.b64decode(p, validate=True) for p in growth["proof"]], new_key,
+                         old_key_b64=key)
+            record = self._load()
+            rotations = [*record.get("rotations", []), {"index": index, "public_key": new_key}]
+            self._save({**record, "public_key": new_key, "rotations": rotations, "checkpoint": after.to_json(),
+                        "origin": record.get("origin") or after.origin})
+            log.info("ledger key rotation followed: entry %d, key %s (endorsed by %s)", index, new_key, key)
+            accepted, key = after, new_key
+        return accepted, key
+
+    def _key_for(self, receipt: dict[str, Any], key: str) -> str:
+        """The pinned key, once a rotation was followed if the receipt's checkpoint is signed by
+        another key (the consortium rotated it since this bank's last look at the log)."""
+        try:
+            if _signs(Checkpoint.from_json(receipt.get("checkpoint")), key):
+                return key
+        except CheckpointError:
+            return key  # malformed: the check of the receipt says so
+        self.watch()
+        return self.public_key or key
 
     def _waiting(self, since: int) -> list[int]:
         """The receipts kept since the last accepted checkpoint, of ``since`` entries: every receipt
@@ -203,6 +264,7 @@ class LedgerWatch:
         if receipt is None:
             raise LedgerRewrittenError(f"run {run_id}, round {round_key}: the consortium stored this bank's "
                                        "contribution without a ledger receipt")
+        key = self._key_for(receipt, key)
         fields, checkpoint = _verified(receipt, key, f"run {run_id}, round {round_key}: the receipt")
         details = fields.get("details") or {}
         expected = {"event": "contribution.accepted", "bank_id": self.bank_id, "run_id": run_id}
@@ -272,7 +334,7 @@ class LedgerWatch:
         if receipt is None:
             raise LedgerRewrittenError(f"{where}: the consortium stored this bank's contribution to a private run "
                                        "without the receipt of the ledger entry recording its privacy spend")
-        fields, checkpoint = _verified(receipt, key, f"{where}: the privacy receipt")
+        fields, checkpoint = _verified(receipt, self._key_for(receipt, key), f"{where}: the privacy receipt")
         details = dict(fields.get("details") or {})
         epoch = parse_round_key(round_key).epoch
         if (fields.get("event"), fields.get("bank_id"), fields.get("run_id"), details.pop("epoch", 0)) != (
@@ -295,6 +357,14 @@ class LedgerWatch:
         # Confirmed at the next poll: a receipt file whose index is past the last checkpoint
         # accepted is waiting by that alone (it survives a restart without a state write here).
         self._unconfirmed.add(index)
+
+
+def _signs(checkpoint: Checkpoint, key: str) -> bool:
+    try:
+        checkpoint.verify(key)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _verified(receipt: dict[str, Any], key: str, what: str) -> tuple[dict[str, Any], Checkpoint]:

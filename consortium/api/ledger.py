@@ -32,7 +32,7 @@ from consortium.auth import requires
 from consortium.errors import NotFound, Unprocessable
 from consortium.storage.database import db
 from consortium.storage.models import Bank, Contribution, LedgerEntry, Role
-from schemas.ledger import parse_entry
+from schemas.ledger import ROTATION, parse_entry
 from schemas.privacy import RunPrivacy, compose_epsilon
 
 SUMMARY_DELTA: Final = 1e-5
@@ -83,9 +83,14 @@ def page(query: dict[str, Any]) -> dict[str, Any]:
 @requires()
 @blp.response(200, LedgerKeySchema)
 def key() -> Any:
-    """The log's name and the public key that signs its checkpoints (banks pin it)."""
+    """The log's name, the public key that signs its checkpoints now (banks pin it), and the
+    entries that rotated it."""
+    ledger.proofs(db.session)  # read up to the newest entry: a rotation made by another process
     view = ledger.ledger()
-    return {"origin": view.origin, "public_key": view.public_key}
+    rows = db.session.execute(select(LedgerEntry.seq, LedgerEntry.body).where(LedgerEntry.event == ROTATION)
+                              .order_by(LedgerEntry.seq))
+    return {"origin": view.origin, "public_key": view.public_key,
+            "rotations": [{"index": seq, "entry": body} for seq, body in rows]}
 
 
 @blp.route("/checkpoint", methods=["GET"])

@@ -332,9 +332,18 @@ class ModelSchema(Schema):
 MAX_INDEX = 2**31 - 1  # ledger indexes and model versions (a database integer)
 
 
+class KeyRotationSchema(Schema):
+    index = fields.Integer(required=True, metadata={"description": "the ledger.key_rotated entry's index"})
+    entry = fields.String(required=True, metadata={"description": "the entry's exact text"})
+
+
 class LedgerKeySchema(Schema):
     origin = fields.String(required=True)
-    public_key = fields.String(required=True, metadata={"description": "base64 Ed25519 key that signs checkpoints"})
+    public_key = fields.String(required=True, metadata={"description": "base64 Ed25519 key that signs checkpoints "
+                                                                        "now"})
+    rotations = fields.List(fields.Nested(KeyRotationSchema), required=True, metadata={
+        "description": "every rotation of the key, oldest first: a bank that pinned an earlier key follows them "
+                       "(each endorsed by the key before it) with the log's proofs"})
 
 
 class CheckpointSchema(Schema):

@@ -462,6 +462,49 @@ def test_a_whole_log_rewritten_and_re_signed_with_a_new_key_is_caught_by_the_rec
     assert status == 1 and "re-signed with another key" in output, output
 
 
+def test_a_rotated_key_signs_on_and_the_log_verifies_under_the_key_pinned_before_or_after(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str, app: Flask, tmp_path: Path
+) -> None:
+    """The operator rotates the ledger's key: the new key signs from the rotation on, the old one
+    endorsed it and is gone. Compliance staff (and banks) holding either key verify the whole log
+    offline, with receipts signed before and after; any other key does not verify it."""
+    from consortium.ledger import KEY_FILE_NAME, rotate_key, staged_key_path
+    from consortium.storage.database import db
+
+    _, receipts = _run_to_publication(consortium, he_key)
+    old_key = _public_key(consortium)
+    with app.app_context():
+        old, new = rotate_key(db.session)
+    assert old == old_key and new != old_key
+    later = consortium.client.post("/v1/banks", json={"bank_id": "bank-9", "name": "Bank 9"},
+                                   headers=bearer(consortium.operator))
+    assert later.status_code == 201  # the next state change, signed by the new key
+    key = consortium.client.get("/v1/ledger/key", headers=bearer(consortium.operator)).get_json()
+    assert key["public_key"] == new and [r["index"] for r in key["rotations"]] == [
+        e["index"] for e in _entries(consortium, compliance_token, event="ledger.key_rotated")]
+    [rotation] = _entries(consortium, compliance_token, event="ledger.key_rotated")
+    assert rotation["details"]["previous_key"] == old_key and rotation["details"]["public_key"] == new
+    verification = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
+    assert verification["ok"] and verification["verified"] == verification["size"] > rotation["index"] + 1
+    key_file = Path(app.config["BLOB_DIR"]).parent / KEY_FILE_NAME
+    held = SigningKey(base64.b64decode(key_file.read_bytes()))
+    assert base64.b64encode(bytes(held.verify_key)).decode() == new and not staged_key_path(key_file).exists()
+
+    folder = tmp_path / "receipts"
+    folder.mkdir()
+    newest = consortium.client.get(f"/v1/ledger/entries/{rotation['index'] + 1}",
+                                   headers=bearer(compliance_token)).get_json()
+    for document in [*receipts, newest]:
+        (folder / f"{document['index']}.json").write_text(json.dumps(document))
+    export = _export(consortium, compliance_token, tmp_path / "ledger.jsonl")
+    for pinned in (old_key, new):
+        status, output = _verify_cli(export, "--key", pinned, "--receipts", str(folder))
+        assert status == 0 and "verified: all" in output and "receipts: 4 of 4 still proven" in output, output
+    stranger = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    status, output = _verify_cli(export, "--key", stranger)
+    assert status == 1 and "no checkpoint of this log is signed by the pinned key" in output, output
+
+
 def test_entries_at_sub_millisecond_times_still_verify(
     consortium: Consortium, compliance_token: str, clock: Any
 ) -> None:

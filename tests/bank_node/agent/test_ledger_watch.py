@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +25,7 @@ from consortium.auth import issue_token
 from consortium.storage.database import Database, db
 from crypto.checkpoint import Checkpoint
 from crypto.merkle import Tree, leaf_hash
-from schemas.ledger import canonical_entry, receipt_document
+from schemas.ledger import canonical_entry, endorse_rotation, receipt_document
 from tests.bank_node.agent.conftest import FAST_RETRY
 from tests.bank_node.agent.fake_consortium import serve
 from tests.ledger_rewrite import rewrite_ledger
@@ -343,3 +344,96 @@ def test_a_key_read_out_of_band_is_pinned_before_the_first_poll(aggregator: Aggr
     assert accepted is not None and watch._load()["origin"] == "fedfraud-consortium"
     with pytest.raises(LedgerRewrittenError, match="refusing to replace"):
         watch.pin(impostor, origin="")
+
+
+# ------------------------------------------------------------------------------------ key rotation
+
+def _key_of(aggregator: Aggregator) -> str:
+    held = SigningKey(base64.b64decode(Path(aggregator.config["LEDGER_KEY_FILE"]).read_bytes()))
+    return base64.b64encode(bytes(held.verify_key)).decode()
+
+
+def test_the_watch_follows_a_key_rotation_and_every_process_signs_with_the_new_key(
+    aggregator: Aggregator, watch: LedgerWatch
+) -> None:
+    """The operator rotates the ledger's key while two processes serve (the other read the log
+    under the old key): the other signs its next entry with the new key, and the bank's agent
+    follows the rotation from the key it pinned to the new one, keeping the log it accepted."""
+    from consortium.ledger import rotate_key
+
+    seen = watch.watch()
+    assert seen is not None
+    old = watch.public_key
+    other = create_app(aggregator.config)  # a second worker, which read the log before the rotation
+    assert other.test_client().get("/v1/ledger/checkpoint", headers={
+        "Authorization": f"Bearer {aggregator.operator}"}).status_code == 200
+    with aggregator.app.app_context():
+        _, new = rotate_key(db.session)
+    response = other.test_client().post("/v1/banks", json={"bank_id": "bank-2", "name": "bank-2"},
+                                        headers={"Authorization": f"Bearer {aggregator.operator}"})
+    assert response.status_code == 201, response.get_json()  # signed by the key it read again
+    Database.engine_for(other).dispose()
+    assert _key_of(aggregator) == new
+    accepted = watch.watch()
+    assert accepted is not None and accepted.size > seen.size + 1
+    accepted.verify(new)
+    record = watch._load()
+    assert watch.public_key == new != old and [r["public_key"] for r in record["rotations"]] == [new]
+    aggregator.enrol("bank-3")
+    assert watch.watch() is not None  # and goes on under the new key
+
+
+def _forge_rotation(aggregator: Aggregator) -> int:
+    """What the operator without the log's key can do: put its own key in the key file, and a
+    rotation entry naming it, endorsed by a key of its own, in the database."""
+    evil = SigningKey.generate()
+    evil_public = base64.b64encode(bytes(evil.verify_key)).decode()
+    with aggregator.engine.begin() as connection:
+        rows = connection.execute(text("SELECT seq, leaf_hash, timestamp_ms FROM ledger_entries ORDER BY seq")).all()
+        tree = Tree()
+        for row in rows:
+            tree.append(bytes.fromhex(row.leaf_hash))
+        seq = len(rows)
+        details = endorse_rotation(SigningKey.generate(), "fedfraud-consortium", seq, tree.root(), evil_public)
+        details["previous_key"] = _key_of(aggregator)
+        at = datetime(2026, 12, 3, 12, 0, 0)
+        body = canonical_entry(seq, "ledger.key_rotated", at, details=details)
+        tree.append(leaf_hash(body))
+        signed = Checkpoint("fedfraud-consortium", seq + 1, tree.root(), rows[-1].timestamp_ms + 1).signed(evil)
+        connection.execute(text(
+            "INSERT INTO ledger_entries (seq, event, at, body, leaf_hash, root, timestamp_ms, signature) "
+            "VALUES (:seq, 'ledger.key_rotated', :at, :body, :leaf, :root, :ts, :sig)"),
+            {"seq": seq, "at": at, "body": body.decode(), "leaf": leaf_hash(body).hex(), "root": tree.root().hex(),
+             "ts": signed.timestamp_ms, "sig": signed.signature})
+        connection.execute(text("UPDATE ledger_head SET size = :n"), {"n": seq + 1})
+    Path(aggregator.config["LEDGER_KEY_FILE"]).write_bytes(base64.b64encode(bytes(evil)))
+    return seq
+
+
+def test_a_rotation_the_pinned_key_did_not_endorse_stops_the_service_and_the_agent(
+    aggregator: Aggregator, watch: LedgerWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key put in by whoever holds the database and the host but not the log's key: the service
+    finds the rotation unendorsed and changes nothing more; a consortium whose code was changed
+    to serve it anyway is caught by the agent itself, which stops."""
+    import consortium.ledger
+
+    seen = watch.watch()
+    assert seen is not None
+    forged = _forge_rotation(aggregator)
+    aggregator.restart()
+    verification = aggregator.app.test_client().get(
+        "/v1/ledger/verification", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
+    assert verification["first_bad"] == forged and "not endorsed" in verification["problem"], verification
+    response = aggregator.app.test_client().post("/v1/banks", json={"bank_id": "bank-2", "name": "bank-2"},
+                                                 headers={"Authorization": f"Bearer {aggregator.operator}"})
+    assert response.status_code == 503 and response.get_json()["ledger_broken_at"] == forged
+
+    def unchecked(fields: Any, **_: Any) -> str:
+        return str(fields["details"]["public_key"])
+
+    monkeypatch.setattr(consortium.ledger, "check_rotation", unchecked)  # a service that looks away
+    aggregator.restart()
+    with pytest.raises(LedgerRewrittenError, match="cannot trust"):
+        watch.watch()
+    assert watch.checkpoint() == seen and watch.public_key != _key_of(aggregator)
