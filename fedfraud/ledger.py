@@ -36,6 +36,8 @@ class ExportCheck:
     log: Verification
     receipts_checked: int = 0
     receipt_problems: list[tuple[int, str]] = field(default_factory=list)
+    rotations: list[tuple[int, str]] = field(default_factory=list)
+    """(entry, new key) of every key rotation the log holds."""
 
     @property
     def first_bad(self) -> int | None:
@@ -52,6 +54,7 @@ class ExportCheck:
         """The report, one finding per line."""
         out = [f"log {self.origin!r}, {self.log.size} entries, signed by {self.public_key}"
                + ("" if self.key_pinned else " (the export's own key: not pinned with --key)")]
+        out.extend(f"key rotated at entry {index}: signed by {key} from there on" for index, key in self.rotations)
         if self.log.ok:
             out.append(f"verified: all {self.log.size} entries hold")
         else:
@@ -69,7 +72,8 @@ class ExportCheck:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "first_bad": self.first_bad, "origin": self.origin, "public_key": self.public_key,
-                "key_pinned": self.key_pinned, "log": self.log.to_json(), "receipts_checked": self.receipts_checked,
+                "key_pinned": self.key_pinned, "rotations": [{"index": i, "public_key": k} for i, k in self.rotations],
+                "log": self.log.to_json(), "receipts_checked": self.receipts_checked,
                 "receipt_problems": [{"index": i, "problem": p} for i, p in sorted(self.receipt_problems)]}
 
 
@@ -122,7 +126,7 @@ def check_export(path: Path, *, public_key: str | None = None,
     # Each receipt under the key that signed its checkpoint, as the log's chain of keys says.
     wanted = _receipts_by_index(receipts, verifier.key_for)
     result = ExportCheck(origin=str(header.get("origin")), public_key=key, key_pinned=public_key is not None,
-                         log=verifier.conclude())
+                         log=verifier.conclude(), rotations=[(size - 1, k) for size, k in verifier.keys[1:]])
     result.receipts_checked = wanted.count
     result.receipt_problems = wanted.problems + _against_log(wanted.valid, bodies, leaves)
     return result

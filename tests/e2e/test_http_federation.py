@@ -131,6 +131,38 @@ def test_http_training_publishes_the_simulators_models(
     check_the_ledger_with_the_banks_receipts(consortium)
 
 
+def test_the_ledger_key_rotated_mid_run_is_followed_by_every_bank(
+    consortium: LocalConsortium, bank_files: dict[str, Path]
+) -> None:
+    """The operator rotates the ledger's key with `fedfraud consortium rotate-ledger-key` while a
+    run trains: the running service signs on with the new key, every bank's agent follows the
+    rotation from the key it pinned (its next receipts are signed by the new key), the run
+    completes, and the exported log with each bank's receipts verifies offline under the key the
+    bank pinned first."""
+    set_up(consortium)
+    first_key = consortium.api("GET", "/v1/ledger/key").json()["public_key"]
+    run_id = consortium.open_run("xgboost", XGB_PARAMS, train_start=TRAIN_START)
+    agents = start_agents(consortium, bank_files)
+    wait_for(lambda: consortium.released_rounds(run_id) >= 2, 300, "two released rounds")
+    output = consortium.cli("consortium", "rotate-ledger-key")
+    assert f"{first_key} -> " in output, output
+    new_key = output.strip().rsplit(" -> ", 1)[1]
+    finish(consortium, agents)
+    assert consortium.run(run_id)["state"] == "completed"
+    key = consortium.api("GET", "/v1/ledger/key").json()
+    assert key["public_key"] == new_key and len(key["rotations"]) == 1
+    rotated_at = key["rotations"][0]["index"]
+    for bank in BANKS:
+        state = consortium.state_dir(bank)
+        record = json.loads((state / "ledger.json").read_text())
+        assert record["public_key"] == new_key and record["rotations"] == [{"index": rotated_at, "public_key": new_key}]
+        after = [p for p in (state / "receipts").glob("*.json") if int(p.stem) > rotated_at]
+        assert after, f"{bank} made no contribution after the rotation: the run ended before it"
+        # Rewrite the pinned key as the bank first had it: the offline check follows the chain from it.
+        (state / "ledger.json").write_text(json.dumps({**record, "public_key": first_key}))
+    check_the_ledger_with_the_banks_receipts(consortium)
+
+
 def check_the_ledger_with_the_banks_receipts(consortium: LocalConsortium) -> None:
     """Every bank kept a receipt per contribution; the exported ledger, checked offline under the
     key each bank pinned, still proves all of them."""
