@@ -48,6 +48,11 @@ def test_a_restored_consortium_verifies_its_ledger_and_carries_on_the_run(
         assert bank.contribute(run_id, "r1", he_key.encrypt(np.full(6, float(i + 1)))).status_code == 201
     first_sum = consortium.bank("bank-1").aggregate(run_id, "r1")
     assert first_sum.status_code == 200
+    with app.app_context():  # the key rotated mid-run, before the backup: the backup holds the new key
+        from consortium.ledger import rotate_key
+        from consortium.storage.database import db
+
+        _, rotated = rotate_key(db.session)
     before = consortium.client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
     assert before["ok"]
 
@@ -87,6 +92,8 @@ def test_a_restored_consortium_verifies_its_ledger_and_carries_on_the_run(
                                headers=bearer(consortium.operator)).status_code == 201
             final = client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()
             assert final["ok"] and final["size"] > after["size"]
+            assert final["checkpoint"] is not None
+            assert client.get("/v1/ledger/key", headers=bearer(compliance_token)).get_json()["public_key"] == rotated
         finally:
             Database.engine_for(restored).dispose()
 
