@@ -150,15 +150,18 @@ def http_phases(run: dict[str, Any], published_at: str) -> dict[str, float]:
     return out
 
 
-def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[str, Any],
-              root: Path) -> tuple[dict[str, float], float, bytes, dict[str, Any]]:
+def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[str, Any], root: Path, *,
+              database_url: str | None = None,
+              gunicorn_workers: int = 0) -> tuple[dict[str, float], float, bytes, dict[str, Any]]:
     banks = sorted(frames)
     consortium = LocalConsortium(root=root / "consortium")
+    if database_url is not None:
+        consortium.env["FEDFRAUD_DATABASE_URL"] = database_url
     agents = []
     try:
         err.print("HTTP: aggregator, enrolment, roster, key ceremony ...")
         consortium.initialise(banks)
-        consortium.start()
+        consortium.start(gunicorn_workers=gunicorn_workers)
         consortium.set_up_banks(banks, scheme="ckks")
         for bank in banks:
             path = root / f"{bank}.parquet"
@@ -228,6 +231,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the processes' files and logs here.")
+    parser.add_argument("--database-url", default=None,
+                        help="The aggregator's database (an empty one); default: SQLite in the work folder.")
+    parser.add_argument("--gunicorn-workers", type=int, default=0,
+                        help="Serve the aggregator with ops/gunicorn.conf.py and this many workers (production); "
+                             "default 0: `fedfraud consortium serve`, one process.")
     args = parser.parse_args()
     params = {"n_trees": args.trees, "max_depth": args.depth, "eta": 0.1, "n_bins": 256, "seed": 0}
     window = RunWindow(as_of=args.as_of, train_days=7, validation_days=7, label_delay_days=7)
@@ -244,10 +252,12 @@ def main() -> None:
     inprocess_s, reference, validation = in_process(frames, window, params, args.threshold)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        http_s, wall, body, model = over_http(frames, window, params, args.workdir)
+        http_s, wall, body, model = over_http(frames, window, params, args.workdir, database_url=args.database_url,
+                                              gunicorn_workers=args.gunicorn_workers)
     else:
         with tempfile.TemporaryDirectory(prefix="fedfraud-nightly-") as tmp:
-            http_s, wall, body, model = over_http(frames, window, params, Path(tmp))
+            http_s, wall, body, model = over_http(frames, window, params, Path(tmp), database_url=args.database_url,
+                                                  gunicorn_workers=args.gunicorn_workers)
 
     published = from_xgboost_json(json.loads(body))
     X = np.vstack([validation[b].X for b in banks])
@@ -256,6 +266,8 @@ def main() -> None:
     result = {
         "banks": args.banks, "trees": args.trees, "depth": args.depth, "scheme": "ckks", "as_of": str(args.as_of),
         "rows": int(sum(len(f) for f in frames.values())), "inprocess_s": inprocess_s, "http_s": http_s,
+        "server": (f"gunicorn, {args.gunicorn_workers} workers" if args.gunicorn_workers else "fedfraud consortium serve"),
+        "database": "PostgreSQL" if (args.database_url or "").startswith("postgresql") else "SQLite",
         "inprocess_total_s": total_inprocess, "http_wall_s": wall, "ratio": wall / total_inprocess,
         "phase_ratio": {p: (http_s[p] / inprocess_s[p] if inprocess_s[p] else None) for p in PHASES},
         "max_prediction_diff": diff, "assessment": model.get("assessment"),

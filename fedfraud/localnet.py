@@ -104,15 +104,22 @@ class LocalConsortium:
         self._logs.append(handle)
         return handle
 
-    def start(self, timeout: float = 60, *, launcher: Sequence[str] = FEDFRAUD) -> None:
+    def start(self, timeout: float = 60, *, launcher: Sequence[str] = FEDFRAUD, gunicorn_workers: int = 0) -> None:
         """Start the aggregator and wait until it answers its health check.
 
         ``launcher`` is the command that runs the ``fedfraud`` CLI (tests give one that sets
-        the process's clock)."""
+        the process's clock). With ``gunicorn_workers``, the production server runs it instead
+        (``ops/gunicorn.conf.py``, that many worker processes)."""
         log = self._log("aggregator")
-        self.process = subprocess.Popen(
-            [*launcher, "consortium", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
-        )
+        if gunicorn_workers:
+            ops = Path(__file__).resolve().parents[1] / "ops" / "gunicorn.conf.py"
+            command = [str(Path(sys.executable).with_name("gunicorn")), "-c", str(ops)]
+            env = {**self.env, "FEDFRAUD_BIND": f"127.0.0.1:{self.port}", "FEDFRAUD_WORKERS": str(gunicorn_workers)}
+            self.process = subprocess.Popen(command, env=env, cwd=self.root, stdout=log, stderr=log)
+        else:
+            self.process = subprocess.Popen(
+                [*launcher, "consortium", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+            )
 
         def healthy() -> bool:
             if self.process is not None and self.process.poll() is not None:

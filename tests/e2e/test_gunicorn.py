@@ -17,6 +17,24 @@ from fedfraud.localnet import free_port, run_cli, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_a_local_consortium_can_run_under_gunicorn_as_in_production(tmp_path: Path) -> None:
+    """bench/nightly.py --gunicorn-workers: the local consortium served by ops/gunicorn.conf.py
+    with its workers, on the consortium's own database, answering its operator."""
+    from fedfraud.localnet import LocalConsortium
+
+    local = LocalConsortium(root=tmp_path / "consortium")
+    local.initialise(["bank-1"])
+    local.start(gunicorn_workers=2)
+    try:
+        assert local.api("GET", "/v1/banks").status_code == 200
+        workers = subprocess.run(["pgrep", "-P", str(local.process.pid if local.process else 0)],
+                                 capture_output=True, text=True, check=False).stdout.split()
+        assert len(workers) == 2
+    finally:
+        local.stop()
+    assert (tmp_path / "consortium" / "aggregator.log").read_text().count("Booting worker") == 2
+
+
 def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFRAUD_")}
