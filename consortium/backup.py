@@ -197,6 +197,7 @@ def backup(engine: Engine, blob_dir: Path, key_file: Path, out: Path, *,
             progress(f"{table.name}: {rows} rows")
         last = connection.execute(select(LedgerEntry.seq, LedgerEntry.root).order_by(LedgerEntry.seq.desc())
                                   .limit(1)).first()
+        signing = _current_key(connection)
     ledger = {"size": 0, "root": None} if last is None else {"size": int(last.seq) + 1, "root": str(last.root)}
 
     count = size = 0
@@ -211,7 +212,7 @@ def backup(engine: Engine, blob_dir: Path, key_file: Path, out: Path, *,
         count, size = count + 1, size + target.stat().st_size
     progress(f"blobs: {count} files, {size:,} bytes")
 
-    _write_private(out / key_file.name, key_file.read_bytes())
+    _write_private(out / key_file.name, _key_for_snapshot(key_file, signing))
     if ledger["size"]:
         head = json.dumps({"size": ledger["size"], "root": ledger["root"]}).encode()
         _write_private(out / (key_file.name + ".head"), head)
@@ -220,6 +221,39 @@ def backup(engine: Engine, blob_dir: Path, key_file: Path, out: Path, *,
                 "ledger": ledger, "key_file": key_file.name}
     _write_private(out / "manifest.json", json.dumps(document, indent=2, sort_keys=True).encode())
     return BackupManifest(document)
+
+
+def _current_key(connection: Connection) -> str | None:
+    """The public key that signs the snapshot's newest entries: entry 0's, or the last rotation's
+    (the restore verifies the whole chain)."""
+    from schemas.ledger import ROTATION
+
+    rows = connection.execute(select(LedgerEntry.body).where(LedgerEntry.event.in_(("ledger.started", ROTATION)))
+                              .order_by(LedgerEntry.seq)).scalars()
+    key = None
+    for body in rows:
+        declared = (json.loads(body).get("details") or {}).get("public_key")
+        key = declared if isinstance(declared, str) else key
+    return key
+
+
+def _key_for_snapshot(key_file: Path, signing: str | None) -> bytes:
+    """The key file's bytes that sign the snapshot's log: the key file's, or, when the snapshot
+    holds a rotation whose new key has not replaced the file yet, the one staged beside it."""
+    from nacl.signing import SigningKey
+
+    from consortium.ledger import staged_key_path
+
+    found = []
+    for path in (key_file, staged_key_path(key_file)):
+        if path.is_file():
+            raw = path.read_bytes()
+            public = base64.b64encode(bytes(SigningKey(base64.b64decode(raw.strip())).verify_key)).decode()
+            if signing is None or public == signing:
+                return raw
+            found.append(public)
+    raise BackupError(f"the ledger is signed by key {signing}, which no key file at {key_file} holds "
+                      f"(found {', '.join(found) or 'none'}): a backup would restore a consortium that can sign nothing")
 
 
 # ------------------------------------------------------------------------------------ restore

@@ -155,3 +155,42 @@ def test_the_cli_backs_up_and_restores_with_readable_errors(tmp_path: Path, monk
     assert again.exit_code != 0 and "signing key exists" in again.output and "Traceback" not in again.output
     missing = runner.invoke(consortium_cli, ["restore", str(tmp_path)])
     assert missing.exit_code != 0 and "not a consortium backup" in missing.output
+
+
+def test_a_backup_takes_the_key_that_signs_the_log_even_mid_rotation(
+    app: Flask, app_config: dict[str, Any], consortium: Any, compliance_token: str, tmp_path: Path
+) -> None:
+    """A backup taken between a rotation's commit and the new key's move into the key file holds
+    the new key (staged beside the file), so the restored consortium signs on; a key file that
+    holds no key of the log is refused rather than backed up."""
+    from consortium.ledger import rotate_key, staged_key_path
+    from consortium.storage.database import db
+
+    engine, blob_dir, key_file = locations(app)
+    old = key_file.read_bytes()
+    with app.app_context():
+        rotate_key(db.session)
+    new = key_file.read_bytes()
+    staged_key_path(key_file).write_bytes(new)  # as if the process stopped before moving it in
+    key_file.write_bytes(old)
+    manifest = backup(engine, blob_dir, key_file, tmp_path / "backup")
+    assert (tmp_path / "backup" / manifest.document["key_file"]).read_bytes() == new
+
+    target = tmp_path / "restored"
+    target.mkdir()
+    with empty_database_like(app_config["DATABASE_URL"], target) as url:
+        restored_engine = make_engine(url)
+        restore(restored_engine, target / "blobs", target / "ledger-signing.key", tmp_path / "backup")
+        restored_engine.dispose()
+        restored = create_app({**app_config, "DATABASE_URL": url, "BLOB_DIR": str(target / "blobs")})
+        try:
+            client = restored.test_client()
+            assert client.post("/v1/runs", json={"model": "xgboost", "params": {}},
+                               headers=bearer(consortium.operator)).status_code == 201  # signs on
+            assert client.get("/v1/ledger/verification", headers=bearer(compliance_token)).get_json()["ok"]
+        finally:
+            Database.engine_for(restored).dispose()
+
+    staged_key_path(key_file).unlink()
+    with pytest.raises(BackupError, match="which no key file"):
+        backup(engine, blob_dir, key_file, tmp_path / "second")
