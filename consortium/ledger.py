@@ -124,6 +124,27 @@ def _read_key(path: Path) -> SigningKey:
     return SigningKey(base64.b64decode(path.read_bytes().strip(), validate=True))
 
 
+def _public(key: SigningKey) -> str:
+    return b64encode(bytes(key.verify_key))
+
+
+def _held_keys(key_file: Path | None) -> list[tuple[Path, SigningKey]]:
+    """The keys in the key file and staged beside it, read twice over if one moves meanwhile (a
+    process completing a rotation moves the staged key into the file)."""
+    if key_file is None:
+        return []
+    for _ in range(2):
+        found = []
+        try:
+            for path in (key_file, staged_key_path(key_file)):
+                if path.exists():
+                    found.append((path, _read_key(path)))
+        except FileNotFoundError:
+            continue
+        return found
+    return []
+
+
 def _load_or_create_key(path: Path) -> SigningKey:
     """The key stored at ``path``, created there if absent. Two processes starting at once agree:
     the file appears whole (written aside, then linked), and the loser reads the winner's."""
@@ -157,6 +178,8 @@ class Ledger:
     key_file: Path | None = None
     log_key: str | None = None
     """The key the log is signed by from its newest entry read (None before any entry)."""
+    chain: list[str] = field(default_factory=list)
+    """Every key of the log read so far: entry 0's, then each rotation's."""
 
     @property
     def own_key(self) -> str:
@@ -179,16 +202,14 @@ class Ledger:
         """
         if self.log_key is None or self.own_key == self.log_key:
             return self.key
-        for path in () if self.key_file is None else (self.key_file, staged_key_path(self.key_file)):
-            if path.exists():
-                candidate = _read_key(path)
-                if b64encode(bytes(candidate.verify_key)) == self.log_key:
-                    self.key = candidate
-                    if path != self.key_file and self.key_file is not None:  # a rotation cut short
-                        with contextlib.suppress(FileNotFoundError):
-                            os.replace(path, self.key_file)
-                    logger.info("ledger signing key reloaded after a rotation", extra={"public_key": self.log_key})
-                    return candidate
+        for path, candidate in _held_keys(self.key_file):
+            if _public(candidate) == self.log_key:
+                self.key = candidate
+                if path != self.key_file and self.key_file is not None:  # a rotation cut short
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(path, self.key_file)
+                logger.info("ledger signing key reloaded after a rotation", extra={"public_key": self.log_key})
+                return candidate
         raise Unavailable(f"the ledger is now signed by key {self.log_key}, which this process does not hold "
                           f"(key file {self.key_file}): restore that key file, then restart the service")
 
@@ -197,18 +218,32 @@ class Ledger:
         it is a key rotation the key in force did not endorse (the log is then marked broken)."""
         if seq != 0 and ROTATION not in body:
             return True
-        fields = parse_entry(body)
-        if seq == 0:
-            declared = (fields.get("details") or {}).get("public_key")
-            self.log_key = declared if isinstance(declared, str) else self.own_key
-        if fields.get("event") == ROTATION:
-            try:
+        try:
+            fields = parse_entry(body)
+            if seq == 0:
+                declared = fields["details"].get("public_key")
+                self.log_key = declared if isinstance(declared, str) else self.own_key
+                self.chain = [self.log_key]
+            if fields.get("event") == ROTATION:
                 self.log_key = check_rotation(fields, origin=self.origin, root=self.tree.root(),
                                               current_key=self.public_key)
-            except LedgerError as exc:
-                self._break(session, seq, str(exc))
-                return False
+                self.chain.append(self.log_key)
+        except LedgerError as exc:
+            self._break(session, seq, str(exc))
+            return False
         return True
+
+    def _check_chain(self, session: Session) -> None:
+        """The log's keys must include one this service holds: a log whose first entry names
+        another key and is signed by it was re-signed by someone without the service's key (who
+        could otherwise serve it as the log, and have new banks pin that key)."""
+        if not self.chain:
+            return
+        held = {self.own_key, *(_public(key) for _, key in _held_keys(self.key_file))}
+        if not held.intersection(self.chain):
+            self._break(session, 0, f"entry 0: the log is signed by key {self.chain[0]}"
+                                    + (f" and its successors ({', '.join(self.chain[1:])})" if self.chain[1:] else "")
+                                    + ", none of which this service holds: the log was re-signed by someone else")
 
     def sync(self, session: Session, below: int | None = None) -> Tree:
         """Bring the tree up to the committed entries (those under ``below`` when given),
@@ -225,7 +260,7 @@ class Ledger:
             .where(LedgerEntry.seq >= self.tree.size).order_by(LedgerEntry.seq)
         if below is not None:
             query = query.where(LedgerEntry.seq < below)
-        last = None
+        last, chain_changed = None, False
         for seq, body, stored_leaf, stored_root, timestamp_ms, signature in session.connection().execute(query):
             if self.broken is not None:
                 break
@@ -237,8 +272,12 @@ class Ledger:
             elif self.tree.root_with(leaf).hex() != stored_root:
                 self._break(session, seq, f"entry {seq}: the log up to it is not the one the consortium signed")
             elif self._follow(session, seq, body):
+                if seq == 0 or ROTATION in body:
+                    chain_changed = True
                 self.tree.append(leaf)
                 last = Checkpoint(self.origin, seq + 1, bytes.fromhex(stored_root), timestamp_ms, signature)
+        if self.broken is None and chain_changed:
+            self._check_chain(session)
         if self.broken is None and last is not None:
             try:
                 last.verify(self.public_key)
@@ -284,6 +323,9 @@ class Ledger:
             if self.tree.root_with(*(entry.leaf for entry in committed)) != root:
                 return  # not the tree the entries were signed over: sync will read and check them
             for entry in committed:
+                if self.tree.size == 0 or ROTATION.encode() in entry.body:  # the key this process itself put in force
+                    self.log_key = str(parse_entry(entry.body)["details"]["public_key"])
+                    self.chain = [*self.chain, self.log_key] if self.tree.size else [self.log_key]
                 self.recent[self.tree.size] = (entry.body, entry.checkpoint)
                 self.tree.append(entry.leaf)
             self.last_ms = max(self.last_ms, committed[-1].timestamp_ms)
@@ -425,40 +467,80 @@ def record(session: Session, event_name: str, *, bank_id: str | None = None, run
 def rotate_key(session: Session) -> tuple[str, str]:
     """Replace the ledger's signing key; return the old and the new public key.
 
-    The new key is written beside the key file (``.next``) first, then a ``ledger.key_rotated``
-    entry is committed: endorsed by the old key over the log before it, and signed by the new key,
-    which signs everything after. Only then does the new key replace the old one in the key file
-    (a process that finds the rotation before that reads it from ``.next``). The old key is gone
-    afterwards: banks need only the public keys, which the log itself names.
+    Under a lock on the key's folder (one rotation at a time, across processes), a rotation cut
+    short before is completed first: its key, staged beside the key file, is the log's. Then the
+    new key is staged (``.next``), and a ``ledger.key_rotated`` entry is committed, endorsed by
+    the old key over the log before it and signed by the new key, which signs everything after.
+    Only then does the new key replace the old one in the key file (a process that reads the
+    rotation before that finds it staged). The staged key is removed on failure only when the
+    rotation is known not to have committed: a commit whose outcome is unknown keeps it. The old
+    key is gone afterwards: banks need only the public keys, which the log itself names.
 
     Raises
     ------
     Unavailable
-        The ledger is broken, or this process holds no key file to rotate.
+        The ledger is broken, its current key is held by no key file, or this process holds no
+        key file to rotate.
     """
     view = ledger()
     if view.key_file is None:
         raise Unavailable("this service keeps its ledger key in no file: it cannot rotate it")
     staged = staged_key_path(view.key_file)
-    new = SigningKey.generate()
-    staged.unlink(missing_ok=True)  # a rotation that never committed
-    _write_key(staged, new)
-    try:
-        with write_lock():
-            seq = record(session, ROTATION, rotate_to=new)
-            old = view.public_key
-            session.commit()
-    except BaseException:
+    with _rotation_lock(view.key_file):
+        with view.lock:
+            view.sync(session)
+        view.check_intact()
+        old = view.public_key
+        if _public(view.signer()) != old:  # (signer() raises if no file holds the log's key)
+            raise Unavailable(f"this process holds no key of the log's current key {old}")
         session.rollback()
-        staged.unlink(missing_ok=True)
-        raise
-    with view.lock:
-        if view.tree.size > seq:  # this process added the entry to its tree: it follows it now
-            view.log_key = b64encode(bytes(new.verify_key))
-        view.key = new
-        os.replace(staged, view.key_file)
-    logger.info("ledger signing key rotated", extra={"entry": seq, "public_key": b64encode(bytes(new.verify_key))})
-    return old, b64encode(bytes(new.verify_key))
+        staged.unlink(missing_ok=True)  # not the log's key (signer() moved a key of the log in): never committed
+        new = SigningKey.generate()
+        new_public = _public(new)
+        if not _write_key(staged, new):
+            raise Unavailable(f"{staged} appeared while the key's folder was locked: rotate again")
+        try:
+            with write_lock():
+                seq = record(session, ROTATION, rotate_to=new)
+                session.commit()
+        except BaseException:
+            session.rollback()
+            if _rotation_recorded(session, new_public) is False:
+                staged.unlink(missing_ok=True)
+            raise
+        try:
+            os.replace(staged, view.key_file)
+        except FileNotFoundError:  # another process of the service moved it in first
+            if _public(_read_key(view.key_file)) != new_public:
+                raise
+        with view.lock:
+            view.key = new
+    logger.info("ledger signing key rotated", extra={"entry": seq, "public_key": new_public})
+    return old, new_public
+
+
+@contextlib.contextmanager
+def _rotation_lock(key_file: Path) -> Iterator[None]:
+    path = key_file.with_name(key_file.name + ".lock")
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def _rotation_recorded(session: Session, public_key: str) -> bool | None:
+    """Whether the log holds a rotation to ``public_key``; None when the database cannot say."""
+    try:
+        found = session.execute(select(LedgerEntry.seq).where(LedgerEntry.event == ROTATION,
+                                                              LedgerEntry.body.contains(public_key))).first()
+        session.rollback()
+    except SQLAlchemyError:
+        session.rollback()
+        return None
+    return found is not None
 
 
 # Core statements built once (their compiled form is cached by identity), run on the session's
@@ -591,7 +673,9 @@ def verify_database(session: Session, public_key: str | None = None) -> Verifica
     checked again (its signature, JSON and columns); any change to any of its columns is, so
     every call still reads and compares the whole log."""
     view = ledger()
-    verifier = LogVerifier(public_key or view.public_key, origin=view.origin)
+    # Pinned to the key this process holds (not the one the log names: whoever rewrote the
+    # database could name its own): the log must reach it by its chain of keys.
+    verifier = LogVerifier(public_key or view.own_key, origin=view.origin)
     cache = view.verified if public_key is None else {}
     result = verifier.result
     query = select(*_ROW_COLUMNS).order_by(LedgerEntry.seq).execution_options(yield_per=5000)

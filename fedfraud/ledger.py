@@ -147,7 +147,8 @@ def _receipts_by_index(receipts: list[tuple[str, Any]], key_for: Callable[[int],
             size = Checkpoint.from_json(document.get("checkpoint")).size if isinstance(document, dict) else 0
             fields, checkpoint = verify_receipt(document, key_for(size))
         except CheckpointError as exc:
-            out.problems.append((-1, f"receipt {name}: {exc}"))
+            index = document.get("index") if isinstance(document, dict) else None
+            out.problems.append((index if isinstance(index, int) else -1, f"receipt {name}: {exc}"))
             continue
         except LedgerError as exc:
             index = exc.index if exc.index is not None else -1

@@ -126,6 +126,8 @@ def parse_entry(body: str | bytes, index: int | None = None) -> dict[str, Any]:
         raise LedgerError(f"entry {index}: an entry holds exactly {', '.join(_KEYS)}", index)
     if json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8") != raw:
         raise LedgerError(f"entry {index}: not in canonical form", index)
+    if not isinstance(document["details"], dict):
+        raise LedgerError(f"entry {index}: its details are a JSON object", index)
     if index is not None and document["index"] != index:
         raise LedgerError(f"entry {index}: the entry at this place says it is entry {document['index']} "
                           "(entries were deleted, inserted or reordered)", index)
@@ -265,12 +267,14 @@ class LogVerifier:
         self.result.checkpoint = checkpoint
 
     def conclude(self) -> Verification:
-        """The result, once every entry was added: a log that holds but whose checkpoints the
-        pinned key never signed does not hold for whoever pinned it."""
-        if self.result.ok and self.result.verified and not self._pinned_signed:
+        """The result, once every entry was added: a log whose checkpoints the pinned key never
+        signed holds for whoever pinned it from no entry on, however far it holds in itself."""
+        if self.result.size and not self._pinned_signed:
+            further = ("" if self.result.first_bad is None else
+                       f"; checked under its own keys, entry {self.result.first_bad}: {self.result.problem}")
             self.result.first_bad, self.result.verified = 0, 0
             self.result.problem = (f"no checkpoint of this log is signed by the pinned key {self.public_key} (its "
-                                   f"keys: {', '.join(key for _, key in self.keys)})")
+                                   f"keys: {', '.join(key for _, key in self.keys)}){further}")
             self.result.checkpoint = None
         return self.result
 

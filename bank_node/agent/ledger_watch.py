@@ -24,7 +24,7 @@ import math
 from typing import Any, Final
 
 from bank_node.agent.client import ConsortiumClient
-from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError
+from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError, UnavailableError
 from bank_node.agent.state import StateDir
 from crypto.checkpoint import Checkpoint, CheckpointError, check_growth
 from schemas.ledger import LedgerError, check_rotation, parse_entry, verify_receipt
@@ -52,6 +52,8 @@ class LedgerWatch:
         self.bank_id = bank_id
         self.required = required
         self._unconfirmed: set[int] = set()
+        #: The largest checkpoint this process checked a receipt under, beside the accepted one.
+        self._checked_size = 0
 
     # ------------------------------------------------------------------------------ state
 
@@ -188,23 +190,50 @@ class LedgerWatch:
             check_growth(before, after, [base64.b64decode(p, validate=True) for p in growth["proof"]], new_key,
                          old_key_b64=key)
             record = self._load()
-            rotations = [*record.get("rotations", []), {"index": index, "public_key": new_key}]
+            rotations = [*record.get("rotations", []), {"index": index, "public_key": new_key, "previous_key": key}]
             self._save({**record, "public_key": new_key, "rotations": rotations, "checkpoint": after.to_json(),
                         "origin": record.get("origin") or after.origin})
             log.info("ledger key rotation followed: entry %d, key %s (endorsed by %s)", index, new_key, key)
             accepted, key = after, new_key
         return accepted, key
 
+    def key_at(self, size: int) -> str | None:
+        """The key that signs the checkpoint of the log's first ``size`` entries, by the
+        rotations this bank followed (the pinned key when it followed none)."""
+        record = self._load()
+        rotations = sorted(record.get("rotations", []), key=lambda r: int(r["index"]))
+        if not rotations:
+            return self.public_key
+        found = str(rotations[0].get("previous_key") or record.get("public_key"))
+        for rotation in rotations:
+            if size >= int(rotation["index"]) + 1:
+                found = str(rotation["public_key"])
+        return found
+
     def _key_for(self, receipt: dict[str, Any], key: str) -> str:
-        """The pinned key, once a rotation was followed if the receipt's checkpoint is signed by
-        another key (the consortium rotated it since this bank's last look at the log)."""
+        """The key to check a receipt under: the one that signs its checkpoint's size by the
+        rotations followed so far, after following those made since the last look at the log if
+        the checkpoint is newer than that look (a receipt of an entry recorded before a rotation
+        keeps its checkpoint, signed by the key of its time).
+
+        Raises
+        ------
+        UnavailableError
+            A rotation is to be followed and the ledger cannot be read now (try again).
+        """
         try:
-            if _signs(Checkpoint.from_json(receipt.get("checkpoint")), key):
-                return key
+            checkpoint = Checkpoint.from_json(receipt.get("checkpoint"))
         except CheckpointError:
             return key  # malformed: the check of the receipt says so
-        self.watch()
-        return self.public_key or key
+        chained = self.key_at(checkpoint.size) or key
+        accepted = self.checkpoint()
+        known = max(0 if accepted is None else accepted.size, self._checked_size)
+        if _signs(checkpoint, chained) or checkpoint.size <= known:
+            return chained  # (an old checkpoint under another key fails the receipt's own check)
+        if self.watch() is None:
+            raise UnavailableError("the consortium's ledger, whose key has changed since this bank's last look, "
+                                   "cannot be read now: try again")
+        return self.key_at(checkpoint.size) or key
 
     def _waiting(self, since: int) -> list[int]:
         """The receipts kept since the last accepted checkpoint, of ``since`` entries: every receipt
@@ -266,6 +295,7 @@ class LedgerWatch:
                                        "contribution without a ledger receipt")
         key = self._key_for(receipt, key)
         fields, checkpoint = _verified(receipt, key, f"run {run_id}, round {round_key}: the receipt")
+        self._checked_size = max(self._checked_size, checkpoint.size)
         details = fields.get("details") or {}
         expected = {"event": "contribution.accepted", "bank_id": self.bank_id, "run_id": run_id}
         if any(fields.get(name) != value for name, value in expected.items()) \
@@ -355,8 +385,13 @@ class LedgerWatch:
         folder.mkdir(mode=0o700, exist_ok=True)
         (folder / f"{index:012d}.json").write_text(json.dumps(receipt, sort_keys=True), encoding="utf-8")
         # Confirmed at the next poll: a receipt file whose index is past the last checkpoint
-        # accepted is waiting by that alone (it survives a restart without a state write here).
+        # accepted is waiting by that alone (it survives a restart without a state write here);
+        # one below it (the log was looked at while it was being checked) is listed in the state.
         self._unconfirmed.add(index)
+        record = self._load()
+        accepted = record.get("checkpoint")
+        if accepted is not None and index < int(accepted.get("size", 0)):
+            self._save({**record, "unconfirmed": sorted({*record.get("unconfirmed", []), index})})
 
 
 def _signs(checkpoint: Checkpoint, key: str) -> bool:

@@ -135,13 +135,15 @@ def test_the_ledger_key_rotated_mid_run_is_followed_by_every_bank(
     consortium: LocalConsortium, bank_files: dict[str, Path]
 ) -> None:
     """The operator rotates the ledger's key with `fedfraud consortium rotate-ledger-key` while a
-    run trains: the running service signs on with the new key, every bank's agent follows the
+    private run trains: the running service signs on with the new key, every bank's agent follows the
     rotation from the key it pinned (its next receipts are signed by the new key), the run
     completes, and the exported log with each bank's receipts verifies offline under the key the
     bank pinned first."""
     set_up(consortium)
     first_key = consortium.api("GET", "/v1/ledger/key").json()["public_key"]
-    run_id = consortium.open_run("xgboost", XGB_PARAMS, train_start=TRAIN_START)
+    # Private: the receipt of each bank's spend, recorded before the rotation, comes back with
+    # every later contribution of the epoch under the old key's checkpoint.
+    run_id = consortium.open_run("xgboost", {**XGB_PARAMS, "dp_epsilon": 8.0}, train_start=TRAIN_START)
     agents = start_agents(consortium, bank_files)
     wait_for(lambda: consortium.released_rounds(run_id) >= 2, 300, "two released rounds")
     output = consortium.cli("consortium", "rotate-ledger-key")
@@ -155,7 +157,8 @@ def test_the_ledger_key_rotated_mid_run_is_followed_by_every_bank(
     for bank in BANKS:
         state = consortium.state_dir(bank)
         record = json.loads((state / "ledger.json").read_text())
-        assert record["public_key"] == new_key and record["rotations"] == [{"index": rotated_at, "public_key": new_key}]
+        assert record["public_key"] == new_key
+        assert record["rotations"] == [{"index": rotated_at, "public_key": new_key, "previous_key": first_key}]
         after = [p for p in (state / "receipts").glob("*.json") if int(p.stem) > rotated_at]
         assert after, f"{bank} made no contribution after the rotation: the run ended before it"
         # Rewrite the pinned key as the bank first had it: the offline check follows the chain from it.
@@ -164,8 +167,8 @@ def test_the_ledger_key_rotated_mid_run_is_followed_by_every_bank(
 
 
 def check_the_ledger_with_the_banks_receipts(consortium: LocalConsortium) -> None:
-    """Every bank kept a receipt per contribution; the exported ledger, checked offline under the
-    key each bank pinned, still proves all of them."""
+    """Every bank kept a receipt per contribution (and per privacy spend of a private run); the
+    exported ledger, checked offline under the key each bank pinned, still proves all of them."""
     export = consortium.root / "ledger.jsonl"
     response = consortium.api("GET", "/v1/ledger/export")
     assert response.status_code == 200
@@ -175,7 +178,7 @@ def check_the_ledger_with_the_banks_receipts(consortium: LocalConsortium) -> Non
         state = consortium.state_dir(bank)
         pinned = json.loads((state / "ledger.json").read_text())["public_key"]
         receipts = sorted((state / "receipts").glob("*.json"))
-        mine = [e for e in entries if json.loads(e["entry"])["event"] == "contribution.accepted"
+        mine = [e for e in entries if json.loads(e["entry"])["event"] in ("contribution.accepted", "privacy.spent")
                 and json.loads(e["entry"])["bank_id"] == bank]
         assert len(receipts) == len(mine) > 0
         output = consortium.cli("ledger", "verify", str(export), "--key", pinned, "--receipts", str(state / "receipts"))

@@ -381,6 +381,20 @@ def test_the_watch_follows_a_key_rotation_and_every_process_signs_with_the_new_k
     assert watch.public_key == new != old and [r["public_key"] for r in record["rotations"]] == [new]
     aggregator.enrol("bank-3")
     assert watch.watch() is not None  # and goes on under the new key
+    # A receipt under a key the log never rotated to is refused once the log was looked at.
+    impostor = SigningKey.generate()
+    with aggregator.app.app_context():
+        from consortium import ledger as ledger_module
+
+        seq = ledger_module.record(db.session, "contribution.accepted", bank_id="bank-1", run_id="run-1",
+                                   details={"round_key": "r/n3", "payload_sha256": hashlib.sha256(b"p").hexdigest()})
+        db.session.commit()
+        honest = ledger_module.receipt(db.session, seq)
+    forged = Checkpoint.from_json(honest["checkpoint"])
+    forged = Checkpoint(forged.origin, forged.size + 5, forged.root, forged.timestamp_ms).signed(impostor)
+    with pytest.raises(LedgerRewrittenError, match="does not hold"):
+        watch.keep("run-1", "r/n3", b"p", {**honest, "checkpoint": forged.to_json()})
+    watch.keep("run-1", "r/n3", b"p", honest)
 
 
 def _forge_rotation(aggregator: Aggregator) -> int:
@@ -424,10 +438,13 @@ def test_a_rotation_the_pinned_key_did_not_endorse_stops_the_service_and_the_age
     aggregator.restart()
     verification = aggregator.app.test_client().get(
         "/v1/ledger/verification", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
-    assert verification["first_bad"] == forged and "not endorsed" in verification["problem"], verification
+    # From the key the service now holds (the operator's), nothing of the log holds; the log
+    # itself breaks at the forged rotation, which the service names when it refuses changes.
+    assert verification["first_bad"] == 0 and f"entry {forged}" in verification["problem"], verification
+    assert "not endorsed" in verification["problem"]
     response = aggregator.app.test_client().post("/v1/banks", json={"bank_id": "bank-2", "name": "bank-2"},
                                                  headers={"Authorization": f"Bearer {aggregator.operator}"})
-    assert response.status_code == 503 and response.get_json()["ledger_broken_at"] == forged
+    assert response.status_code == 503 and f"entry {forged}" in response.get_json()["message"]
 
     def unchecked(fields: Any, **_: Any) -> str:
         return str(fields["details"]["public_key"])
@@ -437,3 +454,150 @@ def test_a_rotation_the_pinned_key_did_not_endorse_stops_the_service_and_the_age
     with pytest.raises(LedgerRewrittenError, match="cannot trust"):
         watch.watch()
     assert watch.checkpoint() == seen and watch.public_key != _key_of(aggregator)
+
+
+def _write(app: Flask, operator: str, bank_id: str) -> Any:
+    return app.test_client().post("/v1/banks", json={"bank_id": bank_id, "name": bank_id},
+                                  headers={"Authorization": f"Bearer {operator}"})
+
+
+def test_a_rotation_cut_short_loses_no_key_and_the_next_one_completes_it(
+    aggregator: Aggregator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rotating process stops between the rotation's commit and the new key's move into the
+    key file, or cannot tell whether its commit went through: the service signs on with the staged
+    key, and rotating again completes the first rotation before making the second."""
+    import os
+
+    import consortium.ledger as ledger_module
+    from consortium.ledger import rotate_key, staged_key_path
+
+    staged = staged_key_path(Path(aggregator.config["LEDGER_KEY_FILE"]))
+    real_replace = os.replace
+
+    def crash(*_: Any) -> None:
+        raise OSError("the process stopped here")
+
+    monkeypatch.setattr(ledger_module.os, "replace", crash)
+    with aggregator.app.app_context(), pytest.raises(OSError):
+        rotate_key(db.session)
+    monkeypatch.setattr(ledger_module.os, "replace", real_replace)
+    assert staged.exists()
+    aggregator.restart()
+    assert _write(aggregator.app, aggregator.operator, "bank-2").status_code == 201  # signed by the staged key
+
+    aggregator.restart()
+    with aggregator.app.app_context():
+        real_commit = db.session.commit
+
+        def commit_then_fail() -> None:  # committed, but the answer was lost
+            real_commit()
+            raise OSError("connection lost after the commit")
+
+        monkeypatch.setattr(db.session, "commit", commit_then_fail)
+        with pytest.raises(OSError):
+            rotate_key(db.session)
+        monkeypatch.undo()
+    assert staged.exists()  # the outcome is the log's: the staged key stays
+    aggregator.restart()
+    assert _write(aggregator.app, aggregator.operator, "bank-3").status_code == 201
+    with aggregator.app.app_context():
+        _, newest = rotate_key(db.session)
+    assert _key_of(aggregator) == newest and not staged.exists()
+    assert _write(aggregator.app, aggregator.operator, "bank-4").status_code == 201
+    verification = aggregator.app.test_client().get(
+        "/v1/ledger/verification", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
+    assert verification["ok"], verification
+
+
+def test_a_rotation_completed_by_another_process_first_is_no_failure(
+    aggregator: Aggregator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that signs between the rotation's commit and the key's move moves the staged key
+    in itself; the rotation still ends well."""
+    import os
+
+    import consortium.ledger as ledger_module
+    from consortium.ledger import rotate_key
+
+    other = create_app(aggregator.config)
+    assert _write(other, aggregator.operator, "bank-2").status_code == 201
+    real_replace = os.replace
+
+    def another_worker_first(source: Any, target: Any) -> None:
+        monkeypatch.setattr(ledger_module.os, "replace", real_replace)
+        assert _write(other, aggregator.operator, "bank-3").status_code == 201  # moves the staged key in
+        real_replace(source, target)
+
+    monkeypatch.setattr(ledger_module.os, "replace", another_worker_first)
+    with aggregator.app.app_context():
+        _, new = rotate_key(db.session)
+    Database.engine_for(other).dispose()
+    assert _key_of(aggregator) == new
+    assert _write(aggregator.app, aggregator.operator, "bank-4").status_code == 201
+
+
+def test_a_log_re_signed_under_a_key_the_service_does_not_hold_is_broken_at_its_first_entry(
+    aggregator: Aggregator,
+) -> None:
+    """Whoever holds the database but not the key re-signs the log under a key of its own, its
+    first entry naming that key: a new process of the service finds the log broken at entry 0
+    (it does not serve it, nor that key for banks to pin)."""
+    aggregator.enrol("bank-2")
+    rewrite_ledger(aggregator.engine, 1, lambda body: body, SigningKey.generate())
+    _cover_tracks(aggregator)
+    aggregator.restart()
+    client = aggregator.app.test_client()
+    headers = {"Authorization": f"Bearer {aggregator.operator}"}
+    served = client.get("/v1/ledger/key", headers=headers)
+    assert served.status_code == 503 and served.get_json()["ledger_broken_at"] == 0
+    assert client.get("/v1/ledger/checkpoint", headers=headers).status_code == 503
+
+
+def test_a_privacy_receipt_from_before_a_rotation_still_checks_after_it(
+    aggregator: Aggregator, watch: LedgerWatch
+) -> None:
+    """A private run across a rotation: the receipt of the bank's spend, recorded before it and
+    given again with every later contribution of the epoch, keeps the old key's checkpoint."""
+    from consortium import ledger as ledger_module
+    from schemas.privacy import run_privacy
+
+    privacy = run_privacy("logreg", {"dp_epsilon": 2.0}, gate=False)
+    assert privacy is not None
+    with aggregator.app.app_context():
+        seq = ledger_module.record(db.session, "privacy.spent", bank_id="bank-1", run_id="run-1",
+                                   details={**privacy.to_json(), "round_key": "logreg/round-0/n3"})
+        db.session.commit()
+        receipt = ledger_module.receipt(db.session, seq)
+    assert watch.watch() is not None
+    watch.keep_privacy("run-1", "logreg/round-0/n3", receipt, privacy)
+    with aggregator.app.app_context():
+        ledger_module.rotate_key(db.session)
+    aggregator.enrol("bank-3")
+    assert watch.watch() is not None  # followed
+    watch.keep_privacy("run-1", "logreg/round-1/n3", receipt, privacy)  # checked under the key of its time
+
+
+def test_a_rotation_that_cannot_be_followed_now_is_tried_again_not_taken_for_a_rewrite(
+    aggregator: Aggregator, watch: LedgerWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bank_node.agent.errors import UnavailableError
+    from consortium import ledger as ledger_module
+
+    assert watch.watch() is not None
+    with aggregator.app.app_context():
+        ledger_module.rotate_key(db.session)
+        seq = ledger_module.record(db.session, "contribution.accepted", bank_id="bank-1", run_id="run-1",
+                                   details={"round_key": "r/n3", "payload_sha256": hashlib.sha256(b"p").hexdigest()})
+        db.session.commit()
+        receipt = ledger_module.receipt(db.session, seq)
+
+    def down(*_: Any, **__: Any) -> Any:
+        raise UnavailableError("503 for a moment", status=503)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(watch.client, "ledger_checkpoint", down)
+        with pytest.raises(UnavailableError):
+            watch.keep("run-1", "r/n3", b"p", receipt)
+    watch.keep("run-1", "r/n3", b"p", receipt)  # once the ledger answers: followed, checked, kept
+    assert watch.watch() is not None  # and confirmed in the log at the next poll
