@@ -226,14 +226,13 @@ def backup(engine: Engine, blob_dir: Path, key_file: Path, out: Path, *,
 def _current_key(connection: Connection) -> str | None:
     """The public key that signs the snapshot's newest entries: entry 0's, or the last rotation's
     (the restore verifies the whole chain)."""
-    from schemas.ledger import ROTATION
+    from schemas.ledger import ROTATION, key_named, parse_entry
 
     rows = connection.execute(select(LedgerEntry.body).where(LedgerEntry.event.in_(("ledger.started", ROTATION)))
                               .order_by(LedgerEntry.seq)).scalars()
     key = None
     for body in rows:
-        declared = (json.loads(body).get("details") or {}).get("public_key")
-        key = declared if isinstance(declared, str) else key
+        key = key_named(parse_entry(body), trusted=True) or key
     return key
 
 

@@ -58,8 +58,8 @@ from schemas.ledger import (
     LogVerifier,
     Verification,
     canonical_entry,
-    check_rotation,
     endorse_rotation,
+    key_named,
     parse_entry,
     receipt_document,
 )
@@ -176,8 +176,6 @@ class Ledger:
     recent: dict[int, tuple[bytes, Checkpoint]] = field(default_factory=dict)
     """The text and checkpoint of the last entries this process committed (for their receipts)."""
     key_file: Path | None = None
-    log_key: str | None = None
-    """The key the log is signed by from its newest entry read (None before any entry)."""
     chain: list[str] = field(default_factory=list)
     """Every key of the log read so far: entry 0's, then each rotation's."""
 
@@ -185,6 +183,11 @@ class Ledger:
     def own_key(self) -> str:
         """The public half of the key this process holds."""
         return b64encode(bytes(self.key.verify_key))
+
+    @property
+    def log_key(self) -> str | None:
+        """The key the log is signed by from its newest entry read (None before any entry)."""
+        return self.chain[-1] if self.chain else None
 
     @property
     def public_key(self) -> str:
@@ -219,19 +222,20 @@ class Ledger:
         if seq != 0 and ROTATION not in body:
             return True
         try:
-            fields = parse_entry(body)
-            if seq == 0:
-                declared = fields["details"].get("public_key")
-                self.log_key = declared if isinstance(declared, str) else self.own_key
-                self.chain = [self.log_key]
-            if fields.get("event") == ROTATION:
-                self.log_key = check_rotation(fields, origin=self.origin, root=self.tree.root(),
-                                              current_key=self.public_key)
-                self.chain.append(self.log_key)
+            named = key_named(parse_entry(body), current_key=self.public_key, origin=self.origin,
+                              root=self.tree.root())
         except LedgerError as exc:
             self._break(session, seq, str(exc))
             return False
+        self._adopt(seq, named)
         return True
+
+    def _adopt(self, seq: int, named: str | None) -> None:
+        """Entry ``seq`` named ``named`` as the log's key (:func:`schemas.ledger.key_named`)."""
+        if seq == 0:
+            self.chain = [named or self.own_key]
+        elif named is not None:
+            self.chain.append(named)
 
     def _check_chain(self, session: Session) -> None:
         """The log's keys must include one this service holds: a log whose first entry names
@@ -324,8 +328,7 @@ class Ledger:
                 return  # not the tree the entries were signed over: sync will read and check them
             for entry in committed:
                 if self.tree.size == 0 or ROTATION.encode() in entry.body:  # the key this process itself put in force
-                    self.log_key = str(parse_entry(entry.body)["details"]["public_key"])
-                    self.chain = [*self.chain, self.log_key] if self.tree.size else [self.log_key]
+                    self._adopt(self.tree.size, key_named(parse_entry(entry.body), trusted=True))
                 self.recent[self.tree.size] = (entry.body, entry.checkpoint)
                 self.tree.append(entry.leaf)
             self.last_ms = max(self.last_ms, committed[-1].timestamp_ms)
@@ -491,8 +494,7 @@ def rotate_key(session: Session) -> tuple[str, str]:
             view.sync(session)
         view.check_intact()
         old = view.public_key
-        if _public(view.signer()) != old:  # (signer() raises if no file holds the log's key)
-            raise Unavailable(f"this process holds no key of the log's current key {old}")
+        view.signer()  # completes a rotation cut short; raises if no key file holds the log's key
         session.rollback()
         staged.unlink(missing_ok=True)  # not the log's key (signer() moved a key of the log in): never committed
         new = SigningKey.generate()

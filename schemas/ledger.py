@@ -41,6 +41,7 @@ __all__ = [
     "canonical_entry",
     "check_rotation",
     "endorse_rotation",
+    "key_named",
     "entry_time",
     "parse_entry",
     "receipt_document",
@@ -174,6 +175,32 @@ def check_rotation(fields: Mapping[str, Any], *, origin: str, root: bytes, curre
     return new_key
 
 
+def key_named(fields: Mapping[str, Any], *, current_key: str | None = None, origin: str = "", root: bytes = b"",
+              trusted: bool = False) -> str | None:
+    """The key the log is signed by from entry ``fields`` on, when that entry sets it: the key
+    entry 0 (``ledger.started``) names, or the key a rotation puts in force, checked with
+    :func:`check_rotation` against ``current_key`` and ``root`` unless ``trusted`` (an entry
+    checked before, or written by the caller itself). None for any other entry, and for an entry 0
+    that names no key.
+
+    Raises
+    ------
+    LedgerError
+        A rotation the key in force did not endorse.
+    """
+    details = fields.get("details") or {}
+    if int(fields["index"]) == 0:
+        declared = details.get("public_key") if fields.get("event") == "ledger.started" else None
+        return declared if isinstance(declared, str) else None
+    if fields.get("event") != ROTATION:
+        return None
+    if trusted:
+        return str(details.get("public_key"))
+    if current_key is None:
+        raise LedgerError(f"entry {fields['index']}: a key rotation in a log whose key is not known", fields["index"])
+    return check_rotation(fields, origin=origin, root=root, current_key=current_key)
+
+
 @dataclass
 class Verification:
     """What a check of a log found.
@@ -282,15 +309,11 @@ class LogVerifier:
                      origin: str = "", root: bytes = b"") -> None:
         """The key in force after entry ``fields``: the first entry's, then each rotation's."""
         index = int(fields["index"])
+        named = key_named(fields, current_key=self.signing_key, origin=origin, root=root, trusted=trusted)
         if index == 0:
-            declared = (fields.get("details") or {}).get("public_key")
-            start = declared if fields.get("event") == "ledger.started" and isinstance(declared, str) \
-                else self.public_key
-            self.keys = [(1, start)]
-        if fields.get("event") == ROTATION:
-            new_key = (str((fields.get("details") or {}).get("public_key")) if trusted else
-                       check_rotation(fields, origin=origin, root=root, current_key=self.signing_key))
-            self.keys.append((index + 1, new_key))
+            self.keys = [(1, named or self.public_key)]
+        elif named is not None:
+            self.keys.append((index + 1, named))
 
     def _check(self, position: int, body: str | bytes, checkpoint: Checkpoint) -> None:
         if position != self.tree.size:

@@ -112,7 +112,7 @@ class LedgerWatch:
                 signed = Checkpoint.from_json(document.get("checkpoint"))
                 if signed != new:
                     raise CheckpointError(f"the consistency proof comes with another checkpoint of size {signed.size}")
-                proof = [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
+                proof = _hashes(document)
         except NotFoundError:
             if key is None and not self.required:
                 log.warning("the consortium keeps no contribution ledger: nothing to watch")
@@ -176,7 +176,7 @@ class LedgerWatch:
                     before.verify(key)
                 else:
                     growth = self.client.ledger_consistency(accepted.size, index)
-                    check_growth(accepted, before, [base64.b64decode(p, validate=True) for p in growth["proof"]], key)
+                    check_growth(accepted, before, _hashes(growth), key)
             try:
                 new_key = check_rotation(fields, origin=origin or before.origin, root=before.root, current_key=key)
             except LedgerError as exc:
@@ -187,7 +187,7 @@ class LedgerWatch:
             verify_receipt({"entry": body, "index": index, "proof": document.get("proof", []),
                             "checkpoint": after.to_json()}, new_key)
             growth = self.client.ledger_consistency(index, index + 1)
-            check_growth(before, after, [base64.b64decode(p, validate=True) for p in growth["proof"]], new_key,
+            check_growth(before, after, _hashes(growth), new_key,
                          old_key_b64=key)
             record = self._load()
             rotations = [*record.get("rotations", []), {"index": index, "public_key": new_key, "previous_key": key}]
@@ -197,13 +197,14 @@ class LedgerWatch:
             accepted, key = after, new_key
         return accepted, key
 
-    def key_at(self, size: int) -> str | None:
+    def key_at(self, size: int, record: dict[str, Any] | None = None) -> str | None:
         """The key that signs the checkpoint of the log's first ``size`` entries, by the
-        rotations this bank followed (the pinned key when it followed none)."""
-        record = self._load()
+        rotations this bank followed (the pinned key when it followed none), from the state
+        ``record`` (read when not given)."""
+        record = self._load() if record is None else record
         rotations = sorted(record.get("rotations", []), key=lambda r: int(r["index"]))
         if not rotations:
-            return self.public_key
+            return str(record["public_key"]) if record.get("public_key") else None
         found = str(rotations[0].get("previous_key") or record.get("public_key"))
         for rotation in rotations:
             if size >= int(rotation["index"]) + 1:
@@ -225,9 +226,9 @@ class LedgerWatch:
             checkpoint = Checkpoint.from_json(receipt.get("checkpoint"))
         except CheckpointError:
             return key  # malformed: the check of the receipt says so
-        chained = self.key_at(checkpoint.size) or key
-        accepted = self.checkpoint()
-        known = max(0 if accepted is None else accepted.size, self._checked_size)
+        record = self._load()
+        chained = self.key_at(checkpoint.size, record) or key
+        known = max(int((record.get("checkpoint") or {}).get("size", 0)), self._checked_size)
         if _signs(checkpoint, chained) or checkpoint.size <= known:
             return chained  # (an old checkpoint under another key fails the receipt's own check)
         if self.watch() is None:
@@ -257,7 +258,7 @@ class LedgerWatch:
             try:
                 document = self.client.ledger_inclusion(index, new.size)
                 signed = Checkpoint.from_json(document.get("checkpoint"))
-                hashes = [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
+                hashes = _hashes(document)
                 if signed != new:
                     raise CheckpointError("the proof comes with another checkpoint")
                 verify_receipt({**receipt, "proof": [base64.b64encode(h).decode() for h in hashes],
@@ -392,6 +393,11 @@ class LedgerWatch:
         accepted = record.get("checkpoint")
         if accepted is not None and index < int(accepted.get("size", 0)):
             self._save({**record, "unconfirmed": sorted({*record.get("unconfirmed", []), index})})
+
+
+def _hashes(document: dict[str, Any]) -> list[bytes]:
+    """The proof's hashes in a proof answer (base64 in JSON)."""
+    return [base64.b64decode(p, validate=True) for p in document.get("proof", [])]
 
 
 def _signs(checkpoint: Checkpoint, key: str) -> bool:

@@ -446,10 +446,12 @@ def test_a_rotation_the_pinned_key_did_not_endorse_stops_the_service_and_the_age
                                                  headers={"Authorization": f"Bearer {aggregator.operator}"})
     assert response.status_code == 503 and f"entry {forged}" in response.get_json()["message"]
 
-    def unchecked(fields: Any, **_: Any) -> str:
-        return str(fields["details"]["public_key"])
+    from schemas.ledger import key_named
 
-    monkeypatch.setattr(consortium.ledger, "check_rotation", unchecked)  # a service that looks away
+    def unchecked(fields: Any, **_: Any) -> str | None:
+        return key_named(fields, trusted=True)
+
+    monkeypatch.setattr(consortium.ledger, "key_named", unchecked)  # a service that looks away
     aggregator.restart()
     with pytest.raises(LedgerRewrittenError, match="cannot trust"):
         watch.watch()
@@ -601,3 +603,38 @@ def test_a_rotation_that_cannot_be_followed_now_is_tried_again_not_taken_for_a_r
             watch.keep("run-1", "r/n3", b"p", receipt)
     watch.keep("run-1", "r/n3", b"p", receipt)  # once the ledger answers: followed, checked, kept
     assert watch.watch() is not None  # and confirmed in the log at the next poll
+
+
+def test_two_rotations_at_once_both_hold_and_the_service_signs_on(aggregator: Aggregator) -> None:
+    """Two operators (two processes) rotate at the same moment: one waits for the other, each
+    endorses from the key then in force, and the key file ends with the newest key."""
+    import threading
+
+    from consortium.ledger import rotate_key
+
+    other = create_app(aggregator.config)
+    results: dict[str, Any] = {}
+
+    def rotate(name: str, app: Flask) -> None:
+        with app.app_context():
+            try:
+                results[name] = rotate_key(db.session)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                results[name] = exc
+
+    threads = [threading.Thread(target=rotate, args=(name, app))
+               for name, app in (("first", aggregator.app), ("second", other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    Database.engine_for(other).dispose()
+    assert all(isinstance(result, tuple) for result in results.values()), results
+    pairs = sorted(results.values())
+    newest = next(new for old, new in pairs if all(new != o for o, _ in pairs))
+    assert {new for _, new in pairs} & {old for old, _ in pairs}  # the second endorsed from the first's key
+    assert _key_of(aggregator) == newest
+    assert _write(aggregator.app, aggregator.operator, "bank-2").status_code == 201
+    verification = aggregator.app.test_client().get(
+        "/v1/ledger/verification", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
+    assert verification["ok"], verification
