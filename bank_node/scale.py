@@ -1,6 +1,6 @@
 """The bank node's work on Dask, for transaction histories larger than one machine's memory.
 
-The pandas path (:func:`bank_node.features.compute_features`, :func:`~bank_node.federated.party.make_level_payload`)
+The pandas path (:func:`bank_node.features.compute_features`, :class:`bank_node.agent.training.TrainingSet`)
 stays the default for data that fits. Here the same computations run on a ``dask.dataframe`` over
 partitioned Parquet, with results equal to the pandas path's:
 
@@ -8,10 +8,12 @@ partitioned Parquet, with results equal to the pandas path's:
   the rows are shuffled by card, then by terminal, and each partition (whole cards, whole
   terminals) goes through the very functions of the pandas path. The two halves are joined on
   ``transaction_id``: every value is the one the pandas path computes, to the bit.
-- **histograms**: each partition bins its rows with the consortium's cuts, computes gradients and
-  adds its histograms; the partial histograms are added up. Float sums in another order may differ
-  in the last bit, so the payload a bank would send (the histograms in fixed point, as the secure
-  sum encodes them) is the same.
+- **training** (:class:`DaskTrainingSet`): the featured rows stay on the workers, one pandas
+  partition each, and the federated algorithms (:mod:`bank_node.federated.parts`) run there: each
+  partition keeps its own state (bins, margins, node of each row, standardised features) and
+  sends back only its contribution to a sum (histograms, derivatives, score counts), added up in
+  partition order. Float sums in another order may differ in the last bit, below the fixed point
+  a secure sum carries: the bank proposes the model the pandas path trains, to the byte.
 
 A cluster is found by :func:`dask_client`: ``scheduler`` names an existing one (``tcp://host:8786``),
 otherwise a local cluster of worker processes is started for the command's duration.
@@ -19,9 +21,12 @@ otherwise a local cluster of worker processes is started for the command's durat
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,9 +52,13 @@ from bank_node.features import (
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
-    from distributed import Client
+    from distributed import Client, Future
 
-__all__ = ["dask_client", "dask_features", "dask_level_histograms", "dask_tree", "read_transactions", "source_names"]
+__all__ = ["DaskParts", "DaskTrainingSet", "dask_client", "dask_features", "dask_tree", "read_transactions",
+           "source_names"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FloatArray = npt.NDArray[np.float64]
 #: The model inputs as a featured frame names them (:func:`bank_node.features.model_matrix`).
@@ -62,6 +71,8 @@ def dask_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per
     """A Dask client of the cluster at ``scheduler``, or of a local cluster started here."""
     from distributed import Client, LocalCluster
 
+    # Each shuffle's start and end is a WARNING of the scheduler's, two per shuffle of every run.
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     if scheduler is not None:
         with Client(scheduler) as client:
             yield client
@@ -175,81 +186,136 @@ def dask_features(transactions: dd.DataFrame, *, start: Any = None, end: Any = N
     return joined[[*frame.columns, *names]]
 
 
-# ------------------------------------------------------------------------------------ histograms
+# ------------------------------------------------------------------------------------ one tree
 
 
-def _partition_histograms(part: pd.DataFrame, columns: Sequence[str], cuts: Sequence[npt.NDArray[np.float32]],
-                          margin: float, params: Any, request: Any) -> FloatArray:
-    """One partition's histograms for a tree level: its rows binned, their gradients, added up."""
-    from bank_node.federated.binning import bin_index
-    from bank_node.federated.histogram import build_histograms
-    from bank_node.federated.party import tree_gradients
-
-    X = part[list(columns)].to_numpy(dtype=np.float64)
-    labels = part[LABEL].to_numpy(dtype=np.float32)
-    bins = bin_index(X, list(cuts))
-    grad, hess = tree_gradients(np.full(len(labels), margin, dtype=np.float32), labels, params, tree_index=0)
-    positions = (part["_position"].to_numpy(dtype=np.int32) if "_position" in part.columns
-                 else np.zeros(len(labels), dtype=np.int32))
-    hist = build_histograms(bins, grad, hess, positions, request.nodes, request.n_bins, features=request.features)
-    return np.asarray(hist, dtype=np.float64)
-
-
-def dask_level_histograms(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.float32]], request: Any,
-                          params: Any, margin: float, columns: Sequence[str] = MODEL_COLUMNS) -> FloatArray:
-    """A tree level's histograms over every row of ``featured`` (the first tree: every row's
-    margin is ``margin``; rows sit in node 0 unless a ``_position`` column says otherwise).
-
-    Returns what :func:`~bank_node.federated.histogram.build_histograms` gives on all rows at
-    once, up to the order of float additions: each partition's histograms are computed where the
-    partition is, and only those (nodes x features x bins x 2 values) travel."""
-    import dask
-
-    if getattr(params, "subsample", 1.0) < 1.0:
-        raise ValueError("row subsampling draws rows by their position in the bank's frame: not on Dask")
-    partials = [dask.delayed(_partition_histograms)(part, tuple(columns), tuple(cuts), margin, params, request)
-                for part in featured.to_delayed()]
-    total: FloatArray | None = None
-    for partial in dask.compute(*partials):
-        total = partial if total is None else total + partial
-    if total is None:
-        raise ValueError("no partition to build histograms from")
-    return total
-
-
-def _advanced(part: pd.DataFrame, columns: Sequence[str], cuts: Sequence[npt.NDArray[np.float32]],
-              splits: Sequence[Any]) -> pd.DataFrame:
-    """A partition with each row's node moved by a level's splits."""
-    from bank_node.federated.binning import bin_index
-    from bank_node.federated.party import advance_positions
-
-    bins = bin_index(part[list(columns)].to_numpy(dtype=np.float64), list(cuts))
-    positions = (part["_position"].to_numpy(dtype=np.int32) if "_position" in part.columns
-                 else np.zeros(len(part), dtype=np.int32))
-    return part.assign(_position=advance_positions(bins, positions, splits))
-
-
-def dask_tree(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.float32]], params: Any,
-              columns: Sequence[str] = MODEL_COLUMNS) -> Any:
-    """Grow the first tree of ``params`` on one bank's rows on Dask, level by level: each level's
-    histograms are added up over the partitions, the splits chosen, and every row moved to its
-    child where it lies (as the federated protocol does with the consortium's summed histograms
-    in place of this bank's own).
+def dask_tree(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.float32]], params: Any) -> Any:
+    """Grow the first tree of ``params`` on one bank's featured rows on Dask (the cluster of the
+    current client), level by level, as the federated protocol does with this bank's own
+    histograms in place of the consortium's sums: each level's histograms are added up over the
+    partitions, the splits chosen, and every row moved to its child where it lies.
 
     Returns the grown :class:`~bank_node.federated.tree.Tree`."""
+    from distributed import default_client
+
+    from bank_node.federated.gbdt import GBDTPart
     from bank_node.federated.grower import TreeGrower
-    from bank_node.federated.histogram import flatten_histograms
     from bank_node.federated.objective import base_margin
 
     grower = TreeGrower(params=params, bins_per_feature=np.array([len(c) + 1 for c in cuts], dtype=np.int64),
-                        features=np.arange(len(columns)), cuts=list(cuts))
-    margin = float(base_margin(params.base_score))
-    frame = featured
+                        features=np.arange(len(MODEL_COLUMNS)), cuts=list(cuts))
+    rows = (DaskTrainingSet.of(default_client(), featured).parts(GBDTPart.of)
+            .apply(functools.partial(GBDTPart.binned, cuts=tuple(cuts), margin=float(base_margin(params.base_score))))
+            .apply(functools.partial(GBDTPart.tree_started, params=params, tree_index=0, party_index=0, clip=None)))
     while (request := grower.request) is not None:
-        hist = dask_level_histograms(frame, cuts, request, params, margin, columns)
-        result = grower.apply_level_sum(flatten_histograms(hist, request.bins_per_feature))
-        if grower.request is not None:
-            meta = frame._meta.assign(_position=pd.Series(dtype="int32"))
-            frame = frame.map_partitions(_advanced, tuple(columns), tuple(cuts), tuple(result.splits),
-                                         meta=meta).persist()
+        result = grower.apply_level_sum(rows.total(functools.partial(GBDTPart.level_payload, request=request)))
+        rows = rows.apply(functools.partial(GBDTPart.advanced, splits=tuple(result.splits)))
     return grower.tree()
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class DaskParts(Generic[T]):
+    """A federated algorithm's parts (:mod:`bank_node.federated.parts`), one per partition, each
+    kept on the worker that holds it: a step runs there, and only contributions travel back."""
+
+    def __init__(self, client: Client, futures: Sequence[Future]) -> None:
+        self.client = client
+        self.futures = list(futures)
+
+    @property
+    def whole(self) -> bool:
+        return False
+
+    def apply(self, step: Callable[[T], T]) -> DaskParts[T]:
+        return DaskParts(self.client, self.client.map(step, self.futures, pure=False))
+
+    def total(self, value: Callable[[T], npt.ArrayLike]) -> FloatArray:
+        partials = self.client.gather(self.client.map(value, self.futures, pure=False))
+        total: FloatArray | None = None
+        for partial in partials:  # in partition order, whichever worker answered first
+            part = np.asarray(partial, dtype=np.float64)
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError("no partition to add up")
+        return total
+
+
+def _part_of(frame: pd.DataFrame, part: Callable[[FloatArray, FloatArray], T]) -> T:
+    from bank_node.features import model_matrix
+
+    return part(model_matrix(frame), frame[LABEL].to_numpy(dtype=np.float64))
+
+
+def _label_counts(frame: pd.DataFrame) -> FloatArray:
+    return np.array([len(frame), float(frame[LABEL].sum())], dtype=np.float64)
+
+
+def _frame_histogram(frame: pd.DataFrame, score: Callable[[Any], Any], n_bins: int) -> FloatArray:
+    from bank_node.features import model_matrix
+    from bank_node.federated.evaluation import score_histogram
+
+    return score_histogram(score(model_matrix(frame)), frame[LABEL].to_numpy(), n_bins=n_bins)
+
+
+_COVERED = "_consortium_covered"
+
+
+def _consortium_part(frame: pd.DataFrame, history: Any, secret: bytes) -> pd.DataFrame:
+    from bank_node.federated.terminal_stats import with_consortium_terminal_features
+
+    shared, covered = with_consortium_terminal_features(frame.drop(columns=[_COVERED], errors="ignore"), history,
+                                                        secret=secret)
+    return shared.assign(**{_COVERED: covered})
+
+
+def _covered_count(frame: pd.DataFrame) -> FloatArray:
+    return np.array([float(frame[_COVERED].sum())], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class DaskTrainingSet:
+    """A bank's featured rows of a period, as pandas partitions held by a Dask cluster's workers
+    (:class:`bank_node.agent.training.Rows`): the federated algorithms run where the rows are.
+
+    Build it with :meth:`of`; partitions without rows are left out.
+    """
+
+    client: Client
+    frames: tuple[Future, ...]
+    n_rows: int
+    n_frauds: int
+
+    @classmethod
+    def of(cls, client: Client, featured: dd.DataFrame) -> DaskTrainingSet:
+        """The rows of ``featured``, computed once and kept on the workers."""
+        frames = client.compute(featured.to_delayed())
+        counts = client.gather(client.map(_label_counts, frames, pure=False))
+        kept = tuple(frame for frame, (n, _) in zip(frames, counts) if n > 0)
+        n_rows, n_frauds = (int(v) for v in np.sum(counts, axis=0)) if counts else (0, 0)
+        return cls(client=client, frames=kept, n_rows=n_rows, n_frauds=n_frauds)
+
+    @property
+    def whole(self) -> bool:
+        return False
+
+    def parts(self, part: Callable[[FloatArray, FloatArray], T]) -> DaskParts[T]:
+        """Each partition's model inputs and labels made into ``part(X, y)`` where it lies."""
+        return DaskParts(self.client, self.client.map(_part_of, self.frames, part=part, pure=False))
+
+    def score_histogram(self, score: Callable[[Any], Any], n_bins: int) -> FloatArray:
+        """The rows' score histogram under a model's ``score``, counted partition by partition."""
+        return DaskParts(self.client, self.frames).total(functools.partial(_frame_histogram, score=score,
+                                                                           n_bins=n_bins))
+
+    def with_consortium_terminals(self, history: Any, *, secret: bytes) -> DaskTrainingSet:
+        """The same rows with the consortium's terminal features where the terminal passed the
+        threshold (:func:`~bank_node.federated.terminal_stats.with_consortium_terminal_features`
+        on each partition; the history is sent to each worker once)."""
+        shared = self.client.scatter(history, broadcast=True, hash=False)
+        frames = tuple(self.client.map(_consortium_part, self.frames, history=shared, secret=secret, pure=False))
+        covered = int(DaskParts(self.client, frames).total(_covered_count)[0]) if frames else 0
+        log.info("consortium terminal features: %d of %d rows covered (threshold %d banks)", covered, self.n_rows,
+                 history.threshold)
+        return replace(self, frames=frames)

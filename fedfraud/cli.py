@@ -16,7 +16,7 @@ import click
 
 from fedfraud import __version__
 from fedfraud.progress import status as _status
-from schemas.cli import readable_errors
+from schemas.cli import dask_options, readable_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,14 +84,8 @@ def generate(output: Path, days: int, customers: int, terminals: int, seed: int,
 @click.option("--start", type=DATE, default=None, help="First day to write (earlier history still feeds the windows).")
 @click.option("--end", type=DATE, default=None, help="Last day to write, inclusive.")
 @_mapping_option
-@click.option("--dask", "on_dask", is_flag=True,
-              help="Compute on Dask, for data larger than memory: INPUT a Parquet file or folder of Parquet "
-                   "files, OUTPUT a folder of Parquet files holding the six fields (under INPUT's names) and the "
-                   "features (a local cluster unless --dask-scheduler).")
-@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
-              help="Use the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); implies --dask.")
-@click.option("--dask-workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Worker processes of the local cluster.")
+@dask_options("Compute on Dask, for data larger than memory: INPUT a Parquet file or folder of Parquet files, OUTPUT "
+              "a folder of Parquet files holding the six fields (under INPUT's names) and the features")
 @readable_errors
 def features(input_path: Path, output: Path, start: date | None, end: date | None, columns: str, on_dask: bool,
              dask_scheduler: str | None, dask_workers: int) -> None:

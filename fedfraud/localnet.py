@@ -190,13 +190,15 @@ class LocalConsortium:
         for bank in banks[1:]:
             self.cli("bank", "ceremony", "--state-dir", str(self.state_dir(bank)), "--wait", "60")
 
-    def start_agent(self, bank: str, data: Path, *, train_start: str, train_days: int = 7) -> subprocess.Popen[bytes]:
-        """One ``fedfraud bank agent --once`` process for ``bank`` on its own transactions."""
+    def start_agent(self, bank: str, data: Path, *, train_start: str, train_days: int = 7,
+                    options: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """One ``fedfraud bank agent --once`` process for ``bank`` on its own transactions
+        (``options``: more of the agent's options, ``--dask`` say)."""
         log = self._log(f"{bank}-agent")
         return subprocess.Popen(
             [*FEDFRAUD, "bank", *self.agent_options, "--retry-timeout", "120", "agent", "--state-dir",
              str(self.state_dir(bank)), "--data", str(data), "--train-start", train_start, "--train-days", str(train_days), "--once",
-             "--poll-interval", "0.5"],
+             "--poll-interval", "0.5", *options],
             env=self.env, stdout=log, stderr=log,
         )
 

@@ -39,3 +39,18 @@ def readable_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def dask_options(what: str) -> Callable[[F], F]:
+    """``--dask``, ``--dask-scheduler`` and ``--dask-workers``, said the same way by every command
+    that can compute on Dask (``what``: what the flag does there)."""
+
+    def decorate(func: F) -> F:
+        func = click.option("--dask-workers", type=click.IntRange(min=1), default=2, show_default=True,
+                            help="Worker processes of the local cluster.")(func)
+        func = click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+                            help="Use the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); implies --dask.")(func)
+        return click.option("--dask", "on_dask", is_flag=True,
+                            help=f"{what} (a local cluster unless --dask-scheduler).")(func)
+
+    return decorate

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from schemas.cli import readable_errors
+from schemas.cli import dask_options, readable_errors
 
 __all__ = ["bank_cli"]
 
@@ -374,9 +374,9 @@ def roster_show(state_dir: Path, url: str | None) -> None:
 
 
 @bank_cli.command()
-@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="This bank's transactions with fraud labels (Parquet or CSV); default: the node's store "
-                   "(`fedfraud bank ingest`).")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="This bank's transactions with fraud labels (Parquet or CSV; with --dask a Parquet file or folder "
+                   "of Parquet files); default: the node's store (`fedfraud bank ingest`).")
 @click.option("--columns", default="", metavar="FIELD=COLUMN,...",
               help="Your column names for the canonical fields, where they differ.")
 @click.option("--train-start", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
@@ -409,21 +409,29 @@ def roster_show(state_dir: Path, url: str | None) -> None:
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics on 127.0.0.1:PORT (polls, runs by outcome, contributions and bytes "
                    "sent, the model version followed, the privacy spend).")
+@dask_options("Feature and train on Dask, for a history larger than memory: --data a Parquet file or folder of "
+              "Parquet files, its rows kept on the cluster's workers")
 @_development_option
 @readable_errors
 def agent(data_path: Path | None, columns: str, train_start: datetime | None, train_days: int, state_dir: Path,
           store_url: str | None, url: str | None, once: bool, poll_interval_s: float, round_wait_s: float | None,
           ledger_key: str | None, without_ledger: bool, dp_budget: float | None, dp_budget_delta: float,
-          dp_budget_days: int, metrics_port: int | None, development: bool) -> None:
+          dp_budget_days: int, metrics_port: int | None, on_dask: bool, dask_scheduler: str | None, dask_workers: int,
+          development: bool) -> None:
     """Poll the consortium for training runs and take part in them, on each run's window of the
     node's store (or of --data)."""
+    on_dask = on_dask or dask_scheduler is not None
+    if on_dask and data_path is None:
+        raise click.UsageError("--dask trains on --data (a Parquet file or folder), not on the node's store")
+    if data_path is not None and data_path.is_dir() and not on_dask:
+        raise click.UsageError(f"--data {data_path} is a folder: a folder of Parquet files is trained on with --dask")
     from bank_node.agent.ceremony import check_consortium_key, load_secret_scheme
     from bank_node.agent.errors import ConsortiumError
     from bank_node.agent.identity import load_identity
     from bank_node.agent.privacy_budget import PrivacyBudget
     from bank_node.agent.runner import FAILED, AgentSettings, BankAgent
     from bank_node.agent.state import StateDir
-    from bank_node.agent.training import StoreSource, TransactionSource
+    from bank_node.agent.training import DaskSource, StoreSource, TransactionSource
     from bank_node.terminal_history import PooledHistory
     from schemas.errors import FedfraudInputError
     from schemas.transaction import parse_column_mapping
@@ -435,8 +443,16 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
     start = None if train_start is None else date.fromordinal(train_start.toordinal())
     source: Any
     if data_path is not None:
-        source = TransactionSource(data_path, train_start=start, train_days=train_days,
-                                   mapping=parse_column_mapping(columns))
+        mapping = parse_column_mapping(columns)
+        if on_dask:
+            from bank_node.scale import dask_client
+
+            where = f"the Dask cluster at {dask_scheduler}" if dask_scheduler else f"{dask_workers} local Dask workers"
+            click.echo(f"bank {config.bank_id}: featuring and training on {where}", err=True)
+            dask = click.get_current_context().with_resource(dask_client(dask_scheduler, n_workers=dask_workers))
+            source = DaskSource(data_path, dask, train_start=start, train_days=train_days, mapping=mapping)
+        else:
+            source = TransactionSource(data_path, train_start=start, train_days=train_days, mapping=mapping)
         if start is not None:
             source.rows()  # bad data is reported now, not at the first run
         terminal_history = PooledHistory.in_state_dir(state_dir)

@@ -48,8 +48,8 @@ from bank_node.agent.privacy_budget import BudgetExceeded, PrivacyBudget
 from bank_node.agent.resources import ModelInfo, RunInfo
 from bank_node.agent.state import StateDir
 from bank_node.agent.terminals import TerminalPlan, Transactions, plan_terminals, pool_terminals
-from bank_node.agent.training import FeatureSettings, TrainingSet, feature_settings, prepare_run
-from bank_node.federated.evaluation import PRIVATE_BINS, federated_evaluation
+from bank_node.agent.training import FeatureSettings, Rows, feature_settings, prepare_run
+from bank_node.federated.evaluation import DEFAULT_BINS, PRIVATE_BINS, pooled_evaluation
 from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.logreg import LogRegModel
 from bank_node.federated.rounds import MIN_QUORUM, BankRunner
@@ -187,7 +187,7 @@ class _Preparation:
     context: HEScheme
     roster: Roster
     window: RunWindow | None
-    rows: TrainingSet
+    rows: Rows
     terminals: TerminalPlan | None
     baseline: tuple[Callable[[Any], Any], FeatureSettings] | None = None
 
@@ -225,7 +225,7 @@ class BankAgent:
         client: ConsortiumClient,
         identity: BankIdentity,
         state: StateDir,
-        training_rows: Callable[[RunWindow | None], TrainingSet],
+        training_rows: Callable[[RunWindow | None], Rows],
         settings: AgentSettings = AgentSettings(),
         transactions: Transactions | None = None,
         terminal_history: PooledHistory | None = None,
@@ -551,29 +551,27 @@ class BankAgent:
             label_delay_days=window.label_delay_days))
         terminals = preparation.terminals
 
-        def inputs(features: FeatureSettings) -> Any:
+        privacy = run_privacy(run.model, run.params)
+        n_bins = DEFAULT_BINS if privacy is None else PRIVATE_BINS
+
+        def histogram(score: Callable[[Any], Any], features: FeatureSettings) -> Any:
             if not features.consortium:
-                return validation.X
+                return validation.score_histogram(score, n_bins)
             if terminals is None or history is None:
                 raise CannotTakePartError(
                     f"the baseline model {run.baseline_version} uses consortium terminal features, which this "
                     "run does not pool: open the run with consortium_features")
             pooled = replace(history, threshold=features.threshold)
-            return validation.with_consortium_terminals(pooled, secret=terminals.key).X
+            return validation.with_consortium_terminals(pooled, secret=terminals.key).score_histogram(score, n_bins)
 
-        scorers = [_scorer(model)]
-        X = [inputs(terminals.settings if terminals is not None else FeatureSettings())]
+        histograms = [histogram(_scorer(model), terminals.settings if terminals is not None else FeatureSettings())]
         if preparation.baseline is not None:
-            baseline, baseline_features = preparation.baseline
-            scorers.append(baseline)
-            X.append(inputs(baseline_features))
-        privacy = run_privacy(run.model, run.params)
+            histograms.append(histogram(*preparation.baseline))
 
         def evaluation() -> Any:  # fresh noise at every start: a restarted gate releases new sums
             if privacy is None:
-                return federated_evaluation(scorers, X, validation.y)
-            return federated_evaluation(scorers, X, validation.y, n_bins=PRIVATE_BINS,
-                                        noise=PrivateContribution(privacy).gate_noisy)
+                return pooled_evaluation(histograms)
+            return pooled_evaluation(histograms, noise=PrivateContribution(privacy).gate_noisy)
 
         metrics = [
             {"auc": m.auc, "average_precision": m.average_precision, "rows": m.rows, "frauds": m.frauds}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,15 +28,18 @@ from bank_node.features import (
     LABEL,
     MODEL_INPUTS,
     TIMESTAMP,
+    TRANSACTION_ID,
     FeatureConfig,
     compute_features,
     model_matrix,
 )
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
-from bank_node.federated.gbdt import federated_gbdt
-from bank_node.federated.logreg import LogRegModel, LogRegParams, federated_logreg
+from bank_node.federated.evaluation import score_histogram
+from bank_node.federated.gbdt import GBDTPart, federated_gbdt_over
+from bank_node.federated.logreg import LogRegModel, LogRegParams, LogRegPart, federated_logreg_over
 from bank_node.federated.params import GBDTParams
+from bank_node.federated.parts import Local, Parts
 from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.rounds import Algorithm
 from bank_node.federated.terminal_stats import ConsortiumHistory, with_consortium_terminal_features
@@ -51,6 +54,8 @@ __all__ = [
     "FeatureSettings",
     "PreparedRun",
     "TrainingSet",
+    "DaskSource",
+    "Rows",
     "StoreSource",
     "TransactionSource",
     "canonical_json",
@@ -58,10 +63,12 @@ __all__ = [
     "gbdt_params",
     "logreg_params",
     "prepare_run",
+    "training_period",
     "training_rows",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,26 @@ class TrainingSet:
     featured: pd.DataFrame | None = None
 
     @property
+    def n_rows(self) -> int:
+        return len(self.y)
+
+    @property
+    def whole(self) -> bool:
+        """Every row in this process, in order (row subsampling draws by position)."""
+        return True
+
+    @property
     def n_frauds(self) -> int:
         """Fraud rows."""
         return int(self.y.sum())
+
+    def parts(self, part: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], T]) -> Local[T]:
+        """The rows as one part of an algorithm's state (:mod:`bank_node.federated.parts`)."""
+        return Local(part(self.X, self.y))
+
+    def score_histogram(self, score: Callable[[Any], Any], n_bins: int) -> npt.NDArray[np.float64]:
+        """The rows' :func:`~bank_node.federated.evaluation.score_histogram` under a model's ``score``."""
+        return score_histogram(score(self.X), self.y, n_bins=n_bins)
 
     def with_consortium_terminals(self, history: ConsortiumHistory, *, secret: bytes) -> TrainingSet:
         """The same rows with the terminal features of terminals above the history's threshold
@@ -93,6 +117,26 @@ class TrainingSet:
         log.info("consortium terminal features: %d of %d rows covered (threshold %d banks)",
                  int(covered.sum()), len(covered), history.threshold)
         return TrainingSet(X=model_matrix(shared), y=self.y, featured=shared)
+
+
+class Rows(Protocol):
+    """A bank's training or validation rows, wherever they are held: a :class:`TrainingSet` in
+    this process, or a :class:`bank_node.scale.DaskTrainingSet` on a Dask cluster."""
+
+    @property
+    def n_rows(self) -> int: ...
+
+    @property
+    def whole(self) -> bool: ...
+
+    @property
+    def n_frauds(self) -> int: ...
+
+    def parts(self, part: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], T]) -> Parts[T]: ...
+
+    def score_histogram(self, score: Callable[[Any], Any], n_bins: int) -> npt.NDArray[np.float64]: ...
+
+    def with_consortium_terminals(self, history: ConsortiumHistory, *, secret: bytes) -> Rows: ...
 
 
 def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: int) -> TrainingSet:
@@ -136,6 +180,25 @@ def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: 
     if rows.n_frauds in (0, len(rows.y)):
         log.warning("the training period holds one class only: rows=%d frauds=%d", len(rows.y), rows.n_frauds)
     return rows
+
+
+def training_period(window: RunWindow | None, train_start: date | None, train_days: int) -> tuple[date, int]:
+    """The training period of a run: its window's, or the agent's command line's for a run without one.
+
+    Raises
+    ------
+    FedfraudInputError
+        Neither says when training starts.
+    """
+    if window is not None:
+        if (window.train_start, window.train_days) != (train_start, train_days):
+            log.info("training on the run's window, not the command line's: start=%s days=%d", window.train_start,
+                     window.train_days)
+        return window.train_start, window.train_days
+    if train_start is None:
+        raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
+                                 {"train_start": ["missing"]})
+    return train_start, train_days
 
 
 class TransactionSource:
@@ -189,14 +252,7 @@ class TransactionSource:
     def rows(self, window: RunWindow | None = None) -> TrainingSet:
         """The training rows of the file's current content, for ``window`` (the run's) if given."""
         (mtime, size), frame = self._load()
-        if window is None and self.train_start is None:
-            raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
-                                     {"train_start": ["missing"]})
-        train_start, train_days = (self.train_start, self.train_days) if window is None else (
-            window.train_start, window.train_days)
-        assert train_start is not None
-        if window is not None and (train_start, train_days) != (self.train_start, self.train_days):
-            log.info("training on the run's window, not the command line's: start=%s days=%d", train_start, train_days)
+        train_start, train_days = training_period(window, self.train_start, self.train_days)
         version = (mtime, size, train_start, train_days)
         if self._cached is None or self._cached[0] != version:
             rows = training_rows(frame, train_start=train_start, train_days=train_days)
@@ -230,13 +286,7 @@ class StoreSource:
         Transactions without a confirmed label by then count as genuine: a fraud is labelled
         when it is reported, and the window's label delay leaves time for that.
         """
-        if window is not None:
-            train_start, train_days = window.train_start, window.train_days
-        elif self.train_start is not None:
-            train_start, train_days = self.train_start, self.train_days
-        else:
-            raise FedfraudInputError("the run carries no window and the agent was given no --train-start",
-                                     {"train_start": ["missing"]})
+        train_start, train_days = training_period(window, self.train_start, self.train_days)
         lookback = timedelta(days=FeatureConfig().lookback_days + 1)
         if window is not None:  # everything the run will read: its training, validation and terminal days
             self._read(window.train_start - lookback, window.as_of + timedelta(days=1))
@@ -267,6 +317,81 @@ class StoreSource:
                                    datetime.combine(end, datetime.min.time()))
         self._span = (version, start, end, frame)
         return frame
+
+
+class DaskSource:
+    """The bank's transactions as partitioned Parquet (a file, or a folder of files), featured and
+    trained on a Dask cluster: for histories larger than this machine's memory.
+
+    Parameters
+    ----------
+    path
+        Parquet file or folder of Parquet files with labels.
+    client
+        The Dask client (:func:`bank_node.scale.dask_client`).
+    train_start, train_days
+        The training period of runs that carry no window (a run's window always wins).
+    mapping
+        The files' names for the canonical fields, where they differ.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], client: Any, *, train_start: date | None, train_days: int,
+                 mapping: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.client = client
+        self.train_start = train_start
+        self.train_days = train_days
+        self.mapping = dict(mapping or {})
+        self._cached: tuple[Any, Any] | None = None  # (files' version and period, rows)
+
+    def _version(self) -> tuple[tuple[str, float, int], ...]:
+        """Each Parquet file's name, modification time and size (new files are a new version)."""
+        if not self.path.exists():
+            raise FedfraudInputError(f"no such file or folder: {self.path}", {"data": ["does not exist"]})
+        files = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
+        return tuple((str(f), f.stat().st_mtime, f.stat().st_size) for f in files)
+
+    def _frame(self) -> Any:
+        from bank_node.scale import read_transactions
+
+        return read_transactions(str(self.path), self.mapping)
+
+    def rows(self, window: RunWindow | None = None) -> Any:
+        """The training rows of the files' current content for ``window`` (the run's) if given:
+        a :class:`bank_node.scale.DaskTrainingSet`, its rows kept on the cluster.
+
+        Raises
+        ------
+        FedfraudInputError
+            No transaction in the training period, or a file that does not validate.
+        """
+        from bank_node.scale import DaskTrainingSet, dask_features
+
+        train_start, train_days = training_period(window, self.train_start, self.train_days)
+        version = (self._version(), train_start, train_days)
+        if self._cached is None or self._cached[0] != version:
+            self._cached = None  # the cluster lets go of the previous rows
+            last_day = train_start + timedelta(days=train_days - 1)
+            featured = dask_features(self._frame(), start=train_start.isoformat(), end=last_day.isoformat())
+            rows = DaskTrainingSet.of(self.client, featured)
+            if rows.n_rows == 0:
+                raise FedfraudInputError(
+                    f"no transactions from {train_start} for {train_days} days: nothing to train on",
+                    {"train_start": ["the training period holds no transaction"]},
+                )
+            log.info("training rows loaded on Dask: path=%s rows=%d frauds=%d partitions=%d", self.path, rows.n_rows,
+                     rows.n_frauds, len(rows.frames))
+            self._cached = (version, rows)
+        return self._cached[1]
+
+    def transactions(self, start: date, end: date) -> pd.DataFrame:
+        """The files' transactions from ``start`` to before ``end`` (days), with their labels,
+        gathered into this process (the days a run pools terminal statistics of)."""
+        frame = self._frame()
+        stamps = frame[TIMESTAMP]
+        chosen = frame[(stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))]
+        return (self.client.compute(chosen).result().sort_values([TIMESTAMP, TRANSACTION_ID], kind="stable")
+                .reset_index(drop=True))
 
 
 def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:
@@ -381,7 +506,7 @@ class PreparedRun:
 def prepare_run(
     model: str,
     params: Mapping[str, Any],
-    rows: TrainingSet,
+    rows: Rows,
     *,
     party_index: int,
     n_parties: int = 1,
@@ -427,10 +552,15 @@ def prepare_run(
                 document["learner"]["attributes"][FEATURES_ATTRIBUTE] = features.to_attribute()
             return canonical_json(document)
 
+        if tree_params.subsample < 1.0 and not rows.whole:
+            raise FedfraudInputError(
+                "row subsampling (subsample < 1) needs this bank's rows in one process; they are on Dask",
+                {"subsample": ["not available for a bank training on Dask"]})
+
         def trees() -> Algorithm[GBDTModel]:
-            return federated_gbdt(
-                rows.X, rows.y, params=tree_params, scales=scales_for(MODEL_INPUTS), party_index=party_index,
-                privacy=privacy(),
+            return federated_gbdt_over(
+                rows.parts(GBDTPart.of), n_features=len(MODEL_INPUTS), params=tree_params,
+                scales=scales_for(MODEL_INPUTS), party_index=party_index, privacy=privacy(),
             )
 
         return PreparedRun(algorithm=trees, serialize=xgboost_file)
@@ -443,7 +573,7 @@ def prepare_run(
         return canonical_json(document)
 
     def regression() -> Algorithm[LogRegModel]:
-        return federated_logreg(rows.X, rows.y, params=lr_params, feature_names=MODEL_INPUTS,
-                                scales=scales_for(MODEL_INPUTS), privacy=privacy())
+        return federated_logreg_over(rows.parts(LogRegPart), n_features=len(MODEL_INPUTS), params=lr_params,
+                                     feature_names=MODEL_INPUTS, scales=scales_for(MODEL_INPUTS), privacy=privacy())
 
     return PreparedRun(algorithm=regression, serialize=logreg_file)

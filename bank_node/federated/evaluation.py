@@ -40,6 +40,7 @@ __all__ = [
     "PRIVATE_BINS",
     "PooledMetrics",
     "federated_evaluation",
+    "pooled_evaluation",
     "metrics_from_histograms",
     "score_histogram",
 ]
@@ -149,9 +150,22 @@ def federated_evaluation(
     if len(inputs) != len(scorers):
         raise ValueError(f"{len(inputs)} input matrices for {len(scorers)} scorers")
     histograms = [score_histogram(score(rows), y, n_bins=n_bins) for score, rows in zip(scorers, inputs)]
-    counts = np.concatenate(histograms)
+    return (yield from pooled_evaluation(histograms, prefix=prefix, noise=noise))
+
+
+def pooled_evaluation(
+    histograms: Sequence[FloatArray],
+    *,
+    prefix: str = "eval",
+    noise: Callable[[FloatArray, float], FloatArray] | None = None,
+) -> Algorithm[list[PooledMetrics]]:
+    """:func:`federated_evaluation` from this bank's score histograms, one per model (each as
+    :func:`score_histogram` gives it, of the same number of bins), however they were counted."""
+    if not histograms or len({len(h) for h in histograms}) != 1:
+        raise ValueError("one score histogram per model, all of the same number of bins")
+    counts = np.concatenate([np.asarray(h, dtype=np.float64) for h in histograms])
     if noise is not None:
-        counts = noise(counts, math.sqrt(len(scorers)))
+        counts = noise(counts, math.sqrt(len(histograms)))
     summed = yield SumRequest(f"{prefix}/histograms", counts)
-    width = 2 * n_bins
-    return [metrics_from_histograms(summed[i * width : (i + 1) * width]) for i in range(len(scorers))]
+    width = len(histograms[0])
+    return [metrics_from_histograms(summed[i * width : (i + 1) * width]) for i in range(len(histograms))]

@@ -11,22 +11,27 @@ The result is the same :class:`~bank_node.federated.ensemble.GBDTModel` on every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from bank_node.federated.binning import (
     FeatureScale,
+    FineGrid,
     bin_index,
     fine_grid,
     global_cuts,
     local_grid_counts,
 )
 from bank_node.federated.ensemble import GBDTModel
-from bank_node.federated.grower import TreeGrower
+from bank_node.federated.grower import LevelRequest, TreeGrower
 from bank_node.federated.objective import base_margin
 from bank_node.federated.params import GBDTParams
+from bank_node.federated.parts import Local, Parts
 from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.party import (
     advance_positions,
@@ -36,6 +41,10 @@ from bank_node.federated.party import (
 )
 from bank_node.federated.rounds import SUM_LIMIT, Algorithm, SumRequest
 from bank_node.federated.sampling import column_sample
+from bank_node.federated.tree import Tree
+
+Float32Array = npt.NDArray[np.float32]
+FloatArray = npt.NDArray[np.float64]
 
 #: Most the histograms are scaled up by (beyond it no scheme here gains precision).
 MAX_HISTOGRAM_SCALE = 2.0**20
@@ -56,6 +65,63 @@ def histogram_scale(sum_limit: float, n_rows: float, scale_pos_weight: float) ->
             f"{n_rows:.0f} training rows exceed what a secure sum carries exactly ({sum_limit:g})"
         )
     return float(2.0 ** np.floor(np.log2(room)))
+
+
+@dataclass(frozen=True)
+class GBDTPart:
+    """Some of a bank's training rows and their state in the tree being grown (see :mod:`.parts`).
+
+    ``X`` is held until the consortium's cuts are known, then replaced by the rows' bins.
+    """
+
+    labels: Float32Array
+    X: FloatArray | None = None
+    bins: npt.NDArray[np.integer] | None = None
+    margin: Float32Array | None = None
+    grad: Float32Array | None = None
+    hess: Float32Array | None = None
+    positions: npt.NDArray[np.int32] | None = None
+
+    @classmethod
+    def of(cls, X: npt.ArrayLike, y: npt.ArrayLike) -> GBDTPart:
+        return cls(labels=np.asarray(y, dtype=np.float32), X=np.asarray(X, dtype=np.float64))
+
+    def grid_counts(self, grid: FineGrid) -> FloatArray:
+        """The rows' counts over the consortium's fine grid."""
+        assert self.X is not None, "counted before binning"
+        return local_grid_counts(self.X, grid)
+
+    def binned(self, cuts: Sequence[Float32Array], margin: float) -> GBDTPart:
+        """The rows as bins of the consortium's cuts, every margin at the base margin."""
+        assert self.X is not None, "binned twice"
+        return replace(self, X=None, bins=bin_index(self.X, cuts),
+                       margin=np.full(len(self.labels), margin, dtype=np.float32))
+
+    def tree_started(self, params: GBDTParams, tree_index: int, party_index: int,
+                     clip: Callable[[Float32Array, Float32Array], tuple[Float32Array, Float32Array]] | None
+                     ) -> GBDTPart:
+        """Gradients for tree ``tree_index`` (clipped in a private run), every row in the root."""
+        assert self.margin is not None, "a tree started before binning"
+        grad, hess = tree_gradients(self.margin, self.labels, params, tree_index=tree_index, party_index=party_index)
+        if clip is not None:
+            grad, hess = clip(grad, hess)
+        return replace(self, grad=grad, hess=hess, positions=np.zeros(len(self.labels), dtype=np.int32))
+
+    def level_payload(self, request: LevelRequest) -> FloatArray:
+        """The rows' histograms of a level, as :func:`~.party.make_level_payload` packs them."""
+        assert self.bins is not None and self.grad is not None and self.hess is not None and self.positions is not None
+        return make_level_payload(self.bins, self.grad, self.hess, self.positions, request)
+
+    def advanced(self, splits: Sequence[Any]) -> GBDTPart:
+        """Each row moved to its child by a level's splits."""
+        assert self.bins is not None and self.positions is not None
+        return replace(self, positions=advance_positions(self.bins, self.positions, splits))
+
+    def tree_ended(self, tree: Tree) -> GBDTPart:
+        """The finished tree's leaf values added to the margins."""
+        assert self.margin is not None and self.positions is not None
+        return replace(self, margin=update_margin(self.margin, tree, self.positions), grad=None, hess=None,
+                       positions=None)
 
 
 def federated_gbdt(
@@ -103,47 +169,73 @@ def federated_gbdt(
     labels = np.asarray(y, dtype=np.float32)
     if X.ndim != 2 or len(X) != len(labels):
         raise ValueError(f"X must be (n_rows, n_features) with one label per row; got {X.shape} and {labels.shape}")
-    if len(scales) != X.shape[1]:
-        raise ValueError(f"{len(scales)} feature scales for {X.shape[1]} features")
+    return (yield from federated_gbdt_over(Local(GBDTPart.of(X, labels)), n_features=X.shape[1], params=params,
+                                           scales=scales, party_index=party_index, sum_limit=sum_limit,
+                                           prefix=prefix, privacy=privacy))
+
+
+def federated_gbdt_over(
+    rows: Parts[GBDTPart],
+    *,
+    n_features: int,
+    params: GBDTParams,
+    scales: Sequence[FeatureScale],
+    party_index: int,
+    sum_limit: float = SUM_LIMIT,
+    prefix: str = "gbdt",
+    privacy: PrivateContribution | None = None,
+) -> Algorithm[GBDTModel]:
+    """:func:`federated_gbdt` over rows held in parts (:mod:`.parts`): in this process, or on a
+    Dask cluster's workers. The contributions, hence the model, are those of the rows held whole.
+
+    Raises
+    ------
+    ValueError
+        Row subsampling over rows that are not held whole (the sample is drawn by each row's
+        position in the bank's frame).
+    """
+    if len(scales) != n_features:
+        raise ValueError(f"{len(scales)} feature scales for {n_features} features")
+    if params.subsample < 1.0 and not rows.whole:
+        raise ValueError("row subsampling (subsample < 1) draws rows by their position in the bank's whole frame: "
+                         "it needs the rows in one process, not in parts")
     grid = fine_grid(scales)
-    counts = local_grid_counts(X, grid)
+    counts = rows.total(functools.partial(GBDTPart.grid_counts, grid=grid))
     if privacy is not None:
-        counts = privacy.noisy(counts, privacy.counts_sensitivity(X.shape[1]))
+        counts = privacy.noisy(counts, privacy.counts_sensitivity(n_features))
     summed_counts = yield SumRequest(f"{prefix}/bins", counts)
     if privacy is not None:
-        summed_counts = privacy.denoised_counts(summed_counts, X.shape[1])
+        summed_counts = privacy.denoised_counts(summed_counts, n_features)
     cuts = global_cuts(summed_counts, grid, params.n_bins)
-    bins = bin_index(X, cuts)
+    rows = rows.apply(functools.partial(GBDTPart.binned, cuts=cuts, margin=float(base_margin(params.base_score))))
     n_bins = np.array([len(c) + 1 for c in cuts], dtype=np.int64)
     n_rows_global = float(np.rint(grid.feature_counts(summed_counts, 0).sum()))
     if privacy is not None:  # room for the noise too: a noisy cell may exceed every row's sum
         n_rows_global = 2.0 * n_rows_global + 1e6
     factor = histogram_scale(sum_limit, n_rows_global, params.scale_pos_weight)
 
-    margin = np.full(len(labels), base_margin(params.base_score), dtype=np.float32)
-    grow_params = params if privacy is None else privacy.growing_params(params, X.shape[1], int(n_bins.max()))
+    grow_params = params if privacy is None else privacy.growing_params(params, n_features, int(n_bins.max()))
+    clip = None if privacy is None else privacy.clip_gradients
     trees = []
     for t in range(params.n_trees):
         grower = TreeGrower(
             params=grow_params,
             bins_per_feature=n_bins,
-            features=column_sample(X.shape[1], params, t),
+            features=column_sample(n_features, params, t),
             cuts=cuts,
         )
-        grad, hess = tree_gradients(margin, labels, params, tree_index=t, party_index=party_index)
-        if privacy is not None:
-            grad, hess = privacy.clip_gradients(grad, hess)
-        positions = np.zeros(len(labels), dtype=np.int32)
+        rows = rows.apply(functools.partial(GBDTPart.tree_started, params=params, tree_index=t,
+                                            party_index=party_index, clip=clip))
         depth = 0
         while (request := grower.request) is not None:
-            payload = make_level_payload(bins, grad, hess, positions, request)
+            payload = rows.total(functools.partial(GBDTPart.level_payload, request=request))
             if privacy is not None:
                 payload = privacy.noisy(payload, privacy.histogram_sensitivity(int(request.features.size)))
             summed = yield SumRequest(f"{prefix}/tree-{t}/level-{depth}", payload, scale=factor)
             result = grower.apply_level_sum(summed)
-            positions = advance_positions(bins, positions, result.splits)
+            rows = rows.apply(functools.partial(GBDTPart.advanced, splits=tuple(result.splits)))
             depth += 1
         tree = grower.tree()
-        margin = update_margin(margin, tree, positions)
+        rows = rows.apply(functools.partial(GBDTPart.tree_ended, tree=tree))
         trees.append(tree)
-    return GBDTModel(trees=tuple(trees), base_score=params.base_score, n_features=X.shape[1], cuts=tuple(cuts))
+    return GBDTModel(trees=tuple(trees), base_score=params.base_score, n_features=n_features, cuts=tuple(cuts))

@@ -20,6 +20,7 @@ at the fixed-point resolution its request declares (:data:`DERIVATIVE_RESOLUTION
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ import numpy.typing as npt
 
 from bank_node.federated.binning import FeatureScale
 from bank_node.federated.feature_scales import clip_range
+from bank_node.federated.parts import Local, Parts
 from bank_node.federated.privacy import PrivateContribution
 from bank_node.federated.rounds import Algorithm, SumRequest
 
@@ -217,32 +219,95 @@ def federated_logreg(
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be (n_rows, n_features) with one label per row; got {X.shape} and {y.shape}")
-    n_features = X.shape[1]
+    return (yield from federated_logreg_over(Local(LogRegPart(X=X, y=y)), n_features=X.shape[1], params=params,
+                                             feature_names=feature_names, prefix=prefix, scales=scales,
+                                             privacy=privacy))
+
+
+@dataclass(frozen=True)
+class LogRegPart:
+    """Some of a bank's training rows, and their standardised form once the scaling is known
+    (see :mod:`.parts`)."""
+
+    X: FloatArray
+    y: FloatArray
+    Zb: FloatArray | None = None  # standardised features and a column of ones (the intercept's)
+    weight: FloatArray | None = None  # each row's sample weight
+
+    def counts(self) -> FloatArray:
+        """Rows and frauds."""
+        return np.array([len(self.y), self.y.sum()], dtype=np.float64)
+
+    def column_sums(self) -> FloatArray:
+        return np.asarray(self.X.sum(axis=0), dtype=np.float64)
+
+    def squared_deviations(self, mean: FloatArray) -> FloatArray:
+        return np.asarray(((self.X - mean) ** 2).sum(axis=0), dtype=np.float64)
+
+    def standardised(self, mean: FloatArray, scale: FloatArray, weights: tuple[float, float],
+                     clip: float | None = None) -> LogRegPart:
+        """The rows standardised by ``mean`` and ``scale`` (clipped into [-1, 1], and each row's
+        weight to ``clip``, in a private run), with the class ``weights`` (genuine, fraud)."""
+        Z = (self.X - mean) / scale
+        weight = np.where(self.y == 1, weights[1], weights[0])
+        if clip is not None:
+            Z, weight = np.clip(Z, -1.0, 1.0), np.minimum(weight, clip)
+        return dataclasses.replace(self, Zb=np.hstack([Z, np.ones((len(self.X), 1))]), weight=weight)
+
+    def derivatives(self, weights: FloatArray) -> FloatArray:
+        """The gradient and the Hessian (flattened) of the rows' weighted loss at ``weights``."""
+        assert self.Zb is not None and self.weight is not None, "not standardised"
+        grad, hess = loss_derivatives(self.Zb, self.y, self.weight, weights)
+        return np.concatenate([grad, hess.ravel()])
+
+    def curvature_bound(self) -> FloatArray:
+        """Böhning's bound on the rows' Hessian, ``0.25 * sum w z z^T`` (flattened)."""
+        assert self.Zb is not None and self.weight is not None, "not standardised"
+        return np.asarray(((self.Zb * (0.25 * self.weight)[:, None]).T @ self.Zb).ravel(), dtype=np.float64)
+
+    def gradient(self, weights: FloatArray) -> FloatArray:
+        """The gradient of the rows' weighted loss at ``weights``."""
+        assert self.Zb is not None and self.weight is not None, "not standardised"
+        return np.asarray(self.Zb.T @ (self.weight * (_sigmoid(self.Zb @ weights) - self.y)), dtype=np.float64)
+
+
+def federated_logreg_over(
+    rows: Parts[LogRegPart],
+    *,
+    n_features: int,
+    params: LogRegParams = LogRegParams(),
+    feature_names: tuple[str, ...] = (),
+    prefix: str = "logreg",
+    scales: Sequence[FeatureScale] | None = None,
+    privacy: PrivateContribution | None = None,
+) -> Algorithm[LogRegModel]:
+    """:func:`federated_logreg` over rows held in parts (:mod:`.parts`): in this process, or on a
+    Dask cluster's workers."""
     if privacy is not None:
         if scales is None or len(scales) != n_features:
             raise ValueError("a private logistic regression needs the declared scale of every feature")
-        model = yield from _private_logreg(X, y, params, scales, privacy, prefix)
+        model = yield from _private_logreg(rows, n_features, params, scales, privacy, prefix)
         return dataclasses.replace(model, feature_names=tuple(feature_names or (f"x{i}" for i in range(n_features))))
 
-    counts = yield SumRequest(f"{prefix}/counts", np.array([len(y), y.sum()], dtype=np.float64))
+    counts = yield SumRequest(f"{prefix}/counts", rows.total(LogRegPart.counts))
     n_rows, n_frauds = float(np.rint(counts[0])), float(np.rint(counts[1]))
     if n_rows < 1:
         raise ValueError("the consortium has no training rows")
-    mean = yield SumRequest(f"{prefix}/mean", X.sum(axis=0) / n_rows, scale=MEAN_RESOLUTION)
-    var = yield SumRequest(f"{prefix}/var", ((X - mean) ** 2).sum(axis=0) / n_rows, scale=VARIANCE_RESOLUTION)
+    mean = yield SumRequest(f"{prefix}/mean", rows.total(LogRegPart.column_sums) / n_rows, scale=MEAN_RESOLUTION)
+    var = yield SumRequest(f"{prefix}/var",
+                           rows.total(functools.partial(LogRegPart.squared_deviations, mean=mean)) / n_rows,
+                           scale=VARIANCE_RESOLUTION)
     var = np.maximum(var, 0.0)  # fixed-point rounding can push an exact zero slightly below it
     scale = np.sqrt(var)
     scale[scale < 1e-12] = 1.0  # constant feature: leave it unscaled, as StandardScaler does
 
-    w_genuine, w_fraud = class_weights(n_rows, n_frauds, params.class_weight)
-    sample_weight = np.where(y == 1, w_fraud, w_genuine)
-    Zb = np.hstack([(X - mean) / scale, np.ones((len(X), 1))])
+    rows = rows.apply(functools.partial(LogRegPart.standardised, mean=mean, scale=scale,
+                                        weights=class_weights(n_rows, n_frauds, params.class_weight)))
     weights = np.zeros(n_features + 1)
     rounds = 0
     for rounds in range(1, params.max_rounds + 1):
-        grad, hess = loss_derivatives(Zb, y, sample_weight, weights)
         size = n_features + 1
-        share = np.concatenate([grad, hess.ravel()]) / n_rows
+        share = rows.total(functools.partial(LogRegPart.derivatives, weights=weights)) / n_rows
         summed = yield SumRequest(f"{prefix}/round-{rounds}", share, scale=DERIVATIVE_RESOLUTION)
         summed = summed * n_rows
         grad_sum = summed[:size]
@@ -263,7 +328,7 @@ def federated_logreg(
     )
 
 
-def _private_logreg(X: FloatArray, y: FloatArray, params: LogRegParams, scales: Sequence[FeatureScale],
+def _private_logreg(rows: Parts[LogRegPart], n_features: int, params: LogRegParams, scales: Sequence[FeatureScale],
                     privacy: PrivateContribution, prefix: str) -> Algorithm[LogRegModel]:
     """:func:`federated_logreg` under differential privacy (see there).
 
@@ -271,18 +336,17 @@ def _private_logreg(X: FloatArray, y: FloatArray, params: LogRegParams, scales: 
     majorize-minimize steps with Böhning's bound on the Hessian, ``0.25 * sum w z z^T``, summed
     once: every later round sums gradients only, and the steps cannot diverge however noisy the
     sums (the loss's curvature never exceeds the bound)."""
-    n_features = X.shape[1]
-    counts = yield SumRequest(f"{prefix}/counts", privacy.noisy([len(y), y.sum()], math.sqrt(2.0)))
+    counts = yield SumRequest(f"{prefix}/counts", privacy.noisy(rows.total(LogRegPart.counts), math.sqrt(2.0)))
     n_rows = max(float(np.rint(counts[0])), 2.0)
     n_frauds = float(np.clip(np.rint(counts[1]), 1.0, n_rows - 1.0))
     low, high = np.array([clip_range(s) for s in scales], dtype=np.float64).T
     mean, scale = (low + high) / 2.0, (high - low) / 2.0
-    w_genuine, w_fraud = class_weights(n_rows, n_frauds, params.class_weight)
-    weight = np.minimum(np.where(y == 1, w_fraud, w_genuine), privacy.clip)
-    Zb = np.hstack([np.clip((X - mean) / scale, -1.0, 1.0), np.ones((len(X), 1))])
+    rows = rows.apply(functools.partial(LogRegPart.standardised, mean=mean, scale=scale,
+                                        weights=class_weights(n_rows, n_frauds, params.class_weight),
+                                        clip=privacy.clip))
     size = n_features + 1
-    bound = (Zb * (0.25 * weight)[:, None]).T @ Zb
-    summed = yield SumRequest(f"{prefix}/bound", privacy.noisy(bound.ravel(), privacy.bound_sensitivity(size)) / n_rows,
+    bound = rows.total(LogRegPart.curvature_bound)
+    summed = yield SumRequest(f"{prefix}/bound", privacy.noisy(bound, privacy.bound_sensitivity(size)) / n_rows,
                               scale=DERIVATIVE_RESOLUTION)
     bound_sum = (summed * n_rows).reshape(size, size)
     values, vectors = np.linalg.eigh(0.5 * (bound_sum + bound_sum.T))  # noise can make it indefinite
@@ -290,7 +354,7 @@ def _private_logreg(X: FloatArray, y: FloatArray, params: LogRegParams, scales: 
     weights = np.zeros(size)
     rounds = 0
     for rounds in range(1, params.max_rounds + 1):
-        gradient = Zb.T @ (weight * (_sigmoid(Zb @ weights) - y))
+        gradient = rows.total(functools.partial(LogRegPart.gradient, weights=weights))
         summed = yield SumRequest(f"{prefix}/round-{rounds}",
                                   privacy.noisy(gradient, privacy.gradient_sensitivity(size)) / n_rows,
                                   scale=DERIVATIVE_RESOLUTION)

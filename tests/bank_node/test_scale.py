@@ -20,7 +20,7 @@ from bank_node.federated.params import GBDTParams
 from bank_node.federated.party import tree_gradients
 from bank_node.federated.rounds import SUM_LIMIT
 from bank_node.generator import generate_transactions
-from bank_node.scale import dask_client, dask_features, dask_level_histograms, read_transactions
+from bank_node.scale import dask_client, dask_features, read_transactions
 from schemas.transaction import to_canonical
 
 pytestmark = pytest.mark.slow
@@ -56,6 +56,11 @@ def test_dask_features_equal_the_pandas_path(client: object, parquet_folder: Pat
 
 
 def test_dask_histograms_are_the_payload_the_pandas_path_sends(client: object, parquet_folder: Path) -> None:
+    from functools import partial
+
+    from bank_node.federated.gbdt import GBDTPart
+    from bank_node.scale import DaskTrainingSet
+
     pooled = pd.read_parquet(parquet_folder)
     featured = compute_features(pooled, start=START, end=END)
     X = model_matrix(featured)
@@ -69,17 +74,20 @@ def test_dask_histograms_are_the_payload_the_pandas_path_sends(client: object, p
     margin = float(base_margin(params.base_score))
     labels = featured["label"].to_numpy(dtype=np.float32)
     grad, hess = tree_gradients(np.full(len(labels), margin, dtype=np.float32), labels, params, tree_index=0)
-    expected = build_histograms(bin_index(X, cuts), grad, hess, np.zeros(len(labels), np.int32), request.nodes,
-                                request.n_bins, features=request.features)
+    expected = flatten_histograms(build_histograms(bin_index(X, cuts), grad, hess, np.zeros(len(labels), np.int32),
+                                                   request.nodes, request.n_bins, features=request.features),
+                                  request.bins_per_feature)
 
-    frame = dask_features(read_transactions(str(parquet_folder)), start=START, end=END)
-    got = dask_level_histograms(frame, cuts, request, params, margin)
+    rows = DaskTrainingSet.of(client, dask_features(read_transactions(str(parquet_folder)), start=START, end=END))  # type: ignore[arg-type]
+    assert len(rows.frames) > 1
+    got = (rows.parts(GBDTPart.of).apply(partial(GBDTPart.binned, cuts=cuts, margin=margin))
+           .apply(partial(GBDTPart.tree_started, params=params, tree_index=0, party_index=0, clip=None))
+           .total(partial(GBDTPart.level_payload, request=request)))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
     # What leaves the bank: the histograms in the secure sum's fixed point, the same integers.
     factor = histogram_scale(SUM_LIMIT, float(len(labels)), params.scale_pos_weight)
-    sent = [np.rint(flatten_histograms(h, request.bins_per_feature) * factor) for h in (got, expected)]
-    np.testing.assert_array_equal(*sent)
-    assert expected[..., 1].sum() > 0
+    np.testing.assert_array_equal(np.rint(got * factor), np.rint(expected * factor))
+    assert expected[1::2].sum() > 0
 
 
 def test_fedfraud_features_on_dask_writes_what_the_pandas_path_writes(
@@ -141,3 +149,116 @@ def test_a_tree_grown_on_dask_is_the_pandas_paths_tree(client: object, parquet_f
     np.testing.assert_array_equal(got.threshold, expected.threshold)
     np.testing.assert_allclose(got.value, expected.value, rtol=1e-9)
     assert (expected.feature >= 0).sum() >= 3  # a real tree: several splits
+
+
+# ------------------------------------------------------------------------------ the agent's training on Dask
+
+TRAIN_FROM, TRAIN_DAYS = "2018-05-12", 10
+
+
+@pytest.fixture(scope="module")
+def three_banks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pd.DataFrame], Path]:
+    """Three banks' transactions (cards split between them, terminals shared); bank 0's also as a
+    folder of 5 Parquet files of shuffled rows."""
+    tx = to_canonical(generate_transactions(n_customers=600, n_terminals=150, days=40, seed=11,
+                                            start_date="2018-04-20"), require_label=True)
+    tx = tx[["transaction_id", "timestamp", "customer_id", "terminal_id", "amount", "label"]]
+    banks = [tx[tx["customer_id"] % 3 == i].reset_index(drop=True) for i in range(3)]
+    folder = tmp_path_factory.mktemp("bank-0")
+    shuffled = banks[0].sample(frac=1.0, random_state=5).reset_index(drop=True)
+    for i, part in enumerate(np.array_split(np.arange(len(shuffled)), 5)):
+        shuffled.iloc[part].to_parquet(folder / f"part-{i}.parquet", index=False)
+    return banks, folder
+
+
+def _train_together(rows: dict[str, object], model: str, params: dict[str, object]) -> dict[str, bytes]:
+    """Each bank's proposal file after one federated run of ``model`` over ``rows`` (in process, plain sums)."""
+    import crypto
+    from bank_node.agent.training import prepare_run
+    from bank_node.federated.lockstep import run_lockstep
+    from consortium.secure_sum import SecureSum
+
+    secret = crypto.generate("plain")
+    prepared = {bank: prepare_run(model, params, bank_rows, party_index=i, n_parties=len(rows))  # type: ignore[arg-type]
+                for i, (bank, bank_rows) in enumerate(sorted(rows.items()))}
+    done = run_lockstep({bank: p.algorithm() for bank, p in prepared.items()}, contexts=dict.fromkeys(rows, secret),
+                        aggregator=SecureSum(context=crypto.load_context(secret.public_context(), require_public=True)))
+    return {bank: prepared[bank].serialize(model_) for bank, model_ in done.results.items()}
+
+
+@pytest.mark.parametrize(("model", "params"), [
+    ("xgboost", {"n_trees": 4, "max_depth": 3, "eta": 0.3, "n_bins": 32, "colsample_bytree": 0.8,
+                 "consortium_features": True}),
+    ("logreg", {"max_rounds": 6, "consortium_features": True}),
+    ("xgboost", {"n_trees": 3, "max_depth": 2, "n_bins": 16, "dp_epsilon": 8.0}),
+])
+def test_a_bank_training_on_dask_proposes_the_pandas_paths_model_to_the_byte(
+    client: object, three_banks: tuple[list[pd.DataFrame], Path], model: str, params: dict[str, object]
+) -> None:
+    """Bank 0 features and trains on Dask (its rows in 5 shuffled Parquet files, kept on two
+    workers), the others on pandas: every bank proposes the very file of a run where all three
+    train on pandas, consortium terminal features included. A private run draws fresh noise, so
+    there the banks agree with each other only."""
+    import crypto
+    from bank_node.agent.training import DaskSource, training_rows
+    from bank_node.federated.lockstep import run_lockstep
+    from bank_node.federated.terminal_stats import consortium_history, events_by_day, history_days
+    from consortium.secure_sum import SecureSum
+    from bank_node.scale import DaskTrainingSet
+
+    banks, folder = three_banks
+    start = pd.Timestamp(TRAIN_FROM).date()
+    on_pandas = {f"bank-{i}": training_rows(own, train_start=start, train_days=TRAIN_DAYS) for i, own in enumerate(banks)}
+    on_dask = dict(on_pandas, **{"bank-0": DaskSource(folder, client, train_start=start, train_days=TRAIN_DAYS).rows()})
+    assert isinstance(on_dask["bank-0"], DaskTrainingSet) and len(on_dask["bank-0"].frames) > 1
+    assert (on_dask["bank-0"].n_rows, on_dask["bank-0"].n_frauds) == (on_pandas["bank-0"].n_rows,
+                                                                      on_pandas["bank-0"].n_frauds)
+    if params.get("consortium_features"):
+        key = b"terminal-key-of-the-consortium-0"
+        last = (pd.Timestamp(TRAIN_FROM) + pd.Timedelta(days=TRAIN_DAYS - 1)).date().isoformat()
+        days = history_days(TRAIN_FROM, last)
+        secret = crypto.generate("plain")
+        history = run_lockstep(
+            {f"bank-{i}": consortium_history(events_by_day(own, key, days), secret=key) for i, own in enumerate(banks)},
+            contexts=dict.fromkeys(on_pandas, secret),
+            aggregator=SecureSum(context=crypto.load_context(secret.public_context(), require_public=True)),
+        ).results["bank-0"]
+        on_pandas = {b: r.with_consortium_terminals(history, secret=key) for b, r in on_pandas.items()}
+        on_dask = {b: r.with_consortium_terminals(history, secret=key) for b, r in on_dask.items()}  # type: ignore[attr-defined]
+
+    mixed = _train_together(on_dask, model, params)
+    assert len(set(mixed.values())) == 1, "every bank derives the same model"
+    if "dp_epsilon" in params:
+        return
+    pooled = _train_together(on_pandas, model, params)  # type: ignore[arg-type]
+    assert mixed == pooled
+
+
+def test_score_histograms_on_dask_equal_the_pandas_paths(
+    client: object, three_banks: tuple[list[pd.DataFrame], Path]
+) -> None:
+    from bank_node.agent.training import DaskSource, training_rows
+
+    banks, folder = three_banks
+    start = pd.Timestamp(TRAIN_FROM).date()
+    local = training_rows(banks[0], train_start=start, train_days=TRAIN_DAYS)
+    remote = DaskSource(folder, client, train_start=start, train_days=TRAIN_DAYS).rows()
+    weights = np.linspace(-0.2, 0.3, local.X.shape[1])
+
+    def score(X: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(np.log1p(np.abs(X)) @ weights - 2.0)))
+
+    expected = local.score_histogram(score, 256)
+    np.testing.assert_array_equal(remote.score_histogram(score, 256), expected)
+    assert expected[256:].sum() == local.n_frauds > 0
+
+
+def test_row_subsampling_is_refused_for_a_bank_on_dask_before_any_round(
+    client: object, three_banks: tuple[list[pd.DataFrame], Path]
+) -> None:
+    from bank_node.agent.training import DaskSource, prepare_run
+    from schemas.errors import FedfraudInputError
+
+    rows = DaskSource(three_banks[1], client, train_start=pd.Timestamp(TRAIN_FROM).date(), train_days=TRAIN_DAYS).rows()
+    with pytest.raises(FedfraudInputError, match="subsample"):
+        prepare_run("xgboost", {"n_trees": 2, "subsample": 0.5}, rows, party_index=0)

@@ -257,6 +257,47 @@ def test_a_worse_candidate_is_rejected_and_the_current_model_stays(
     assert "keep the current model" in consortium.agent_logs()
 
 
+def test_a_bank_featuring_and_training_on_dask_takes_part_in_every_phase_of_a_nightly_run(
+    consortium: LocalConsortium, bank_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """bank-2 holds its transactions as a folder of shuffled Parquet files and runs its agent with
+    ``--dask`` (a local cluster of two workers): it pools terminal statistics, trains with
+    consortium terminal features and scores the validation week on Dask. The consortium publishes
+    a model only when every bank proposes the same file, so the run completing is the proof that
+    bank-2's model is the pandas banks' to the byte; the second run's gate scores the baseline
+    there too, and rejects the worse candidate as on pandas."""
+    set_up(consortium)
+    folder = tmp_path / "bank-2-parquet"
+    folder.mkdir()
+    own = pd.read_parquet(bank_files["bank-2"]).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    for i, rows in enumerate(np.array_split(np.arange(len(own)), 4)):
+        own.iloc[rows].to_parquet(folder / f"part-{i}.parquet", index=False)
+    window = {"as_of": "2018-08-01", "train_days": 7, "validation_days": 7, "label_delay_days": 0}
+
+    def night(params: dict[str, Any]) -> str:
+        run_id = consortium.open_run("xgboost", dict(params, consortium_features=True), window=window)
+        agents = {b: consortium.start_agent(b, bank_files[b], train_start=TRAIN_START) for b in ("bank-1", "bank-3")}
+        agents["bank-2"] = consortium.start_agent("bank-2", folder, train_start=TRAIN_START,
+                                                  options=("--dask", "--dask-workers", "2"))
+        finish(consortium, agents)
+        return run_id
+
+    first = night(XGB_PARAMS)
+    assert consortium.run(first)["state"] == "completed", consortium.run(first)
+    logs = (consortium.root / "bank-2-agent.log").read_text()
+    assert "featuring and training on 2 local Dask workers" in logs and "training rows loaded on Dask" in logs
+    assert "consortium terminal features:" in logs
+    assessment = consortium.api("GET", "/v1/models/1").json()["assessment"]
+    assert assessment["candidate"]["auc"] > 0.7 and assessment["candidate"]["rows"] > 1000
+
+    worse = night({"n_trees": 1, "max_depth": 1, "eta": 0.01, "n_bins": 4})
+    run = consortium.run(worse)
+    assert run["state"] == "rejected", run
+    gate = consortium.api("GET", f"/v1/models/{run['model_version']}").json()["assessment"]
+    assert gate["candidate"]["auc"] < gate["baseline"]["auc"] - 0.005
+    assert gate["baseline"]["rows"] == assessment["candidate"]["rows"]
+
+
 def test_a_private_runs_spend_is_recorded_per_bank_and_each_bank_checked_its_own(
     consortium: LocalConsortium, bank_files: dict[str, Path]
 ) -> None:
