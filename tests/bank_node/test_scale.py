@@ -262,3 +262,17 @@ def test_row_subsampling_is_refused_for_a_bank_on_dask_before_any_round(
     rows = DaskSource(three_banks[1], client, train_start=pd.Timestamp(TRAIN_FROM).date(), train_days=TRAIN_DAYS).rows()
     with pytest.raises(FedfraudInputError, match="subsample"):
         prepare_run("xgboost", {"n_trees": 2, "subsample": 0.5}, rows, party_index=0)
+
+
+def test_the_agent_says_what_training_on_dask_needs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fedfraud.cli import main
+
+    runner = CliRunner()
+    alone = runner.invoke(main, ["bank", "agent", "--state-dir", str(tmp_path), "--dask"])
+    assert alone.exit_code == 2 and "--dask trains on --data" in alone.output and "Traceback" not in alone.output
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    undeclared = runner.invoke(main, ["bank", "agent", "--state-dir", str(tmp_path), "--data", str(folder)])
+    assert undeclared.exit_code == 2 and "is a folder" in undeclared.output and "with --dask" in undeclared.output
