@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     from distributed import Client, Future
 
-__all__ = ["DaskParts", "DaskTrainingSet", "dask_client", "dask_features", "dask_tree", "read_transactions",
+__all__ = ["ClusterError", "DaskParts", "DaskTrainingSet", "cluster_errors", "refuse_duplicate_ids", "dask_client", "dask_features", "dask_tree", "read_transactions",
            "source_names"]
 
 log = logging.getLogger(__name__)
@@ -65,16 +66,49 @@ FloatArray = npt.NDArray[np.float64]
 MODEL_COLUMNS: tuple[str, ...] = (AMOUNT, *FEATURE_COLUMNS)
 
 
+class ClusterError(ValueError):
+    """The Dask cluster failed a computation (a worker lost, the scheduler gone): the bank's data
+    is not at fault, and the run goes on without this bank (a ValueError, as the agent reads one)."""
+
+
+@contextmanager
+def cluster_errors(what: str) -> Iterator[None]:
+    """Failures of the cluster itself, while doing ``what``, as :class:`ClusterError`."""
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+
+    try:
+        yield
+    except (OSError, TimeoutError, CancelledError, KilledWorker) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ClusterError(f"the Dask cluster failed while {what}: {type(exc).__name__}"
+                           + (f": {detail[:300]}" if detail else "")) from None
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1,
                 memory_limit: str = "auto") -> Iterator[Client]:
-    """A Dask client of the cluster at ``scheduler``, or of a local cluster started here."""
+    """A Dask client of the cluster at ``scheduler``, or of a local cluster started here.
+
+    Raises
+    ------
+    FedfraudInputError
+        No Dask scheduler answers at ``scheduler``.
+    """
     from distributed import Client, LocalCluster
+
+    from schemas.errors import FedfraudInputError
 
     # Each shuffle's start and end is a WARNING of the scheduler's, two per shuffle of every run.
     logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise FedfraudInputError(f"--dask-scheduler {scheduler}: no Dask scheduler answers there "
+                                     f"({str(exc).splitlines()[0][:200]})", {"dask_scheduler": ["unreachable"]}) from None
+        with client:
             yield client
         return
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
@@ -92,6 +126,32 @@ def _canonical_part(part: pd.DataFrame, resolved: dict[str, str]) -> pd.DataFram
     return to_canonical(part, resolved, require_label=True)[list(CANONICAL)]
 
 
+def _read_parquet(path: str) -> dd.DataFrame:
+    """The Parquet data at ``path`` as a Dask frame.
+
+    Raises
+    ------
+    FedfraudInputError
+        Nothing there, no Parquet file in the folder, or a file that is not Parquet.
+    """
+    import dask.dataframe as dd
+    import pyarrow as pa
+
+    from schemas.errors import FedfraudInputError
+
+    where = Path(path)
+    if not where.exists():
+        raise FedfraudInputError(f"{path}: no such file or folder", {"data": ["does not exist"]})
+    if where.is_dir() and not any(where.rglob("*.parquet")):
+        raise FedfraudInputError(f"{path} holds no Parquet file (*.parquet)", {"data": ["no Parquet file"]})
+    try:
+        return dd.read_parquet(path)
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        cause = exc.__cause__ or exc  # Dask wraps the reader's own message
+        raise FedfraudInputError(f"{path} is not readable as Parquet: {str(cause).splitlines()[0][:300]}",
+                                 {"data": ["not Parquet"]}) from None
+
+
 def source_names(path: str, mapping: dict[str, str] | None = None, *,
                  columns: list[str] | None = None) -> dict[str, str]:
     """Which column of the Parquet data at ``path`` holds each canonical field (an explicit
@@ -102,12 +162,10 @@ def source_names(path: str, mapping: dict[str, str] | None = None, *,
     FedfraudInputError
         A canonical field maps to no column.
     """
-    import dask.dataframe as dd
-
     from schemas.errors import FedfraudInputError
     from schemas.transaction import resolve_columns
 
-    present = list(dd.read_parquet(path).columns) if columns is None else columns
+    present = list(_read_parquet(path).columns) if columns is None else columns
     resolved = resolve_columns(present, mapping)
     missing = [field for field in CANONICAL if field not in resolved or resolved[field] not in present]
     if missing:
@@ -126,9 +184,7 @@ def read_transactions(path: str, mapping: dict[str, str] | None = None) -> dd.Da
     FedfraudInputError
         A canonical field maps to no column.
     """
-    import dask.dataframe as dd
-
-    frame = dd.read_parquet(path)
+    frame = _read_parquet(path)
     resolved = source_names(path, mapping, columns=list(frame.columns))
     meta = pd.DataFrame({TRANSACTION_ID: pd.Series(dtype="int64"), TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
                          CUSTOMER_ID: pd.Series(dtype="int64"), TERMINAL_ID: pd.Series(dtype="int64"),
@@ -158,6 +214,27 @@ def _terminal_part(part: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     return pd.DataFrame({TRANSACTION_ID: part[TRANSACTION_ID].to_numpy(), **values})
 
 
+def refuse_duplicate_ids(transactions: dd.DataFrame) -> None:
+    """Refuse a transaction id held twice anywhere in the data, as the pandas path refuses it in a
+    file (each partition is checked alone as it is read; an id repeated in two files, an export of
+    one day written twice, would otherwise be joined with itself and counted many times).
+
+    Raises
+    ------
+    FedfraudInputError
+        Naming up to five of the repeated ids.
+    """
+    from schemas.errors import FedfraudInputError
+
+    with cluster_errors("checking the transaction ids"):
+        counts = transactions[TRANSACTION_ID].value_counts(split_out=max(1, transactions.npartitions))
+        repeated = counts[counts > 1].compute()
+    if len(repeated):
+        ids = ", ".join(str(i) for i in sorted(repeated.index.tolist())[:5])
+        raise FedfraudInputError(f"{len(repeated)} transaction id(s) appear more than once across the files, e.g. {ids}",
+                                 {TRANSACTION_ID: ["duplicate ids"]})
+
+
 def dask_features(transactions: dd.DataFrame, *, start: Any = None, end: Any = None,
                   config: FeatureConfig = FeatureConfig()) -> dd.DataFrame:
     """:func:`~bank_node.features.compute_features` on a Dask frame (rows in no particular order).
@@ -170,6 +247,7 @@ def dask_features(transactions: dd.DataFrame, *, start: Any = None, end: Any = N
         frame = frame[frame[TIMESTAMP] > pd.Timestamp(first_day - config.lookback_days * NS_PER_DAY)]
     if after_last_day is not None:
         frame = frame[frame[TIMESTAMP] < pd.Timestamp(after_last_day)]
+    refuse_duplicate_ids(frame)
     names = feature_columns(config)
     card_columns = [c for c in names if not c.startswith("TERMINAL_ID_")]
     terminal_columns = [c for c in names if c.startswith("TERMINAL_ID_")]
@@ -229,10 +307,12 @@ class DaskParts(Generic[T]):
         return False
 
     def apply(self, step: Callable[[T], T]) -> DaskParts[T]:
-        return DaskParts(self.client, self.client.map(step, self.futures, pure=False))
+        with cluster_errors("training"):
+            return DaskParts(self.client, self.client.map(step, self.futures, pure=False))
 
     def total(self, value: Callable[[T], npt.ArrayLike]) -> FloatArray:
-        partials = self.client.gather(self.client.map(value, self.futures, pure=False))
+        with cluster_errors("training"):
+            partials = self.client.gather(self.client.map(value, self.futures, pure=False))
         total: FloatArray | None = None
         for partial in partials:  # in partition order, whichever worker answered first
             part = np.asarray(partial, dtype=np.float64)
@@ -290,8 +370,9 @@ class DaskTrainingSet:
     @classmethod
     def of(cls, client: Client, featured: dd.DataFrame) -> DaskTrainingSet:
         """The rows of ``featured``, computed once and kept on the workers."""
-        frames = client.compute(featured.to_delayed())
-        counts = client.gather(client.map(_label_counts, frames, pure=False))
+        with cluster_errors("featuring the rows"):
+            frames = client.compute(featured.to_delayed())
+            counts = client.gather(client.map(_label_counts, frames, pure=False))
         kept = tuple(frame for frame, (n, _) in zip(frames, counts) if n > 0)
         n_rows, n_frauds = (int(v) for v in np.sum(counts, axis=0)) if counts else (0, 0)
         return cls(client=client, frames=kept, n_rows=n_rows, n_frauds=n_frauds)
@@ -300,9 +381,16 @@ class DaskTrainingSet:
     def whole(self) -> bool:
         return False
 
+    @property
+    def held(self) -> bool:
+        """Whether every partition is still held by the cluster (not lost with a worker or a
+        restarted scheduler)."""
+        return all(frame.status == "finished" for frame in self.frames)
+
     def parts(self, part: Callable[[FloatArray, FloatArray], T]) -> DaskParts[T]:
         """Each partition's model inputs and labels made into ``part(X, y)`` where it lies."""
-        return DaskParts(self.client, self.client.map(_part_of, self.frames, part=part, pure=False))
+        with cluster_errors("training"):
+            return DaskParts(self.client, self.client.map(_part_of, self.frames, part=part, pure=False))
 
     def score_histogram(self, score: Callable[[Any], Any], n_bins: int) -> FloatArray:
         """The rows' score histogram under a model's ``score``, counted partition by partition."""
@@ -313,8 +401,9 @@ class DaskTrainingSet:
         """The same rows with the consortium's terminal features where the terminal passed the
         threshold (:func:`~bank_node.federated.terminal_stats.with_consortium_terminal_features`
         on each partition; the history is sent to each worker once)."""
-        shared = self.client.scatter(history, broadcast=True, hash=False)
-        frames = tuple(self.client.map(_consortium_part, self.frames, history=shared, secret=secret, pure=False))
+        with cluster_errors("computing consortium terminal features"):
+            shared = self.client.scatter(history, broadcast=True, hash=False)
+            frames = tuple(self.client.map(_consortium_part, self.frames, history=shared, secret=secret, pure=False))
         covered = int(DaskParts(self.client, frames).total(_covered_count)[0]) if frames else 0
         log.info("consortium terminal features: %d of %d rows covered (threshold %d banks)", covered, self.n_rows,
                  history.threshold)

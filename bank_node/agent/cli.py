@@ -451,10 +451,11 @@ def agent(data_path: Path | None, columns: str, train_start: datetime | None, tr
             click.echo(f"bank {config.bank_id}: featuring and training on {where}", err=True)
             dask = click.get_current_context().with_resource(dask_client(dask_scheduler, n_workers=dask_workers))
             source = DaskSource(data_path, dask, train_start=start, train_days=train_days, mapping=mapping)
+            source.check()  # unreadable files or missing fields are reported now (each run reads the rows)
         else:
             source = TransactionSource(data_path, train_start=start, train_days=train_days, mapping=mapping)
-        if start is not None:
-            source.rows()  # bad data is reported now, not at the first run
+            if start is not None:
+                source.rows()  # bad data is reported now, not at the first run
         terminal_history = PooledHistory.in_state_dir(state_dir)
     else:
         store = _open_store(state_dir, store_url)

@@ -27,6 +27,7 @@ from bank_node.evaluation import Windows, in_train_period
 from bank_node.features import (
     LABEL,
     MODEL_INPUTS,
+    TERMINAL_ID,
     TIMESTAMP,
     TRANSACTION_ID,
     FeatureConfig,
@@ -63,6 +64,7 @@ __all__ = [
     "gbdt_params",
     "logreg_params",
     "prepare_run",
+    "nothing_to_train",
     "training_period",
     "training_rows",
 ]
@@ -139,6 +141,12 @@ class Rows(Protocol):
     def with_consortium_terminals(self, history: ConsortiumHistory, *, secret: bytes) -> Rows: ...
 
 
+def nothing_to_train(train_start: date, train_days: int) -> FedfraudInputError:
+    """The refusal of a training period that holds no transaction."""
+    return FedfraudInputError(f"no transactions from {train_start} for {train_days} days: nothing to train on",
+                              {"train_start": ["the training period holds no transaction"]})
+
+
 def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: int) -> TrainingSet:
     """The bank's training rows of a period, features computed from its own transactions.
 
@@ -168,10 +176,7 @@ def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: 
     )
     train = featured[in_train_period(featured, windows)]
     if train.empty:
-        raise FedfraudInputError(
-            f"no transactions from {train_start} for {train_days} days: nothing to train on",
-            {"train_start": ["the training period holds no transaction"]},
-        )
+        raise nothing_to_train(train_start, train_days)
     rows = TrainingSet(
         X=model_matrix(train),
         y=train[LABEL].to_numpy(dtype=np.float64),
@@ -191,7 +196,7 @@ def training_period(window: RunWindow | None, train_start: date | None, train_da
         Neither says when training starts.
     """
     if window is not None:
-        if (window.train_start, window.train_days) != (train_start, train_days):
+        if train_start is not None and (window.train_start, window.train_days) != (train_start, train_days):
             log.info("training on the run's window, not the command line's: start=%s days=%d", window.train_start,
                      window.train_days)
         return window.train_start, window.train_days
@@ -351,6 +356,19 @@ class DaskSource:
         files = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
         return tuple((str(f), f.stat().st_mtime, f.stat().st_size) for f in files)
 
+    def check(self) -> None:
+        """Fail now on files that cannot be read or lack a field (what can be seen without
+        reading every row: the rows' values are checked as each run reads them).
+
+        Raises
+        ------
+        FedfraudInputError
+            Naming the path or the missing fields.
+        """
+        from bank_node.scale import source_names
+
+        source_names(str(self.path), self.mapping)
+
     def _frame(self) -> Any:
         from bank_node.scale import read_transactions
 
@@ -369,29 +387,32 @@ class DaskSource:
 
         train_start, train_days = training_period(window, self.train_start, self.train_days)
         version = (self._version(), train_start, train_days)
-        if self._cached is None or self._cached[0] != version:
+        if self._cached is None or self._cached[0] != version or not self._cached[1].held:
             self._cached = None  # the cluster lets go of the previous rows
             last_day = train_start + timedelta(days=train_days - 1)
             featured = dask_features(self._frame(), start=train_start.isoformat(), end=last_day.isoformat())
             rows = DaskTrainingSet.of(self.client, featured)
             if rows.n_rows == 0:
-                raise FedfraudInputError(
-                    f"no transactions from {train_start} for {train_days} days: nothing to train on",
-                    {"train_start": ["the training period holds no transaction"]},
-                )
+                raise nothing_to_train(train_start, train_days)
             log.info("training rows loaded on Dask: path=%s rows=%d frauds=%d partitions=%d", self.path, rows.n_rows,
                      rows.n_frauds, len(rows.frames))
             self._cached = (version, rows)
         return self._cached[1]
 
     def transactions(self, start: date, end: date) -> pd.DataFrame:
-        """The files' transactions from ``start`` to before ``end`` (days), with their labels,
-        gathered into this process (the days a run pools terminal statistics of)."""
+        """The files' transactions from ``start`` to before ``end`` (days), gathered into this
+        process: the days a run's terminal features reach, whose events it pools. Only what the
+        pooling reads is gathered: the id, the time, the terminal and the label."""
+        from bank_node.scale import cluster_errors, refuse_duplicate_ids
+
         frame = self._frame()
         stamps = frame[TIMESTAMP]
-        chosen = frame[(stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))]
-        return (self.client.compute(chosen).result().sort_values([TIMESTAMP, TRANSACTION_ID], kind="stable")
-                .reset_index(drop=True))
+        chosen = frame[(stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))][
+            [TRANSACTION_ID, TIMESTAMP, TERMINAL_ID, LABEL]]
+        refuse_duplicate_ids(chosen)
+        with cluster_errors("reading the days to pool"):
+            gathered = self.client.compute(chosen).result()
+        return gathered.sort_values([TIMESTAMP, TRANSACTION_ID], kind="stable").reset_index(drop=True)
 
 
 def gbdt_params(params: Mapping[str, Any]) -> GBDTParams:

@@ -3,6 +3,7 @@ features and a tree's histograms equal the pandas path's."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,14 +192,23 @@ def _train_together(rows: dict[str, object], model: str, params: dict[str, objec
                  "consortium_features": True}),
     ("logreg", {"max_rounds": 6, "consortium_features": True}),
     ("xgboost", {"n_trees": 3, "max_depth": 2, "n_bins": 16, "dp_epsilon": 8.0}),
+    ("logreg", {"max_rounds": 4, "dp_epsilon": 8.0}),
 ])
 def test_a_bank_training_on_dask_proposes_the_pandas_paths_model_to_the_byte(
-    client: object, three_banks: tuple[list[pd.DataFrame], Path], model: str, params: dict[str, object]
+    client: object, three_banks: tuple[list[pd.DataFrame], Path], model: str, params: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Bank 0 features and trains on Dask (its rows in 5 shuffled Parquet files, kept on two
-    workers), the others on pandas: every bank proposes the very file of a run where all three
-    train on pandas, consortium terminal features included. A private run draws fresh noise, so
-    there the banks agree with each other only."""
+    workers), the others on pandas: the model is the very file of a run where all three train on
+    pandas, consortium terminal features included. (The banks would agree with each other whatever
+    one of them contributed: every file is made from the same sums. The pandas run is the check.)
+    Private runs draw each bank's noise from the same seeds in both runs."""
+    from bank_node.agent import training
+    from bank_node.federated.privacy import PrivateContribution
+
+    seeds = iter(range(10**6))
+    monkeypatch.setattr(training, "PrivateContribution", lambda setting, n_parties=1: PrivateContribution(
+        setting, n_parties=n_parties, rng=np.random.default_rng(next(seeds) % 3)))  # bank i draws from seed i
     import crypto
     from bank_node.agent.training import DaskSource, training_rows
     from bank_node.federated.lockstep import run_lockstep
@@ -228,8 +238,6 @@ def test_a_bank_training_on_dask_proposes_the_pandas_paths_model_to_the_byte(
 
     mixed = _train_together(on_dask, model, params)
     assert len(set(mixed.values())) == 1, "every bank derives the same model"
-    if "dp_epsilon" in params:
-        return
     pooled = _train_together(on_pandas, model, params)  # type: ignore[arg-type]
     assert mixed == pooled
 
@@ -276,3 +284,71 @@ def test_the_agent_says_what_training_on_dask_needs(tmp_path: Path) -> None:
     folder.mkdir()
     undeclared = runner.invoke(main, ["bank", "agent", "--state-dir", str(tmp_path), "--data", str(folder)])
     assert undeclared.exit_code == 2 and "is a folder" in undeclared.output and "with --dask" in undeclared.output
+
+
+def test_a_transaction_id_repeated_across_files_is_refused_as_the_pandas_path_refuses_it(
+    client: object, three_banks: tuple[list[pd.DataFrame], Path], tmp_path: Path
+) -> None:
+    """Each file is checked as it is read; an export of one day written twice into a second file
+    would otherwise be joined with itself and trained on several times."""
+    from bank_node.agent.training import DaskSource
+    from schemas.errors import FedfraudInputError
+
+    folder = tmp_path / "twice"
+    shutil.copytree(three_banks[1], folder)
+    again = pd.read_parquet(next(folder.glob("*.parquet")))
+    again[again["timestamp"] >= pd.Timestamp(TRAIN_FROM)].head(40).to_parquet(folder / "again.parquet", index=False)
+    source = DaskSource(folder, client, train_start=pd.Timestamp(TRAIN_FROM).date(), train_days=TRAIN_DAYS)
+    with pytest.raises(FedfraudInputError, match="appear more than once across the files"):
+        source.rows()
+    with pytest.raises(FedfraudInputError, match="appear more than once"):
+        source.transactions(pd.Timestamp(TRAIN_FROM).date(), pd.Timestamp("2018-05-30").date())
+
+
+def test_unreadable_data_and_an_unreachable_cluster_are_named(client: object, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bank_node.agent.training import DaskSource
+    from fedfraud.cli import main
+    from schemas.errors import FedfraudInputError
+
+    def source(path: Path) -> DaskSource:
+        return DaskSource(path, client, train_start=pd.Timestamp(TRAIN_FROM).date(), train_days=TRAIN_DAYS)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FedfraudInputError, match="holds no Parquet file"):
+        source(empty).check()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(FedfraudInputError, match="not readable as Parquet"):
+        source(corrupt).rows()
+    with pytest.raises(FedfraudInputError, match="no such file or folder"):
+        source(tmp_path / "missing").check()
+    refused = CliRunner().invoke(main, ["features", str(empty), str(tmp_path / "out"), "--dask-scheduler",
+                                        "tcp://127.0.0.1:9"])
+    assert refused.exit_code == 2 and "no Dask scheduler answers" in refused.output, refused.output
+
+
+def test_a_cluster_that_loses_the_rows_fails_the_step_with_a_value_error(
+    client: object, three_banks: tuple[list[pd.DataFrame], Path]
+) -> None:
+    """A worker lost or a scheduler restarted: the agent records the run as failed for that
+    reason (a ValueError to it), or withdraws before the first round; it does not crash, and
+    the next run features the rows again."""
+    from bank_node.agent.training import DaskSource
+    from bank_node.federated.gbdt import GBDTPart
+    from bank_node.scale import ClusterError
+
+    source = DaskSource(three_banks[1], client, train_start=pd.Timestamp(TRAIN_FROM).date(), train_days=TRAIN_DAYS)
+    rows = source.rows()
+    parts = rows.parts(GBDTPart.of)
+    client.cancel(parts.futures)  # type: ignore[attr-defined]
+    with pytest.raises(ClusterError, match="the Dask cluster failed while training"):
+        parts.total(lambda part: np.ones(1))
+    assert isinstance(ClusterError("x"), ValueError)
+    client.cancel(list(rows.frames))  # type: ignore[attr-defined]
+    assert not rows.held
+    again = source.rows()
+    assert again is not rows and again.held and again.n_rows == rows.n_rows
