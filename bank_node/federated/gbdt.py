@@ -32,7 +32,7 @@ from bank_node.federated.grower import LevelRequest, TreeGrower
 from bank_node.federated.objective import base_margin
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.parts import Local, Parts
-from bank_node.federated.privacy import PrivateContribution
+from bank_node.federated.privacy import PrivateContribution, clip_gradients
 from bank_node.federated.party import (
     advance_positions,
     make_level_payload,
@@ -215,7 +215,9 @@ def federated_gbdt_over(
     factor = histogram_scale(sum_limit, n_rows_global, params.scale_pos_weight)
 
     grow_params = params if privacy is None else privacy.growing_params(params, n_features, int(n_bins.max()))
-    clip = None if privacy is None else privacy.clip_gradients
+    # The bounds alone go where the rows are (on Dask, a worker): not the noise generator.
+    clip = None if privacy is None else functools.partial(clip_gradients, clip=privacy.clip,
+                                                          hessian_clip=privacy.hessian_clip)
     trees = []
     for t in range(params.n_trees):
         grower = TreeGrower(

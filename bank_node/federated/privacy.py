@@ -31,9 +31,18 @@ import numpy.typing as npt
 from bank_node.federated.params import GBDTParams
 from schemas.privacy import RunPrivacy
 
-__all__ = ["PrivateContribution"]
+__all__ = ["PrivateContribution", "clip_gradients"]
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def clip_gradients(grad: npt.ArrayLike, hess: npt.ArrayLike, *, clip: float,
+                   hessian_clip: float) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Each row's gradient into ``[-clip, clip]`` and Hessian into ``[0, hessian_clip]`` (dtypes
+    kept): the bounds alone, where the rows are (no noise generator travels with them)."""
+    grad, hess = np.asarray(grad), np.asarray(hess)
+    return (np.clip(grad, -clip, clip).astype(grad.dtype, copy=False),
+            np.clip(hess, 0.0, hessian_clip).astype(hess.dtype, copy=False))
 
 
 @dataclass
@@ -86,9 +95,7 @@ class PrivateContribution:
 
     def clip_gradients(self, grad: npt.ArrayLike, hess: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """Each row's gradient into ``[-clip, clip]`` and Hessian into ``[0, clip / 4]`` (dtypes kept)."""
-        grad, hess = np.asarray(grad), np.asarray(hess)
-        return (np.clip(grad, -self.clip, self.clip).astype(grad.dtype, copy=False),
-                np.clip(hess, 0.0, self.hessian_clip).astype(hess.dtype, copy=False))
+        return clip_gradients(grad, hess, clip=self.clip, hessian_clip=self.hessian_clip)
 
     @staticmethod
     def counts_sensitivity(n_features: int) -> float:
