@@ -182,9 +182,13 @@ def training_rows(transactions: pd.DataFrame, *, train_start: date, train_days: 
         y=train[LABEL].to_numpy(dtype=np.float64),
         featured=train.reset_index(drop=True),
     )
-    if rows.n_frauds in (0, len(rows.y)):
-        log.warning("the training period holds one class only: rows=%d frauds=%d", len(rows.y), rows.n_frauds)
+    _warn_one_class(rows)
     return rows
+
+
+def _warn_one_class(rows: Rows) -> None:
+    if rows.n_frauds in (0, rows.n_rows):
+        log.warning("the training period holds one class only: rows=%d frauds=%d", rows.n_rows, rows.n_frauds)
 
 
 def training_period(window: RunWindow | None, train_start: date | None, train_days: int) -> tuple[date, int]:
@@ -396,6 +400,7 @@ class DaskSource:
                 raise nothing_to_train(train_start, train_days)
             log.info("training rows loaded on Dask: path=%s rows=%d frauds=%d partitions=%d", self.path, rows.n_rows,
                      rows.n_frauds, len(rows.frames))
+            _warn_one_class(rows)
             self._cached = (version, rows)
         return self._cached[1]
 
