@@ -36,8 +36,8 @@ import pandas as pd
 from bank_node.features import (
     AMOUNT,
     CUSTOMER_ID,
-    FEATURE_COLUMNS,
     LABEL,
+    MODEL_INPUTS,
     NS_PER_DAY,
     TERMINAL_ID,
     TIMESTAMP,
@@ -55,15 +55,13 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     from distributed import Client, Future
 
-__all__ = ["ClusterError", "DaskParts", "DaskTrainingSet", "cluster_errors", "refuse_duplicate_ids", "dask_client", "dask_features", "dask_tree", "read_transactions",
-           "source_names"]
+__all__ = ["ClusterError", "DaskParts", "DaskTrainingSet", "cluster_errors", "dask_client", "dask_features", "dask_tree",
+           "read_transactions", "refuse_duplicate_ids", "source_names"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FloatArray = npt.NDArray[np.float64]
-#: The model inputs as a featured frame names them (:func:`bank_node.features.model_matrix`).
-MODEL_COLUMNS: tuple[str, ...] = (AMOUNT, *FEATURE_COLUMNS)
 
 
 class ClusterError(ValueError):
@@ -236,10 +234,12 @@ def refuse_duplicate_ids(transactions: dd.DataFrame) -> None:
 
 
 def dask_features(transactions: dd.DataFrame, *, start: Any = None, end: Any = None,
-                  config: FeatureConfig = FeatureConfig()) -> dd.DataFrame:
+                  config: FeatureConfig = FeatureConfig(), ids_checked: bool = False) -> dd.DataFrame:
     """:func:`~bank_node.features.compute_features` on a Dask frame (rows in no particular order).
 
-    Rows before ``start`` serve as history; the result holds the rows of ``[start, end]``.
+    Rows before ``start`` serve as history; the result holds the rows of ``[start, end]``. The
+    rows read are first checked for a repeated transaction id (:func:`refuse_duplicate_ids`),
+    unless ``ids_checked``: the caller checked every row already.
     """
     first_day, after_last_day = _day_bounds(start, end)
     frame = transactions
@@ -247,7 +247,8 @@ def dask_features(transactions: dd.DataFrame, *, start: Any = None, end: Any = N
         frame = frame[frame[TIMESTAMP] > pd.Timestamp(first_day - config.lookback_days * NS_PER_DAY)]
     if after_last_day is not None:
         frame = frame[frame[TIMESTAMP] < pd.Timestamp(after_last_day)]
-    refuse_duplicate_ids(frame)
+    if not ids_checked:
+        refuse_duplicate_ids(frame)
     names = feature_columns(config)
     card_columns = [c for c in names if not c.startswith("TERMINAL_ID_")]
     terminal_columns = [c for c in names if c.startswith("TERMINAL_ID_")]
@@ -281,7 +282,7 @@ def dask_tree(featured: dd.DataFrame, cuts: Sequence[npt.NDArray[np.float32]], p
     from bank_node.federated.objective import base_margin
 
     grower = TreeGrower(params=params, bins_per_feature=np.array([len(c) + 1 for c in cuts], dtype=np.int64),
-                        features=np.arange(len(MODEL_COLUMNS)), cuts=list(cuts))
+                        features=np.arange(len(MODEL_INPUTS)), cuts=list(cuts))
     rows = (DaskTrainingSet.of(default_client(), featured).parts(GBDTPart.of)
             .apply(functools.partial(GBDTPart.binned, cuts=tuple(cuts), margin=float(base_margin(params.base_score))))
             .apply(functools.partial(GBDTPart.tree_started, params=params, tree_index=0, party_index=0, clip=None)))

@@ -37,7 +37,7 @@ from bank_node.features import (
 from bank_node.federated.ensemble import GBDTModel
 from bank_node.federated.feature_scales import scales_for
 from bank_node.federated.evaluation import score_histogram
-from bank_node.federated.gbdt import GBDTPart, federated_gbdt_over
+from bank_node.federated.gbdt import GBDTPart, federated_gbdt_over, refuse_subsample_in_parts
 from bank_node.federated.logreg import LogRegModel, LogRegParams, LogRegPart, federated_logreg_over
 from bank_node.federated.params import GBDTParams
 from bank_node.federated.parts import Local, Parts
@@ -352,13 +352,24 @@ class DaskSource:
         self.train_days = train_days
         self.mapping = dict(mapping or {})
         self._cached: tuple[Any, Any] | None = None  # (files' version and period, rows)
+        self._ids_checked: Any = None  # the files' version whose ids were all checked unique
 
     def _version(self) -> tuple[tuple[str, float, int], ...]:
-        """Each Parquet file's name, modification time and size (new files are a new version)."""
-        if not self.path.exists():
-            raise FedfraudInputError(f"no such file or folder: {self.path}", {"data": ["does not exist"]})
+        """Each Parquet file's name, modification time and size (new files are a new version;
+        a path that is not there has none, and reading it says so)."""
         files = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
-        return tuple((str(f), f.stat().st_mtime, f.stat().st_size) for f in files)
+        return tuple((str(f), f.stat().st_mtime, f.stat().st_size) for f in files if f.exists())
+
+    def _checked_frame(self, version: Any) -> Any:
+        """The files' transactions, every id checked unique once per version of the files (not
+        again for each period a run reads: training, validation, the days to pool)."""
+        from bank_node.scale import read_transactions, refuse_duplicate_ids
+
+        frame = read_transactions(str(self.path), self.mapping)
+        if self._ids_checked != version:
+            refuse_duplicate_ids(frame)
+            self._ids_checked = version
+        return frame
 
     def check(self) -> None:
         """Fail now on files that cannot be read or lack a field (what can be seen without
@@ -372,11 +383,6 @@ class DaskSource:
         from bank_node.scale import source_names
 
         source_names(str(self.path), self.mapping)
-
-    def _frame(self) -> Any:
-        from bank_node.scale import read_transactions
-
-        return read_transactions(str(self.path), self.mapping)
 
     def rows(self, window: RunWindow | None = None) -> Any:
         """The training rows of the files' current content for ``window`` (the run's) if given:
@@ -394,7 +400,8 @@ class DaskSource:
         if self._cached is None or self._cached[0] != version or not self._cached[1].held:
             self._cached = None  # the cluster lets go of the previous rows
             last_day = train_start + timedelta(days=train_days - 1)
-            featured = dask_features(self._frame(), start=train_start.isoformat(), end=last_day.isoformat())
+            featured = dask_features(self._checked_frame(version[0]), start=train_start.isoformat(),
+                                     end=last_day.isoformat(), ids_checked=True)
             rows = DaskTrainingSet.of(self.client, featured)
             if rows.n_rows == 0:
                 raise nothing_to_train(train_start, train_days)
@@ -408,13 +415,12 @@ class DaskSource:
         """The files' transactions from ``start`` to before ``end`` (days), gathered into this
         process: the days a run's terminal features reach, whose events it pools. Only what the
         pooling reads is gathered: the id, the time, the terminal and the label."""
-        from bank_node.scale import cluster_errors, refuse_duplicate_ids
+        from bank_node.scale import cluster_errors
 
-        frame = self._frame()
+        frame = self._checked_frame(self._version())
         stamps = frame[TIMESTAMP]
         chosen = frame[(stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))][
             [TRANSACTION_ID, TIMESTAMP, TERMINAL_ID, LABEL]]
-        refuse_duplicate_ids(chosen)
         with cluster_errors("reading the days to pool"):
             gathered = self.client.compute(chosen).result()
         return gathered.sort_values([TIMESTAMP, TRANSACTION_ID], kind="stable").reset_index(drop=True)
@@ -578,10 +584,7 @@ def prepare_run(
                 document["learner"]["attributes"][FEATURES_ATTRIBUTE] = features.to_attribute()
             return canonical_json(document)
 
-        if tree_params.subsample < 1.0 and not rows.whole:
-            raise FedfraudInputError(
-                "row subsampling (subsample < 1) needs this bank's rows in one process; they are on Dask",
-                {"subsample": ["not available for a bank training on Dask"]})
+        refuse_subsample_in_parts(tree_params, whole=rows.whole)  # before any round, not at the first tree
 
         def trees() -> Algorithm[GBDTModel]:
             return federated_gbdt_over(

@@ -42,6 +42,7 @@ from bank_node.federated.party import (
 from bank_node.federated.rounds import SUM_LIMIT, Algorithm, SumRequest
 from bank_node.federated.sampling import column_sample
 from bank_node.federated.tree import Tree
+from schemas.errors import FedfraudInputError
 
 Float32Array = npt.NDArray[np.float32]
 FloatArray = npt.NDArray[np.float64]
@@ -174,6 +175,21 @@ def federated_gbdt(
                                            prefix=prefix, privacy=privacy))
 
 
+def refuse_subsample_in_parts(params: GBDTParams, *, whole: bool) -> None:
+    """Row subsampling draws rows by their position in the bank's whole frame: it needs the rows
+    held whole, in one process.
+
+    Raises
+    ------
+    FedfraudInputError
+        ``subsample < 1`` over rows held in parts (a bank training on Dask).
+    """
+    if params.subsample < 1.0 and not whole:
+        raise FedfraudInputError(
+            "row subsampling (subsample < 1) needs this bank's rows in one process; they are in parts, on Dask",
+            {"subsample": ["not available for a bank training on Dask"]})
+
+
 def federated_gbdt_over(
     rows: Parts[GBDTPart],
     *,
@@ -190,15 +206,12 @@ def federated_gbdt_over(
 
     Raises
     ------
-    ValueError
-        Row subsampling over rows that are not held whole (the sample is drawn by each row's
-        position in the bank's frame).
+    FedfraudInputError
+        Row subsampling over rows that are not held whole (:func:`refuse_subsample_in_parts`).
     """
     if len(scales) != n_features:
         raise ValueError(f"{len(scales)} feature scales for {n_features} features")
-    if params.subsample < 1.0 and not rows.whole:
-        raise ValueError("row subsampling (subsample < 1) draws rows by their position in the bank's whole frame: "
-                         "it needs the rows in one process, not in parts")
+    refuse_subsample_in_parts(params, whole=rows.whole)
     grid = fine_grid(scales)
     counts = rows.total(functools.partial(GBDTPart.grid_counts, grid=grid))
     if privacy is not None:
