@@ -220,16 +220,26 @@ def contribute(
     existing = find_round(session, run_id, round_key)
     if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
         settle_round(session, existing)  # too late: the round closes before this is looked at
-    with write_lock():
-        for attempt in range(_ATTEMPTS):
-            try:
-                current, entry, leased = _store_contribution(session, run, round_key, bank, payload, signature or "",
-                                                             lease_at=lease_at)
-                break
-            except IntegrityError:
-                session.rollback()
-                if attempt == _ATTEMPTS - 1:
-                    raise
+    # The signed payload is written (and fsync'ed) before the write lock, not under it: every
+    # other bank's contribution to the round waited for it. Blobs are named by their digest, so
+    # a twin written meanwhile is the same file; a refused payload's file is removed under the
+    # lock, where the contribution that keeps a payload is stored too (_store_contribution).
+    digest = blob_store().put(payload)
+    try:
+        with write_lock():
+            for attempt in range(_ATTEMPTS):
+                try:
+                    current, entry, leased = _store_contribution(session, run, round_key, bank, payload, digest,
+                                                                 signature or "", lease_at=lease_at)
+                    break
+                except IntegrityError:
+                    session.rollback()
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+    except BaseException:
+        session.rollback()
+        _remove_refused_payload(session, run_id, round_key, digest)
+        raise
     if leased:
         # Off the request: the bank's answer does not wait for a sum of seconds (with ?wait it
         # waits for the release like every other bank). The round stays open until it is summed.
@@ -237,6 +247,21 @@ def contribute(
     else:
         settle_round(session, current)
     return current, entry
+
+
+def _remove_refused_payload(session: Session, run_id: str, round_key: str, digest: str) -> None:
+    """Remove a refused contribution's payload file, unless a stored contribution keeps the same
+    bytes (the same bank's retry, accepted). Under the write lock and the round's row lock, which
+    a contribution holds from the moment it finds the file until its commit."""
+    try:
+        with write_lock():
+            find_round(session, run_id, round_key, lock=True)
+            if not _digest_referenced(session, digest):
+                blob_store().delete(digest)
+            session.commit()
+    except Exception:  # an orphan file is harmless; the refusal is what the bank must hear
+        session.rollback()
+        logger.exception("could not remove a refused contribution's payload", extra={"digest": digest[:16]})
 
 
 def _settle_in_background(app: Flask, run_id: str, round_key: str) -> None:
@@ -262,12 +287,13 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 
 def _store_contribution(
-    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, signature: str, *,
+    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, digest: str, signature: str, *,
     lease_at: frozenset[str] | None,
 ) -> tuple[RoundRow, int, bool]:
-    """Store the contribution (see :func:`contribute`); if with it every bank of ``lease_at`` has
-    contributed, take the lease on the round's sum in the same commit. Returns the round, the
-    ledger entry's index and whether the lease was taken."""
+    """Store the contribution (see :func:`contribute`; its payload stored already as blob
+    ``digest``); if with it every bank of ``lease_at`` has contributed, take the lease on the
+    round's sum in the same commit. Returns the round, the ledger entry's index and whether the
+    lease was taken. The caller holds the write lock, and removes the blob if this raises."""
     session.refresh(run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
@@ -299,52 +325,46 @@ def _store_contribution(
         raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
 
     store = blob_store()
-    referenced_before = store.exists(_digest(payload))
-    digest = store.put(payload)
-    try:
-        if current is None:
-            opened = now()
-            current = RoundRow(
-                run_id=run.run_id,
-                round_key=round_key,
-                n_values=header.n_values,
-                state=RoundState.OPEN.value,
-                opened_at=opened,
-                deadline=opened + timedelta(seconds=run.round_timeout_s),
-                dropped=[],
-            )
-            session.add(current)
-            session.flush()
-        privacy = run_setting(run)
-        if privacy is not None:
-            _record_privacy_spent(session, run, bank, round_key, privacy)
-        session.add(
-            Contribution(
-                run_id=run.run_id,
-                round_id=current.id,
-                bank_id=bank.bank_id,
-                payload_digest=digest,
-                payload_size=len(payload),
-                signature=signature,
-                received_at=now(),
-                payload_kept=True,
-            )
+    if not store.exists(digest):  # removed by the clean-up of a refused twin (the same bank's retry)
+        store.put(payload)
+    if current is None:
+        opened = now()
+        current = RoundRow(
+            run_id=run.run_id,
+            round_key=round_key,
+            n_values=header.n_values,
+            state=RoundState.OPEN.value,
+            opened_at=opened,
+            deadline=opened + timedelta(seconds=run.round_timeout_s),
+            dropped=[],
         )
-        leased = False
-        if lease_at is not None:
-            session.flush()  # the read below sees this contribution
-            leased = lease_at <= set(contributors_of(session, current.id))
-        if leased:
-            current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
-        entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
-                       details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
-                                "n_values": header.n_values, "key_id": material.key_id, "signature": signature})
-        session.commit()
-    except BaseException:
-        session.rollback()
-        if not referenced_before and not _digest_referenced(session, digest):
-            store.delete(digest)
-        raise
+        session.add(current)
+        session.flush()
+    privacy = run_setting(run)
+    if privacy is not None:
+        _record_privacy_spent(session, run, bank, round_key, privacy)
+    session.add(
+        Contribution(
+            run_id=run.run_id,
+            round_id=current.id,
+            bank_id=bank.bank_id,
+            payload_digest=digest,
+            payload_size=len(payload),
+            signature=signature,
+            received_at=now(),
+            payload_kept=True,
+        )
+    )
+    leased = False
+    if lease_at is not None:
+        session.flush()  # the read below sees this contribution
+        leased = lease_at <= set(contributors_of(session, current.id))
+    if leased:
+        current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
+    entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
+                   details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
+                            "n_values": header.n_values, "key_id": material.key_id, "signature": signature})
+    session.commit()
     if (metrics := observe()) is not None:
         metrics.contribution("accepted", len(payload))
     logger.info(
@@ -414,12 +434,6 @@ def contributions_of(session: Session, round_id: int) -> list[Contribution]:
             select(Contribution).where(Contribution.round_id == round_id).order_by(Contribution.bank_id)
         ).scalars()
     )
-
-
-def _digest(data: bytes) -> str:
-    from consortium.storage.blobs import sha256_hex
-
-    return sha256_hex(data)
 
 
 def _digest_referenced(session: Session, digest: str) -> bool:

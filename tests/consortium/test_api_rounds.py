@@ -333,6 +333,35 @@ def test_concurrent_duplicate_uploads_exactly_one_wins(consortium: Any, he_key: 
     assert len(files) == 4  # the context, two sealed shares and the one payload; no temporaries
 
 
+def test_a_retry_racing_its_original_is_refused_and_the_accepted_payload_stays(
+    consortium: Any, he_key: crypto.HEScheme, app: Flask
+) -> None:
+    # The same signed bytes sent four times at once (a bank's retries racing the first try): the
+    # payload file is written before the write lock, and the refused copies' clean-up must not
+    # take the file the accepted one keeps.
+    run_id = consortium.open_run()["run_id"]
+    one = consortium.bank("bank-1")
+    payload = he_key.encrypt(vec(10))
+    statuses: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def upload() -> None:
+        bank = type(one)(bank_id=one.bank_id, token=one.token, client=app.test_client(), keys=one.keys)
+        barrier.wait()
+        statuses.append(bank.contribute(run_id, "r", payload).status_code)
+
+    threads = [threading.Thread(target=upload) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201, 409, 409, 409]
+    for bank_id in ("bank-2", "bank-3"):
+        assert consortium.bank(bank_id).contribute(run_id, "r", he_key.encrypt(vec(1))).status_code == 201
+    total = he_key.decrypt(consortium.bank("bank-2").aggregate(run_id, "r").data)
+    np.testing.assert_allclose(total, vec(10) + 2 * vec(1), atol=1e-3)
+
+
 def test_a_restarted_service_finishes_the_round(
     consortium: Any, he_key: crypto.HEScheme, app_config: dict[str, Any], app: Flask
 ) -> None:
