@@ -234,7 +234,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=None,
                         help="The aggregator's database (an empty one); default: SQLite in the work folder.")
     parser.add_argument("--gunicorn-workers", type=int, default=0,
-                        help="Serve the aggregator with ops/gunicorn.conf.py and this many workers (production); "
+                        help="Serve the aggregator with ops/gunicorn.conf.py and this many workers (production; "
+                             "more than 1 needs --database-url postgresql://...); "
                              "default 0: `fedfraud consortium serve`, one process.")
     args = parser.parse_args()
     params = {"n_trees": args.trees, "max_depth": args.depth, "eta": 0.1, "n_bins": 256, "seed": 0}

@@ -76,6 +76,8 @@ class LocalConsortium:
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Absolute: the gunicorn aggregator runs in the folder itself, the CLI where it was called.
+        self.root = Path(self.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.env:
             self.env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFRAUD_")}

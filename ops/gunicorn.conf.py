@@ -3,7 +3,7 @@
 Run:  gunicorn -c ops/gunicorn.conf.py
 
 Every setting can be overridden from the environment (values below are the defaults):
-FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2, FEDFRAUD_THREADS=16, FEDFRAUD_TIMEOUT_S=120,
+FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2 (1 on SQLite), FEDFRAUD_THREADS=16, FEDFRAUD_TIMEOUT_S=120,
 FEDFRAUD_LOG_LEVEL=INFO. Threaded workers: a bank's long poll for a sum holds one thread (up to 30 s),
 not a whole worker. The workers' metrics are added up at /metrics through PROMETHEUS_MULTIPROC_DIR.
 The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consortium/config.py).
@@ -22,6 +22,13 @@ wsgi_app = "consortium.app:create_app()"
 
 bind = os.environ.get("FEDFRAUD_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("FEDFRAUD_WORKERS", "2"))
+#: SQLite serves one process: the aggregator's lock on its rounds is a lock of the process (SQLite
+#: has no row locks), and two workers both released the same round (the second one's sum then
+#: found the payloads purged: a 500). One worker by default there; more are refused.
+SQLITE_WORKERS_REFUSED = (
+    "FEDFRAUD_WORKERS={workers}: the consortium's database is SQLite ({url}), which serves one worker "
+    "process only; set FEDFRAUD_WORKERS=1, or FEDFRAUD_DATABASE_URL=postgresql://... for more workers"
+)
 worker_class = "gthread"
 threads = int(os.environ.get("FEDFRAUD_THREADS", "16"))
 # Summing a round of large CKKS payloads takes seconds, uploads can be tens of MiB.
@@ -57,7 +64,8 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
 
 
 def on_starting(server) -> None:  # type: ignore[no-untyped-def]
-    """Migrate the database once, in the master, before any worker starts.
+    """Migrate the database once, in the master, before any worker starts (and on SQLite, run
+    one worker: see SQLITE_WORKERS_REFUSED).
 
     Workers would otherwise each see an empty database at their first start and race to
     create the same tables (one of them then fails to boot). The metric files start empty too:
@@ -70,7 +78,14 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     from consortium.storage.database import Database
     from consortium.storage.migrate import upgrade
 
-    engine = Database.engine_for(create_app({"AUTO_MIGRATE": False}))
+    app = create_app({"AUTO_MIGRATE": False})
+    url = str(app.config["DATABASE_URL"])
+    if url.startswith("sqlite") and server.num_workers > 1:
+        if "FEDFRAUD_WORKERS" in os.environ:
+            raise SystemExit(SQLITE_WORKERS_REFUSED.format(workers=server.num_workers, url=url))
+        server.log.info("SQLite database: one worker (PostgreSQL for more; see ops/README.md)")
+        server.num_workers = 1
+    engine = Database.engine_for(app)
     try:
         upgrade(engine)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,27 +21,64 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_local_consortium_can_run_under_gunicorn_as_in_production(tmp_path: Path) -> None:
     """bench/nightly.py --gunicorn-workers: the local consortium served by ops/gunicorn.conf.py
-    with its workers, on the consortium's own database, answering its operator."""
+    with its workers, on the consortium's own database, answering its operator. Two workers
+    need PostgreSQL (CI's); on SQLite they are refused at start, saying why."""
     from fedfraud.localnet import LocalConsortium
 
-    local = LocalConsortium(root=tmp_path / "consortium")
-    local.initialise(["bank-1"])
-    local.start(gunicorn_workers=2)
-    try:
-        assert local.api("GET", "/v1/banks").status_code == 200
-        workers = subprocess.run(["pgrep", "-P", str(local.process.pid if local.process else 0)],
-                                 capture_output=True, text=True, check=False).stdout.split()
-        assert len(workers) == 2
-    finally:
-        local.stop()
-    assert (tmp_path / "consortium" / "aggregator.log").read_text().count("Booting worker") == 2
+    base = os.environ.get("FEDFRAUD_TEST_DATABASE_URL")
+    with contextlib.ExitStack() as stack:
+        local = LocalConsortium(root=tmp_path / "consortium")
+        if base:
+            from tests.consortium.conftest import pg_schema
+
+            local.env["FEDFRAUD_DATABASE_URL"] = stack.enter_context(pg_schema(base, "gunicorn"))
+        local.initialise(["bank-1"])
+        if not base:
+            with pytest.raises(RuntimeError, match="FEDFRAUD_WORKERS=2: the consortium's database is SQLite"):
+                local.start(gunicorn_workers=2)
+            local.stop()
+        local.start(gunicorn_workers=2 if base else 1)
+        try:
+            assert local.api("GET", "/v1/banks").status_code == 200
+            workers = subprocess.run(["pgrep", "-P", str(local.process.pid if local.process else 0)],
+                                     capture_output=True, text=True, check=False).stdout.split()
+            assert len(workers) == (2 if base else 1)
+        finally:
+            local.stop()
+    assert (tmp_path / "consortium" / "aggregator.log").read_text().count("Booting worker") == (2 if base else 1)
+
+
+def test_gunicorn_runs_one_worker_on_sqlite_unless_told_more_which_it_refuses(tmp_path: Path) -> None:
+    """Two workers on SQLite both released the same round (its lock is the process's): the
+    production configuration runs one there by default, and refuses more, saying what to do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFRAUD_")}
+    env.update(FEDFRAUD_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", FEDFRAUD_BLOB_DIR=str(tmp_path / "blobs"),
+               FEDFRAUD_BIND=f"127.0.0.1:{free_port()}", FEDFRAUD_WORKERS="3")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    refused = subprocess.run([str(gunicorn), "-c", str(REPO / "ops" / "gunicorn.conf.py")], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "FEDFRAUD_WORKERS=3: the consortium's database is SQLite" in refused.stderr
+    assert "FEDFRAUD_DATABASE_URL=postgresql://" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        base = os.environ.get("FEDFRAUD_TEST_DATABASE_URL")
+        if base:  # two workers, as in production
+            from tests.consortium.conftest import pg_schema
+
+            url = stack.enter_context(pg_schema(base, "gunicorn"))
+        else:  # one worker (SQLite's)
+            url = f"sqlite:///{tmp_path / 'c.db'}"
+        _serves_the_consortium(tmp_path, url)
+
+
+def _serves_the_consortium(tmp_path: Path, database_url: str) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFRAUD_")}
     env.update(
-        FEDFRAUD_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}",
+        FEDFRAUD_DATABASE_URL=database_url,
         FEDFRAUD_BLOB_DIR=str(tmp_path / "blobs"),
         FEDFRAUD_BIND=f"127.0.0.1:{port}",
     )
