@@ -216,7 +216,7 @@ def contribute(
 
     # A contribution that completes a large round takes the lease on its sum in the same commit,
     # so no other request or process starts that sum before the background one does.
-    lease_at = expected if summer().is_large(len(payload) * len(expected)) else None
+    large = summer().is_large(len(payload) * len(expected))
     existing = find_round(session, run_id, round_key)
     if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
         settle_round(session, existing)  # too late: the round closes before this is looked at
@@ -229,8 +229,8 @@ def contribute(
         with write_lock():
             for attempt in range(_ATTEMPTS):
                 try:
-                    current, entry, leased = _store_contribution(session, run, round_key, bank, payload, digest,
-                                                                 signature or "", lease_at=lease_at)
+                    current, entry, complete = _store_contribution(session, run, round_key, bank, payload, digest,
+                                                                   signature or "", large=large)
                     break
                 except IntegrityError:
                     session.rollback()
@@ -240,12 +240,14 @@ def contribute(
         session.rollback()
         _remove_refused_payload(session, run_id, round_key, digest)
         raise
-    if leased:
+    if complete and large:
         # Off the request: the bank's answer does not wait for a sum of seconds (with ?wait it
         # waits for the release like every other bank). The round stays open until it is summed.
         _hand_off(run_id, round_key)
-    else:
+    elif complete:
         settle_round(session, current)
+    # A round still waiting for banks has nothing to settle: its deadline is the sweep's (and
+    # no contribution is taken after it).
     return current, entry
 
 
@@ -288,12 +290,13 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 def _store_contribution(
     session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, digest: str, signature: str, *,
-    lease_at: frozenset[str] | None,
+    large: bool,
 ) -> tuple[RoundRow, int, bool]:
     """Store the contribution (see :func:`contribute`; its payload stored already as blob
-    ``digest``); if with it every bank of ``lease_at`` has contributed, take the lease on the
-    round's sum in the same commit. Returns the round, the ledger entry's index and whether the
-    lease was taken. The caller holds the write lock, and removes the blob if this raises."""
+    ``digest``); if with it every bank the round expects has contributed and the round is
+    ``large``, take the lease on the round's sum in the same commit. Returns the round, the
+    ledger entry's index and whether the round is complete. The caller holds the write lock,
+    and removes the blob if this raises."""
     session.refresh(run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
@@ -355,11 +358,9 @@ def _store_contribution(
             payload_kept=True,
         )
     )
-    leased = False
-    if lease_at is not None:
-        session.flush()  # the read below sees this contribution
-        leased = lease_at <= set(contributors_of(session, current.id))
-    if leased:
+    session.flush()  # the read below sees this contribution
+    complete = expected_banks(run, round_key) <= set(contributors_of(session, current.id))
+    if complete and large:
         current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
     entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
                    details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
@@ -371,7 +372,7 @@ def _store_contribution(
         "contribution stored",
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
-    return current, entry, leased
+    return current, entry, complete
 
 
 def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
