@@ -227,6 +227,18 @@ def test_rows_the_scoring_path_records_read_back_as_the_frame_path_writes_them(t
             pd.testing.assert_frame_equal(driven, read)
         else:
             assert driven.empty
+    # An agent's reads of a window (labels and all): the same frame both ways, in the same order.
+    fast.record_labels(pd.DataFrame({"transaction_id": [0, 5, 9], "label": [1, 0, 1]}), name="labels", sha256="c" * 64)
+    for start, end in ((datetime(1970, 1, 1), datetime(2100, 1, 1)), (datetime(2000, 2, 29), datetime(2030, 1, 1)),
+                       (datetime(2100, 1, 1), datetime(2101, 1, 1))):
+        driven = fast.between(start, end)
+        read = ordinary.between(start, end)
+        assert list(driven.columns) == list(read.columns)
+        if len(read):
+            pd.testing.assert_frame_equal(driven, read)
+            assert driven["label"].notna().sum() == read["label"].notna().sum()
+        else:
+            assert driven.empty
     ordinary.close()
     # What scoring workers read to keep in step: the same instants, as nanoseconds.
     changed, _ = fast.changes(0, limit=1000)
