@@ -365,7 +365,7 @@ def _store_contribution(
     entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
                    details={"round_key": round_key, "payload_sha256": digest, "payload_size": len(payload),
                             "n_values": header.n_values, "key_id": material.key_id, "signature": signature})
-    session.commit()
+    _commit_keeping_loaded(session)
     if (metrics := observe()) is not None:
         metrics.contribution("accepted", len(payload))
     logger.info(
@@ -373,6 +373,18 @@ def _store_contribution(
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
     return current, entry, complete
+
+
+def _commit_keeping_loaded(session: Session) -> None:
+    """Commit, keeping what the session read and wrote loaded: it is what was just committed, under
+    the write lock and the round's row lock. Reloading the run, the bank and the round for the log
+    line and the bank's answer cost three queries a contribution and two a release; whoever acts
+    on a round next (:func:`settle_round`) locks and reads it afresh."""
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
 
 
 def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
@@ -593,13 +605,13 @@ def _mark_released(session: Session, current: RoundRow, plan: _SumPlan, digest: 
     current.dropped = sorted(plan.dropped)
     current.summing_until = None
     current.closed_at = closed = now()
-    opened = current.opened_at  # read before the commit expires it
+    opened = current.opened_at
     record(session, "round.released", run_id=current.run_id,
            details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": size,
                     "contributions": [{"bank_id": bank_id, "payload_sha256": payload}
                                       for bank_id, payload, _ in plan.contributions],
                     "dropped": sorted(plan.dropped)})
-    session.commit()
+    _commit_keeping_loaded(session)
     round_changed()
     if (metrics := observe()) is not None:
         metrics.round_closed("released", opened, closed)
