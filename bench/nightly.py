@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from _outputs import write_outputs  # noqa: E402
 
 import crypto  # noqa: E402
+from bank_node.agent.state import StateDir  # noqa: E402
 from bank_node.agent.training import TrainingSet, training_rows  # noqa: E402
 from bank_node.data import load_transactions  # noqa: E402
 from bank_node.federated.evaluation import federated_evaluation  # noqa: E402
@@ -152,7 +153,7 @@ def http_phases(run: dict[str, Any], published_at: str) -> dict[str, float]:
 
 def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[str, Any], root: Path, *,
               database_url: str | None = None,
-              gunicorn_workers: int = 0) -> tuple[dict[str, float], float, bytes, dict[str, Any]]:
+              gunicorn_workers: int = 0) -> tuple[dict[str, float], float, bytes, dict[str, Any], dict[str, Any]]:
     banks = sorted(frames)
     consortium = LocalConsortium(root=root / "consortium")
     if database_url is not None:
@@ -197,7 +198,10 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
             raise SystemExit(f"tonight's run ended {run['state']}: {run.get('failure_reason')}\n{consortium.agent_logs()}")
         model = consortium.api("GET", f"/v1/models/{run['model_version']}").json()
         body = consortium.api("GET", f"/v1/models/{run['model_version']}/download").content
-        return http_phases(run, model["created_at"]), wall, body, model
+        # Each agent's own account of the rounds: its work, and its waiting for the others.
+        spent = {bank: (StateDir(consortium.state_dir(bank)).run_record(run_id) or {}).get("seconds_in_rounds")
+                 for bank in banks}
+        return http_phases(run, model["created_at"]), wall, body, model, spent
     finally:
         consortium.stop(*agents)
 
@@ -253,12 +257,14 @@ def main() -> None:
     inprocess_s, reference, validation = in_process(frames, window, params, args.threshold)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        http_s, wall, body, model = over_http(frames, window, params, args.workdir, database_url=args.database_url,
-                                              gunicorn_workers=args.gunicorn_workers)
+        http_s, wall, body, model, spent = over_http(frames, window, params, args.workdir,
+                                                     database_url=args.database_url,
+                                                     gunicorn_workers=args.gunicorn_workers)
     else:
         with tempfile.TemporaryDirectory(prefix="fedfraud-nightly-") as tmp:
-            http_s, wall, body, model = over_http(frames, window, params, Path(tmp), database_url=args.database_url,
-                                                  gunicorn_workers=args.gunicorn_workers)
+            http_s, wall, body, model, spent = over_http(frames, window, params, Path(tmp),
+                                                         database_url=args.database_url,
+                                                         gunicorn_workers=args.gunicorn_workers)
 
     published = from_xgboost_json(json.loads(body))
     X = np.vstack([validation[b].X for b in banks])
@@ -271,7 +277,7 @@ def main() -> None:
         "database": "PostgreSQL" if (args.database_url or "").startswith("postgresql") else "SQLite",
         "inprocess_total_s": total_inprocess, "http_wall_s": wall, "ratio": wall / total_inprocess,
         "phase_ratio": {p: (http_s[p] / inprocess_s[p] if inprocess_s[p] else None) for p in PHASES},
-        "max_prediction_diff": diff, "assessment": model.get("assessment"),
+        "max_prediction_diff": diff, "assessment": model.get("assessment"), "agents_in_rounds_s": spent,
     }
     table = Table(title=f"one nightly run: {args.banks} banks, CKKS, {args.trees} trees of depth {args.depth}, "
                         "consortium features (one new day)")
@@ -283,6 +289,11 @@ def main() -> None:
     table.add_row("total", f"{total_inprocess:.1f}", f"{wall:.1f}")
     Console().print(table)
     print(f"HTTP / in-process: {result['ratio']:.2f}; largest prediction difference between the models: {diff:.1e}")
+    accounts = [a for a in spent.values() if a]
+    if accounts:
+        own = np.mean([a["compute"] + a["encrypt"] + a["decrypt"] for a in accounts])
+        print(f"an agent in the rounds (mean of {len(accounts)}): {own:.1f} s of its own work, "
+              f"{np.mean([a['wait'] for a in accounts]):.1f} s waiting for the others and the consortium")
     write_outputs(result, args.json, args.png, plot)
 
 

@@ -515,6 +515,11 @@ class BankAgent:
             self.client.post_proposal(run.run_id, body, signature=self.identity.sign_proposal(run.run_id, body))
         except ConflictError as exc:
             log.info("run %s: proposal already recorded by the consortium (%s)", run.run_id, exc.message)
+        # Where the rounds' time went: the node's own work, and waiting for the other banks and the
+        # consortium (uploads, sums, notes); what an operator asks of a slow night.
+        ledger = runner.ledger
+        spent = {"compute": round(ledger.compute_s, 3), "encrypt": round(ledger.encrypt_s, 3),
+                 "decrypt": round(ledger.decrypt_s, 3), "wait": round(ledger.wait_s, 3)}
         self.state.update_run(
             run.run_id,
             {
@@ -527,11 +532,16 @@ class BankAgent:
                 "terminal_days": 0 if history is None else len(history.days),
                 "terminal_days_pooled": pooled_days,
                 "seconds": round(self._clock() - started, 3),
+                "seconds_in_rounds": spent,
             },
         )
         log.info(
-            "run %s: proposed %s model sha256=%s after %d rounds (%d replayed)",
+            "run %s: proposed %s model sha256=%s after %d rounds (%d replayed); in the rounds, %.1f s of "
+            "this node's own work (compute %.1f, mask and encrypt %.1f, decrypt %.1f) and %.1f s waiting "
+            "for the consortium",
             run.run_id, run.model, digest[:16], runner.ledger.rounds, channel.stats.replayed,
+            spent["compute"] + spent["encrypt"] + spent["decrypt"], spent["compute"], spent["encrypt"],
+            spent["decrypt"], spent["wait"],
         )
         return RunOutcome(run.run_id, PROPOSED, f"proposed {run.model} model", digest)
 

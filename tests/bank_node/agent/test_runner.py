@@ -112,6 +112,10 @@ def test_banks_propose_byte_identical_models_and_fetch_the_published_one(
         for bank in keyed_banks:
             record = bank.state.run_record(run_id) or {}
             assert record["status"] == "published" and record["matches_proposal"] is True
+            # Where the rounds' time went, within the run's time.
+            spent = record["seconds_in_rounds"]
+            assert set(spent) == {"compute", "encrypt", "decrypt", "wait"} and min(spent.values()) >= 0
+            assert spent["encrypt"] > 0 and spent["wait"] > 0 and sum(spent.values()) <= record["seconds"] + 0.01
             with open(record["model_file"], "rb") as handle:
                 assert handle.read() == proposals["bank-1"]
 
@@ -126,6 +130,7 @@ def test_banks_propose_byte_identical_models_and_fetch_the_published_one(
     # Progress at the default level: phase, rounds done of expected, tree of trees.
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"run {xgb_run}: ")]
     assert any("trees, " in line and "tree 3 of 3" in line and "of at most 7 rounds" in line for line in lines), lines
+    assert any("this node's own work (compute" in line and "waiting for the consortium" in line for line in lines)
 
 
 def test_an_agent_restarted_mid_run_replays_and_still_agrees(
