@@ -199,8 +199,9 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
         model = consortium.api("GET", f"/v1/models/{run['model_version']}").json()
         body = consortium.api("GET", f"/v1/models/{run['model_version']}/download").content
         # Each agent's own account of the rounds: its work, and its waiting for the others.
-        spent = {bank: (StateDir(consortium.state_dir(bank)).run_record(run_id) or {}).get("seconds_in_rounds")
-                 for bank in banks}
+        records = {bank: StateDir(consortium.state_dir(bank)).run_record(run_id) or {} for bank in banks}
+        spent = {bank: None if "seconds_in_rounds" not in record else
+                 {**record["seconds_in_rounds"], "cpu": record.get("cpu_seconds")} for bank, record in records.items()}
         return http_phases(run, model["created_at"]), wall, body, model, spent
     finally:
         consortium.stop(*agents)
@@ -293,7 +294,8 @@ def main() -> None:
     if accounts:
         own = np.mean([a["compute"] + a["encrypt"] + a["decrypt"] for a in accounts])
         print(f"an agent in the rounds (mean of {len(accounts)}): {own:.1f} s of its own work, "
-              f"{np.mean([a['wait'] for a in accounts]):.1f} s waiting for the others and the consortium")
+              f"{np.mean([a['wait'] for a in accounts]):.1f} s waiting for the others and the consortium; "
+              f"processor time over its whole run {np.mean([a['cpu'] or 0.0 for a in accounts]):.1f} s")
     write_outputs(result, args.json, args.png, plot)
 
 

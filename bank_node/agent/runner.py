@@ -486,7 +486,7 @@ class BankAgent:
             participants=run.active, quorum=self.settings.quorum, on_round=ProgressLog(run, clock=self._clock),
             on_restart=charge_restart,
         )
-        started = self._clock()
+        started, cpu_started = self._clock(), time.process_time()
         if privacy is not None and budget is not None:
             budget.charge(self.state, run.run_id, privacy)
         history, pooled_days = None, 0
@@ -533,6 +533,9 @@ class BankAgent:
                 "terminal_days_pooled": pooled_days,
                 "seconds": round(self._clock() - started, 3),
                 "seconds_in_rounds": spent,
+                # The node's processor time over the same span (its threads included): wall time
+                # on a busy machine says little of what the run cost this node.
+                "cpu_seconds": round(time.process_time() - cpu_started, 3),
             },
         )
         log.info(

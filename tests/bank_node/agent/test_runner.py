@@ -116,6 +116,7 @@ def test_banks_propose_byte_identical_models_and_fetch_the_published_one(
             spent = record["seconds_in_rounds"]
             assert set(spent) == {"compute", "encrypt", "decrypt", "wait"} and min(spent.values()) >= 0
             assert spent["encrypt"] > 0 and spent["wait"] > 0 and sum(spent.values()) <= record["seconds"] + 0.01
+            assert record["cpu_seconds"] > 0
             with open(record["model_file"], "rb") as handle:
                 assert handle.read() == proposals["bank-1"]
 
