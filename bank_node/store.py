@@ -536,14 +536,10 @@ class _DriverStatements:
 
     def changes(self, since: int, limit: int) -> list[tuple[Any, ...]]:
         """:meth:`TransactionStore.changes`' rows, timestamps as nanoseconds since 1970."""
-        pooled = self.engine.raw_connection()
-        try:
-            compiled = self._changes_compiled
-            params = compiled.construct_params({"since": since, "limit": limit})
-            rows = pooled.cursor().execute(self._changes, [params[name] for name in compiled.positiontup]).fetchall()
-            pooled.rollback()  # end the read transaction the driver may have begun
-        finally:
-            pooled.close()
+        compiled = self._changes_compiled
+        params = compiled.construct_params({"since": since, "limit": limit})
+        with self._reading() as cursor:
+            rows = cursor.execute(self._changes, [params[name] for name in compiled.positiontup]).fetchall()
         stamps = (self.read_micros([row[1] for row in rows]) * 1000).tolist()
         return [(row[0], stamp, *row[2:]) for row, stamp in zip(rows, stamps, strict=True)]
 
@@ -551,30 +547,33 @@ class _DriverStatements:
         """:meth:`TransactionStore.recent` through the driver, timestamps read by numpy all at
         once (through SQLAlchemy, 446,000 rows took 9 s: a scoring worker's start, and the pause
         of the request that follows a large ingest)."""
-        pooled = self.engine.raw_connection()
-        try:
-            cursor = pooled.cursor()
+        with self._reading() as cursor:
             # The version first: every write it counts is committed, so the rows read after it
             # hold them all (and perhaps later ones, which the reader's applying tolerates).
             version = int(cursor.execute(self._version).fetchone()[0])
             rows = cursor.execute(self._recent, (self.bind_timestamp(since),)).fetchall()
-            pooled.rollback()
-        finally:
-            pooled.close()
-        frame = pd.DataFrame.from_records(rows, columns=_NAMES)
-        frame["timestamp"] = self.read_micros(frame["timestamp"].tolist()).view("datetime64[us]")
-        return _typed(frame), version
+        return self._frame(rows), version
 
     def between(self, start: datetime, end: datetime) -> pd.DataFrame:
         """:meth:`TransactionStore.between` through the driver, timestamps read by numpy all at
         once (through SQLAlchemy's rows and its processor, a week of a bank's 80,000 rows took
         most of a second of an agent's start; five agents share two cores)."""
+        with self._reading() as cursor:
+            rows = cursor.execute(self._between, (self.bind_timestamp(start), self.bind_timestamp(end))).fetchall()
+        return self._frame(rows)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A driver cursor for reads; the read transaction the driver may begin is ended after."""
         pooled = self.engine.raw_connection()
         try:
-            rows = pooled.cursor().execute(self._between, (self.bind_timestamp(start), self.bind_timestamp(end))).fetchall()
+            yield pooled.cursor()
             pooled.rollback()
         finally:
             pooled.close()
+
+    def _frame(self, rows: Sequence[Any]) -> pd.DataFrame:
+        """Rows of :data:`_COLUMNS` as the canonical frame, the stored timestamps read all at once."""
         frame = pd.DataFrame.from_records(rows, columns=_NAMES)
         frame["timestamp"] = self.read_micros(frame["timestamp"].tolist()).view("datetime64[us]")
         return _typed(frame)
