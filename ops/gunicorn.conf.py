@@ -21,12 +21,14 @@ from fedfraud.gunicorn_logs import ACCESS_LOG_FORMAT, JsonAccessLogger
 wsgi_app = "consortium.app:create_app()"
 
 bind = os.environ.get("FEDFRAUD_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("FEDFRAUD_WORKERS", "2"))
+DEFAULT_WORKERS = 2
+workers = int(os.environ.get("FEDFRAUD_WORKERS", str(DEFAULT_WORKERS)))
 #: SQLite serves one process: the aggregator's lock on its rounds is a lock of the process (SQLite
 #: has no row locks), and two workers both released the same round (the second one's sum then
-#: found the payloads purged: a 500). One worker by default there; more are refused.
+#: found the payloads purged: a 500). One worker by default there; more asked for (by
+#: FEDFRAUD_WORKERS or gunicorn's -w) are refused.
 SQLITE_WORKERS_REFUSED = (
-    "FEDFRAUD_WORKERS={workers}: the consortium's database is SQLite ({url}), which serves one worker "
+    "{asked}: the consortium's database is SQLite ({url}), which serves one worker "
     "process only; set FEDFRAUD_WORKERS=1, or FEDFRAUD_DATABASE_URL=postgresql://... for more workers"
 )
 worker_class = "gthread"
@@ -82,7 +84,9 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     url = str(app.config["DATABASE_URL"])
     if url.startswith("sqlite") and server.num_workers > 1:
         if "FEDFRAUD_WORKERS" in os.environ:
-            raise SystemExit(SQLITE_WORKERS_REFUSED.format(workers=server.num_workers, url=url))
+            raise SystemExit(SQLITE_WORKERS_REFUSED.format(asked=f"FEDFRAUD_WORKERS={server.num_workers}", url=url))
+        if server.num_workers != DEFAULT_WORKERS:  # gunicorn's own -w (or --workers)
+            raise SystemExit(SQLITE_WORKERS_REFUSED.format(asked=f"{server.num_workers} workers", url=url))
         server.log.info("SQLite database: one worker (PostgreSQL for more; see ops/README.md)")
         server.num_workers = 1
     engine = Database.engine_for(app)

@@ -50,16 +50,38 @@ def test_a_local_consortium_can_run_under_gunicorn_as_in_production(tmp_path: Pa
 
 def test_gunicorn_runs_one_worker_on_sqlite_unless_told_more_which_it_refuses(tmp_path: Path) -> None:
     """Two workers on SQLite both released the same round (its lock is the process's): the
-    production configuration runs one there by default, and refuses more, saying what to do."""
+    production configuration runs one there by default, and refuses more, saying what to do,
+    whether they are asked for by FEDFRAUD_WORKERS or by gunicorn's own -w."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFRAUD_")}
     env.update(FEDFRAUD_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", FEDFRAUD_BLOB_DIR=str(tmp_path / "blobs"),
-               FEDFRAUD_BIND=f"127.0.0.1:{free_port()}", FEDFRAUD_WORKERS="3")
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    refused = subprocess.run([str(gunicorn), "-c", str(REPO / "ops" / "gunicorn.conf.py")], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60, check=False)
-    assert refused.returncode != 0
-    assert "FEDFRAUD_WORKERS=3: the consortium's database is SQLite" in refused.stderr
-    assert "FEDFRAUD_DATABASE_URL=postgresql://" in refused.stderr and "Traceback" not in refused.stderr
+               FEDFRAUD_BIND=f"127.0.0.1:{free_port()}")
+    command = [str(Path(sys.executable).with_name("gunicorn")), "-c", str(REPO / "ops" / "gunicorn.conf.py")]
+    for extra_env, extra_args, asked in (({"FEDFRAUD_WORKERS": "3"}, [], "FEDFRAUD_WORKERS=3"), ({}, ["-w", "3"], "3 workers")):
+        refused = subprocess.run([*command, *extra_args], env={**env, **extra_env}, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode != 0
+        assert f"{asked}: the consortium's database is SQLite" in refused.stderr
+        assert "FEDFRAUD_DATABASE_URL=postgresql://" in refused.stderr and "Traceback" not in refused.stderr
+    # Nothing asked: one worker, and the log says why.
+    log = open(tmp_path / "default.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=log)
+    try:
+        def booted() -> bool:
+            assert process.poll() is None, (tmp_path / "default.log").read_text()
+            try:
+                return requests.get(f"http://{env['FEDFRAUD_BIND']}/v1/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(booted, 60, "gunicorn")
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
+                                 check=False).stdout.split()
+        assert len(workers) == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    assert "SQLite database: one worker" in (tmp_path / "default.log").read_text()
 
 
 def test_gunicorn_serves_the_consortium(tmp_path: Path) -> None:
