@@ -362,6 +362,28 @@ def test_a_retry_racing_its_original_is_refused_and_the_accepted_payload_stays(
     np.testing.assert_allclose(total, vec(10) + 2 * vec(1), atol=1e-3)
 
 
+def test_a_bank_cannot_get_another_banks_payload_removed_by_sending_a_refused_copy(
+    consortium: Any, he_key: crypto.HEScheme, app: Flask
+) -> None:
+    # Bank 2 re-sends bank 1's accepted bytes (signed as its own) after its own contribution: the
+    # copy is refused, and its clean-up must leave the file that bank 1's contribution keeps.
+    from consortium.extensions import blob_store
+    from consortium.storage.blobs import sha256_hex
+
+    run_id = consortium.open_run()["run_id"]
+    one, two, three = (consortium.bank(b) for b in ("bank-1", "bank-2", "bank-3"))
+    first = he_key.encrypt(vec(21))
+    assert one.contribute(run_id, "r", first).status_code == 201
+    assert two.contribute(run_id, "r", he_key.encrypt(vec(22))).status_code == 201
+    copy = two.contribute(run_id, "r", first)
+    assert copy.status_code == 409 and "already contributed" in copy.get_json()["message"]
+    with app.app_context():
+        assert blob_store().exists(sha256_hex(first))
+    assert three.contribute(run_id, "r", he_key.encrypt(vec(23))).status_code == 201
+    total = he_key.decrypt(one.aggregate(run_id, "r").data)
+    np.testing.assert_allclose(total, vec(21) + vec(22) + vec(23), atol=1e-3)
+
+
 def test_a_restarted_service_finishes_the_round(
     consortium: Any, he_key: crypto.HEScheme, app_config: dict[str, Any], app: Flask
 ) -> None:
