@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -19,10 +20,52 @@ from consortium.storage.database import Database
 if TYPE_CHECKING:
     from crypto.scheme import HEScheme
 
-__all__ = ["blob_store", "close_resources", "init_resources", "now", "public_context", "round_changed", "round_generation", "summer",
-           "wait_for_round_change", "write_lock"]
+__all__ = ["RecentSums", "blob_store", "close_resources", "init_resources", "key_facts_cache", "now", "public_context", "recent_sums",
+           "round_changed", "round_generation", "summer", "wait_for_round_change", "write_lock"]
 
 _KEY = "fedfraud_resources"
+
+
+class RecentSums:
+    """The last released sums, in memory: every bank of a round asks for the same sum within
+    milliseconds of its release, so it is read from disk and checked against its name once (or
+    not at all when this process made it), not once per bank.
+
+    Parameters
+    ----------
+    store
+        The blob store the sums are in (content-addressed: a digest's bytes never change).
+    entries, max_bytes
+        How many sums are kept, and the largest one kept (larger ones are read every time).
+    """
+
+    def __init__(self, store: BlobStore, *, entries: int = 8, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._store = store
+        self._entries = entries
+        self._max_bytes = max_bytes
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, digest: str, data: bytes) -> None:
+        """Keep ``data``, the blob stored as ``digest`` (the caller made or checked it)."""
+        if len(data) > self._max_bytes:
+            return
+        with self._lock:
+            self._kept[digest] = data
+            self._kept.move_to_end(digest)
+            while len(self._kept) > self._entries:
+                self._kept.popitem(last=False)
+
+    def get(self, digest: str) -> bytes:
+        """The sum stored as ``digest``: kept, or read from the store (checked) and kept."""
+        with self._lock:
+            data = self._kept.get(digest)
+            if data is not None:
+                self._kept.move_to_end(digest)
+                return data
+        data = self._store.get(digest)
+        self.keep(digest, data)
+        return data
 
 
 def init_resources(app: Flask) -> None:
@@ -37,6 +80,8 @@ def init_resources(app: Flask) -> None:
         # serialize this process's state changes. PostgreSQL relies on row locks instead.
         "write_lock": threading.RLock() if sqlite else None,
         "contexts": {},
+        "recent_sums": RecentSums(store),
+        "key_facts": {},
         "context_lock": threading.Lock(),
         "round_changes": threading.Condition(),
         "round_generation": 0,
@@ -95,6 +140,16 @@ def _resources(app: Flask | None = None) -> dict[str, Any]:
 def blob_store(app: Flask | None = None) -> BlobStore:
     """The app's content-addressed blob store."""
     return _resources(app)["blobs"]  # type: ignore[no-any-return]
+
+
+def key_facts_cache(app: Flask | None = None) -> dict[str, Any]:
+    """Key id to what a contribution needs of that key (``consortium.rounds.run_key_facts``)."""
+    return _resources(app)["key_facts"]  # type: ignore[no-any-return]
+
+
+def recent_sums(app: Flask | None = None) -> RecentSums:
+    """The app's :class:`RecentSums` (released sums, read once)."""
+    return _resources(app)["recent_sums"]  # type: ignore[no-any-return]
 
 
 def summer(app: Flask | None = None) -> Summer:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from flask import Flask, current_app
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,8 +27,10 @@ from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unproce
 from consortium.extensions import (
     blob_store,
     context_guard,
+    key_facts_cache,
     now,
     public_context,
+    recent_sums,
     round_changed,
     summer,
     write_lock,
@@ -93,12 +95,47 @@ def run_key(session: Session, run: Run) -> KeyMaterial | None:
     return key_material(session) if run.key_id is None else key_material_by_id(session, run.key_id)
 
 
+@dataclass(frozen=True)
+class KeyFacts:
+    """What a contribution needs of its run's key: its id and the digest of its public context."""
+
+    key_id: str
+    context_digest: str
+
+
+def run_key_facts(session: Session, run: Run) -> KeyFacts | None:
+    """:func:`run_key`'s id and context digest, read once per process for a run opened under a
+    named key (a key generation's record never changes); asked at every contribution."""
+    known: dict[str, KeyFacts] = key_facts_cache()
+    if run.key_id is not None and run.key_id in known:
+        return known[run.key_id]
+    material = run_key(session, run)
+    if material is None:
+        return None
+    facts = KeyFacts(key_id=material.key_id, context_digest=material.context_digest)
+    if run.key_id is not None:
+        known[run.key_id] = facts
+    return facts
+
+
 def get_run(session: Session, run_id: str) -> Run:
     """The run ``run_id``, or 404."""
     run = session.get(Run, run_id) if RUN_ID_PATTERN.match(run_id) else None
     if run is None:
         raise NotFound(f"no run {run_id!r}")
     return run
+
+
+_PARTICIPANTS: Final = select(Run.participants).where(Run.run_id == bindparam("run_id"))
+
+
+def run_participants(session: Session, run_id: str) -> list[str]:
+    """The participants of run ``run_id`` (one column, no object: the requests of every round ask
+    it to check who calls), or 404."""
+    row = session.connection().execute(_PARTICIPANTS, {"run_id": run_id}).first() if RUN_ID_PATTERN.match(run_id) else None
+    if row is None:
+        raise NotFound(f"no run {run_id!r}")
+    return list(row[0])
 
 
 def settled_round(session: Session, run_id: str, round_key: str) -> RoundRow:
@@ -132,10 +169,17 @@ class RoundProgress:
     deadline: datetime
     contributions: int
     notes: int
+    round_id: int
+    aggregate_digest: str | None
+
+    @property
+    def due(self) -> bool:
+        """Open past its deadline: to be settled before anyone is answered."""
+        return self.state == RoundState.OPEN.value and now() >= self.deadline
 
 
 _PROGRESS: Final = select(
-    RoundRow.state, RoundRow.deadline,
+    RoundRow.state, RoundRow.deadline, RoundRow.id, RoundRow.aggregate_digest,
     select(func.count()).where(Contribution.round_id == RoundRow.id).scalar_subquery(),
     select(func.count()).where(RoundNote.round_id == RoundRow.id).scalar_subquery(),
 ).where(RoundRow.run_id == bindparam("run_id"), RoundRow.round_key == bindparam("round_key"))
@@ -148,8 +192,9 @@ def round_progress(session: Session, run_id: str, round_key: str) -> RoundProgre
     if not ROUND_KEY_PATTERN.match(round_key):
         return None
     row = session.connection().execute(_PROGRESS, {"run_id": run_id, "round_key": round_key}).first()
-    return None if row is None else RoundProgress(state=row[0], deadline=row[1], contributions=int(row[2]),
-                                                  notes=int(row[3]))
+    return None if row is None else RoundProgress(state=row[0], deadline=row[1], round_id=int(row[2]),
+                                                  aggregate_digest=row[3], contributions=int(row[4]),
+                                                  notes=int(row[5]))
 
 
 def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:
@@ -217,9 +262,11 @@ def contribute(
     # A contribution that completes a large round takes the lease on its sum in the same commit,
     # so no other request or process starts that sum before the background one does.
     large = summer().is_large(len(payload) * len(expected))
-    existing = find_round(session, run_id, round_key)
-    if existing is not None and existing.state == RoundState.OPEN.value and now() >= existing.deadline:
-        settle_round(session, existing)  # too late: the round closes before this is looked at
+    seen = round_progress(session, run_id, round_key)
+    if seen is not None and seen.state == RoundState.OPEN.value and now() >= seen.deadline:
+        existing = find_round(session, run_id, round_key)
+        if existing is not None:
+            settle_round(session, existing)  # too late: the round closes before this is looked at
     # The signed payload is written (and fsync'ed) before the write lock, not under it: every
     # other bank's contribution to the round waited for it. Blobs are named by their digest, so
     # a twin written meanwhile is the same file; a refused payload's file is removed under the
@@ -297,10 +344,14 @@ def _store_contribution(
     ``large``, take the lease on the round's sum in the same commit. Returns the round, the
     ledger entry's index and whether the round is complete. The caller holds the write lock,
     and removes the blob if this raises."""
-    session.refresh(run)
+    # What can change while a run is open (cancelled, failed, a bank withdrew), read afresh under the lock.
+    session.refresh(run, ["state", "withdrawn"])
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
     current = find_round(session, run.run_id, round_key, lock=True)
+    # The round's contributors, read once under its lock: this bank's replay, and whether this
+    # contribution completes the round (nobody else adds one before the commit).
+    contributors = set() if current is None else set(contributors_of(session, current.id))
     if current is not None:
         if current.state != RoundState.OPEN.value:
             raise Conflict(
@@ -310,13 +361,10 @@ def _store_contribution(
         if now() >= current.deadline:  # still open only while its release is being made
             raise Conflict(f"round {round_key!r} of run {run.run_id!r} passed its deadline; it takes no more "
                            "contributions", state=current.state)
-        already = session.execute(
-            select(Contribution.id).where(Contribution.round_id == current.id, Contribution.bank_id == bank.bank_id)
-        ).first()
-        if already is not None:
+        if bank.bank_id in contributors:
             raise Conflict(f"bank {bank.bank_id!r} already contributed to round {round_key!r}", state=current.state)
 
-    material = run_key(session, run)
+    material = run_key_facts(session, run)
     if material is None:  # pragma: no cover - a run cannot be opened before the ceremony
         raise Conflict("no HE context has been published yet")
     context = public_context(material.context_digest)
@@ -346,20 +394,11 @@ def _store_contribution(
     privacy = run_setting(run)
     if privacy is not None:
         _record_privacy_spent(session, run, bank, round_key, privacy)
-    session.add(
-        Contribution(
-            run_id=run.run_id,
-            round_id=current.id,
-            bank_id=bank.bank_id,
-            payload_digest=digest,
-            payload_size=len(payload),
-            signature=signature,
-            received_at=now(),
-            payload_kept=True,
-        )
-    )
-    session.flush()  # the read below sees this contribution
-    complete = expected_banks(run, round_key) <= set(contributors_of(session, current.id))
+    # A row, not an object: nothing in this request reads the contribution back.
+    session.execute(insert(Contribution).values(
+        run_id=run.run_id, round_id=current.id, bank_id=bank.bank_id, payload_digest=digest,
+        payload_size=len(payload), signature=signature, received_at=now(), payload_kept=True))
+    complete = expected_banks(run, round_key) <= contributors | {bank.bank_id}
     if complete and large:
         current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
     entry = record(session, "contribution.accepted", bank_id=bank.bank_id, run_id=run.run_id,
@@ -520,7 +559,7 @@ def _judge(session: Session, locked: RoundRow, moment: datetime) -> tuple[Run, D
     """The locked round's run (freshly read), what :func:`decide` says of it, and the banks that
     contributed and that the round expects (one column read: this runs at every contribution)."""
     run = locked.run
-    session.refresh(run)
+    session.refresh(run, ["state", "withdrawn"])  # the rest of a run never changes once it is open
     contributed = set(contributors_of(session, locked.id))
     participants = set(expected_banks(run, locked.round_key))
     decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
@@ -574,12 +613,16 @@ class _SumPlan:
         return sum(size for _, _, size in self.contributions)
 
 
+_ADDENDS: Final = (select(Contribution.bank_id, Contribution.payload_digest, Contribution.payload_size)
+                   .where(Contribution.round_id == bindparam("round_id")).order_by(Contribution.bank_id))
+
+
 def _sum_plan(session: Session, current: RoundRow, dropped: set[str] | frozenset[str]) -> _SumPlan:
-    material = run_key(session, current.run)
+    material = run_key_facts(session, current.run)
     assert material is not None  # rounds exist only after the ceremony
+    addends = session.connection().execute(_ADDENDS, {"round_id": current.id}).all()
     return _SumPlan(round_id=current.id, n_values=current.n_values,
-                    contributions=tuple((row.bank_id, row.payload_digest, row.payload_size)
-                                        for row in contributions_of(session, current.id)),
+                    contributions=tuple((bank_id, digest, int(size)) for bank_id, digest, size in addends),
                     context_digest=material.context_digest, dropped=frozenset(dropped))
 
 
@@ -592,6 +635,7 @@ def _make_sum(plan: _SumPlan) -> tuple[str, int]:
                                    n_values=plan.n_values, total_bytes=plan.total_bytes,
                                    guard=context_guard())
     digest = blob_store().put(total)
+    recent_sums().keep(digest, total)  # every bank asks for it next
     logger.info("round summed", extra={"round_id": plan.round_id, "addends": len(digests), "pieces": pieces,
                                        "seconds": round(time.perf_counter() - started, 3)})
     return digest, len(total)
@@ -652,7 +696,13 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note
     """
     from crypto.signing import SignatureError, note_message, verify
 
-    current = settled_round(session, run_id, round_key)
+    # The round's state and id in one light read; settled first if its deadline passed.
+    progress = round_progress(session, run_id, round_key)
+    if progress is None or progress.due:
+        current = settled_round(session, run_id, round_key)
+        state, round_id = current.state, current.id
+    else:
+        state, round_id = progress.state, progress.round_id
     if not bank.signing_key:  # pragma: no cover - participants have keys
         raise Conflict(f"bank {bank.bank_id!r} has not registered its signing key")
     try:
@@ -660,19 +710,19 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note
     except SignatureError as exc:
         raise BadRequest(f"note refused: {exc}", {"X-Fedfraud-Signature": [str(exc)]}) from None
     with write_lock():
-        summed = set(contributors_of(session, current.id))
-        posted = {row.bank_id for row in notes_of(session, current.id)}
+        summed = set(contributors_of(session, round_id))
+        posted = {row.bank_id for row in notes_of(session, round_id)}
         try:
-            check_note(note, bank=bank.bank_id, round_key=round_key, state=current.state, summed=summed, posted=posted)
+            check_note(note, bank=bank.bank_id, round_key=round_key, state=state, summed=summed, posted=posted)
         except InvalidNoteError as exc:
             raise Unprocessable(str(exc), {"body": [str(exc)]}) from None
         except NoteError as exc:
-            raise Conflict(str(exc), state=current.state) from None
-        row = RoundNote(round_id=current.id, bank_id=bank.bank_id, note=base64.b64encode(note).decode("ascii"),
+            raise Conflict(str(exc), state=state) from None
+        row = RoundNote(round_id=round_id, bank_id=bank.bank_id, note=base64.b64encode(note).decode("ascii"),
                         signature=signature or "", posted_at=now())
         session.add(row)
         try:
-            session.commit()
+            _commit_keeping_loaded(session)  # the answer shows the row as committed, without reading it back
         except IntegrityError:
             session.rollback()
             raise Conflict(f"bank {bank.bank_id!r} already posted its note to round {round_key!r}") from None
@@ -710,20 +760,20 @@ def purge_closed_payloads(session: Session, *, round_id: int | None = None, app:
     if app.config["KEEP_CONTRIBUTION_BLOBS"]:
         return 0
     query = (
-        select(Contribution)
+        select(Contribution.id, Contribution.payload_digest)
         .join(RoundRow, Contribution.round_id == RoundRow.id)
         .where(Contribution.payload_kept.is_(True), RoundRow.state != RoundState.OPEN.value)
     )
     if round_id is not None:
         query = query.where(Contribution.round_id == round_id)
-    rows = list(session.execute(query).scalars())
+    rows = session.execute(query).all()
     if not rows:
         return 0
-    batch = {row.id for row in rows}
+    batch = {row_id for row_id, _ in rows}
     store = blob_store(app)
     deleted = 0
     # Files first, then the flags: a crash in between leaves flags that a later purge redoes.
-    digests = sorted({row.payload_digest for row in rows})
+    digests = sorted({digest for _, digest in rows})
     still_needed = set(session.execute(
         select(Contribution.payload_digest).where(
             Contribution.payload_digest.in_(digests),
@@ -734,9 +784,8 @@ def purge_closed_payloads(session: Session, *, round_id: int | None = None, app:
     for digest in digests:
         if digest not in still_needed:
             deleted += int(store.delete(digest))
-    for row in rows:
-        row.payload_kept = False
-    session.commit()
+    session.execute(update(Contribution).where(Contribution.id.in_(batch)).values(payload_kept=False))
+    _commit_keeping_loaded(session)  # the round just released is answered next, as loaded
     return deleted
 
 

@@ -39,7 +39,7 @@ from consortium.api.schemas import (
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
 from consortium.errors import Conflict, ConsortiumError, Forbidden, Unprocessable
-from consortium.extensions import blob_store, now, round_generation, wait_for_round_change
+from consortium.extensions import now, recent_sums, round_generation, wait_for_round_change
 from consortium.secure_sum import RoundState
 from consortium.storage.blobs import sha256_hex
 from consortium.storage.database import db
@@ -127,42 +127,61 @@ LONG_POLL_INTERVAL_S: Final = 0.05
 wait at once, so this bounds only how late a change made by another worker process is seen."""
 
 
-def _long_poll(run_id: str, round_key: str, done: Callable[[rounds.RoundProgress], bool], wait_s: float) -> RoundRow:
-    """Watch the round until ``done`` or ``wait_s`` seconds passed, then read it (settled if its
-    deadline passed). A change committed in this process wakes the wait at once; another
-    worker's is seen at the next look (every ``LONG_POLL_INTERVAL_S``). Each look is one light
-    read (:func:`rounds.round_progress`) and ends its read transaction, so that other workers'
-    commits are seen."""
+def _watch(run_id: str, round_key: str, done: Callable[[rounds.RoundProgress], bool],
+           wait_s: float) -> rounds.RoundProgress | None:
+    """Watch the round until ``done``, its deadline, or ``wait_s`` seconds passed; its last
+    :class:`rounds.RoundProgress` (None: no such round). A change committed in this process
+    wakes the wait at once; another worker's is seen at the next look (every
+    ``LONG_POLL_INTERVAL_S``). Each look is one light read (:func:`rounds.round_progress`) and
+    ends its read transaction, so that other workers' commits are seen."""
     deadline = time.monotonic() + wait_s
     seen = round_generation()
     progress = rounds.round_progress(db.session, run_id, round_key)
     while (progress is not None and not done(progress) and time.monotonic() < deadline
-           and not (progress.state == RoundState.OPEN.value and now() >= progress.deadline)):
+           and not progress.due):
         db.session.rollback()
         wait_for_round_change(seen, min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
         seen = round_generation()
         progress = rounds.round_progress(db.session, run_id, round_key)
-    return rounds.observed_round(db.session, run_id, round_key)
+    return progress
+
+
+def _released_sum(progress: rounds.RoundProgress | None) -> Response | None:
+    """The answer to a bank waiting for a round's sum, straight from the round's progress when it
+    is released (the common case, answered to every bank of every round); None otherwise."""
+    if progress is None or progress.state != RoundState.RELEASED.value or progress.aggregate_digest is None:
+        return None
+    return _sum_response(progress.aggregate_digest, rounds.contributors_of(db.session, progress.round_id))
 
 
 def _closed(progress: rounds.RoundProgress) -> bool:
     return progress.state != RoundState.OPEN.value
 
 
-def _sum_response(current: RoundRow, run: Run) -> Response:
-    """A released round's sum, with the banks summed in it."""
-    assert current.aggregate_digest is not None
-    response = Response(blob_store().get(current.aggregate_digest), mimetype=BINARY)
-    response.set_etag(current.aggregate_digest)
-    response.headers[CONTRIBUTORS_HEADER] = ",".join(round_view(current, run)["contributors"])
+def _sum_response(digest: str, contributors: list[str]) -> Response:
+    """A released round's sum (stored as ``digest``), with the banks summed in it."""
+    response = Response(recent_sums().get(digest), mimetype=BINARY)
+    response.set_etag(digest)
+    response.headers[CONTRIBUTORS_HEADER] = ",".join(contributors)
     return response
 
 
 def _participant(run: Run) -> str:
+    return _one_of(run.run_id, run.participants)
+
+
+def _one_of(run_id: str, participants: list[str]) -> str:
+    """The calling bank, if it is one of the run's ``participants``; else 403."""
     principal = current_principal()
-    if principal.bank_id is None or principal.bank_id not in run.participants:
-        raise Forbidden(f"only the participants of run {run.run_id!r} may do this")
+    if principal.bank_id is None or principal.bank_id not in participants:
+        raise Forbidden(f"only the participants of run {run_id!r} may do this")
     return principal.bank_id
+
+
+def _calling_participant(run_id: str) -> str:
+    """The calling bank, if the run exists (404) and the bank takes part in it (403): the run's
+    participants alone are read, for the requests every bank makes every round."""
+    return _one_of(run_id, rounds.run_participants(db.session, run_id))
 
 
 @blp.route("", methods=["POST"])
@@ -285,9 +304,12 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     spent = rounds.privacy_entry(db.session, run, bank_id, round_key)
     privacy_receipt = None if spent is None else ledger.receipt(db.session, spent)
     if query["wait"] > 0:
-        current = _long_poll(run_id, round_key, _closed, query["wait"])
-        if current.state == RoundState.RELEASED.value:
-            response = _sum_response(current, run)
+        response = _released_sum(_watch(run_id, round_key, _closed, query["wait"]))
+        current = rounds.observed_round(db.session, run_id, round_key) if response is None else current
+        if response is None and current.state == RoundState.RELEASED.value:
+            assert current.aggregate_digest is not None
+            response = _sum_response(current.aggregate_digest, rounds.contributors_of(db.session, current.id))
+        if response is not None:
             response.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
             if privacy_receipt is not None:
                 response.headers[PRIVACY_RECEIPT_HEADER] = ledger.receipt_header(privacy_receipt)
@@ -316,12 +338,16 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
 def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """The round's sum once released; 202 while open; 409 if it failed. With ``?wait=S`` an open
     round is answered when it closes or after S seconds (long poll; banks only call out)."""
+    _calling_participant(run_id)
+    answer = _released_sum(_watch(run_id, round_key, _closed, query["wait"]))
+    if answer is not None:
+        return answer
     run = rounds.get_run(db.session, run_id)
-    _participant(run)
-    current = _long_poll(run_id, round_key, _closed, query["wait"])
+    current = rounds.observed_round(db.session, run_id, round_key)
     view = round_view(current, run)
-    if current.state == RoundState.RELEASED.value:
-        return _sum_response(current, run)
+    if current.state == RoundState.RELEASED.value:  # released since it was watched
+        assert current.aggregate_digest is not None
+        return _sum_response(current.aggregate_digest, view["contributors"])
     if current.state == RoundState.FAILED.value:
         raise Conflict(
             f"round {round_key!r} failed: {current.failure_reason}",
@@ -347,8 +373,7 @@ def post_note(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """Post the bank's signed note (its self-mask seed) to a released round it is summed in. With
     ``?wait=S``, answered 200 with every note once all summed banks posted theirs (or after S s)."""
     _check_round_key(round_key)
-    run = rounds.get_run(db.session, run_id)
-    bank = get_bank(db.session, _participant(run))
+    bank = get_bank(db.session, _calling_participant(run_id))
     row = rounds.post_note(db.session, run_id=run_id, round_key=round_key, bank=bank, note=read_binary(),
                            signature=request.headers.get("X-Fedfraud-Signature"))
     if query["wait"] > 0:
@@ -364,7 +389,7 @@ def post_note(query: dict[str, Any], run_id: str, round_key: str) -> Any:
 def get_notes(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """The notes posted to a round so far, each with its bank's signature, and the banks summed.
     With ``?wait=S``, answered when every summed bank posted its note or after S seconds."""
-    _participant(rounds.get_run(db.session, run_id))
+    _calling_participant(run_id)
     return _notes_view(run_id, round_key, query["wait"])
 
 
@@ -376,14 +401,19 @@ def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
             return progress.state != RoundState.OPEN.value
         return progress.notes >= progress.contributions
 
-    current = _long_poll(run_id, round_key, complete, wait_s)
+    progress = _watch(run_id, round_key, complete, wait_s)
+    if progress is None or progress.due:  # 404, or the round's release or failure is made first
+        current = rounds.observed_round(db.session, run_id, round_key)
+        state, round_id = current.state, current.id
+    else:
+        state, round_id = progress.state, progress.round_id
     return {
         "round_key": round_key,
-        "state": current.state,
-        "summed": rounds.contributors_of(db.session, current.id),
+        "state": state,
+        "summed": rounds.contributors_of(db.session, round_id),
         "notes": [
             {"bank_id": row.bank_id, "note": row.note, "signature": row.signature}
-            for row in rounds.notes_of(db.session, current.id)
+            for row in rounds.notes_of(db.session, round_id)
         ],
     }
 
