@@ -7,6 +7,7 @@ app with :func:`consortium.app.create_app`, so settings come from the instance c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,10 @@ def serve(host: str, port: int, no_sweep: bool) -> None:
 
     app = create_app()
     configure_logging(app.config["LOG_LEVEL"])
+    # The access log (consortium.access, one JSON line a request) says what werkzeug's own line
+    # would; werkzeug keeps its warnings and errors.
+    logging.getLogger("werkzeug").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    logging.getLogger("consortium").info("aggregator serving", extra={"url": f"http://{host}:{port}"})
     scheduler = None if no_sweep else start_sweeper(app)
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)

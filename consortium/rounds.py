@@ -21,6 +21,7 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from consortium.ceremony import key_material, key_material_by_id
 from consortium.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
@@ -344,8 +345,7 @@ def _store_contribution(
     ``large``, take the lease on the round's sum in the same commit. Returns the round, the
     ledger entry's index and whether the round is complete. The caller holds the write lock,
     and removes the blob if this raises."""
-    # What can change while a run is open (cancelled, failed, a bank withdrew), read afresh under the lock.
-    session.refresh(run, ["state", "withdrawn"])
+    _reread_run_state(session, run)
     if run.state != RunState.OPEN.value:
         raise Conflict(f"run {run.run_id!r} is {run.state}; it takes no more contributions", state=run.state)
     current = find_round(session, run.run_id, round_key, lock=True)
@@ -395,9 +395,9 @@ def _store_contribution(
     if privacy is not None:
         _record_privacy_spent(session, run, bank, round_key, privacy)
     # A row, not an object: nothing in this request reads the contribution back.
-    session.execute(insert(Contribution).values(
-        run_id=run.run_id, round_id=current.id, bank_id=bank.bank_id, payload_digest=digest,
-        payload_size=len(payload), signature=signature, received_at=now(), payload_kept=True))
+    session.connection().execute(_INSERT_CONTRIBUTION, {
+        "run_id": run.run_id, "round_id": current.id, "bank_id": bank.bank_id, "payload_digest": digest,
+        "payload_size": len(payload), "signature": signature, "received_at": now(), "payload_kept": True})
     complete = expected_banks(run, round_key) <= contributors | {bank.bank_id}
     if complete and large:
         current.summing_until = now() + timedelta(seconds=SUM_LEASE_S)
@@ -412,6 +412,18 @@ def _store_contribution(
         extra={"run_id": run.run_id, "round_key": round_key, "bank_id": bank.bank_id, "digest": digest[:16], "size": len(payload)},
     )
     return current, entry, complete
+
+
+_INSERT_CONTRIBUTION: Final = insert(Contribution.__table__)  # type: ignore[arg-type]
+_RUN_STATE: Final = select(Run.state, Run.withdrawn).where(Run.run_id == bindparam("run_id"))
+
+
+def _reread_run_state(session: Session, run: Run) -> None:
+    """Read afresh what can change while a run is open (cancelled or failed, a bank withdrew),
+    under the caller's lock; the rest of a run never changes once it is open."""
+    state, withdrawn = session.connection().execute(_RUN_STATE, {"run_id": run.run_id}).one()
+    set_committed_value(run, "state", state)
+    set_committed_value(run, "withdrawn", withdrawn)
 
 
 def _commit_keeping_loaded(session: Session) -> None:
@@ -559,7 +571,7 @@ def _judge(session: Session, locked: RoundRow, moment: datetime) -> tuple[Run, D
     """The locked round's run (freshly read), what :func:`decide` says of it, and the banks that
     contributed and that the round expects (one column read: this runs at every contribution)."""
     run = locked.run
-    session.refresh(run, ["state", "withdrawn"])  # the rest of a run never changes once it is open
+    _reread_run_state(session, run)
     contributed = set(contributors_of(session, locked.id))
     participants = set(expected_banks(run, locked.round_key))
     decision = decide(contributed=contributed, participants=participants, min_banks=run.min_banks,
