@@ -3,8 +3,9 @@
 The night: 5 banks (the simulator's card shares), CKKS, 100 trees of depth 3, consortium terminal
 features with one new day to pool and one whose labels became known (the night before pooled the
 rest), then the promotion gate's
-evaluation against the current model. Over HTTP it is the real thing: an aggregator process, one
-``fedfraud bank agent`` process per bank training from its node's store (filled with
+evaluation against the current model. Over HTTP it is the real thing: the aggregator under gunicorn as in
+production (``ops/gunicorn.conf.py``, one worker on SQLite; ``--gunicorn-workers 0`` for
+werkzeug's development server), one ``fedfraud bank agent`` process per bank training from its node's store (filled with
 ``fedfraud bank ingest``). In one process it is the same algorithms in lockstep (masks, CKKS
 encryption and the aggregator's sums included, one thread).
 
@@ -14,7 +15,7 @@ from the last round to the published model. The ratio is the whole run's wall ti
 in-process time of the same work. Both models must agree.
 
 Usage: python bench/nightly.py [--banks 5] [--trees 100] [--depth 3] [--as-of 2018-08-08]
-                               [--json OUT] [--png OUT]
+                               [--gunicorn-workers 1] [--json OUT] [--png OUT]
 """
 
 from __future__ import annotations
@@ -238,10 +239,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the processes' files and logs here.")
     parser.add_argument("--database-url", default=None,
                         help="The aggregator's database (an empty one); default: SQLite in the work folder.")
-    parser.add_argument("--gunicorn-workers", type=int, default=0,
-                        help="Serve the aggregator with ops/gunicorn.conf.py and this many workers (production; "
-                             "more than 1 needs --database-url postgresql://...); "
-                             "default 0: `fedfraud consortium serve`, one process.")
+    parser.add_argument("--gunicorn-workers", type=int, default=1,
+                        help="Serve the aggregator as in production, with ops/gunicorn.conf.py and this many "
+                             "workers (more than 1 needs --database-url postgresql://...); "
+                             "0: werkzeug's development server (`fedfraud consortium serve`).")
     args = parser.parse_args()
     params = {"n_trees": args.trees, "max_depth": args.depth, "eta": 0.1, "n_bins": 256, "seed": 0}
     window = RunWindow(as_of=args.as_of, train_days=7, validation_days=7, label_delay_days=7)
