@@ -4,7 +4,8 @@ Run:  gunicorn -c ops/gunicorn.conf.py
 
 Every setting can be overridden from the environment (values below are the defaults):
 FEDFRAUD_BIND=127.0.0.1:8080, FEDFRAUD_WORKERS=2 (1 on SQLite), FEDFRAUD_THREADS=16, FEDFRAUD_TIMEOUT_S=120,
-FEDFRAUD_LOG_LEVEL=INFO. Threaded workers: a bank's long poll for a sum holds one thread (up to 30 s),
+FEDFRAUD_MAX_REQUESTS=2000 (a worker is recycled after about that many requests, unless it is the only
+one), FEDFRAUD_LOG_LEVEL=INFO. Threaded workers: a bank's long poll for a sum holds one thread (up to 30 s),
 not a whole worker. The workers' metrics are added up at /metrics through PROMETHEUS_MULTIPROC_DIR.
 The app itself reads FEDFRAUD_DATABASE_URL, FEDFRAUD_BLOB_DIR, ... (see consortium/config.py).
 """
@@ -37,8 +38,11 @@ threads = int(os.environ.get("FEDFRAUD_THREADS", "16"))
 timeout = int(os.environ.get("FEDFRAUD_TIMEOUT_S", "120"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then (bounded memory growth of the HE library).
-max_requests = 2000
+# Recycle workers now and then (bounded memory growth of the HE library), but never the only one:
+# while a recycled worker drains its requests (a bank's long poll holds one up to 30 s), nobody
+# accepts new ones, and every bank of a nightly run waited (a 100-tree run makes about 3,000
+# requests: 30 s of training became 47 s). See on_starting.
+max_requests = int(os.environ.get("FEDFRAUD_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
 limit_request_line = 4096
 limit_request_fields = 50
@@ -89,6 +93,9 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
             raise SystemExit(SQLITE_WORKERS_REFUSED.format(asked=f"{server.num_workers} workers", url=url))
         server.log.info("SQLite database: one worker (PostgreSQL for more; see ops/README.md)")
         server.num_workers = 1
+    if server.num_workers == 1 and server.cfg.max_requests:
+        server.log.info("one worker: not recycled after max_requests (it is the whole service)")
+        server.cfg.set("max_requests", 0)
     engine = Database.engine_for(app)
     try:
         upgrade(engine)

@@ -62,9 +62,11 @@ def test_gunicorn_runs_one_worker_on_sqlite_unless_told_more_which_it_refuses(tm
         assert refused.returncode != 0
         assert f"{asked}: the consortium's database is SQLite" in refused.stderr
         assert "FEDFRAUD_DATABASE_URL=postgresql://" in refused.stderr and "Traceback" not in refused.stderr
-    # Nothing asked: one worker, and the log says why.
+    # Nothing asked: one worker, and the log says why. That one worker is never recycled: while
+    # it drained its long polls, nobody would take the banks' requests.
     log = open(tmp_path / "default.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=log)
+    process = subprocess.Popen(command, env={**env, "FEDFRAUD_MAX_REQUESTS": "5"}, cwd=tmp_path, stdout=log,
+                               stderr=log)
     try:
         def booted() -> bool:
             assert process.poll() is None, (tmp_path / "default.log").read_text()
@@ -73,10 +75,17 @@ def test_gunicorn_runs_one_worker_on_sqlite_unless_told_more_which_it_refuses(tm
             except requests.RequestException:
                 return False
 
+        def workers() -> list[str]:
+            return subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+
         wait_for(booted, 60, "gunicorn")
-        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
-                                 check=False).stdout.split()
-        assert len(workers) == 1
+        first = workers()
+        assert len(first) == 1
+        with requests.Session() as session:
+            for _ in range(250):  # past FEDFRAUD_MAX_REQUESTS and its jitter (up to 200)
+                assert session.get(f"http://{env['FEDFRAUD_BIND']}/v1/health", timeout=10).status_code == 200
+        assert workers() == first
     finally:
         process.terminate()
         process.wait(timeout=30)
