@@ -127,6 +127,27 @@ def get_run(session: Session, run_id: str) -> Run:
     return run
 
 
+@dataclass(frozen=True)
+class Signer:
+    """A bank as its signed messages need it: its id and registered signing key (None before
+    it registered one)."""
+
+    bank_id: str
+    signing_key: str | None
+
+
+_SIGNER: Final = select(Bank.bank_id, Bank.signing_key).where(Bank.bank_id == bindparam("bank_id"))
+
+
+def signer(session: Session, bank_id: str) -> Signer:
+    """Bank ``bank_id``'s :class:`Signer` (two columns, no object: asked at every contribution
+    and note), or 404."""
+    row = session.connection().execute(_SIGNER, {"bank_id": bank_id}).first()
+    if row is None:  # pragma: no cover - participants are enrolled banks
+        raise NotFound(f"no bank {bank_id!r}")
+    return Signer(bank_id=row[0], signing_key=row[1])
+
+
 _PARTICIPANTS: Final = select(Run.participants).where(Run.run_id == bindparam("run_id"))
 
 
@@ -206,7 +227,7 @@ def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = Fa
     return session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-def _verify_contribution_signature(bank: Bank, run_id: str, round_key: str, payload: bytes, signature: str | None) -> None:
+def _verify_contribution_signature(bank: Signer, run_id: str, round_key: str, payload: bytes, signature: str | None) -> None:
     from crypto.signing import SignatureError, contribution_message, verify
 
     if not bank.signing_key:
@@ -255,9 +276,7 @@ def contribute(
         raise Forbidden(f"bank {bank_id!r} withdrew from run {run_id!r}")
     if bank_id not in expected:
         raise Forbidden(f"round {round_key!r} leaves bank {bank_id!r} out (a restart without it)")
-    bank = session.get(Bank, bank_id)
-    if bank is None:  # pragma: no cover - participants are enrolled banks
-        raise NotFound(f"no bank {bank_id!r}")
+    bank = signer(session, bank_id)
     _verify_contribution_signature(bank, run_id, round_key, payload, signature)
 
     # A contribution that completes a large round takes the lease on its sum in the same commit,
@@ -337,7 +356,7 @@ def expected_banks(run: Run, round_key: str) -> frozenset[str]:
 
 
 def _store_contribution(
-    session: Session, run: Run, round_key: str, bank: Bank, payload: bytes, digest: str, signature: str, *,
+    session: Session, run: Run, round_key: str, bank: Signer, payload: bytes, digest: str, signature: str, *,
     large: bool,
 ) -> tuple[RoundRow, int, bool]:
     """Store the contribution (see :func:`contribute`; its payload stored already as blob
@@ -438,7 +457,7 @@ def _commit_keeping_loaded(session: Session) -> None:
         session.expire_on_commit = True
 
 
-def _record_privacy_spent(session: Session, run: Run, bank: Bank, round_key: str, privacy: RunPrivacy) -> None:
+def _record_privacy_spent(session: Session, run: Run, bank: Signer, round_key: str, privacy: RunPrivacy) -> None:
     """A ``privacy.spent`` entry at the bank's first noisy contribution to the run, and again at its
     first of each epoch the run starts over in (its sums are released again, with fresh noise)."""
     epoch = parse_round_key(round_key).epoch
@@ -698,7 +717,7 @@ def _fail(session: Session, current: RoundRow, run: Run, reason: str) -> None:
     )
 
 
-def post_note(session: Session, *, run_id: str, round_key: str, bank: Bank, note: bytes, signature: str | None) -> RoundNote:
+def post_note(session: Session, *, run_id: str, round_key: str, bank: Signer, note: bytes, signature: str | None) -> RoundNote:
     """Keep a summed bank's signed note to a released round (once per bank).
 
     Raises

@@ -373,7 +373,7 @@ def post_note(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """Post the bank's signed note (its self-mask seed) to a released round it is summed in. With
     ``?wait=S``, answered 200 with every note once all summed banks posted theirs (or after S s)."""
     _check_round_key(round_key)
-    bank = get_bank(db.session, _calling_participant(run_id))
+    bank = rounds.signer(db.session, _calling_participant(run_id))
     row = rounds.post_note(db.session, run_id=run_id, round_key=round_key, bank=bank, note=read_binary(),
                            signature=request.headers.get("X-Fedfraud-Signature"))
     if query["wait"] > 0:
