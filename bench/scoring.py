@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import requests
 from rich.console import Console
 from rich.table import Table
 
@@ -59,7 +58,7 @@ from bank_node.recent import RecentTransactions  # noqa: E402
 from bank_node.service.auth import issue_token  # noqa: E402
 from bank_node.store import TransactionStore  # noqa: E402
 from bank_node.terminal_history import PooledHistory, terminal_key  # noqa: E402
-from fedfraud.localnet import free_port, wait_for  # noqa: E402
+from fedfraud.localnet import ProcessExitedError, free_port, wait_until_serving  # noqa: E402
 from fedfraud.simulation import partition_customers  # noqa: E402
 from schemas.transaction import to_canonical  # noqa: E402
 
@@ -221,15 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                                 str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env, stdout=log, stderr=log)
     results: dict[str, Any] = {"memory": memory}
     try:
-        def ready() -> bool:
-            if service.poll() is not None:
-                raise SystemExit((workdir / "scoring-service.log").read_text()[-3000:])
-            try:
-                return requests.get(f"{url}/v1/ready", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, 300, "the scoring service")
+        try:
+            wait_until_serving(f"{url}/v1/ready", service, workdir / "scoring-service.log", 300, "the scoring service")
+        except ProcessExitedError as exc:
+            raise SystemExit(str(exc)) from None
         used = 0
 
         def take(n: int) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from bank_node.features import MODEL_INPUTS
 from bank_node.federated.xgb_export import to_xgboost_json
 from bank_node.service.auth import issue_token
 from bank_node.store import TransactionStore
-from fedfraud.localnet import FEDFRAUD, free_port, wait_for
+from fedfraud.localnet import FEDFRAUD, ProcessExitedError, free_port, wait_until_serving
 from fedfraud.simulation import SimulationConfig, partition_customers
 
 __all__ = ["score_through_the_api"]
@@ -56,15 +56,10 @@ def score_through_the_api(frame: pd.DataFrame, model: Any, config: SimulationCon
                                stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            if service.poll() is not None:
-                raise click.ClickException(f"the scoring service exited: {(out_dir / 'scoring-service.log').read_text()}")
-            try:
-                return requests.get(f"{url}/v1/ready", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(ready, 60, "the scoring service")
+        try:
+            wait_until_serving(f"{url}/v1/ready", service, out_dir / "scoring-service.log", 60, "the scoring service")
+        except ProcessExitedError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"\nbank-1's scoring service on {url}: its risk team scores held-out transactions")
         answers = []
         held_out = own[own["timestamp"] >= test_start]

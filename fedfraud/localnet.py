@@ -50,6 +50,25 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+class ProcessExitedError(RuntimeError):
+    """A process exited while it was waited for; the message ends with the tail of its log."""
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float, what: str) -> None:
+    """Wait until ``url`` answers 200; raise :class:`ProcessExitedError` at once if ``process``
+    exits first, and ``TimeoutError`` after ``timeout`` seconds."""
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise ProcessExitedError(f"{what} exited:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(answers, timeout, what, interval=0.2)
+
+
 @dataclass
 class LocalConsortium:
     """An aggregator process with its own database and blob folder under ``root``.
@@ -122,16 +141,7 @@ class LocalConsortium:
             self.process = subprocess.Popen(
                 [*launcher, "consortium", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
             )
-
-        def healthy() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"the aggregator exited:\n{(self.root / 'aggregator.log').read_text()[-3000:]}")
-            try:
-                return requests.get(f"{self.url}/v1/health", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, timeout, "the aggregator's health check", interval=0.2)
+        wait_until_serving(f"{self.url}/v1/health", self.process, self.root / "aggregator.log", timeout, "the aggregator")
 
     def start_scheduler(self, *, launcher: Sequence[str] = FEDFRAUD) -> subprocess.Popen[bytes]:
         """Start ``fedfraud consortium scheduler`` (the nightly schedule's one process)."""

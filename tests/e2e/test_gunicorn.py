@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfraud.localnet import free_port, run_cli, wait_for
+from fedfraud.localnet import free_port, run_cli, wait_for, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,18 +68,11 @@ def test_gunicorn_runs_one_worker_on_sqlite_unless_told_more_which_it_refuses(tm
     process = subprocess.Popen(command, env={**env, "FEDFRAUD_MAX_REQUESTS": "5"}, cwd=tmp_path, stdout=log,
                                stderr=log)
     try:
-        def booted() -> bool:
-            assert process.poll() is None, (tmp_path / "default.log").read_text()
-            try:
-                return requests.get(f"http://{env['FEDFRAUD_BIND']}/v1/health", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
         def workers() -> list[str]:
             return subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
                                   check=False).stdout.split()
 
-        wait_for(booted, 60, "gunicorn")
+        wait_until_serving(f"http://{env['FEDFRAUD_BIND']}/v1/health", process, tmp_path / "default.log", 60, "gunicorn")
         first = workers()
         assert len(first) == 1
         with requests.Session() as session:
@@ -202,14 +195,8 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
                              env={k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
     urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{other_port}"]
     try:
-        def ready() -> bool:
-            assert process.poll() is None and other.poll() is None, (tmp_path / "scoring.log").read_text()
-            try:
-                return all(requests.get(f"{url}/v1/ready", timeout=2).status_code == 200 for url in urls)
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, 60, "the scoring services")
+        for service, url in zip((process, other), urls, strict=True):
+            wait_until_serving(f"{url}/v1/ready", service, tmp_path / "scoring.log", 60, "the scoring service")
         answers = []
         for i, tx in enumerate(as_json(chosen)):
             response = requests.post(f"{urls[i % 2]}/v1/score", json=tx, timeout=10,

@@ -16,7 +16,7 @@ import xgboost as xgb
 from bank_node.agent.state import StateDir
 from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
 from bank_node.generator import generate_transactions
-from fedfraud.localnet import FEDFRAUD, free_port, wait_for
+from fedfraud.localnet import FEDFRAUD, free_port, wait_for, wait_until_serving
 from schemas.transaction import to_canonical
 from tests.bank_node.test_scoring_service import as_json, keep_model, scoring_node
 from tests.bank_node.test_scoring import _published
@@ -66,14 +66,7 @@ def test_no_request_fails_and_each_names_the_model_that_scored_it(tmp_path: Path
     answers: list[dict[str, Any]] = []
     failures: list[str] = []
     try:
-        def ready() -> bool:
-            assert service.poll() is None, (tmp_path / "service.log").read_text()
-            try:
-                return requests.get(f"{url}/v1/ready", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(ready, 60, "the scoring service")
+        wait_until_serving(f"{url}/v1/ready", service, tmp_path / "service.log", 60, "the scoring service")
         queue = as_json(week)
         lock = threading.Lock()
 
