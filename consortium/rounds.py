@@ -219,6 +219,16 @@ def round_progress(session: Session, run_id: str, round_key: str) -> RoundProgre
                                                   notes=int(row[5]))
 
 
+def settled_state(session: Session, run_id: str, round_key: str,
+                  progress: RoundProgress | None) -> tuple[str, int]:
+    """The round's state and id from its ``progress`` as just read; when there was none (404) or
+    its deadline passed, from :func:`settled_round` (which releases or fails it first)."""
+    if progress is None or progress.due:
+        current = settled_round(session, run_id, round_key)
+        return current.state, current.id
+    return progress.state, progress.round_id
+
+
 def find_round(session: Session, run_id: str, round_key: str, *, lock: bool = False) -> RoundRow | None:
     """The round ``round_key`` of a run, optionally locked for update, freshly read."""
     query = select(RoundRow).where(RoundRow.run_id == run_id, RoundRow.round_key == round_key)
@@ -283,7 +293,7 @@ def contribute(
     # so no other request or process starts that sum before the background one does.
     large = summer().is_large(len(payload) * len(expected))
     seen = round_progress(session, run_id, round_key)
-    if seen is not None and seen.state == RoundState.OPEN.value and now() >= seen.deadline:
+    if seen is not None and seen.due:
         existing = find_round(session, run_id, round_key)
         if existing is not None:
             settle_round(session, existing)  # too late: the round closes before this is looked at
@@ -433,7 +443,7 @@ def _store_contribution(
     return current, entry, complete
 
 
-_INSERT_CONTRIBUTION: Final = insert(Contribution.__table__)  # type: ignore[arg-type]
+_INSERT_CONTRIBUTION: Final = insert(Contribution.metadata.tables[Contribution.__tablename__])  # Core: a row, no object
 _RUN_STATE: Final = select(Run.state, Run.withdrawn).where(Run.run_id == bindparam("run_id"))
 
 
@@ -680,7 +690,6 @@ def _mark_released(session: Session, current: RoundRow, plan: _SumPlan, digest: 
     current.dropped = sorted(plan.dropped)
     current.summing_until = None
     current.closed_at = closed = now()
-    opened = current.opened_at
     record(session, "round.released", run_id=current.run_id,
            details={"round_key": current.round_key, "aggregate_sha256": digest, "aggregate_size": size,
                     "contributions": [{"bank_id": bank_id, "payload_sha256": payload}
@@ -689,7 +698,7 @@ def _mark_released(session: Session, current: RoundRow, plan: _SumPlan, digest: 
     _commit_keeping_loaded(session)
     round_changed()
     if (metrics := observe()) is not None:
-        metrics.round_closed("released", opened, closed)
+        metrics.round_closed("released", current.opened_at, closed)  # kept loaded by the commit
     logger.info(
         "round released",
         extra={"run_id": current.run_id, "round_key": current.round_key, "n_addends": len(plan.contributions),
@@ -727,13 +736,7 @@ def post_note(session: Session, *, run_id: str, round_key: str, bank: Signer, no
     """
     from crypto.signing import SignatureError, note_message, verify
 
-    # The round's state and id in one light read; settled first if its deadline passed.
-    progress = round_progress(session, run_id, round_key)
-    if progress is None or progress.due:
-        current = settled_round(session, run_id, round_key)
-        state, round_id = current.state, current.id
-    else:
-        state, round_id = progress.state, progress.round_id
+    state, round_id = settled_state(session, run_id, round_key, round_progress(session, run_id, round_key))
     if not bank.signing_key:  # pragma: no cover - participants have keys
         raise Conflict(f"bank {bank.bank_id!r} has not registered its signing key")
     try:

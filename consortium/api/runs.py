@@ -146,12 +146,17 @@ def _watch(run_id: str, round_key: str, done: Callable[[rounds.RoundProgress], b
     return progress
 
 
-def _released_sum(progress: rounds.RoundProgress | None) -> Response | None:
-    """The answer to a bank waiting for a round's sum, straight from the round's progress when it
-    is released (the common case, answered to every bank of every round); None otherwise."""
-    if progress is None or progress.state != RoundState.RELEASED.value or progress.aggregate_digest is None:
-        return None
-    return _sum_response(progress.aggregate_digest, rounds.contributors_of(db.session, progress.round_id))
+def _sum_or_round(run_id: str, round_key: str, wait_s: float) -> Response | RoundRow:
+    """After waiting up to ``wait_s`` for the round to close: the answer with its sum if it is
+    released (read from its progress row: the common case, every bank of every round), else the
+    round as stored (open, failed, or settled at its deadline just now; 404 if there is none)."""
+    progress = _watch(run_id, round_key, _closed, wait_s)
+    if progress is not None and progress.state == RoundState.RELEASED.value and progress.aggregate_digest:
+        return _sum_response(progress.aggregate_digest, rounds.contributors_of(db.session, progress.round_id))
+    current = rounds.observed_round(db.session, run_id, round_key)
+    if current.state == RoundState.RELEASED.value and current.aggregate_digest:  # released at its deadline
+        return _sum_response(current.aggregate_digest, rounds.contributors_of(db.session, current.id))
+    return current
 
 
 def _closed(progress: rounds.RoundProgress) -> bool:
@@ -304,16 +309,13 @@ def contribute(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     spent = rounds.privacy_entry(db.session, run, bank_id, round_key)
     privacy_receipt = None if spent is None else ledger.receipt(db.session, spent)
     if query["wait"] > 0:
-        response = _released_sum(_watch(run_id, round_key, _closed, query["wait"]))
-        current = rounds.observed_round(db.session, run_id, round_key) if response is None else current
-        if response is None and current.state == RoundState.RELEASED.value:
-            assert current.aggregate_digest is not None
-            response = _sum_response(current.aggregate_digest, rounds.contributors_of(db.session, current.id))
-        if response is not None:
-            response.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
+        answer = _sum_or_round(run_id, round_key, query["wait"])
+        if not isinstance(answer, RoundRow):
+            answer.headers[RECEIPT_HEADER] = ledger.receipt_header(receipt)
             if privacy_receipt is not None:
-                response.headers[PRIVACY_RECEIPT_HEADER] = ledger.receipt_header(privacy_receipt)
-            return response
+                answer.headers[PRIVACY_RECEIPT_HEADER] = ledger.receipt_header(privacy_receipt)
+            return answer
+        current = answer
     view = round_view(current, run)
     return {
         "receipt": receipt,
@@ -339,15 +341,10 @@ def get_aggregate(query: dict[str, Any], run_id: str, round_key: str) -> Any:
     """The round's sum once released; 202 while open; 409 if it failed. With ``?wait=S`` an open
     round is answered when it closes or after S seconds (long poll; banks only call out)."""
     _calling_participant(run_id)
-    answer = _released_sum(_watch(run_id, round_key, _closed, query["wait"]))
-    if answer is not None:
-        return answer
-    run = rounds.get_run(db.session, run_id)
-    current = rounds.observed_round(db.session, run_id, round_key)
-    view = round_view(current, run)
-    if current.state == RoundState.RELEASED.value:  # released since it was watched
-        assert current.aggregate_digest is not None
-        return _sum_response(current.aggregate_digest, view["contributors"])
+    current = _sum_or_round(run_id, round_key, query["wait"])
+    if not isinstance(current, RoundRow):
+        return current
+    view = round_view(current, rounds.get_run(db.session, run_id))
     if current.state == RoundState.FAILED.value:
         raise Conflict(
             f"round {round_key!r} failed: {current.failure_reason}",
@@ -401,12 +398,7 @@ def _notes_view(run_id: str, round_key: str, wait_s: float) -> dict[str, Any]:
             return progress.state != RoundState.OPEN.value
         return progress.notes >= progress.contributions
 
-    progress = _watch(run_id, round_key, complete, wait_s)
-    if progress is None or progress.due:  # 404, or the round's release or failure is made first
-        current = rounds.observed_round(db.session, run_id, round_key)
-        state, round_id = current.state, current.id
-    else:
-        state, round_id = progress.state, progress.round_id
+    state, round_id = rounds.settled_state(db.session, run_id, round_key, _watch(run_id, round_key, complete, wait_s))
     return {
         "round_key": round_key,
         "state": state,
