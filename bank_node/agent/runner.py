@@ -542,7 +542,7 @@ class BankAgent:
             "run %s: proposed %s model sha256=%s after %d rounds (%d replayed); in the rounds, %.1f s of "
             "this node's own work (compute %.1f, mask and encrypt %.1f, decrypt %.1f) and %.1f s waiting "
             "for the consortium",
-            run.run_id, run.model, digest[:16], runner.ledger.rounds, channel.stats.replayed,
+            run.run_id, run.model, digest[:16], ledger.rounds, channel.stats.replayed,
             spent["compute"] + spent["encrypt"] + spent["decrypt"], spent["compute"], spent["encrypt"],
             spent["decrypt"], spent["wait"],
         )
