@@ -38,6 +38,7 @@ def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def _sign_in(page: Any, site: str, token: str) -> None:
     page.goto(f"{site}/compliance/ledger")
     assert "/compliance/sign-in" in page.url
     page.get_by_label("Compliance token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
 
 
 def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
@@ -89,13 +91,13 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     assert "bank token" in page.locator("#sign-in-error").inner_text()
     _shot(page, "sign-in-refused")
     _sign_in(page, site, compliance_token)
-    assert page.url.endswith("/compliance/ledger?") or page.url.endswith("/compliance/ledger")
+    expect(page).to_have_url(re.compile(r"/compliance/ledger\??$"))
     banner = page.locator("#verification")
     assert banner.get_attribute("role") == "status"
     assert f"verified up to entry {total - 1}" in banner.inner_text()
     _shot(page, "ledger")
     rows = page.locator("#entries tbody tr")
-    assert rows.count() == min(total, 100)
+    expect(rows).to_have_count(min(total, 100))
     # The service's clock says 2025-03-01 02:00 UTC: 11:00 in Tokyo, with the UTC text as the title.
     first_time = rows.first.locator("time")
     assert first_time.inner_text().startswith("2025-03-01 11:00:00")
@@ -107,9 +109,12 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
 
     page.get_by_label("Bank").fill("bank-2")
     page.get_by_label("Event").select_option("contribution.accepted")
+    # A click that navigates does not wait for the new page: the checks after it retry until it is there.
     page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"bank_id=bank-2&event=contribution\.accepted"))
     filtered = page.locator("#entries tbody tr")
-    assert filtered.count() == 1 and "bank-2" in filtered.first.inner_text()
+    expect(filtered).to_have_count(1)
+    assert "bank-2" in filtered.first.inner_text()
     assert "1 entries match the filters" in page.locator("#entries caption").inner_text()
     _shot(page, "ledger-filtered")
 
@@ -139,12 +144,12 @@ def test_a_compliance_officer_signs_in_browses_filters_exports_and_signs_out(
     page.get_by_role("link", name="v1").click()
     _shot(page, "lineage")
     assert run_id in page.locator(".facts").inner_text()
-    assert page.locator("#rounds tbody tr").count() == 3
+    expect(page.locator("#rounds tbody tr")).to_have_count(3)
 
     page.get_by_role("button", name="Sign out").click()
-    assert "/compliance/sign-in" in page.url
+    expect(page).to_have_url(re.compile(r"/compliance/sign-in"))
     page.goto(f"{site}/compliance/banks")
-    assert "/compliance/sign-in" in page.url
+    expect(page).to_have_url(re.compile(r"/compliance/sign-in"))
     context.close()
 
 
