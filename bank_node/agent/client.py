@@ -15,7 +15,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -215,6 +215,12 @@ class ConsortiumClient:
         """``GET /v1/ledger/proofs/inclusion``: the proof that entry ``index`` is in the log of
         ``size`` entries, with that size's checkpoint."""
         return dict(self._json("GET", "/v1/ledger/proofs/inclusion", params={"index": index, "size": size}))
+
+    def ledger_inclusions(self, indices: Sequence[int], size: int) -> dict[str, Any]:
+        """``POST /v1/ledger/proofs/inclusions``: the proofs that each of ``indices`` (at most
+        1,000) is in the log of ``size`` entries, in the order asked, with that size's checkpoint.
+        A consortium of a version without it answers 404 (:class:`NotFoundError`)."""
+        return dict(self._json("POST", "/v1/ledger/proofs/inclusions", json={"indices": list(indices), "size": size}))
 
     def ledger_consistency(self, old: int, new: int) -> dict[str, Any]:
         """``GET /v1/ledger/proofs/consistency``: the proof that the log of ``old`` entries is a

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.json"
 RECEIPTS = "receipts"
+PROOFS_A_REQUEST: Final = 1000
+"""Receipts confirmed by one request for their proofs (the consortium's limit)."""
 
 
 class LedgerRewrittenError(CeremonyError):
@@ -251,25 +253,52 @@ class LedgerWatch:
         receipt from one log and a watch of another (a fork) stops the agent."""
         waiting = self._waiting(since)
         for index in waiting:
-            receipt = json.loads((self.state.root / RECEIPTS / f"{index:012d}.json").read_text(encoding="utf-8"))
             if index >= new.size:
                 raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not in the log of "
                                            f"{new.size} entries the consortium now shows: the agent stops")
-            try:
-                document = self.client.ledger_inclusion(index, new.size)
-                signed = Checkpoint.from_json(document.get("checkpoint"))
-                hashes = _hashes(document)
-                if signed != new:
-                    raise CheckpointError("the proof comes with another checkpoint")
-                verify_receipt({**receipt, "proof": [base64.b64encode(h).decode() for h in hashes],
-                                "checkpoint": new.to_json()}, key)
-            except (CheckpointError, LedgerError, ValueError, TypeError) as exc:
-                raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not proven in the "
-                                           f"log the consortium now shows ({exc}): the agent stops") from None
+        for start in range(0, len(waiting), PROOFS_A_REQUEST):
+            batch = waiting[start : start + PROOFS_A_REQUEST]
+            for index, proof in zip(batch, self._inclusion_proofs(batch, new), strict=True):
+                receipt = json.loads((self.state.root / RECEIPTS / f"{index:012d}.json").read_text(encoding="utf-8"))
+                try:
+                    if isinstance(proof, CheckpointError):
+                        raise proof
+                    verify_receipt({**receipt, "proof": [base64.b64encode(h).decode() for h in proof],
+                                    "checkpoint": new.to_json()}, key)
+                except (CheckpointError, LedgerError, ValueError, TypeError) as exc:
+                    raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not proven in "
+                                               f"the log the consortium now shows ({exc}): the agent stops") from None
         self._unconfirmed.clear()
         record = self._load()
         if "unconfirmed" in record:
             self._save({name: value for name, value in record.items() if name != "unconfirmed"})
+
+    def _inclusion_proofs(self, indices: list[int], new: Checkpoint) -> list[list[bytes] | CheckpointError]:
+        """The proofs that ``indices`` are in the log of ``new``, asked in one request (one per
+        entry from a consortium of a version without it); per entry, its proof's hashes, or what
+        is wrong with the answer (a proof under another checkpoint, a proof of another entry, a
+        malformed one): the caller names the entry when it stops."""
+        try:
+            document = self.client.ledger_inclusions(indices, new.size)
+        except NotFoundError:
+            return [self._proof_of(self.client.ledger_inclusion(index, new.size), index, new) for index in indices]
+        proofs = document.get("proofs")
+        if not isinstance(proofs, list) or len(proofs) != len(indices):
+            return [CheckpointError("the consortium did not answer one proof per entry asked")] * len(indices)
+        return [self._proof_of({**item, "checkpoint": document.get("checkpoint")}, index, new)
+                if isinstance(item, dict) else CheckpointError("a proof that is not an object")
+                for index, item in zip(indices, proofs, strict=True)]
+
+    @staticmethod
+    def _proof_of(document: dict[str, Any], index: int, new: Checkpoint) -> list[bytes] | CheckpointError:
+        try:
+            if Checkpoint.from_json(document.get("checkpoint")) != new:
+                return CheckpointError("the proof comes with another checkpoint")
+            if "index" in document and document["index"] != index:
+                return CheckpointError(f"the proof is of entry {document['index']}")
+            return _hashes(document)
+        except (CheckpointError, ValueError, TypeError) as exc:
+            return CheckpointError(str(exc))
 
     # ------------------------------------------------------------------------------ receipts
 

@@ -16,15 +16,18 @@ from flask_smorest import Blueprint
 from sqlalchemy import Select, func, select
 
 from consortium import ledger
+from consortium.api.bodies import json_body
 from consortium.api.schemas import (
     BankSummarySchema,
     CheckpointSchema,
     ConsistencyQuerySchema,
     ExportQuerySchema,
+    InclusionBatchSchema,
     InclusionQuerySchema,
     LedgerKeySchema,
     LedgerPageSchema,
     LedgerQuerySchema,
+    ProofBatchSchema,
     ProofSchema,
     VerificationSchema,
 )
@@ -153,6 +156,24 @@ def inclusion(query: dict[str, Any]) -> Any:
         raise Unprocessable(f"entry {query['index']} is not in a log of {size}", {"index": ["beyond the size"]})
     proof = ledger.proofs(db.session).inclusion_proof(query["index"], size)
     return {"index": query["index"], "proof": _b64(proof), "checkpoint": signed}
+
+
+@blp.route("/proofs/inclusions", methods=["POST"])
+@requires()
+@json_body
+@blp.arguments(InclusionBatchSchema)
+@blp.response(200, ProofBatchSchema)
+def inclusions(data: dict[str, Any]) -> Any:
+    """The proofs that each of ``indices`` is in the log of ``size`` entries, with that size's
+    checkpoint: what a bank asks, one request for many, when it confirms that the receipts of its
+    contributions are in the log it just accepted (a read; POST only to carry the list)."""
+    size, signed = _sized(data.get("size"))
+    beyond = [index for index in data["indices"] if index >= size]
+    if beyond:
+        raise Unprocessable(f"entries {beyond[:10]} are not in a log of {size}", {"indices": ["beyond the size"]})
+    tree = ledger.proofs(db.session)
+    return {"proofs": [{"index": index, "proof": _b64(tree.inclusion_proof(index, size))} for index in data["indices"]],
+            "checkpoint": signed}
 
 
 @blp.route("/proofs/consistency", methods=["GET"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -394,6 +395,25 @@ class InclusionQuerySchema(StrictSchema):
     size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
 
 
+MAX_PROOFS_A_REQUEST = 1000
+"""Inclusion proofs one request may ask for (a bank confirms a night's receipts in a few)."""
+
+
+def _each_once(values: list[int]) -> None:
+    repeated = sorted(value for value, times in Counter(values).items() if times > 1)
+    if repeated:
+        raise ValidationError(f"listed more than once: {repeated[:10]}")
+
+
+class InclusionBatchSchema(StrictSchema):
+    indices = fields.List(
+        fields.Integer(validate=validate.Range(min=0, max=MAX_INDEX)), required=True,
+        validate=[validate.Length(min=1, max=MAX_PROOFS_A_REQUEST),
+                  _each_once],
+        metadata={"description": f"the entries to prove (1 to {MAX_PROOFS_A_REQUEST}, each once)"})
+    size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
+
+
 class ConsistencyQuerySchema(StrictSchema):
     old = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INDEX))
     new = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
@@ -406,6 +426,18 @@ class ProofSchema(Schema):
     index = fields.Integer()
     entry = fields.String()
     old = fields.Integer()
+
+
+class IndexedProofSchema(Schema):
+    index = fields.Integer(required=True)
+    proof = fields.List(fields.String(), required=True, metadata={"description": "base64 hashes"})
+
+
+class ProofBatchSchema(Schema):
+    proofs = fields.List(fields.Nested(IndexedProofSchema), required=True,
+                         metadata={"description": "one proof per index asked for, in the order asked"})
+    checkpoint = fields.Nested(CheckpointSchema, required=True,
+                               metadata={"description": "the signed checkpoint of the tree every proof leads to"})
 
 
 class VerificationSchema(Schema):

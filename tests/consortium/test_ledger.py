@@ -23,7 +23,7 @@ import crypto
 from consortium.app import create_app
 from consortium.storage.database import Database
 from crypto.checkpoint import Checkpoint
-from crypto.merkle import Tree, leaf_hash
+from crypto.merkle import Tree, leaf_hash, verify_inclusion
 from fedfraud.cli import main
 from schemas.ledger import LedgerError, canonical_entry, verify_receipt
 from crypto.signing import contribution_message, sign
@@ -147,6 +147,52 @@ def test_proofs_let_a_bank_follow_the_log_from_one_checkpoint_to_the_next(
     check_growth(first, latest, [base64.b64decode(p) for p in proof["proof"]], key)
     beyond = consortium.client.get(f"/v1/ledger/proofs/consistency?old={latest.size + 1}", headers=bank.auth)
     assert beyond.status_code == 422
+
+
+def test_one_request_proves_many_entries_as_their_proofs_one_by_one_do(
+    consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str
+) -> None:
+    bank = consortium.bank("bank-1")
+    _run_to_publication(consortium, he_key)
+    latest = Checkpoint.from_json(consortium.client.get("/v1/ledger/checkpoint", headers=bank.auth).get_json())
+    size = latest.size - 2  # an older checkpoint than the newest, as a bank asks after its last look
+    indices = [size - 1, 0, 3, 1]
+
+    def batch(body: dict[str, Any]) -> Any:
+        return consortium.client.post("/v1/ledger/proofs/inclusions", json=body, headers=bank.auth)
+
+    answer = batch({"indices": indices, "size": size})
+    assert answer.status_code == 200, answer.get_json()
+    document = answer.get_json()
+    singles = [consortium.client.get(f"/v1/ledger/proofs/inclusion?index={i}&size={size}", headers=bank.auth).get_json()
+               for i in indices]
+    assert [p["index"] for p in document["proofs"]] == indices  # in the order asked
+    assert [p["proof"] for p in document["proofs"]] == [single["proof"] for single in singles]
+    assert document["checkpoint"] == singles[0]["checkpoint"] and document["checkpoint"]["size"] == size
+    # Each proof leads from its entry to the signed root (the checks a bank makes).
+    signed = Checkpoint.from_json(document["checkpoint"])
+    signed.verify(_public_key(consortium))
+    texts = {e["index"]: e["entry"] for e in _entries(consortium, compliance_token)}
+    for item in document["proofs"]:
+        verify_inclusion(item["index"], size, leaf_hash(texts[item["index"]].encode("utf-8")),
+                         [base64.b64decode(h) for h in item["proof"]], signed.root)
+    # The newest size when none is given.
+    assert batch({"indices": [0]}).get_json()["checkpoint"]["size"] == latest.size
+
+    # Refused, naming what is wrong, before any proof is made.
+    for body, field, words in (
+        ({"indices": [0, size], "size": size}, "indices", "not in a log of"),
+        ({"indices": [], "size": size}, "indices", "Length"),
+        ({"indices": [2, 1, 2]}, "indices", "more than once: [2]"),
+        ({"indices": list(range(1001))}, "indices", "Length"),
+        ({"indices": [-1]}, "indices", "greater than or equal to 0"),
+        ({"indices": [0], "size": latest.size + 1}, "size", "beyond the log"),
+        ({"indices": [0], "extra": 1}, "extra", "Unknown field"),
+    ):
+        refused = batch(body)
+        assert refused.status_code == 422, (body, refused.get_json())
+        assert field in refused.get_json()["errors"] and words.lower() in json.dumps(refused.get_json()).lower(), body
+    assert consortium.client.post("/v1/ledger/proofs/inclusions", json={"indices": [0]}).status_code == 401
 
 
 def test_lineage_and_bank_summaries(consortium: Consortium, he_key: crypto.HEScheme, compliance_token: str) -> None:

@@ -638,3 +638,79 @@ def test_two_rotations_at_once_both_hold_and_the_service_signs_on(aggregator: Ag
     verification = aggregator.app.test_client().get(
         "/v1/ledger/verification", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
     assert verification["ok"], verification
+
+
+def _proof_requests(aggregator: Aggregator, *, without_batches: bool = False) -> list[str]:
+    """The proof requests the served app gets from now on; ``without_batches``: it answers the
+    batch route 404, as a consortium of a version without it does."""
+    seen: list[str] = []
+    inner = aggregator.app.wsgi_app
+
+    def counting(environ: Any, start_response: Any) -> Any:
+        path = environ["PATH_INFO"]
+        if path.startswith("/v1/ledger/proofs/inclusion"):
+            seen.append(f"{environ['REQUEST_METHOD']} {path}")
+            if without_batches and path == "/v1/ledger/proofs/inclusions":
+                start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+                return [b'{"code": 404, "status": "Not Found", "message": "no such route"}']
+        return inner(environ, start_response)
+
+    aggregator.app.wsgi_app = counting  # type: ignore[method-assign]
+    return seen
+
+
+def _receipts_since_the_last_look(aggregator: Aggregator, watch: LedgerWatch, n_banks: int) -> list[int]:
+    """Entries added after the watch's last look, each kept as a receipt (as contributions' are)."""
+    for number in range(n_banks):
+        aggregator.enrol(f"bank-x{number}")
+    client = aggregator.app.test_client()
+    size = client.get("/v1/ledger/checkpoint", headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()["size"]
+    accepted = watch.checkpoint()
+    assert accepted is not None
+    indices = list(range(accepted.size, size))
+    for index in indices:
+        receipt = client.get(f"/v1/ledger/entries/{index}",
+                             headers={"Authorization": f"Bearer {aggregator.operator}"}).get_json()
+        watch._store(index, receipt)
+    return indices
+
+
+@pytest.mark.parametrize("without_batches", [False, True], ids=["one request", "older consortium: one a receipt"])
+def test_the_receipts_since_the_last_look_are_confirmed_in_one_request(
+    aggregator: Aggregator, watch: LedgerWatch, without_batches: bool
+) -> None:
+    assert watch.watch() is not None
+    indices = _receipts_since_the_last_look(aggregator, watch, 6)  # two entries a bank: 12 receipts
+    assert len(indices) == 12
+    seen = _proof_requests(aggregator, without_batches=without_batches)
+    accepted = watch.watch()
+    assert accepted is not None and accepted.size == indices[-1] + 1
+    if without_batches:
+        assert seen == ["POST /v1/ledger/proofs/inclusions"] + ["GET /v1/ledger/proofs/inclusion"] * 12
+    else:
+        assert seen == ["POST /v1/ledger/proofs/inclusions"]
+    assert watch._waiting(accepted.size) == []  # confirmed: not asked again at the next look
+    assert watch.watch() is not None and seen.count("POST /v1/ledger/proofs/inclusions") == 1
+
+
+def test_a_batch_answering_one_entrys_proof_for_another_stops_the_agent(
+    aggregator: Aggregator, watch: LedgerWatch
+) -> None:
+    """The consortium swaps two proofs in its answer (or leaves one out): the proofs no longer lead
+    from the receipted entries to the root, and the agent stops naming the first entry."""
+    assert watch.watch() is not None
+    indices = _receipts_since_the_last_look(aggregator, watch, 2)
+    inner = aggregator.app.wsgi_app
+
+    def swapping(environ: Any, start_response: Any) -> Any:
+        if environ["PATH_INFO"] != "/v1/ledger/proofs/inclusions":
+            return inner(environ, start_response)
+        document = json.loads(b"".join(inner(environ, lambda *_: None)))
+        first, second = document["proofs"][:2]
+        first["proof"], second["proof"] = second["proof"], first["proof"]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(document).encode()]
+
+    aggregator.app.wsgi_app = swapping  # type: ignore[method-assign]
+    with pytest.raises(LedgerRewrittenError, match=f"entry {indices[0]}, this bank's receipted contribution"):
+        watch.watch()
