@@ -567,6 +567,8 @@ class BankAgent:
         privacy = run_privacy(run.model, run.params)
         n_bins = DEFAULT_BINS if privacy is None else PRIVATE_BINS
 
+        featured: dict[int, Rows] = {}  # the rows with consortium features, per threshold: built once
+
         def histogram(score: Callable[[Any], Any], features: FeatureSettings) -> Any:
             if not features.consortium:
                 return validation.score_histogram(score, n_bins)
@@ -574,8 +576,10 @@ class BankAgent:
                 raise CannotTakePartError(
                     f"the baseline model {run.baseline_version} uses consortium terminal features, which this "
                     "run does not pool: open the run with consortium_features")
-            pooled = replace(history, threshold=features.threshold)
-            return validation.with_consortium_terminals(pooled, secret=terminals.key).score_histogram(score, n_bins)
+            if features.threshold not in featured:
+                pooled = replace(history, threshold=features.threshold)
+                featured[features.threshold] = validation.with_consortium_terminals(pooled, secret=terminals.key)
+            return featured[features.threshold].score_histogram(score, n_bins)
 
         histograms = [histogram(_scorer(model), terminals.settings if terminals is not None else FeatureSettings())]
         if preparation.baseline is not None:
