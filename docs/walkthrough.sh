@@ -72,9 +72,9 @@ done
 for AGENT in $AGENTS; do wait "$AGENT"; done
 
 # --- wait for the run, fetch the published model, use it -------------------------------------------
-until [ "$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN" \
+until [ "$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN?rounds=false" \
         | python -c 'import json, sys; print(json.load(sys.stdin)["state"])')" != open ]; do sleep 1; done
-VERSION=$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN" \
+VERSION=$(curl -sf -H "Authorization: Bearer $OPERATOR" "$URL/v1/runs/$RUN?rounds=false" \
     | python -c 'import json, sys; run = json.load(sys.stdin); print(run["model_version"] or sys.exit(run["failure_reason"]))')
 curl -sf -H "Authorization: Bearer $OPERATOR" -o "$WORK/model.json" "$URL/v1/models/$VERSION/download"
 echo "model version $VERSION saved to $WORK/model.json (each bank's agent keeps it too, at its next poll)"

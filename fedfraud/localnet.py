@@ -246,9 +246,10 @@ class LocalConsortium:
             raise RuntimeError(f"opening a run failed: {response.status_code} {response.text}")
         return str(response.json()["run_id"])
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        """A run's state, as the operator sees it."""
-        return dict(self.api("GET", f"/v1/runs/{run_id}").json())
+    def run(self, run_id: str, *, rounds: bool = True) -> dict[str, Any]:
+        """A run's state, as the operator sees it (``rounds=False``: without its rounds, as one
+        polling for its end asks)."""
+        return dict(self.api("GET", f"/v1/runs/{run_id}", params=None if rounds else {"rounds": "false"}).json())
 
     def released_rounds(self, run_id: str) -> int:
         """How many of the run's rounds released their sum (0 while the aggregator is down)."""

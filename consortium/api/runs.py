@@ -35,6 +35,7 @@ from consortium.api.schemas import (
     RunOpenSchema,
     RunQuerySchema,
     RunSchema,
+    RunViewQuerySchema,
 )
 from consortium.auth import current_principal, requires
 from consortium.ceremony import get_bank
@@ -86,19 +87,26 @@ def round_view(current: RoundRow, run: Run, contributors: list[str] | None = Non
     }
 
 
-def run_view(run: Run) -> dict[str, Any]:
-    """A run with its rounds."""
-    round_rows = list(db.session.execute(
-        select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars())
-    # Every round's contributors in one query (a run has hundreds of rounds; a view is polled).
-    contributors: dict[int, list[str]] = {row.id: [] for row in round_rows}
-    for round_id, bank_id in db.session.execute(
-            select(Contribution.round_id, Contribution.bank_id).where(Contribution.run_id == run.run_id)
-            .order_by(Contribution.round_id, Contribution.bank_id)):
-        if round_id in contributors:  # a round opened since the rounds were read is left to the next look
-            contributors[round_id].append(bank_id)
+def run_view(run: Run, *, with_rounds: bool = True) -> dict[str, Any]:
+    """A run with its rounds (without them, its progress still counts them: one column read)."""
+    view: dict[str, Any] = {}
+    if with_rounds:
+        round_rows = list(db.session.execute(
+            select(RoundRow).where(RoundRow.run_id == run.run_id).order_by(RoundRow.id)).scalars())
+        # Every round's contributors in one query (a run has hundreds of rounds; a view is polled).
+        contributors: dict[int, list[str]] = {row.id: [] for row in round_rows}
+        for round_id, bank_id in db.session.execute(
+                select(Contribution.round_id, Contribution.bank_id).where(Contribution.run_id == run.run_id)
+                .order_by(Contribution.round_id, Contribution.bank_id)):
+            if round_id in contributors:  # a round opened since the rounds were read is left to the next look
+                contributors[round_id].append(bank_id)
+        view["rounds"] = [round_view(row, run, contributors[row.id]) for row in round_rows]
+        released = [row.round_key for row in round_rows if row.state == RoundState.RELEASED.value]
+    else:
+        released = list(db.session.execute(
+            select(RoundRow.round_key).where(RoundRow.run_id == run.run_id,
+                                             RoundRow.state == RoundState.RELEASED.value).order_by(RoundRow.id)).scalars())
     model = publishing.model_for_run(db.session, run.run_id)
-    released = [row.round_key for row in round_rows if row.state == RoundState.RELEASED.value]
     return {
         "run_id": run.run_id,
         "model": run.model,
@@ -116,7 +124,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "rounds": [round_view(row, run, contributors[row.id]) for row in round_rows],
+        **view,
         "progress": training_progress(run.model, dict(run.params or {}), released),
         "model_version": None if model is None else model.version,
     }
@@ -254,19 +262,21 @@ def withdraw(data: dict[str, Any], run_id: str) -> Any:
 @blp.arguments(RunQuerySchema, location="query")
 @blp.response(200, RunSchema(many=True))
 def list_runs(query: dict[str, Any]) -> Any:
-    """Runs, newest first; ``?state=open`` filters."""
+    """Runs, newest first; ``?state=open`` filters, ``?rounds=false`` leaves each run's rounds out."""
     for run in runs.list_runs(db.session, "open"):
         rounds.settle_run(db.session, run)
-    return [run_view(run) for run in runs.list_runs(db.session, query.get("state"))]
+    return [run_view(run, with_rounds=query["rounds"]) for run in runs.list_runs(db.session, query.get("state"))]
 
 
 @blp.route("/<string:run_id>", methods=["GET"])
 @requires()
+@blp.arguments(RunViewQuerySchema, location="query")
 @blp.response(200, RunSchema)
-def get_run(run_id: str) -> Any:
-    """A run: state, participants, rounds (contributors, dropped banks), failure reason."""
+def get_run(query: dict[str, Any], run_id: str) -> Any:
+    """A run: state, participants, rounds (contributors, dropped banks), progress, failure reason;
+    ``?rounds=false`` leaves the rounds out."""
     run = rounds.settle_run(db.session, rounds.get_run(db.session, run_id))
-    return run_view(run)
+    return run_view(run, with_rounds=query["rounds"])
 
 
 @blp.route("/<string:run_id>/contributions/<path:round_key>", methods=["PUT"])

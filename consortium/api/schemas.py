@@ -216,8 +216,19 @@ class WaitQuerySchema(StrictSchema):
                         metadata={"description": f"long poll: seconds (at most {MAX_WAIT_S}) to wait for the round"})
 
 
+_WITH_ROUNDS = fields.Boolean(
+    load_default=True,
+    metadata={"description": "false: each run and its progress without its rounds (a run has hundreds; what a "
+                             "dashboard or script polling for the end of a run needs)"})
+
+
+class RunViewQuerySchema(StrictSchema):
+    rounds = _WITH_ROUNDS
+
+
 class RunQuerySchema(StrictSchema):
     state = fields.String(validate=validate.OneOf(("open", "completed", "rejected", "failed", "cancelled")))
+    rounds = _WITH_ROUNDS
 
 
 class RoundSchema(Schema):

@@ -130,9 +130,21 @@ def test_the_runs_progress_is_visible_from_the_consortium(consortium: Consortium
                    ("gbdt/tree-1/level-0/n5", 5)):
         for bank in consortium.banks.values():
             assert bank.contribute(run_id, key, he_key.encrypt(np.ones(n))).status_code == 201
-    progress = consortium.run(run_id)["progress"]
+    consortium.bank("bank-1").contribute(run_id, "gbdt/tree-1/level-1/n5", he_key.encrypt(np.ones(5)))  # still open
+    full = consortium.run(run_id)
+    progress = full["progress"]
     assert progress == {"phase": "trees", "rounds_released": 4, "rounds_expected": 9, "n_trees": 4, "tree": 2,
                         "epoch": 0}
+    assert len(full["rounds"]) == 5
+    # A dashboard polling the run can leave its rounds out: the rest, progress included, is the same.
+    operator = bearer(consortium.operator)
+    light = consortium.client.get(f"/v1/runs/{run_id}?rounds=false", headers=operator).get_json()
+    assert light == {name: value for name, value in full.items() if name != "rounds"}
+    listed = consortium.client.get("/v1/runs?state=open&rounds=false", headers=operator).get_json()
+    assert listed == [light]
+    assert consortium.client.get("/v1/runs?rounds=true", headers=operator).get_json()[0] == full
+    refused = consortium.client.get(f"/v1/runs/{run_id}?rounds=maybe", headers=operator)
+    assert refused.status_code == 422 and "rounds" in refused.get_json()["errors"]
 
 
 def test_a_withdrawn_bank_is_not_listed_as_dropped_from_a_failed_round(
