@@ -36,6 +36,7 @@ __all__ = [
     "EVENTS",
     "LedgerError",
     "LogVerifier",
+    "MAX_PROOFS_A_REQUEST",
     "Verification",
     "ROTATION",
     "canonical_entry",
@@ -79,6 +80,8 @@ EVENTS: Final[Mapping[str, str]] = {
 }
 
 ROTATION: Final = "ledger.key_rotated"
+MAX_PROOFS_A_REQUEST: Final = 1000
+"""Inclusion proofs one request may ask the consortium for (a bank confirms a night's receipts in a few)."""
 _ROTATION_PREFIX: Final = "fedfraud ledger key rotation v1"
 
 _KEYS: Final = ("at", "bank_id", "details", "event", "index", "model_version", "run_id")

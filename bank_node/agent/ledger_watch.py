@@ -27,7 +27,7 @@ from bank_node.agent.client import ConsortiumClient
 from bank_node.agent.errors import CeremonyError, ConsortiumError, NotFoundError, UnavailableError
 from bank_node.agent.state import StateDir
 from crypto.checkpoint import Checkpoint, CheckpointError, check_growth
-from schemas.ledger import LedgerError, check_rotation, parse_entry, verify_receipt
+from schemas.ledger import MAX_PROOFS_A_REQUEST, LedgerError, check_rotation, parse_entry, verify_receipt
 from schemas.privacy import RunPrivacy
 from schemas.round_key import parse_round_key
 
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.json"
 RECEIPTS = "receipts"
-PROOFS_A_REQUEST: Final = 1000
-"""Receipts confirmed by one request for their proofs (the consortium's limit)."""
 
 
 class LedgerRewrittenError(CeremonyError):
@@ -256,8 +254,8 @@ class LedgerWatch:
             if index >= new.size:
                 raise LedgerRewrittenError(f"entry {index}, this bank's receipted contribution, is not in the log of "
                                            f"{new.size} entries the consortium now shows: the agent stops")
-        for start in range(0, len(waiting), PROOFS_A_REQUEST):
-            batch = waiting[start : start + PROOFS_A_REQUEST]
+        for start in range(0, len(waiting), MAX_PROOFS_A_REQUEST):
+            batch = waiting[start : start + MAX_PROOFS_A_REQUEST]
             for index, proof in zip(batch, self._inclusion_proofs(batch, new), strict=True):
                 receipt = json.loads((self.state.root / RECEIPTS / f"{index:012d}.json").read_text(encoding="utf-8"))
                 try:

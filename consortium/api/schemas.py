@@ -9,6 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from schemas.errors import FedfraudInputError
 from schemas.ledger import EVENTS as LEDGER_EVENTS
+from schemas.ledger import MAX_PROOFS_A_REQUEST
 from schemas.run import MODEL_FAMILIES, RunWindowSchema, load_run_params
 from consortium.secure_sum import MIN_BANKS
 from consortium.storage.models import ID_PATTERN
@@ -406,10 +407,6 @@ class InclusionQuerySchema(StrictSchema):
     size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
 
 
-MAX_PROOFS_A_REQUEST = 1000
-"""Inclusion proofs one request may ask for (a bank confirms a night's receipts in a few)."""
-
-
 def _each_once(values: list[int]) -> None:
     repeated = sorted(value for value, times in Counter(values).items() if times > 1)
     if repeated:
@@ -419,8 +416,7 @@ def _each_once(values: list[int]) -> None:
 class InclusionBatchSchema(StrictSchema):
     indices = fields.List(
         fields.Integer(validate=validate.Range(min=0, max=MAX_INDEX)), required=True,
-        validate=[validate.Length(min=1, max=MAX_PROOFS_A_REQUEST),
-                  _each_once],
+        validate=[validate.Length(min=1, max=MAX_PROOFS_A_REQUEST), _each_once],
         metadata={"description": f"the entries to prove (1 to {MAX_PROOFS_A_REQUEST}, each once)"})
     size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
 

@@ -693,6 +693,20 @@ def test_the_receipts_since_the_last_look_are_confirmed_in_one_request(
     assert watch.watch() is not None and seen.count("POST /v1/ledger/proofs/inclusions") == 1
 
 
+def test_more_receipts_than_one_request_takes_are_asked_in_several(
+    aggregator: Aggregator, watch: LedgerWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bank_node.agent.ledger_watch as module
+
+    monkeypatch.setattr(module, "MAX_PROOFS_A_REQUEST", 5)
+    assert watch.watch() is not None
+    indices = _receipts_since_the_last_look(aggregator, watch, 6)
+    seen = _proof_requests(aggregator)
+    accepted = watch.watch()
+    assert accepted is not None and accepted.size == indices[-1] + 1
+    assert seen == ["POST /v1/ledger/proofs/inclusions"] * 3  # 12 receipts, 5 a request
+
+
 def test_a_batch_answering_one_entrys_proof_for_another_stops_the_agent(
     aggregator: Aggregator, watch: LedgerWatch
 ) -> None:
