@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-scoring clean
+.PHONY: demo test bench bench-scoring bench-nightly clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedfraud needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -31,6 +31,12 @@ bench: $(STAMP)
 bench-scoring: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/scoring.py --json $(OUT)/bench/scoring.json --png $(OUT)/bench/scoring.png
+
+# One nightly run (5 banks, CKKS, 100 trees) over HTTP against the same night in one process
+# (needs the handbook data under ../shared; ~4 min).
+bench-nightly: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/nightly.py --json $(OUT)/bench/nightly.json --png $(OUT)/bench/nightly.png
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

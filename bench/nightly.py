@@ -14,7 +14,10 @@ round (agents load their rows and features), terminal statistics, training, eval
 from the last round to the published model. The ratio is the whole run's wall time over the
 in-process time of the same work. Both models must agree.
 
-Usage: python bench/nightly.py [--banks 5] [--trees 100] [--depth 3] [--as-of 2018-08-08]
+It also prints the processor time the night took: in one process, and over HTTP the aggregator's
+and the agents' (where the gap goes: the aggregator is one process that every round waits on).
+
+Usage: make bench-nightly, or python bench/nightly.py [--banks 5] [--trees 100] [--depth 3] [--as-of 2018-08-08]
                                [--gunicorn-workers 1] [--json OUT] [--png OUT]
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -73,8 +77,9 @@ def window_json(window: RunWindow) -> dict[str, Any]:
 
 
 def in_process(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[str, Any],
-               threshold: int) -> tuple[dict[str, float], Any, dict[str, TrainingSet]]:
-    """The night in one process: seconds per phase, the model, and each bank's validation rows."""
+               threshold: int) -> tuple[dict[str, float], float, Any, dict[str, TrainingSet]]:
+    """The night in one process: seconds per phase, the processor seconds of the timed phases, the
+    model, and each bank's validation rows."""
     banks = sorted(frames)
     secret = crypto.generate("ckks")
 
@@ -88,18 +93,19 @@ def in_process(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[
     config = TerminalStatsConfig(threshold=threshold)
     tonight = {scope.days[-1], scope.labels_until - 1}  # the new day, and the one whose labels became known
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     own = {b: training_rows(frames[b], train_start=window.train_start, train_days=window.train_days) for b in banks}
     validation = {b: training_rows(frames[b], train_start=window.validation_start, train_days=window.validation_days)
                   for b in banks}
     events = {b: events_by_day(frames[b], key, scope.days) for b in banks}
     seconds["before the first round"] = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
 
     err.print("in-process: the nights before (pooling the whole period, not timed) ...")
     history = run_lockstep({b: consortium_history(events[b], secret=key, config=config, keep_below_threshold=True)
                             for b in banks}, contexts=contexts, aggregator=aggregator()).results[banks[0]]
     err.print("in-process: tonight ...")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     run_lockstep({b: nightly_pooling(events[b], stale=tonight, party_index=i, n_participants=len(banks),
                                      secret=key, config=config) for i, b in enumerate(banks)},
                  contexts=contexts, aggregator=aggregator())
@@ -119,7 +125,7 @@ def in_process(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[
                   for b in banks}, contexts=contexts, aggregator=aggregator())
     seconds["evaluation"] = time.perf_counter() - t0
     seconds["to the published model"] = 0.0
-    return seconds, model, checked
+    return seconds, cpu + time.process_time() - cpu0, model, checked
 
 
 def _moment(text: str) -> datetime:
@@ -152,9 +158,24 @@ def http_phases(run: dict[str, Any], published_at: str) -> dict[str, float]:
     return out
 
 
+def processor_seconds(pid: int) -> float:
+    """User and system processor seconds of a process and its children (gunicorn's workers)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[str, Any], root: Path, *,
               database_url: str | None = None,
-              gunicorn_workers: int = 0) -> tuple[dict[str, float], float, bytes, dict[str, Any], dict[str, Any]]:
+              gunicorn_workers: int = 0) -> tuple[dict[str, float], float, bytes, dict[str, Any], dict[str, Any], float]:
+    """The night over HTTP: seconds per phase, wall seconds, the model file and its metadata, each
+    agent's account of the rounds, and the aggregator's processor seconds over the night."""
     banks = sorted(frames)
     consortium = LocalConsortium(root=root / "consortium")
     if database_url is not None:
@@ -183,7 +204,8 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
         if consortium.run(first)["state"] != "completed":
             raise SystemExit(f"the night before failed: {consortium.run(first)}\n{consortium.agent_logs()}")
         err.print("HTTP: tonight ...")
-        t0 = time.perf_counter()
+        assert consortium.process is not None
+        t0, aggregator_cpu0 = time.perf_counter(), processor_seconds(consortium.process.pid)
         run_id = consortium.open_run("xgboost", {**params, "consortium_features": True}, window=window_json(window))
         last_report = [0.0]
 
@@ -198,6 +220,7 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
 
         wait_for(finished, 4 * 3600, f"run {run_id}", interval=0.5)
         wall = time.perf_counter() - t0
+        aggregator_cpu = processor_seconds(consortium.process.pid) - aggregator_cpu0
         run = consortium.run(run_id)  # the rounds' times give the phases
         if run["state"] != "completed":
             raise SystemExit(f"tonight's run ended {run['state']}: {run.get('failure_reason')}\n{consortium.agent_logs()}")
@@ -207,7 +230,7 @@ def over_http(frames: dict[str, pd.DataFrame], window: RunWindow, params: dict[s
         records = {bank: StateDir(consortium.state_dir(bank)).run_record(run_id) or {} for bank in banks}
         spent = {bank: None if "seconds_in_rounds" not in record else
                  {**record["seconds_in_rounds"], "cpu": record.get("cpu_seconds")} for bank, record in records.items()}
-        return http_phases(run, model["created_at"]), wall, body, model, spent
+        return http_phases(run, model["created_at"]), wall, body, model, spent, aggregator_cpu
     finally:
         consortium.stop(*agents)
 
@@ -260,15 +283,15 @@ def main() -> None:
     banks = [f"bank-{i + 1}" for i in range(args.banks)]
     frames = {b: frame[owner == i].reset_index(drop=True) for i, b in enumerate(banks)}
 
-    inprocess_s, reference, validation = in_process(frames, window, params, args.threshold)
+    inprocess_s, inprocess_cpu, reference, validation = in_process(frames, window, params, args.threshold)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        http_s, wall, body, model, spent = over_http(frames, window, params, args.workdir,
+        http_s, wall, body, model, spent, aggregator_cpu = over_http(frames, window, params, args.workdir,
                                                      database_url=args.database_url,
                                                      gunicorn_workers=args.gunicorn_workers)
     else:
         with tempfile.TemporaryDirectory(prefix="fedfraud-nightly-") as tmp:
-            http_s, wall, body, model, spent = over_http(frames, window, params, Path(tmp),
+            http_s, wall, body, model, spent, aggregator_cpu = over_http(frames, window, params, Path(tmp),
                                                          database_url=args.database_url,
                                                          gunicorn_workers=args.gunicorn_workers)
 
@@ -284,6 +307,8 @@ def main() -> None:
         "inprocess_total_s": total_inprocess, "http_wall_s": wall, "ratio": wall / total_inprocess,
         "phase_ratio": {p: (http_s[p] / inprocess_s[p] if inprocess_s[p] else None) for p in PHASES},
         "max_prediction_diff": diff, "assessment": model.get("assessment"), "agents_in_rounds_s": spent,
+        "processor_s": {"in_process": inprocess_cpu, "aggregator": aggregator_cpu,
+                        "agents": sum((a or {}).get("cpu") or 0.0 for a in spent.values())},
     }
     table = Table(title=f"one nightly run: {args.banks} banks, CKKS, {args.trees} trees of depth {args.depth}, "
                         "consortium features (one new day)")
@@ -301,6 +326,11 @@ def main() -> None:
         print(f"an agent in the rounds (mean of {len(accounts)}): {own:.1f} s of its own work, "
               f"{np.mean([a['wait'] for a in accounts]):.1f} s waiting for the others and the consortium; "
               f"processor time over its whole run {np.mean([a['cpu'] or 0.0 for a in accounts]):.1f} s")
+    used = result["processor_s"]
+    cores = psutil.cpu_count() or 1
+    print(f"processor time tonight: in one process {used['in_process']:.1f} s; over HTTP the aggregator "
+          f"{used['aggregator']:.1f} s and the agents {used['agents']:.1f} s together, "
+          f"{(used['aggregator'] + used['agents']) / (wall * cores):.0%} of this machine's {cores} cores over the night")
     write_outputs(result, args.json, args.png, plot)
 
 
