@@ -69,7 +69,6 @@ from schemas.round_key import RoundKeyError, parse_round_key
 
 __all__ = [
     "contribute",
-    "contributions_of",
     "contributors_of",
     "notes_of",
     "post_note",
@@ -518,15 +517,6 @@ def contributors_of(session: Session, round_id: int) -> list[str]:
     """The banks that contributed to a round, by bank id: one column read, no objects (asked at
     every contribution, note and long-poll answer)."""
     return list(session.connection().execute(_CONTRIBUTORS, {"round_id": round_id}).scalars())
-
-
-def contributions_of(session: Session, round_id: int) -> list[Contribution]:
-    """The contributions to a round, ordered by bank id (the order they are summed in)."""
-    return list(
-        session.execute(
-            select(Contribution).where(Contribution.round_id == round_id).order_by(Contribution.bank_id)
-        ).scalars()
-    )
 
 
 def _digest_referenced(session: Session, digest: str) -> bool:

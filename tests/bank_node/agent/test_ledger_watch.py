@@ -707,24 +707,51 @@ def test_more_receipts_than_one_request_takes_are_asked_in_several(
     assert seen == ["POST /v1/ledger/proofs/inclusions"] * 3  # 12 receipts, 5 a request
 
 
-def test_a_batch_answering_one_entrys_proof_for_another_stops_the_agent(
-    aggregator: Aggregator, watch: LedgerWatch
+def _swap_two(document: dict[str, Any], older: dict[str, Any]) -> None:
+    first, second = document["proofs"][:2]
+    first["proof"], second["proof"] = second["proof"], first["proof"]
+
+
+def _drop_one(document: dict[str, Any], older: dict[str, Any]) -> None:
+    document["proofs"].pop()
+
+
+def _relabel(document: dict[str, Any], older: dict[str, Any]) -> None:
+    first, second = document["proofs"][:2]
+    first["index"], second["index"] = second["index"], first["index"]
+
+
+def _older_checkpoint(document: dict[str, Any], older: dict[str, Any]) -> None:
+    document["checkpoint"] = older  # signed by the ledger's key, of a shorter log
+
+
+@pytest.mark.parametrize("tamper", [_swap_two, _drop_one, _relabel, _older_checkpoint],
+                         ids=["two proofs swapped", "one proof left out", "two proofs relabelled",
+                              "another checkpoint"])
+def test_a_batch_answer_that_does_not_prove_each_entry_stops_the_agent(
+    aggregator: Aggregator, watch: LedgerWatch, tamper: Callable[[dict[str, Any], dict[str, Any]], None]
 ) -> None:
-    """The consortium swaps two proofs in its answer (or leaves one out): the proofs no longer lead
-    from the receipted entries to the root, and the agent stops naming the first entry."""
-    assert watch.watch() is not None
+    """The aggregator's host rewrites the batch answer: proofs swapped, one left out, labelled with
+    another entry, or given under a validly signed checkpoint of a shorter log. Every proof must
+    lead from its own receipted entry to the checkpoint the bank just accepted: the agent stops,
+    naming the first entry it could not confirm."""
+    accepted = watch.watch()
+    assert accepted is not None
     indices = _receipts_since_the_last_look(aggregator, watch, 2)
+    client = aggregator.app.test_client()
+    operator = {"Authorization": f"Bearer {aggregator.operator}"}
+    older = client.get(f"/v1/ledger/proofs/inclusion?index=0&size={indices[-1]}", headers=operator).get_json()
     inner = aggregator.app.wsgi_app
 
-    def swapping(environ: Any, start_response: Any) -> Any:
+    def tampering(environ: Any, start_response: Any) -> Any:
         if environ["PATH_INFO"] != "/v1/ledger/proofs/inclusions":
             return inner(environ, start_response)
         document = json.loads(b"".join(inner(environ, lambda *_: None)))
-        first, second = document["proofs"][:2]
-        first["proof"], second["proof"] = second["proof"], first["proof"]
+        tamper(document, older["checkpoint"])
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(document).encode()]
 
-    aggregator.app.wsgi_app = swapping  # type: ignore[method-assign]
+    aggregator.app.wsgi_app = tampering  # type: ignore[method-assign]
     with pytest.raises(LedgerRewrittenError, match=f"entry {indices[0]}, this bank's receipted contribution"):
         watch.watch()
+    assert watch.checkpoint() == accepted  # the newer log was not accepted
