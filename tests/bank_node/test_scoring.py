@@ -54,6 +54,17 @@ def test_xgboost_scores_are_the_boosters_and_reasons_add_up_to_the_margin(rows: 
     np.testing.assert_allclose(exact.probability, booster.predict(data)[:50], rtol=0, atol=0)
     margins = booster.predict(data, output_margin=True)
     np.testing.assert_allclose(exact.contributions.sum(axis=1), margins[:50], atol=1e-5)
+    # read from the model's tables, they are XGBoost's exact TreeSHAP values
+    assert model.tables is not None
+    np.testing.assert_allclose(exact.contributions, booster.predict(data, pred_contribs=True)[:50], rtol=0, atol=1e-6)
+    # a row with a missing value is XGBoost's to attribute (it sends it its own way at each split)
+    missing = X[:5].copy()
+    missing[2, 0] = np.nan
+    gap = model.score(missing)
+    holes = xgb.DMatrix(missing, feature_names=list(MODEL_INPUTS))
+    assert gap.exact
+    np.testing.assert_array_equal(gap.contributions, booster.predict(holes, pred_contribs=True))
+    np.testing.assert_array_equal(gap.probability, booster.predict(holes))
     approx = model.score(X)  # over the limit: XGBoost's cheap approximation, which also adds up
     assert not approx.exact
     np.testing.assert_allclose(approx.probability, booster.predict(data))
