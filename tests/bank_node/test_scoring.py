@@ -54,8 +54,9 @@ def test_xgboost_scores_are_the_boosters_and_reasons_add_up_to_the_margin(rows: 
     np.testing.assert_allclose(exact.probability, booster.predict(data)[:50], rtol=0, atol=0)
     margins = booster.predict(data, output_margin=True)
     np.testing.assert_allclose(exact.contributions.sum(axis=1), margins[:50], atol=1e-5)
-    # read from the model's tables, they are XGBoost's exact TreeSHAP values
-    assert model.tables is not None
+    # read from the model's tables, they are XGBoost's exact TreeSHAP values (and the probabilities
+    # above, equal to predict's, came from the same look-ups)
+    assert model.tables is not None and model.tables.base_margin is not None
     np.testing.assert_allclose(exact.contributions, booster.predict(data, pred_contribs=True)[:50], rtol=0, atol=1e-6)
     # a row with a missing value is XGBoost's to attribute (it sends it its own way at each split)
     missing = X[:5].copy()

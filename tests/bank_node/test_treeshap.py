@@ -1,14 +1,20 @@
 """The exact contributions read from tables are XGBoost's own (``pred_contribs=True``) to float32
 rounding: on random rows and on rows placed at, just below and float32-equal to the thresholds;
 for shallow and deep trees (features tested again down a path), stumps and federated models; and
-a model the tables cannot represent is declined with its reason, never approximated."""
+a model the tables cannot represent is declined with its reason, never approximated. The
+probabilities the same look-ups give are XGBoost's bit for bit, or not given at all."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 
+import bank_node.treeshap as treeshap
+from bank_node.features import MODEL_INPUTS
 from bank_node.treeshap import ContributionTables, TablesDeclined
 
 
@@ -127,3 +133,66 @@ def test_rows_with_a_missing_value_are_refused_not_misread() -> None:
         tables.contributions(rows)
     with pytest.raises(ValueError, match="15 features"):
         tables.contributions(X[:3, :14])
+
+
+def _predict(booster: xgb.Booster, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(booster.predict(xgb.DMatrix(rows, nthread=1)))
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_the_tables_give_xgboosts_probabilities_bit_for_bit(depth: int) -> None:
+    booster, X = _booster(depth, trees=60)
+    tables = ContributionTables.of_booster(booster)
+    assert tables.base_margin is not None
+    for rows in (X, _at_thresholds(booster, X, np.random.default_rng(depth)), X[:1]):
+        probability, _ = tables.scores(rows)
+        assert probability is not None
+        np.testing.assert_array_equal(probability, _predict(booster, rows))
+
+
+@pytest.mark.slow
+def test_handbook_rows_get_xgboosts_probabilities_and_contributions(handbook_dir: Path) -> None:
+    """On the handbook's own engineered features (its reference file), a model of 100 trees of
+    depth 6 as the scoring bench trains: every probability equal, every contribution within float32."""
+    frame = pd.read_parquet(next(handbook_dir.glob("features_reference_*.parquet")))
+    X = frame[list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+    train, rows = X[: len(X) // 2], X[len(X) // 2 :][:: max(1, len(X) // 40_000)]
+    booster = xgb.train({"max_depth": 6, "objective": "binary:logistic", "nthread": 2},
+                        xgb.DMatrix(train, label=frame["TX_FRAUD"].to_numpy()[: len(train)]), 100)
+    booster.set_param({"nthread": 1})
+    tables = ContributionTables.of_booster(booster)
+    probability, contributions = tables.scores(rows)
+    assert probability is not None and len(rows) > 15_000
+    np.testing.assert_array_equal(probability, _predict(booster, rows))
+    expected = booster.predict(xgb.DMatrix(rows[:3000], nthread=1), pred_contribs=True)
+    np.testing.assert_allclose(contributions[:3000], expected, rtol=0, atol=2e-6 * np.abs(expected).max())
+
+
+def test_margins_far_out_and_other_objectives_leave_the_probability_to_xgboost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    booster, X = _booster(3)
+    tables = ContributionTables.of_booster(booster)
+    margins = booster.predict(xgb.DMatrix(X[:50], nthread=1), output_margin=True)
+    monkeypatch.setattr(treeshap, "_MARGIN_LIMIT", float(np.abs(margins).max()) / 2)
+    probability, contributions = tables.scores(X[:50])
+    assert probability is None  # some margin passed the limit: XGBoost's to transform
+    np.testing.assert_array_equal(contributions, tables.contributions(X[:50]))
+    monkeypatch.undo()
+
+    raw, _ = _booster(3, objective="binary:logitraw")
+    other = ContributionTables.of_booster(raw)
+    assert other.base_margin is None and other.scores(X[:5])[0] is None
+    np.testing.assert_allclose(other.contributions(X[:5]), _expected(raw, X[:5]), rtol=0, atol=1e-5)
+
+
+def test_a_probability_not_bit_equal_on_the_probes_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    booster, X = _booster(3)
+    exact = treeshap._sigmoid
+
+    def off(margin: np.ndarray) -> np.ndarray:
+        return np.nextafter(exact(margin), np.float32(1))  # one float32 step up
+
+    monkeypatch.setattr(treeshap, "_sigmoid", off)
+    tables = ContributionTables.of_booster(booster)
+    assert tables.base_margin is None
+    assert tables.scores(X[:5])[0] is None
