@@ -1,8 +1,9 @@
 """Exact TreeSHAP contributions of an XGBoost model, read from tables built when the model loads.
 
-XGBoost's own exact contributions (``Booster.predict(pred_contribs=True)``) cost 0.5-0.6 ms for
+XGBoost's own exact contributions (``Booster.predict(pred_contribs=True)``) cost 0.5-0.7 ms for
 one transaction of a 100-tree depth-6 model on this project's machine, a quarter of a scoring
-request, which must fit inside a card authorisation (the tables: 0.09 ms). Its cost is the path-dependent TreeSHAP
+request, which must fit inside a card authorisation (the tables: about 0.1 ms; ``bench/scoring.py``
+times both). Its cost is the path-dependent TreeSHAP
 recursion run afresh for every row. Yet the result of that recursion, for one leaf, depends on
 the transaction only through which of the conditions on the leaf's path it satisfies, feature
 by feature: at most ``2 ** depth`` cases. :class:`ContributionTables` works out every case of

@@ -17,7 +17,9 @@ features), scores, explains (exact TreeSHAP for one transaction, the approximati
 and records the transactions in the store.
 
 In-process, on the same rows' batch features: ``Booster.inplace_predict`` one row at a time
-(latency) and 1,000 rows at a time (throughput).
+(latency) and 1,000 rows at a time (throughput); and one row's exact reasons and probability
+from XGBoost (``pred_contribs``) against the tables the service reads them from
+(``bank_node/treeshap.py``), with the tables' build time and size.
 
 Usage: python bench/scoring.py [--workdir DIR] [--seconds 30] [--json OUT] [--png OUT]
 """
@@ -173,7 +175,14 @@ def locust(url: str, token: str, rows: list[dict[str, Any]], *, users: int, rate
 
 
 def in_process(booster: Any, X: np.ndarray) -> dict[str, float]:
-    """``inplace_predict`` one row at a time, and 1,000 rows at a time."""
+    """``inplace_predict`` one row at a time, and 1,000 rows at a time; and what the service adds
+    for one row's exact reasons: XGBoost's own (a DMatrix, ``pred_contribs``, ``predict``), as the
+    service did before, against the tables it builds at load (``bank_node/treeshap.py``), timed
+    row by row in turn on the same rows."""
+    import xgboost as xgb
+
+    from bank_node.treeshap import ContributionTables
+
     booster.set_param({"nthread": 1})
     single = []
     for i in range(min(3000, len(X))):
@@ -184,8 +193,29 @@ def in_process(booster: Any, X: np.ndarray) -> dict[str, float]:
     started = time.perf_counter()
     for start in range(0, len(rows), 1000):
         booster.inplace_predict(rows[start : start + 1000])
+    batch_rows_per_s = len(rows) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    tables = ContributionTables.of_booster(booster)
+    build_s = time.perf_counter() - started
+    by_xgboost, by_tables = [], []
+    for i in range(min(2000, len(X))):
+        row = X[i : i + 1]
+        started = time.perf_counter()
+        data = xgb.DMatrix(row, nthread=1)
+        booster.predict(data, pred_contribs=True, validate_features=False)
+        booster.predict(data, validate_features=False)
+        by_xgboost.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        probability, _ = tables.scores(row)
+        by_tables.append((time.perf_counter() - started) * 1e3)
+        if probability is None or probability[0] != booster.inplace_predict(row)[0]:
+            raise SystemExit(f"the tables' probability of row {i} is not XGBoost's")
     return {"p50_ms": float(np.percentile(single, 50)), "p99_ms": float(np.percentile(single, 99)),
-            "batch_rows_per_s": len(rows) / (time.perf_counter() - started)}
+            "batch_rows_per_s": batch_rows_per_s,
+            "exact_reasons_xgboost_p50_ms": float(np.percentile(by_xgboost, 50)),
+            "exact_reasons_tables_p50_ms": float(np.percentile(by_tables, 50)),
+            "tables_build_s": build_s, "tables_mib": tables.nbytes / 2**20}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +300,10 @@ def report(results: dict[str, Any], json_path: Path | None, png_path: Path | Non
     table.add_row("batch 1,000: transactions/s", f"{batch['tx_per_s']:,.0f}", f"{local['batch_rows_per_s']:,.0f}",
                   "> 20,000")
     table.add_row("batch 1,000: p50 / p99 ms", f"{batch['p50_ms']:.0f} / {batch['p99_ms']:.0f}", "", "")
+    table.add_row("one tx, exact reasons and probability: XGBoost / tables p50 ms", "",
+                  f"{local['exact_reasons_xgboost_p50_ms']:.3f} / {local['exact_reasons_tables_p50_ms']:.3f} "
+                  f"({local['exact_reasons_xgboost_p50_ms'] / local['exact_reasons_tables_p50_ms']:.1f}x)", "")
+    table.add_row("  the tables: built in s, MiB", "", f"{local['tables_build_s']:.2f}, {local['tables_mib']:.1f}", "")
     table.add_row("failed requests (all phases)", str(fixed["failures"] + top["failures"] + batch["failures"]), "", "0")
     memory = results["memory"]
     table.add_row("recent transactions in memory a worker",
