@@ -20,11 +20,10 @@ proposal, signed by its quorum of pinned members; ``bank_node/agent/runner.py``)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-
-import logging
 
 import numpy as np
 import numpy.typing as npt

@@ -3,12 +3,12 @@
 XGBoost's own exact contributions (``Booster.predict(pred_contribs=True)``) cost 0.5-0.7 ms for
 one transaction of a 100-tree depth-6 model on this project's machine, a quarter of a scoring
 request, which must fit inside a card authorisation (the tables: about 0.1 ms; ``bench/scoring.py``
-times both). Its cost is the path-dependent TreeSHAP
-recursion run afresh for every row. Yet the result of that recursion, for one leaf, depends on
-the transaction only through which of the conditions on the leaf's path it satisfies, feature
-by feature: at most ``2 ** depth`` cases. :class:`ContributionTables` works out every case of
-every leaf once, when the model loads, and a row's contributions are then table look-ups
-added up per feature (numpy, no Python loop over trees or leaves).
+times both). Its cost is the path-dependent TreeSHAP recursion run afresh for every row. Yet the
+result of that recursion, for one leaf, depends on the transaction only through which of the
+conditions on the leaf's path it satisfies, feature by feature: at most ``2 ** depth`` cases.
+:class:`ContributionTables` works out every case of every leaf once, when the model loads, and a
+row's contributions are then table look-ups added up per feature (numpy, no Python loop over
+trees or leaves).
 
 The algebra, for one leaf of value ``v`` whose path tests the distinct features ``M`` (``m`` of
 them): for a feature ``j`` of ``M``, ``z_j`` is the share of the training cover that follows the
@@ -47,8 +47,8 @@ import ctypes.util
 import json
 import logging
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -161,7 +161,6 @@ class ContributionTables:
         n = len(leaves)
         self.n_features = n_features
         self.bias = bias
-        self._slots = slots
         # For the probability: every leaf's value (leaves in tree order), and the base margin
         # (None: the probability is not given here).
         self._n_trees = n_trees
@@ -214,10 +213,10 @@ class ContributionTables:
         return len(leaves) * 2**slots * slots * 8
 
     @classmethod
-    def of_booster(cls, booster: xgb.Booster, *, budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES,
+    def of_booster(cls, booster: xgb.Booster, *, budget_bytes: int | None = None,
                    probes: int = 256, seed: int = 0) -> ContributionTables:
         """The tables of ``booster``, checked against its own ``pred_contribs`` on ``probes`` rows
-        made to cross its thresholds.
+        made to cross its thresholds (``budget_bytes``: default :data:`DEFAULT_TABLE_BUDGET_BYTES`).
 
         Raises
         ------
@@ -241,6 +240,7 @@ class ContributionTables:
             if found is None:
                 raise TablesDeclined("the model has categorical splits")
             leaves.extend(found)
+        budget_bytes = DEFAULT_TABLE_BUDGET_BYTES if budget_bytes is None else budget_bytes
         if (size := cls.table_bytes(leaves)) > budget_bytes:
             raise TablesDeclined(f"its tables would take {size / 2**20:.1f} MiB, over the budget of "
                                  f"{budget_bytes / 2**20:.1f} MiB")

@@ -4,6 +4,7 @@ model's own (XGBoost's predict, the logistic model's), and the reasons add up to
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from bank_node.agent.training import TrainingSet, prepare_run, training_rows
 from bank_node.features import MODEL_INPUTS
 from bank_node.federated.lockstep import run_lockstep
 from bank_node.generator import generate_transactions
+import bank_node.treeshap as treeshap
 from bank_node.scoring import current_model_file, load_model
 from consortium.secure_sum import SecureSum
 from fedfraud.simulation import partition_customers
@@ -77,6 +79,38 @@ def test_xgboost_scores_are_the_boosters_and_reasons_add_up_to_the_margin(rows: 
     sizes = [abs(r.contribution) for r in reasons]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == np.abs(exact.contributions[riskiest, :-1]).max()
     assert reasons[0].value == X[riskiest, MODEL_INPUTS.index(reasons[0].feature)]
+
+
+def test_a_model_whose_tables_are_declined_or_inexact_is_scored_by_xgboost(
+    rows: dict[str, TrainingSet], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ops/README.md says: a model over the tables' memory budget is explained by XGBoost, and
+    the log says why at load; tables whose probability is not XGBoost's bit for bit leave it to
+    XGBoost. Either way the answers are XGBoost's own."""
+    body = _published("xgboost", {"n_trees": 8, "max_depth": 3, "n_bins": 32}, rows)
+    X = rows["bank-1"].X[:20]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(body))
+    data = xgb.DMatrix(X, feature_names=list(MODEL_INPUTS))
+
+    monkeypatch.setattr(treeshap, "DEFAULT_TABLE_BUDGET_BYTES", 1000)
+    with caplog.at_level(logging.WARNING, logger="bank_node.scoring"):
+        declined = load_model(body, version="4", family="xgboost")
+    assert declined.tables is None
+    assert "model 4: exact reasons from XGBoost's own TreeSHAP" in caplog.text and "over the budget" in caplog.text
+    scores = declined.score(X)
+    assert scores.exact
+    np.testing.assert_array_equal(scores.contributions, booster.predict(data, pred_contribs=True))
+    np.testing.assert_array_equal(scores.probability, booster.predict(data))
+    monkeypatch.undo()
+
+    exact_sigmoid = treeshap._sigmoid
+    monkeypatch.setattr(treeshap, "_sigmoid", lambda margin: np.nextafter(exact_sigmoid(margin), np.float32(1)))
+    inexact = load_model(body, version="5", family="xgboost")
+    assert inexact.tables is not None and inexact.tables.base_margin is None  # contributions only
+    scores = inexact.score(X)
+    np.testing.assert_array_equal(scores.probability, booster.predict(data))
+    np.testing.assert_allclose(scores.contributions, booster.predict(data, pred_contribs=True), rtol=0, atol=1e-6)
 
 
 def test_logistic_scores_and_reasons_are_exact(rows: dict[str, TrainingSet]) -> None:
