@@ -174,11 +174,18 @@ def load_model(body: bytes, *, version: str, family: str,
 
 def current_model_file(state: StateDir, family: str = "xgboost") -> tuple[str, Path, dict[str, Any]] | None:
     """The model of ``family`` to score with (:meth:`StateDir.served_model`): its version, file
-    and run record; None when there is none yet."""
+    and run record; None when there is none yet.
+
+    The file is looked for where the agent keeps models in this state directory, not at the path
+    the run record holds: that path is as the agent was given it (relative to the agent's working
+    directory when its ``--state-dir`` was), and a state directory restored somewhere else holds
+    its models at new paths. The record's path is the fallback."""
     record = state.served_model(family)
     if record is None:
         return None
-    return str(record["version"]), Path(record["model_file"]), record
+    version = str(record["version"])
+    kept = state.model_path(version, family)
+    return version, kept if kept.exists() else Path(record["model_file"]), record
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

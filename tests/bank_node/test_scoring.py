@@ -135,6 +135,30 @@ def test_a_model_with_other_inputs_or_of_another_family_is_refused(rows: dict[st
         load_model(body, version="5", family="logreg")
 
 
+def test_the_model_is_found_from_another_working_directory_and_in_a_moved_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent ran as `fedfraud bank agent --state-dir node` in tmp_path: its run records hold
+    # model paths relative to that directory. The service runs elsewhere (systemd, another shell).
+    monkeypatch.chdir(tmp_path)
+    agent_state = StateDir("node")
+    agent_state.ensure()
+    path = agent_state.save_model("1", "xgboost", b'{"model": 1}')
+    agent_state.update_run("run-1", {"status": "published", "model": "xgboost", "version": "1",
+                                     "model_file": str(path), "promoted": True, "matches_proposal": True})
+    assert not path.is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    found = current_model_file(StateDir(tmp_path / "node"), "xgboost")
+    assert found is not None and found[1].read_bytes() == b'{"model": 1}'
+    # The state directory restored at another path (a backup, a new disk) serves its own copy.
+    (tmp_path / "node").rename(tmp_path / "restored")
+    found = current_model_file(StateDir(tmp_path / "restored"), "xgboost")
+    assert found is not None and found[1] == tmp_path / "restored" / "models" / "1-xgboost.json"
+    assert found[1].read_bytes() == b'{"model": 1}'
+
+
 def test_the_model_in_use_is_the_newest_promoted_one_the_agent_kept(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "node")
     state.ensure()
