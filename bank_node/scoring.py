@@ -176,16 +176,16 @@ def current_model_file(state: StateDir, family: str = "xgboost") -> tuple[str, P
     """The model of ``family`` to score with (:meth:`StateDir.served_model`): its version, file
     and run record; None when there is none yet.
 
-    The file is looked for where the agent keeps models in this state directory, not at the path
-    the run record holds: that path is as the agent was given it (relative to the agent's working
-    directory when its ``--state-dir`` was), and a state directory restored somewhere else holds
-    its models at new paths. The record's path is the fallback."""
+    The file is where the agent keeps the model of that version and family in this state
+    directory (it refuses a model published under a version or family that would name another's
+    file), not the path the run record holds: that path is as the agent was given it (relative to
+    the agent's working directory when its ``--state-dir`` was), and a state directory restored
+    somewhere else holds its models at new paths."""
     record = state.served_model(family)
     if record is None:
         return None
     version = str(record["version"])
-    kept = state.model_path(version, family)
-    return version, kept if kept.exists() else Path(record["model_file"]), record
+    return version, state.model_path(version, family), record
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

@@ -734,7 +734,7 @@ class BankAgent:
             log.error("run %s: published model %s refused: %s", run_id, info.version, problem)
             self.state.update_run(run_id, {"status": REFUSED, "version": info.version, "reason": problem})
             return None
-        path = self.state.save_model(info.version, info.model or str(record.get("model", "model")), body)
+        path = self.state.save_model(info.version, str(record["model"]), body)
         self.state.update_run(
             run_id,
             {"status": PUBLISHED, "version": info.version, "model_file": str(path), "matches_proposal": True,
@@ -755,7 +755,16 @@ class BankAgent:
 
     def _model_problem(self, run_id: str, record: dict[str, Any], info: ModelInfo, body: bytes, digest: str) -> str:
         """Why a published model must not be used, or "" if it is this bank's own proposal and a
-        quorum of pinned members signed those very bytes."""
+        quorum of pinned members signed those very bytes, published as its run's family under a
+        version this node keeps no other model as (the file it is saved to is named by both: a
+        name already used would overwrite a model the node verified, perhaps the one it serves)."""
+        if info.model and info.model != record.get("model"):
+            return f"published as a {info.model} model; this bank proposed it in a run of {record.get('model')}"
+        other = next((other_id for other_id, other in self.state.runs().items()
+                      if other_id != run_id and other.get("status") == PUBLISHED
+                      and str(other.get("version")) == str(info.version)), None)
+        if other is not None:
+            return f"version {info.version} is already this node's model of run {other}; a version names one model"
         if digest != record.get("digest"):
             return f"its sha256 {digest[:16]} differs from the model this bank proposed ({str(record.get('digest'))[:16]})"
         signers = self._pinned_signers(run_id, info, body)

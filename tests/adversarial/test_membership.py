@@ -197,6 +197,48 @@ def test_a_published_model_must_be_the_banks_own_and_signed_by_a_quorum(
     assert path.read_bytes() == MODEL and (bank.state.run_record(run_id) or {})["status"] == PUBLISHED
 
 
+@pytest.mark.parametrize("lie", ["a version already kept", "another family"])
+def test_the_host_cannot_overwrite_a_kept_model_by_the_version_or_family_it_publishes_under(
+    fake: FakeConsortium, keyed_banks: list[Bank], lie: str
+) -> None:
+    """A node keeps each model at a file named by its version and family, and serves it only if
+    the file's bytes are the ones it verified. The host publishes a later run's model (the bank's
+    own, signed by a quorum) under the version of the model the node serves, or as the other
+    family: saved, it would overwrite that file (or one of the other family), and the node would
+    refuse its own served model at its next load."""
+    bank = keyed_banks[1]
+    later = json.dumps({"learner": {"trees": [4, 5]}}).encode()
+    models = []
+    for run_id, body in (("run-x", MODEL), ("run-y", later)):
+        bank.state.update_run(run_id, {"status": "proposed", "model": "xgboost",
+                                       "digest": hashlib.sha256(body).hexdigest()})
+        fake.model_files[run_id] = body
+        models.append({"run_id": run_id, "family": "xgboost", "digest": hashlib.sha256(body).hexdigest(),
+                       "proposals": [{"bank_id": b.bank_id, "signature": b.identity.sign_proposal(run_id, body)}
+                                     for b in keyed_banks]})
+    models[0]["version"], models[1]["version"] = 1, 2
+    fake.model_files["1"], fake.model_files["2"] = MODEL, later
+    fake.models[:] = models[:1]
+    agent = _agent(bank)
+    (kept,) = agent.sync_models()
+    assert kept == bank.state.model_path("1", "xgboost") and (bank.state.served_model("xgboost") or {})["version"] == "1"
+
+    if lie == "a version already kept":
+        models[1]["version"] = 1
+        fake.model_files["1"] = later
+        reason = "version 1 is already this node's model of run run-x"
+    else:
+        models[1]["family"] = "logreg"
+        reason = "published as a logreg model; this bank proposed it in a run of xgboost"
+    fake.models[:] = models
+    assert agent.sync_models() == []
+    record = bank.state.run_record("run-y") or {}
+    assert record["status"] == REFUSED and reason in record["reason"], record
+    assert kept.read_bytes() == MODEL  # the served model's file is untouched
+    assert not bank.state.model_path("1", "logreg").exists() and not bank.state.model_path("2", "logreg").exists()
+    assert (bank.state.served_model("xgboost") or {})["run_id"] == "run-x"
+
+
 def test_removal_rotates_the_key_and_the_departed_bank_cannot_read_later_sums(
     fake: FakeConsortium, make_bank: Callable[[str], Bank]
 ) -> None:
