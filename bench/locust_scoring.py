@@ -7,6 +7,8 @@ Driven by the environment (bench/scoring.py sets it):
 - ``SCORING_RATE``: requests a second per user, sent at the times of a Poisson process (the
   users together make one Poisson stream, as independent card holders do); 0: as fast as
   answers come back;
+- ``SCORING_PATH``: unset, or ``/v1/health`` to measure the floor instead: the same service, load
+  generator and rate, each request a ``GET`` of the health endpoint (no scoring; one per row);
 - ``SCORING_LATENCIES``: where to write, at the end, every successful request's time in ms (as
   measured by locust, unrounded), the counts of successes and failures, and the seconds from the
   first request sent to the last answer.
@@ -30,6 +32,7 @@ from locust import FastHttpUser, constant, events, task
 _ROWS: list[dict[str, Any]] = json.loads(open(os.environ["SCORING_ROWS"], encoding="utf-8").read())
 _BATCH = int(os.environ.get("SCORING_BATCH", "1"))
 _RATE = float(os.environ.get("SCORING_RATE", "0"))
+_FLOOR = os.environ.get("SCORING_PATH") == "/v1/health"
 _HEADERS = {"Authorization": f"Bearer {os.environ['SCORING_TOKEN']}", "Content-Type": "application/json"}
 
 
@@ -59,6 +62,11 @@ class RiskSystem(FastHttpUser):
         body = next(_NEXT, None)
         if body is None:
             self.environment.runner.quit()
+            return
+        if _FLOOR:
+            with self.client.get("/v1/health", name="/v1/health", catch_response=True) as answer:
+                if answer.status_code != 200:
+                    answer.failure(f"{answer.status_code}: {answer.text[:200]}")
             return
         name = "/v1/score" if _BATCH == 1 else f"/v1/score [{_BATCH}]"
         with self.client.post("/v1/score", data=body, headers=_HEADERS, name=name, catch_response=True) as answer:

@@ -9,7 +9,12 @@ worker processes) on 127.0.0.1; the load: locust (``bench/locust_scoring.py``) o
 machine, sending August's transactions in time order, each once, each answer checked.
 
 Phases, each on its own slice of the stream:
-1. single transactions at a fixed 200 requests/s: latency p50 / p99;
+0. the floor: the same service, load generator and rate, each request a ``GET /v1/health``
+   (no scoring): what the client sees of gunicorn, Flask, the connections and locust itself on
+   two shared cores, whatever the scoring costs;
+1. single transactions at a fixed 200 requests/s: latency p50 / p99, as locust sees it and as
+   the service's access log times it (from the request read to the answer written), and the
+   processor time a request of the workers and of locust;
 2. single transactions as fast as answers come (closed loop): the maximum sustained rate;
 3. batches of 1,000 transactions (closed loop): transactions a second.
 Every request computes the online features (card and terminal windows, consortium terminal
@@ -30,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -150,13 +156,15 @@ def as_json(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def locust(url: str, token: str, rows: list[dict[str, Any]], *, users: int, rate: float, batch: int,
-           seconds: float, workdir: Path, name: str) -> dict[str, Any]:
-    """One locust run (headless); latencies recorded per request, as floats."""
+           seconds: float, workdir: Path, name: str, path: str | None = None) -> dict[str, Any]:
+    """One locust run (headless); latencies recorded per request, as floats; and the processor
+    time locust took, in ms a request (``path="/v1/health"``: the floor, see the locustfile)."""
     rows_file = workdir / f"{name}.rows.json"
     rows_file.write_text(json.dumps(rows))
     latencies = workdir / f"{name}.latencies.json"
     env = {**os.environ, "SCORING_TOKEN": token, "SCORING_ROWS": str(rows_file), "SCORING_BATCH": str(batch),
-           "SCORING_RATE": str(rate), "SCORING_LATENCIES": str(latencies)}
+           "SCORING_RATE": str(rate), "SCORING_LATENCIES": str(latencies), "SCORING_PATH": path or ""}
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     done = subprocess.run(
         [str(Path(sys.executable).with_name("locust")), "-f", str(REPO / "bench" / "locust_scoring.py"), "--headless",
@@ -164,6 +172,7 @@ def locust(url: str, token: str, rows: list[dict[str, Any]], *, users: int, rate
          "--loglevel", "WARNING", "--stop-timeout", "10"],
         env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
+    cpu_s = _children_cpu_s() - cpu_before
     if not latencies.exists():
         raise SystemExit(f"locust run {name} failed:\n{done.stderr[-3000:]}")
     recorded = json.loads(latencies.read_text())
@@ -171,7 +180,45 @@ def locust(url: str, token: str, rows: list[dict[str, Any]], *, users: int, rate
     ok = int(recorded["ok"])
     return {"requests": ok, "failures": int(recorded["failures"]), "seconds": recorded["seconds"],
             "rps": ok / recorded["seconds"], "p50_ms": float(np.percentile(times, 50)),
-            "p99_ms": float(np.percentile(times, 99)), "users": users, "batch": batch, "wall_s": wall}
+            "p99_ms": float(np.percentile(times, 99)), "users": users, "batch": batch, "wall_s": wall,
+            "locust_cpu_ms_per_request": cpu_s * 1e3 / max(ok + int(recorded["failures"]), 1)}
+
+
+def _children_cpu_s() -> float:
+    """Processor seconds (user and system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def workers_cpu_s(service: subprocess.Popen[bytes]) -> float:
+    """Processor seconds the service's workers have taken so far."""
+    import psutil
+
+    total = 0.0
+    for worker in psutil.Process(service.pid).children():
+        times = worker.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def served_ms(log_path: Path, offset: int, path: str) -> dict[str, float]:
+    """The service's own time for the successful requests to ``path`` that its access log holds
+    after byte ``offset``: from the request read to the answer written (gunicorn's ``duration_us``;
+    without the wait for a worker, the connection or the load generator)."""
+    time.sleep(0.5)  # the last answers' lines are written just after the answers
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        lines = log.read().splitlines()
+    durations = []
+    for line in lines:
+        if line.startswith(b"{"):
+            entry = json.loads(line)
+            if entry.get("type") == "access" and entry.get("path") == path and entry.get("status") == 200:
+                durations.append(entry["duration_us"] / 1e3)
+    if not durations:
+        raise SystemExit(f"no access line for {path} in the service's log: is its access log on?")
+    return {"requests": len(durations), "p50_ms": float(np.percentile(durations, 50)),
+            "p99_ms": float(np.percentile(durations, 99))}
 
 
 def in_process(booster: Any, X: np.ndarray) -> dict[str, float]:
@@ -266,9 +313,20 @@ def main(argv: list[str] | None = None) -> None:
 
         err.print("warming up ...")
         locust(url, node["token"], take(400), users=4, rate=0, batch=1, seconds=10, workdir=workdir, name="warmup")
+        log_file = workdir / "scoring-service.log"
+        err.print(f"the floor: GET /v1/health at 200 requests/s for {args.seconds:.0f} s ...")
+        offset = log_file.stat().st_size
+        results["floor_200"] = locust(url, node["token"], [{}] * int(200 * args.seconds), users=20, rate=10, batch=1,
+                                      seconds=args.seconds, workdir=workdir, name="floor_200", path="/v1/health")
+        results["floor_200"]["served"] = served_ms(log_file, offset, "/v1/health")
         err.print(f"phase 1: single transactions at 200 requests/s for {args.seconds:.0f} s ...")
+        offset, cpu_before = log_file.stat().st_size, workers_cpu_s(service)
         results["fixed_200"] = locust(url, node["token"], take(int(200 * args.seconds)), users=20, rate=10, batch=1,
                                       seconds=args.seconds, workdir=workdir, name="fixed_200")
+        fixed = results["fixed_200"]
+        fixed["workers_cpu_ms_per_request"] = ((workers_cpu_s(service) - cpu_before) * 1e3
+                                               / max(fixed["requests"] + fixed["failures"], 1))
+        fixed["served"] = served_ms(log_file, offset, "/v1/score")
         err.print(f"phase 2: single transactions, closed loop, {args.seconds:.0f} s ...")
         results["max_rate"] = locust(url, node["token"], take(int(1500 * args.seconds)), users=12, rate=0, batch=1,
                                      seconds=args.seconds, workdir=workdir, name="max_rate")
@@ -295,6 +353,15 @@ def report(results: dict[str, Any], json_path: Path | None, png_path: Path | Non
     table.add_row("single tx at 200 req/s: achieved req/s", f"{fixed['rps']:.0f}", "", "200")
     table.add_row("single tx at 200 req/s: p50 ms", f"{fixed['p50_ms']:.2f}", f"{local['p50_ms']:.3f}", "")
     table.add_row("single tx at 200 req/s: p99 ms", f"{fixed['p99_ms']:.2f}", f"{local['p99_ms']:.3f}", "< 10")
+    served, floor = fixed["served"], results["floor_200"]
+    table.add_row("  the service's own time (access log): p50 / p99 ms",
+                  f"{served['p50_ms']:.2f} / {served['p99_ms']:.2f}", "", "")
+    table.add_row("  processor ms a request: the 2 workers / locust",
+                  f"{fixed['workers_cpu_ms_per_request']:.2f} / {fixed['locust_cpu_ms_per_request']:.2f}", "", "")
+    table.add_row("the floor: GET /v1/health at 200 req/s, p50 / p99 ms",
+                  f"{floor['p50_ms']:.2f} / {floor['p99_ms']:.2f}", "", "")
+    table.add_row("  its own time (access log): p50 / p99 ms",
+                  f"{floor['served']['p50_ms']:.2f} / {floor['served']['p99_ms']:.2f}", "", "")
     table.add_row("max sustained req/s (closed loop, 12 users)", f"{top['rps']:.0f}", "", "")
     table.add_row("  its p50 / p99 ms", f"{top['p50_ms']:.1f} / {top['p99_ms']:.1f}", "", "")
     table.add_row("batch 1,000: transactions/s", f"{batch['tx_per_s']:,.0f}", f"{local['batch_rows_per_s']:,.0f}",
@@ -308,7 +375,7 @@ def report(results: dict[str, Any], json_path: Path | None, png_path: Path | Non
     memory = results["memory"]
     table.add_row("recent transactions in memory a worker",
                   f"{memory['rows']:,} rows, {memory['mib']:.0f} MiB ({memory['bytes_per_row']:.0f} B/row)", "", "")
-    Console().print(table)
+    Console(width=130).print(table)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2))
@@ -319,9 +386,9 @@ def report(results: dict[str, Any], json_path: Path | None, png_path: Path | Non
         import matplotlib.pyplot as plt
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        names = ["service p50", "service p99", "in-process p50", "in-process p99"]
-        values = [fixed["p50_ms"], fixed["p99_ms"], local["p50_ms"], local["p99_ms"]]
-        left.bar(names, values, color=["tab:blue", "tab:blue", "tab:gray", "tab:gray"])
+        names = ["service p50", "service p99", "floor p50", "floor p99", "in-process p50", "in-process p99"]
+        values = [fixed["p50_ms"], fixed["p99_ms"], floor["p50_ms"], floor["p99_ms"], local["p50_ms"], local["p99_ms"]]
+        left.bar(names, values, color=["tab:blue", "tab:blue", "tab:orange", "tab:orange", "tab:gray", "tab:gray"])
         left.axhline(10, color="tab:red", linestyle="--", label="p99 target")
         left.set_ylabel("ms per transaction")
         left.set_title("one transaction a request, 200 req/s")
