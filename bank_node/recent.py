@@ -214,6 +214,11 @@ class RecentTransactions:
 
     # ---------------------------------------------------------------------------------- reads
 
+    def terminal_ids(self) -> list[int]:
+        """The terminals of the held rows."""
+        with self.lock:
+            return list(self._terminals)
+
     def covers(self, first_ns: int, reach_ns: int) -> bool:
         """Whether the rows from ``first_ns - reach_ns`` on are all held."""
         with self.lock:

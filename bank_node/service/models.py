@@ -86,7 +86,8 @@ class ModelHolder:
                                      f"{str(record.get('digest'))[:16]}")
                 model = load_model(body, version=version, family=self.family,
                                    exact_reasons_max=self.exact_reasons_max)
-                consortium = self._consortium(model, key) if model.features.consortium else None
+                consortium = (self._consortium(model, key, held.consortium if held is not None else None)
+                              if model.features.consortium else None)
             except (OSError, ValueError) as exc:
                 self.last_error = f"model {version} not loaded, model {held.model.version if held else 'none'} " \
                                   f"stays in use: {exc}"
@@ -118,7 +119,8 @@ class ModelHolder:
             self._key = (digest, key_id, terminal_key(secret))
         return self._key[1], self._key[2]
 
-    def _consortium(self, model: LoadedModel, key: tuple[str, bytes] | None) -> ConsortiumTerminals:
+    def _consortium(self, model: LoadedModel, key: tuple[str, bytes] | None,
+                    previous: ConsortiumTerminals | None) -> ConsortiumTerminals:
         if self.history is None or key is None:
             raise ValueError("it uses consortium terminal features and this node holds no pooled history")
         history_id = model.features.history_id(key[0])
@@ -128,4 +130,6 @@ class ModelHolder:
                              + ("" if history_id == key[0] else " as noisy day counts at its epsilon"))
         history = self.history.load(history_id, days, threshold=model.features.threshold)
         history.windows  # noqa: B018 - sorted here, at load, not in the first request
+        if previous is not None and previous.key == key[1]:  # the tags made so far stay good
+            return previous.over(history)
         return ConsortiumTerminals(history=history, key=key[1])

@@ -259,7 +259,7 @@ def test_tokens_are_stored_hashed(node: Node) -> None:
 
 def consortium_node(root: Path, data: pd.DataFrame, model: bytes, settings: dict[str, Any]) -> tuple[Any, Any, str]:
     """A node holding ``model`` with consortium feature ``settings`` recorded, an HE secret context,
-    and its pooled history store: (model holder, pooled history, HE key id)."""
+    and its pooled history store: (the service's node, pooled history, HE key id)."""
     import crypto
     from bank_node.agent.ceremony import load_secret_scheme
     from bank_node.agent.training import FEATURES_ATTRIBUTE
@@ -271,7 +271,7 @@ def consortium_node(root: Path, data: pd.DataFrame, model: bytes, settings: dict
     document["learner"]["attributes"][FEATURES_ATTRIBUTE] = json.dumps(settings)
     keep_model(made.state, "1", json.dumps(document).encode())
     extension = made.app.extensions["fedfraud_scoring"]
-    return extension.holder, PooledHistory(extension.engine), load_secret_scheme(made.state).key_id
+    return extension, PooledHistory(extension.engine), load_secret_scheme(made.state).key_id
 
 
 def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
@@ -281,8 +281,9 @@ def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
     must still see the change, or it would miss the newest day's consortium events."""
     from tests.bank_node.test_terminal_history import history
 
-    holder, pooled, key_id = consortium_node(tmp_path / "node", data, model_files["small"],
+    node, pooled, key_id = consortium_node(tmp_path / "node", data, model_files["small"],
                                              {"terminal_features": "consortium", "terminal_threshold": 3})
+    holder = node.holder
     pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
                 labels_until=100)
     assert holder.refresh() and holder.serving is not None and holder.serving.consortium is not None
@@ -294,15 +295,51 @@ def test_a_new_nights_pooled_history_is_taken_up_with_the_same_model(
     assert holder.serving.consortium.history.days == (101, 102)
 
 
+def test_a_worker_makes_its_terminals_tags_when_it_takes_up_a_model_and_a_new_night_keeps_them(
+    tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal's consortium tag is a keyed hash: made when the worker takes up a model, for the
+    terminals of the recent transactions it holds, not by the first request at each; a new night's
+    history keeps the tags made under the same key. They are the keyed tags."""
+    import bank_node.online
+    from bank_node.federated.terminal_stats import terminal_tags
+    from tests.bank_node.test_terminal_history import history
+
+    node, pooled, key_id = consortium_node(tmp_path / "node", data, model_files["small"],
+                                             {"terminal_features": "consortium", "terminal_threshold": 3})
+    holder = node.holder
+    pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
+                labels_until=100)
+    assert node.refresh()
+    first = holder.serving.consortium
+    held = np.array(sorted(node.online.recent.terminal_ids()), dtype=np.int64)
+    assert len(held) == data.loc[data["timestamp"] < START, "terminal_id"].nunique()  # every terminal held
+    assert [first._tags.get(t) for t in held.tolist()] == terminal_tags(held, first.key).tolist()
+
+    made: list[np.ndarray] = []
+    monkeypatch.setattr(bank_node.online, "terminal_tags",
+                        lambda ids, key: made.append(ids) or terminal_tags(ids, key))
+    pooled.save(key_id, history([102], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r2",
+                labels_until=101, keep_from=101)
+    assert node.refresh()
+    second = holder.serving.consortium
+    assert second is not first and second.history.days == (101, 102)
+    assert second.tags(held).tolist() == terminal_tags(held, first.key).tolist()
+    assert made == []  # no tag made again: not at the swap, not at a request
+    unseen = np.array([held.max() + 1], dtype=np.int64)
+    assert second.tags(unseen).tolist() == terminal_tags(unseen, first.key).tolist() and len(made) == 1
+
+
 def test_a_model_trained_on_noisy_day_counts_is_served_from_that_history_only(
     tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
 ) -> None:
     from bank_node.agent.training import FeatureSettings
     from tests.bank_node.test_terminal_history import history
 
-    holder, pooled, key_id = consortium_node(
+    node, pooled, key_id = consortium_node(
         tmp_path / "node", data, model_files["small"],
         {"terminal_features": "consortium", "terminal_threshold": 3, "terminal_dp_epsilon": 2})
+    holder = node.holder
     # Exact events of the same key do not serve it: its features were built from noisy day counts.
     pooled.save(key_id, history([100, 101], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r1",
                 labels_until=100)
