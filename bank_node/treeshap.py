@@ -169,7 +169,7 @@ class ContributionTables:
         # Per leaf and slot (a distinct feature of the path): the feature and the interval that
         # its tests on the path leave, lower <= x < upper in float32 as XGBoost compares (a
         # left branch is x < threshold, a right one its negation). An unused slot has feature
-        # n_features (a zero column appended to the row) and an interval no value reaches.
+        # n_features (no feature's) and an interval no finite value reaches.
         self._feature = np.full((n, slots), n_features, dtype=np.intp)
         self._lower = np.full((n, slots), np.inf, dtype=np.float32)
         self._upper = np.full((n, slots), -np.inf, dtype=np.float32)
@@ -185,6 +185,8 @@ class ContributionTables:
                 self._feature[row, k] = f
                 self._lower[row, k] = lower
                 self._upper[row, k] = upper
+        # The column each slot reads: an unused slot reads the first (and is never inside).
+        self._column = np.where(self._feature < n_features, self._feature, 0)
         self._bits = (1 << np.arange(slots)).astype(np.float32)
         self._all = np.array([(1 << len(leaf.features)) - 1 for leaf in leaves], dtype=np.int64)
         # The tables, one row per (leaf, mask): the contributions to the leaf's slots.
@@ -300,9 +302,8 @@ class ContributionTables:
         out = np.empty((len(x), self.n_features + 1))
         out[:, -1] = self.bias
         margin = np.empty(len(x), dtype=np.float32)
-        x = np.hstack([x, np.zeros((len(x), 1), dtype=np.float32)])  # the unused slots' feature
         for start in range(0, len(x), _BLOCK):
-            values = x[start : start + _BLOCK][:, self._feature]  # (rows, leaves, slots)
+            values = np.take(x[start : start + _BLOCK], self._column, axis=1)  # (rows, leaves, slots)
             inside = (values >= self._lower) & (values < self._upper)
             masks = (inside.astype(np.float32) @ self._bits).astype(np.int64)  # exact: at most 2**slots - 1
             found = np.take(self._table, self._offset + masks, axis=0)  # (rows, leaves, slots)
