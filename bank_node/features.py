@@ -230,7 +230,8 @@ class _GroupTimeIndex:
             sorted table, since rows of lower groups are counted too.
         """
         if len(query_group) == 1 and query_group is not self._group:
-            return self._one_position(int(query_group[0]), int(query_time[0]), offsets)
+            return [np.array([p], dtype=np.int64)
+                    for p in self.one_position(int(query_group[0]), int(query_time[0]), offsets)]
         if query_group is self._group and query_time is self._time:
             query_by_time, query_order = self._by_time, self.order
         else:
@@ -259,7 +260,7 @@ class _GroupTimeIndex:
         return positions
 
 
-    def _one_position(self, group: int, time: int, offsets: Sequence[int]) -> list[IntArray]:
+    def one_position(self, group: int, time: int, offsets: Sequence[int]) -> list[int]:
         """:meth:`positions` of a single query (a scoring request's), by scalar searches: the
         same counts without sorting the queries (0.4 ms of numpy calls on one-element arrays)."""
         groups = self._distinct_groups
@@ -269,7 +270,7 @@ class _GroupTimeIndex:
         positions = []
         for offset in offsets:
             rank = int(np.searchsorted(self._distinct_times, time - offset, side="right")) if known else 0
-            positions.append(np.array([np.searchsorted(self._key, base + rank, side="right")], dtype=np.int64))
+            positions.append(int(np.searchsorted(self._key, base + rank, side="right")))
         return positions
 
 
@@ -462,6 +463,8 @@ class TerminalWindows:
             raise ValueError("terminal_window_features: query arrays differ in length")
         delay = config.delay_days * NS_PER_DAY
         offsets = [delay] + [delay + w * NS_PER_DAY for w in config.windows_days]
+        if len(query_terminal) == 1:  # a scoring request's: in scalars (numpy's calls cost 50 us)
+            return self._one(int(query_terminal[0]), int(query_time[0]), offsets, config)
         end, *starts = self._index.positions(query_terminal, query_time, offsets)
         out: dict[str, FloatArray] = {}
         for w, start in zip(config.windows_days, starts):
@@ -469,6 +472,19 @@ class TerminalWindows:
             n_fraud = self._fraud_sums[end] - self._fraud_sums[start]
             out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = n_tx
             out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = window_risk(n_fraud, n_tx)
+        return out
+
+
+    def _one(self, terminal: int, time: int, offsets: Sequence[int], config: FeatureConfig) -> dict[str, FloatArray]:
+        """:meth:`features` of a single query: the same sums and the same division, in floats."""
+        end, *starts = self._index.one_position(terminal, time, offsets)
+        counts, frauds = self._count_sums, self._fraud_sums
+        out: dict[str, FloatArray] = {}
+        for w, start in zip(config.windows_days, starts):
+            n_tx = float(counts[end] - counts[start])
+            n_fraud = float(frauds[end] - frauds[start])
+            out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = np.array([n_tx])
+            out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = np.array([n_fraud / n_tx if n_tx > 0 else 0.0])
         return out
 
 
