@@ -164,6 +164,8 @@ class Featured:
     @property
     def matrix(self) -> FloatArray:
         """The model inputs (:data:`bank_node.features.MODEL_INPUTS` order: amount, then the features)."""
+        if len(self.new) == 1:  # a scoring request's: one list (stacking 15 one-element columns took 40 us)
+            return np.array([[float(self.new.amount[0]), *(float(v[0]) for v in self.features.values())]])
         return np.column_stack([self.new.amount, *(np.asarray(v, dtype=np.float64) for v in self.features.values())])
 
     def frame(self) -> pd.DataFrame:
@@ -201,7 +203,7 @@ class OnlineFeatures:
         """
         if isinstance(new, pd.DataFrame):
             new = NewTransactions.from_frame(new)
-        if len(np.unique(new.txid)) != len(new):
+        if len(new) > 1 and len(np.unique(new.txid)) != len(new):
             raise ValueError("a transaction id appears twice among the transactions to score")
         with self.recent.lock:  # one consistent view: no other thread's pruning in between
             self.recent.sync()

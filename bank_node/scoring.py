@@ -83,6 +83,10 @@ class Scores:
         """:meth:`all_reasons` as plain mappings (``feature``, ``value``, ``contribution``): what
         the scoring service answers, without an object per reason in between."""
         per_input = self.contributions[rows, :-1]
+        if len(per_input) == 1:  # one transaction: in Python (numpy's calls on one row took 50 us)
+            pushes, values = per_input[0].tolist(), np.asarray(X[0], dtype=np.float64).tolist()
+            ranked = sorted(range(len(pushes)), key=lambda i: -abs(pushes[i]))[:top]  # stable, as below
+            return [[{"feature": MODEL_INPUTS[i], "value": values[i], "contribution": pushes[i]} for i in ranked]]
         order = np.argsort(-np.abs(per_input), axis=1, kind="stable")[:, :top]
         # One flat pass over every reason, then cut per row (a comprehension per row cost 8 ms
         # for 1,000 rows).

@@ -81,6 +81,25 @@ def test_xgboost_scores_are_the_boosters_and_reasons_add_up_to_the_margin(rows: 
     assert reasons[0].value == X[riskiest, MODEL_INPUTS.index(reasons[0].feature)]
 
 
+def test_one_transactions_reasons_are_its_row_of_a_batchs_ties_in_input_order() -> None:
+    """A single transaction's reasons are ranked on their own path; they are the same as its row's
+    among many, ties (equal size, either sign) kept in input order."""
+    from bank_node.scoring import Scores
+
+    rng = np.random.default_rng(5)
+    n = len(MODEL_INPUTS)
+    contributions = np.round(rng.normal(size=(80, n + 1)), 1)  # to one decimal: many ties
+    contributions[0, :-1] = 0.0
+    contributions[1, :-1] = 0.1
+    contributions[1, :5] = [0.5, -0.5, 0.5, -0.0, 0.0]
+    X = rng.normal(size=(80, n))
+    scores = Scores(probability=np.zeros(80), contributions=contributions, exact=True)
+    batch = scores.reason_records(X, top=4)
+    assert [r["feature"] for r in batch[1][:3]] == list(MODEL_INPUTS[:3])
+    for i in range(80):
+        assert scores.reason_records(X[i : i + 1], top=4, rows=slice(i, i + 1)) == [batch[i]]
+
+
 def test_a_model_whose_tables_are_declined_or_inexact_is_scored_by_xgboost(
     rows: dict[str, TrainingSet], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
