@@ -474,7 +474,6 @@ class TerminalWindows:
             out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = window_risk(n_fraud, n_tx)
         return out
 
-
     def _one(self, terminal: int, time: int, offsets: Sequence[int], config: FeatureConfig) -> dict[str, FloatArray]:
         """:meth:`features` of a single query: the same sums and the same division, in floats."""
         end, *starts = self._index.one_position(terminal, time, offsets)
