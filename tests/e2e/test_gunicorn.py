@@ -197,6 +197,10 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
     try:
         for service, url in zip((process, other), urls, strict=True):
             wait_until_serving(f"{url}/v1/ready", service, tmp_path / "scoring.log", 60, "the scoring service")
+        # Ready is answered by whichever worker accepts first; the other may still be loading (its
+        # gauge then reads 0, as it should: it serves nothing yet). Wait for both to serve the model.
+        wait_for(lambda: _model_versions(requests.get(f"{urls[0]}/metrics", timeout=5).text) == [1.0, 1.0], 60,
+                 "both workers to take up the model")
         answers = []
         for i, tx in enumerate(as_json(chosen)):
             response = requests.post(f"{urls[i % 2]}/v1/score", json=tx, timeout=10,
@@ -220,5 +224,10 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
     scored = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                  if line.startswith("fedfraud_scores_total{"))
     assert scored == (len(chosen) + 1) // 2  # the gunicorn workers' share
-    versions = [line for line in metrics.splitlines() if line.startswith("fedfraud_model_version{")]
-    assert len(versions) == 2 and all(line.endswith(" 1.0") for line in versions)  # one per worker
+    assert _model_versions(metrics) == [1.0, 1.0]  # one per worker, still the model they took up
+
+
+def _model_versions(metrics: str) -> list[float]:
+    """The model-version gauges of the scoring workers in a /metrics text, smallest first."""
+    return sorted(sample.value for family in text_string_to_metric_families(metrics)
+                  for sample in family.samples if sample.name == "fedfraud_model_version")
