@@ -29,10 +29,10 @@ from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from bank_node.agent.state import StateDir
-from bank_node.online import OnlineFeatures
+from bank_node.online import ConsortiumTerminals, OnlineFeatures
 from bank_node.scoring import DEFAULT_EXACT_REASONS_MAX
 from bank_node.service.auth import create_tables
-from bank_node.service.models import ModelHolder, Serving
+from bank_node.service.models import ModelHolder
 from bank_node.store import TransactionStore
 from bank_node.terminal_history import PooledHistory
 
@@ -78,20 +78,18 @@ class ScoringNode:
         changed = self.holder.refresh()
         serving = self.holder.serving
         if changed and serving is not None and serving.consortium is not None:
-            self.learn_terminals(serving)
+            self.learn_terminals(serving.consortium)
         version = serving.model.version if serving is not None else ""
         self.model_version.set(float(version) if version.isdigit() else 0.0)
         self.model_load_failures.set(1.0 if self.holder.last_error else 0.0)
         return changed
 
-    def learn_terminals(self, serving: Serving) -> None:
-        """Make the consortium tags of the terminals of the recent transactions held (none before
-        they are loaded), off the request path: each would otherwise cost its first request a
-        keyed hash."""
-        if serving.consortium is not None:
-            made = serving.consortium.learn(self.online.recent.terminal_ids())
-            if made:
-                log.info("made the consortium tags of %d terminals", made)
+    def learn_terminals(self, consortium: ConsortiumTerminals) -> None:
+        """Make the consortium tags of the terminals of the recent transactions held, off the
+        request path: each would otherwise cost its first request a keyed hash."""
+        made = consortium.learn(self.online.recent.terminal_ids())
+        if made:
+            log.info("made the consortium tags of %d terminals", made)
 
     @property
     def engine(self) -> Any:
@@ -164,10 +162,8 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
     holder = ModelHolder(state, family=str(app.config["MODEL_FAMILY"]), history=PooledHistory(store.engine),
                          exact_reasons_max=int(app.config["EXACT_REASONS_MAX"]))
     node = ScoringNode(state=state, store=store, online=OnlineFeatures(store), holder=holder)
-    node.refresh()
-    node.online.recent.load()  # before the first request, not during it
-    if holder.serving is not None:
-        node.learn_terminals(holder.serving)
+    node.online.recent.load()  # before the first request, not during it; and before the model,
+    node.refresh()  # which makes the tags of the terminals held
     app.extensions["fedfraud_scoring"] = node
     api = Api(app)
     api.register_blueprint(blp)
