@@ -300,8 +300,11 @@ def test_a_worker_makes_its_terminals_tags_when_it_takes_up_a_model_and_a_new_ni
 ) -> None:
     """A terminal's consortium tag is a keyed hash: made when the worker takes up a model, for the
     terminals of the recent transactions it holds, not by the first request at each; a new night's
-    history keeps the tags made under the same key. They are the keyed tags."""
+    history keeps the tags made under the same key, and a new key starts afresh. They are the
+    keyed tags."""
     import bank_node.online
+    import crypto
+    from bank_node.agent.ceremony import load_secret_scheme
     from bank_node.federated.terminal_stats import terminal_tags
     from tests.bank_node.test_terminal_history import history
 
@@ -328,6 +331,18 @@ def test_a_worker_makes_its_terminals_tags_when_it_takes_up_a_model_and_a_new_ni
     assert made == []  # no tag made again: not at the swap, not at a request
     unseen = np.array([held.max() + 1], dtype=np.int64)
     assert second.tags(unseen).tolist() == terminal_tags(unseen, first.key).tolist() and len(made) == 1
+
+    # The ceremony run again: a new secret context, so a new terminal key; no tag of the old key
+    # may be carried over (each would point at another terminal's pooled history, or at none).
+    node.state.save_secret_context(crypto.generate("plain").secret_context())
+    new_id = load_secret_scheme(node.state).key_id
+    pooled.save(new_id, history([102, 103], per_day=5, presence={1: 3}), banks=["b1", "b2", "b3"], run_id="r3",
+                labels_until=102)
+    assert node.refresh()
+    third = holder.serving.consortium
+    assert third.key != first.key
+    assert [third._tags.get(t) for t in held.tolist()] == terminal_tags(held, third.key).tolist()
+    assert third.tags(held).tolist() != terminal_tags(held, first.key).tolist()
 
 
 def test_a_model_trained_on_noisy_day_counts_is_served_from_that_history_only(
