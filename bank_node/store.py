@@ -289,9 +289,12 @@ class TransactionStore:
         return IngestResult(rows=rows, added=added, already_stored=rows - added, file_seen_before=False,
                             deleted_by_retention=deleted)
 
-    def record_labels(self, labels: pd.DataFrame, *, name: str, sha256: str,
+    def record_labels(self, labels: pd.DataFrame, *, name: str, sha256: str | None,
                       skip_unknown: bool = False) -> LabelResult:
         """Record confirmed outcomes: columns ``transaction_id`` and ``label`` (0 genuine, 1 fraud).
+
+        A file's ``sha256`` is remembered and the same file given again changes nothing; ``None``
+        (labels posted to the scoring service) sets the labels each time.
 
         Raises
         ------
@@ -302,7 +305,8 @@ class TransactionStore:
         values = labels[LABEL_FIELD].to_numpy(dtype=np.int64)
         with self._writing() as connection:
             version = self._next_version(connection)
-            if connection.execute(select(ingested_files.c.sha256).where(ingested_files.c.sha256 == sha256)).first():
+            if sha256 is not None and connection.execute(
+                    select(ingested_files.c.sha256).where(ingested_files.c.sha256 == sha256)).first():
                 return LabelResult(rows=len(ids), updated=0, unchanged=len(ids), unknown=0)
             known: dict[int, int | None] = {}
             for start in range(0, len(ids), _CHUNK):
@@ -327,8 +331,10 @@ class TransactionStore:
                          .values(label=bindparam("label"), labelled_at=moment, seq=version))
             for start in range(0, len(changes), _CHUNK):
                 connection.execute(statement, changes[start : start + _CHUNK])
-            connection.execute(ingested_files.insert().values(
-                sha256=sha256, name=name[-500:], kind="labels", rows=len(ids), added=len(changes), ingested_at=moment))
+            if sha256 is not None:
+                connection.execute(ingested_files.insert().values(
+                    sha256=sha256, name=name[-500:], kind="labels", rows=len(ids), added=len(changes),
+                    ingested_at=moment))
         result = LabelResult(rows=len(ids), updated=len(changes), unchanged=len(ids) - len(changes) - len(unknown),
                              unknown=len(unknown))
         log.info("labels from %s: rows=%d updated=%d unchanged=%d unknown=%d", name, result.rows, result.updated,

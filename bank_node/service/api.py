@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -51,6 +50,16 @@ _MAX_AMOUNT: Final = 1e9
 _EPOCH: Final = datetime(1970, 1, 1)
 
 
+class _Number(fields.Float):
+    """A JSON number: marshmallow's float also takes a numeric string or a boolean, which a
+    client sending either has most likely mixed up its fields."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class TransactionSchema(_Strict):
     transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID))
     timestamp = _LocalTime(required=True, validate=validate.Range(min=_EPOCH),
@@ -58,7 +67,7 @@ class TransactionSchema(_Strict):
     customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID),
                                  metadata={"description": "the card"})
     terminal_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID))
-    amount = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=_MAX_AMOUNT))
+    amount = _Number(required=True, allow_nan=False, validate=validate.Range(min=0, max=_MAX_AMOUNT))
 
 
 class ScoreRequestSchema(_Strict):
@@ -128,7 +137,7 @@ def _plainly_valid_request(document: Any) -> tuple[bool, list[dict[str, Any]] | 
 
 
 class LabelSchema(_Strict):
-    transaction_id = fields.Integer(required=True, strict=True)
+    transaction_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=_MAX_ID))
     label = fields.Integer(required=True, strict=True, validate=validate.OneOf([0, 1]),
                            metadata={"description": "1 confirmed fraud, 0 confirmed genuine"})
 
@@ -241,12 +250,15 @@ class Labels(MethodView):
     def post(self) -> Any:
         """Record confirmed outcomes (``{"labels": [{"transaction_id", "label"}]}``) for the next
         training; labels of transactions the node does not hold are refused (422), nothing recorded."""
-        raw = request.get_data(cache=True)
         loaded = _load(LabelsRequestSchema(), _body())
         node = current_app.extensions["fedfraud_scoring"]
         labels = pd.DataFrame(loaded["labels"])
+        if labels["transaction_id"].duplicated().any():
+            raise Unprocessable("a transaction id appears twice in the request", {"labels.transaction_id": ["duplicate"]})
         try:
-            result = node.store.record_labels(labels, name="POST /v1/labels", sha256=hashlib.sha256(raw).hexdigest())
+            # Each request sets the labels it names (a correction, then the first body again, sets
+            # them back): no skipping of a body seen before, as a file ingested twice is skipped.
+            result = node.store.record_labels(labels, name="POST /v1/labels", sha256=None)
         except FedfraudInputError as exc:
             raise Unprocessable(exc.message, exc.errors) from None
         return jsonify({"labels": result.rows, "updated": result.updated, "unchanged": result.unchanged})

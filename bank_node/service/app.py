@@ -113,7 +113,10 @@ class _FastJSON(DefaultJSONProvider):
     _OPTIONS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, default=self.default, option=self._OPTIONS).decode("utf-8")
+        try:
+            return orjson.dumps(obj, default=self.default, option=self._OPTIONS).decode("utf-8")
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate from the request, named in an error
+            return super().dumps(obj, **kwargs)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         # What ``flask.json.jsonify`` documents: one argument as is, several as a list, keywords as
@@ -121,7 +124,10 @@ class _FastJSON(DefaultJSONProvider):
         if args and kwargs:
             raise TypeError("a JSON answer takes either arguments or keyword arguments, not both")
         obj: Any = kwargs or (args[0] if len(args) == 1 else list(args)) if (args or kwargs) else None
-        body = orjson.dumps(obj, default=self.default, option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        try:
+            body = orjson.dumps(obj, default=self.default, option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate) the standard library escapes
+            body = f"{super().dumps(obj)}\n".encode()
         return Response(body, mimetype=self.mimetype)
 
 
@@ -154,6 +160,9 @@ def create_app(state_dir: str | Path, *, store_url: str | None = None,
                              "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}}},
     })
     app.config.update(dict(config or {}))
+    # Werkzeug's own bound too, so that a chunked body (no length given) is not buffered whole: it
+    # stops reading one byte past the limit (silently), and that byte makes the body check a 413.
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"]) + 1
     state = StateDir(state_dir)
     store = TransactionStore(store_url) if store_url else TransactionStore.in_state_dir(state_dir)
     if watch:

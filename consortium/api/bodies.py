@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -72,6 +73,9 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"malformed JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # the only other refusal of the parser: an integer of too many digits
+        raise BadRequest(f"malformed JSON body: a number has more than {sys.get_int_max_str_digits()} "
+                         "digits") from None
 
 
 def json_body(view: F) -> F:

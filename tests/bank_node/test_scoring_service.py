@@ -392,3 +392,108 @@ def test_answers_encoded_by_orjson_read_as_flasks_own_encoder_wrote_them(tmp_pat
         with pytest.raises(TypeError):
             _FastJSON(app).response(1, a=2)
     assert body.endswith(b"\n") and json.loads(body) == json.loads(flasks)
+
+
+def _raw(node: Node, path: str, body: bytes, token: str) -> Any:
+    return node.client.post(path, data=body, content_type="application/json",
+                            headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), [
+    # A key the schema names is a lone surrogate: the error answer must still be written.
+    ("/v1/score", b'{"\\ud800": 1}', 422, "transactions.0.\ud800"),
+    ("/v1/labels", b'{"labels": [{"transaction_id": 1, "label": 1, "\\udfff": 2}]}', 422, "labels.0.\udfff"),
+    # An integer too long for the standard library to read (over 4,300 digits).
+    ("/v1/score", b'{"transaction_id": ' + b"9" * 5000 + b"}", 400, None),
+    ("/v1/labels", b'{"labels": [{"transaction_id": ' + b"7" * 5000 + b', "label": 1}]}', 400, None),
+    # Ids outside 0 .. 2**63 - 1, as for scoring.
+    ("/v1/labels", b'{"labels": [{"transaction_id": 18446744073709551616, "label": 1}]}', 422,
+     "labels.0.transaction_id"),
+    ("/v1/labels", b'{"labels": [{"transaction_id": 9223372036854775808, "label": 1}]}', 422,
+     "labels.0.transaction_id"),
+    ("/v1/labels", b'{"labels": [{"transaction_id": -1, "label": 1}]}', 422, "labels.0.transaction_id"),
+    # An amount is a JSON number: not a numeric string, not a boolean.
+    ("/v1/score", b'{"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, '
+                  b'"amount": "12.5"}', 422, "transactions.0.amount"),
+    ("/v1/score", b'{"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, '
+                  b'"amount": true}', 422, "transactions.0.amount"),
+    # The same transaction twice in one labels request: which label is meant is unknown.
+    ("/v1/labels", b'{"labels": [{"transaction_id": 1, "label": 1}, {"transaction_id": 1, "label": 0}]}', 422,
+     "labels.transaction_id"),
+])
+def test_hostile_bodies_get_a_4xx_naming_the_problem_and_record_nothing(
+    node: Node, path: str, body: bytes, status: int, field: str | None
+) -> None:
+    before = node.app.extensions["fedfraud_scoring"].store.version()
+    token = node.admin if path == "/v1/labels" else node.scorer
+    response = _raw(node, path, body, token)
+    assert response.status_code == status, response.get_data(as_text=True)
+    answer = response.get_json()
+    assert answer["message"]
+    if field is not None:
+        assert field in answer["errors"], answer
+    assert node.app.extensions["fedfraud_scoring"].store.version() == before
+
+
+def test_a_label_sent_again_after_a_correction_is_applied_again(node: Node, data: pd.DataFrame) -> None:
+    """Labels are set to what each request says: a body identical to an earlier one is not a
+    replay to skip when a correction came in between."""
+    tx = as_json(data[data["timestamp"] >= START].iloc[:1])[0]
+    assert node.post("/v1/score", tx, node.scorer).status_code == 200
+    fraud = {"labels": [{"transaction_id": tx["transaction_id"], "label": 1}]}
+    genuine = {"labels": [{"transaction_id": tx["transaction_id"], "label": 0}]}
+    answers = [node.post("/v1/labels", body, node.admin).get_json() for body in (fraud, genuine, fraud, fraud)]
+    assert [a["updated"] for a in answers] == [1, 1, 1, 0]
+    assert answers[-1]["unchanged"] == 1
+    store = node.app.extensions["fedfraud_scoring"].store
+    held = store.between(START.to_pydatetime(), (START + pd.Timedelta(days=1)).to_pydatetime())
+    assert held.set_index("transaction_id").loc[tx["transaction_id"], "label"] == 1
+
+
+def test_a_body_sent_in_chunks_is_bounded_as_one_with_a_length(node: Node) -> None:
+    """No Content-Length (chunked transfer): the body is still refused past the limit while it is
+    read, not buffered whole first."""
+    limit = int(node.app.config["MAX_BODY_BYTES"])
+    served = 0
+
+    def chunks() -> Any:
+        nonlocal served
+        yield b'{"transactions": ['
+        while served < 16 * limit:  # far more than the service may read
+            served += 65536
+            yield b" " * 65536
+        yield b"]}"
+
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(path="/v1/score", method="POST", content_type="application/json",
+                             headers={"Authorization": f"Bearer {node.scorer}"}).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    # What gunicorn hands over for a chunked body: no length, a stream that ends where the body does.
+    environ.update({"wsgi.input": _Stream(chunks()), "wsgi.input_terminated": True,
+                    "HTTP_TRANSFER_ENCODING": "chunked"})
+    body, status, _ = run_wsgi_app(node.app, environ, buffered=True)
+    assert status.startswith("413"), status
+    assert "at most" in json.loads(b"".join(body))["message"]
+    assert served < limit + 4 * 65536
+
+
+class _Stream:
+    """A request body read from a generator, as a server hands over a chunked body."""
+
+    def __init__(self, parts: Any) -> None:
+        self.parts, self.buffer = parts, b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.buffer) < size:
+            try:
+                self.buffer += next(self.parts)
+            except StopIteration:
+                break
+        if size < 0:
+            size = len(self.buffer)
+        out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)

@@ -61,6 +61,17 @@ def test_malformed_json_is_a_400_naming_the_problem(client: FlaskClient, operato
     assert "malformed JSON" in body["message"] and "line 1" in body["message"]
 
 
+def test_a_number_too_long_to_read_is_a_400_not_a_500(client: FlaskClient, operator_token: str) -> None:
+    response = client.post(
+        "/v1/banks",
+        data='{"bank_id": "bank-1", "name": "One", "weight": ' + "9" * 5000 + "}",
+        headers={"Authorization": f"Bearer {operator_token}"},
+        content_type="application/json",
+    )
+    body = assert_error(response, 400)
+    assert "malformed JSON" in body["message"] and "digits" in body["message"]
+
+
 def test_json_endpoint_given_text_is_415(client: FlaskClient, operator_token: str) -> None:
     response = client.post(
         "/v1/banks", data="bank-1", headers={"Authorization": f"Bearer {operator_token}"}, content_type="text/plain"
