@@ -28,17 +28,18 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send the ``consortium`` loggers to stderr as JSON lines (idempotent)."""
-    logger = logging.getLogger("consortium")
-    logger.setLevel(level.upper())
-    if not any(getattr(handler, "_fedfraud", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(RequestIdFilter())
-        handler._fedfraud = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+def configure_logging(level: str = "INFO", names: tuple[str, ...] = ("consortium",)) -> None:
+    """Send the loggers ``names`` (and theirs below) to stderr as JSON lines (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        if not any(getattr(handler, "_fedfraud", False) for handler in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter())
+            handler.addFilter(RequestIdFilter())
+            handler._fedfraud = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 def init_request_logging(app: Flask) -> None:

@@ -61,15 +61,22 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
-    """Structured logs for the app's own loggers in every worker; then what the app loaded (the
-    model, the recent transactions) is put out of the garbage collector's sight: it lives as long
-    as the worker, and full collections walking it paused the requests in flight."""
-    import gc
-
+def post_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Structured logs for the app's own loggers in every worker, before it loads the app (which
+    logs the model it takes up, or why it could not)."""
     from consortium.logs import configure_logging
 
-    configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"))
+    # The service's packages: the bank node's (model swaps, load failures, the store) and the
+    # errors module it shares with the consortium service.
+    configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"), ("consortium", "bank_node", "fedfraud"))
+
+
+def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
+    """What the app loaded (the model, the recent transactions) is put out of the garbage
+    collector's sight: it lives as long as the worker, and full collections walking it paused
+    the requests in flight."""
+    import gc
+
     gc.collect()
     gc.freeze()
 

@@ -62,8 +62,9 @@ METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
                                           tempfile.mkdtemp(prefix="fedfraud-consortium-metrics-")))
 
 
-def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
-    """Structured logs for the app's own loggers in every worker."""
+def post_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Structured logs for the app's own loggers in every worker, before it loads the app (which
+    logs too)."""
     from consortium.logs import configure_logging
 
     configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"))

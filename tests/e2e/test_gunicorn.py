@@ -225,6 +225,11 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
                  if line.startswith("fedfraud_scores_total{"))
     assert scored == (len(chosen) + 1) // 2  # the gunicorn workers' share
     assert _model_versions(metrics) == [1.0, 1.0]  # one per worker, still the model they took up
+    # Each worker's own log lines are JSON too, from its start: the model it took up.
+    took_up = [line for line in (tmp_path / "scoring.log").read_text().splitlines()
+               if line.startswith("{") and json.loads(line).get("logger") == "bank_node.service.models"
+               and json.loads(line)["message"].startswith("scoring with model 1")]
+    assert len(took_up) >= 2, (tmp_path / "scoring.log").read_text()[-3000:]
 
 
 def _model_versions(metrics: str) -> list[float]:
