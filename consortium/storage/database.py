@@ -49,14 +49,16 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     be lost to a power cut, never to a crash of the process, and the file never corrupts)."""
     if sqlite_synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"sqlite_synchronous is FULL or NORMAL, not {sqlite_synchronous!r}")
+    # hide_parameters: a failed statement's message (which an error handler logs) must not carry
+    # the values bound to it (a transaction's card and amount, a token's digest).
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         return engine
     if url.startswith(("postgresql://", "postgres://")):
         # psycopg 3 is the driver we ship; SQLAlchemy would otherwise look for psycopg2.
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 class Database:

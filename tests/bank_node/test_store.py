@@ -245,3 +245,16 @@ def test_rows_the_scoring_path_records_read_back_as_the_frame_path_writes_them(t
     assert sorted((row[0], row[1]) for row in changed) == [(i, v // 1000 * 1000) for i, v in enumerate(ns)]
     fast.close()
     plain.close()
+
+
+def test_a_failed_statements_message_holds_no_bound_value(store: TransactionStore) -> None:
+    """What an error handler logs of a database failure names the statement, never the values
+    bound to it (a card, an amount)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError) as failed, store.engine.connect() as connection:
+        connection.execute(text("SELECT amount FROM transactions WHERE customer_id = :card AND no_such_column = 1"),
+                           {"card": 4111111111111111})
+    assert "no_such_column" in str(failed.value)
+    assert "4111111111111111" not in str(failed.value)
