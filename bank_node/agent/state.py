@@ -196,18 +196,22 @@ class StateDir:
         """The run record of the model of ``family`` this node serves: among the promoted models
         its agent verified and kept, the one the consortium serves now (an operator may have rolled
         back to an earlier one), else the newest; None when it keeps none yet."""
+        kept = self.kept_models(family)
+        if not kept:
+            return None
+        serving = str(self.current_models().get(family, {}).get("version", ""))
+        chosen = [r for r in kept if str(r["version"]) == serving]
+        return chosen[0] if chosen else kept[0]
+
+    def kept_models(self, family: str) -> list[dict[str, Any]]:
+        """The run records of the promoted models of ``family`` its agent verified and kept,
+        newest version first."""
         kept = [
             {**record, "run_id": run_id} for run_id, record in self.runs().items()
             if record.get("status") == "published" and record.get("model") == family and record.get("promoted")
             and record.get("matches_proposal") and record.get("model_file")
         ]
-        if not kept:
-            return None
-        serving = str(self.current_models().get(family, {}).get("version", ""))
-        chosen = [r for r in kept if str(r["version"]) == serving]
-        if chosen:
-            return chosen[0]
-        return max(kept, key=lambda r: int(str(r["version"])) if str(r["version"]).isdigit() else -1)
+        return sorted(kept, key=lambda r: int(str(r["version"])) if str(r["version"]).isdigit() else -1, reverse=True)
 
     def model_path(self, version: str, model: str) -> Path:
         """Where a downloaded model is kept."""

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bank_node.agent.state import StateDir
@@ -67,7 +68,11 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """Load the newest promoted model if it is not the one in use, or the pooled history if it
-        changed since; True if what serves changed."""
+        changed since; True if what serves changed.
+
+        A model that fails to load (whatever the error) leaves the one in use serving; a worker
+        that has none yet (just started) serves the newest kept model that loads instead, as the
+        workers started before the failing model arrived do."""
         with self._lock:
             found = current_model_file(self.state, self.family)
             if found is None:
@@ -79,26 +84,54 @@ class ModelHolder:
             if held is not None and held.model.version == version and held.history_version == history_version:
                 return False
             try:
-                body = path.read_bytes()
-                digest = hashlib.sha256(body).hexdigest()
-                if digest != record.get("digest"):  # not the bytes the agent verified and signed for
-                    raise ValueError(f"its file's sha256 {digest[:16]} is not the verified model's "
-                                     f"{str(record.get('digest'))[:16]}")
-                model = load_model(body, version=version, family=self.family,
-                                   exact_reasons_max=self.exact_reasons_max)
-                consortium = (self._consortium(model, key, held.consortium if held is not None else None)
-                              if model.features.consortium else None)
-            except (OSError, ValueError) as exc:
-                self.last_error = f"model {version} not loaded, model {held.model.version if held else 'none'} " \
-                                  f"stays in use: {exc}"
-                log.error("%s", self.last_error)
-                return False
-            self._serving = Serving(model=model, record=record, consortium=consortium,
-                                    history_version=history_version)
+                serving = self._load(version, path, record, key, history_version, held)
+            except Exception as exc:  # noqa: BLE001 - no model file may stop the service or its watch
+                error = f"model {version} not loaded, model {held.model.version if held else 'none'} " \
+                        f"stays in use: {exc}"
+                fallback = self._fallback(version, key, history_version) if held is None else None
+                if fallback is not None:
+                    error = f"model {version} not loaded, model {fallback.model.version} in use: {exc}"
+                if error != self.last_error:  # once, not at every look for a new model
+                    log.error("%s", error)
+                self.last_error = error
+                if fallback is None:
+                    return False
+                self._serving = fallback
+                return True
+            self._serving = serving
             self.last_error = ""
             log.info("scoring with model %s (%s%s)", version, self.family,
-                     ", consortium terminal features" if consortium else "")
+                     ", consortium terminal features" if serving.consortium else "")
             return True
+
+    def _load(self, version: str, path: Path, record: dict[str, Any], key: tuple[str, bytes] | None,
+              history_version: tuple[int, int, str] | None, held: Serving | None) -> Serving:
+        body = path.read_bytes()
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != record.get("digest"):  # not the bytes the agent verified and signed for
+            raise ValueError(f"its file's sha256 {digest[:16]} is not the verified model's "
+                             f"{str(record.get('digest'))[:16]}")
+        model = load_model(body, version=version, family=self.family, exact_reasons_max=self.exact_reasons_max)
+        consortium = (self._consortium(model, key, held.consortium if held is not None else None)
+                      if model.features.consortium else None)
+        return Serving(model=model, record=record, consortium=consortium, history_version=history_version)
+
+    def _fallback(self, failed: str, key: tuple[str, bytes] | None,
+                  history_version: tuple[int, int, str] | None) -> Serving | None:
+        """The newest other kept model that loads, for a worker that holds none."""
+        for record in self.state.kept_models(self.family):
+            version = str(record["version"])
+            if version == failed:
+                continue
+            try:
+                serving = self._load(version, self.state.model_path(version, self.family), record, key,
+                                     history_version, None)
+            except Exception:  # noqa: BLE001, S112 - an older model that fails too: try the next
+                continue
+            log.warning("scoring with model %s (%s): the newest, %s, could not be loaded", version, self.family,
+                        failed)
+            return serving
+        return None
 
     def _consortium_key(self) -> tuple[str, bytes] | None:
         """The HE key id and the terminal key of the node's secret context (None before the

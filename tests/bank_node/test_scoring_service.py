@@ -195,6 +195,33 @@ def test_a_promoted_model_replaces_the_old_one_and_a_broken_one_does_not(
     assert ready.status_code == 200 and ready.get_json()["model_version"] == "2"
 
 
+@pytest.mark.parametrize("broken", [
+    b'{"learner": "not a model"}',
+    # A features setting that is not text: json.loads raises a TypeError, not a ValueError.
+    json.dumps({"learner": {"attributes": {"fedfraud_features": 5}}}).encode(),
+])
+def test_a_worker_started_after_a_broken_model_arrived_serves_the_newest_that_loads(
+    tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes], broken: bytes
+) -> None:
+    """A worker restarted (or added) after a model that fails to load was promoted must serve
+    what the workers started before it serve, not nothing: half the requests would fail."""
+    made = Node(tmp_path / "node", data)
+    keep_model(made.state, "1", model_files["small"])
+    keep_model(made.state, "2", model_files["large"])
+    keep_model(made.state, "3", broken)
+    restarted = create_app(tmp_path / "node")
+    node = restarted.extensions["fedfraud_scoring"]
+    assert node.holder.serving is not None and node.holder.serving.model.version == "2"
+    assert "model 3 not loaded, model 2 in use" in node.holder.last_error
+    client = restarted.test_client()
+    tx = as_json(data[data["timestamp"] >= START].iloc[:1])[0]
+    scored = client.post("/v1/score", json=tx, headers={"Authorization": f"Bearer {made.scorer}"})
+    assert scored.status_code == 200 and scored.get_json()["model_version"] == "2"
+    assert client.get("/v1/ready").status_code == 200
+    assert "fedfraud_model_load_failing 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert not node.refresh() and node.holder.serving.model.version == "2"  # still trying 3, still on 2
+
+
 def test_without_a_model_the_node_is_not_ready_and_says_why(tmp_path: Path, data: pd.DataFrame) -> None:
     bare = Node(tmp_path / "bare", data)
     assert bare.client.get("/v1/health").status_code == 200
