@@ -170,6 +170,22 @@ def _load(schema: Schema, document: Any) -> dict[str, Any]:
     return loaded
 
 
+def _refuse_late(new: NewTransactions, newest_ns: int, max_late_days: int) -> None:
+    """422 naming the first transaction timed more than ``max_late_days`` before the newest one
+    the node holds (``newest_ns``, 0 when it holds none)."""
+    if not newest_ns:
+        return
+    earliest = newest_ns - max_late_days * 86_400 * 10**9
+    if int(new.time_ns.min()) >= earliest:
+        return
+    i = int(np.flatnonzero(new.time_ns < earliest)[0])
+    raise Unprocessable(
+        f"transactions.{i}.timestamp: {pd.Timestamp(int(new.time_ns[i]))} is more than {max_late_days} days "
+        f"before the newest transaction the node holds ({pd.Timestamp(newest_ns):%Y-%m-%d %H:%M}); "
+        "a transaction that late is ingested with the history (fedfraud bank ingest), not scored",
+        {f"transactions.{i}.timestamp": [f"more than {max_late_days} days late"]})
+
+
 @blp.route("/score")
 class Score(MethodView):
     @requires(Role.SCORER, Role.ADMIN)
@@ -211,6 +227,7 @@ class Score(MethodView):
                                     f"{current_app.config['MAX_CLOCK_AHEAD_S']} s",
                                     {f"transactions.{i}.timestamp": ["ahead of the node's clock"]})
         new = NewTransactions.from_records(transactions)
+        _refuse_late(new, node.online.recent.newest, int(current_app.config["MAX_LATE_DAYS"]))
         if len(new) > 1 and len(np.unique(new.txid)) != len(new):
             raise Unprocessable("a transaction id appears twice in the request",
                                 {"transactions.transaction_id": ["duplicate"]})

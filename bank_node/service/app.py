@@ -50,6 +50,9 @@ DEFAULTS: Mapping[str, Any] = {
     "MODEL_RELOAD_S": 30.0,
     # Transactions are timestamped in the bank's local time; a day covers any zone confusion.
     "MAX_CLOCK_AHEAD_S": 86_400,
+    # How late a transaction may come to be scored, before the newest the node holds: older ones
+    # are history to ingest, and each would be featured by reading the store back to its day.
+    "MAX_LATE_DAYS": 30,
 }
 
 

@@ -444,6 +444,13 @@ def _raw(node: Node, path: str, body: bytes, token: str) -> Any:
                   b'"amount": "12.5"}', 422, "transactions.0.amount"),
     ("/v1/score", b'{"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, "terminal_id": 2, '
                   b'"amount": true}', 422, "transactions.0.amount"),
+    # Long before the newest transaction held (from 2018-05-15): history, not a transaction to
+    # score (each would be featured by reading the store back to its day).
+    ("/v1/score", b'{"transaction_id": 1, "timestamp": "1970-01-02T00:00:00", "customer_id": 1, "terminal_id": 2, '
+                  b'"amount": 3.0}', 422, "transactions.0.timestamp"),
+    ("/v1/score", b'{"transactions": [{"transaction_id": 1, "timestamp": "2018-05-16T10:00:00", "customer_id": 1, '
+                  b'"terminal_id": 2, "amount": 3.0}, {"transaction_id": 2, "timestamp": "2018-04-10T10:00:00", '
+                  b'"customer_id": 1, "terminal_id": 2, "amount": 3.0}]}', 422, "transactions.1.timestamp"),
     # The same transaction twice in one labels request: which label is meant is unknown.
     ("/v1/labels", b'{"labels": [{"transaction_id": 1, "label": 1}, {"transaction_id": 1, "label": 0}]}', 422,
      "labels.transaction_id"),
