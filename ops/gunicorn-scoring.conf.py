@@ -4,7 +4,8 @@ Run:  FEDFRAUD_STATE_DIR=/var/lib/fedfraud-bank/node gunicorn -c ops/gunicorn-sc
 
 Every setting can be overridden from the environment (values below are the defaults):
 FEDFRAUD_SCORING_BIND=127.0.0.1:8081, FEDFRAUD_SCORING_WORKERS=2, FEDFRAUD_SCORING_THREADS=1,
-FEDFRAUD_SCORING_KEEPALIVE_S=0, FEDFRAUD_SCORING_WORKER_CLASS=sync (gthread with threads or keep-alive),
+FEDFRAUD_SCORING_KEEPALIVE_S=0, FEDFRAUD_SCORING_WORKER_CLASS=fedfraud.gunicorn_workers.IdleLimitedSyncWorker
+(gunicorn's sync worker with FEDFRAUD_IDLE_TIMEOUT_S=5; gthread with threads or keep-alive),
 FEDFRAUD_LOG_LEVEL=INFO; the app reads FEDFRAUD_STATE_DIR, FEDFRAUD_BANK_STORE and
 FEDFRAUD_DECISION_THRESHOLD (see bank_node/service/wsgi.py).
 
@@ -36,9 +37,12 @@ graceful_timeout = 15
 # A new connection per request lets the kernel spread requests over the workers.
 keepalive = int(os.environ.get("FEDFRAUD_SCORING_KEEPALIVE_S", "0"))
 # One request at a time on a fresh connection is what the sync worker does, with no thread pool
-# or selector in between; threads or kept connections need gthread.
+# or selector in between; threads or kept connections need gthread. This one also drops a
+# connection silent for FEDFRAUD_IDLE_TIMEOUT_S (5 s): a sync worker would otherwise wait on it
+# until the timeout below killed it, and two idle connections would stop the service.
 worker_class = os.environ.get("FEDFRAUD_SCORING_WORKER_CLASS",
-                              "sync" if threads == 1 and keepalive == 0 else "gthread")
+                              "fedfraud.gunicorn_workers.IdleLimitedSyncWorker" if threads == 1 and keepalive == 0
+                              else "gthread")
 limit_request_line = 4096
 limit_request_fields = 50
 
@@ -65,10 +69,12 @@ def post_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
     """Structured logs for the app's own loggers in every worker, before it loads the app (which
     logs the model it takes up, or why it could not)."""
     from consortium.logs import configure_logging
+    from fedfraud.gunicorn_workers import quiet_idle_timeouts
 
     # The service's packages: the bank node's (model swaps, load failures, the store) and the
     # errors module it shares with the consortium service.
     configure_logging(os.environ.get("FEDFRAUD_LOG_LEVEL", "INFO"), ("consortium", "bank_node", "fedfraud"))
+    quiet_idle_timeouts(worker.log.error_log)
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]

@@ -236,3 +236,57 @@ def _model_versions(metrics: str) -> list[float]:
     """The model-version gauges of the scoring workers in a /metrics text, smallest first."""
     return sorted(sample.value for family in text_string_to_metric_families(metrics)
                   for sample in family.samples if sample.name == "fedfraud_model_version")
+
+
+def test_connections_that_send_nothing_do_not_stop_the_scoring_service(tmp_path: Path) -> None:
+    """Two sync workers and two clients that connect and stay silent (a stalled client, a pool
+    that connects ahead): each worker drops its silent connection after the idle timeout, says so
+    in one line, and scores the next request; none waits for gunicorn's timeout to kill it."""
+    import socket
+
+    import pandas as pd
+    import xgboost as xgb
+
+    from bank_node.features import MODEL_INPUTS, compute_features, model_matrix
+    from bank_node.generator import generate_transactions
+    from schemas.transaction import to_canonical
+    from tests.bank_node.test_scoring_service import as_json, scoring_node
+
+    start = pd.Timestamp("2018-04-20")
+    raw = generate_transactions(n_customers=100, n_terminals=100, days=25, seed=5, start_date="2018-04-01")
+    data = to_canonical(raw, None, require_label=True).sort_values(["timestamp", "transaction_id"])
+    past = compute_features(data[data["timestamp"] < start], start="2018-04-10")
+    trained = xgb.train({"max_depth": 2, "objective": "binary:logistic"},
+                        xgb.DMatrix(model_matrix(past), label=past["label"], feature_names=list(MODEL_INPUTS)), 5)
+    token = scoring_node(tmp_path / "node", data[data["timestamp"] < start], bytes(trained.save_raw("json")))
+    tx = as_json(data[data["timestamp"] >= start].iloc[:1])[0]
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDFRAUD_", "PROMETHEUS_"))}
+    env.update(FEDFRAUD_STATE_DIR=str(tmp_path / "node"), FEDFRAUD_SCORING_BIND=f"127.0.0.1:{port}",
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), FEDFRAUD_IDLE_TIMEOUT_S="2")
+    log_path = tmp_path / "scoring.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c",
+                                str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env, cwd=tmp_path,
+                               stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    silent: list[socket.socket] = []
+    try:
+        wait_until_serving(f"{url}/v1/ready", process, log_path, 60, "the scoring service")
+        wait_for(lambda: _model_versions(requests.get(f"{url}/metrics", timeout=5).text) == [1.0, 1.0], 60,
+                 "both workers to take up the model")
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        # Well inside gunicorn's timeout (30 s), after which the workers would be killed.
+        scored = requests.post(f"{url}/v1/score", json=tx, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+        assert scored.status_code == 200, scored.text
+        assert all(s.recv(1) == b"" for s in silent)  # each dropped by its worker (end of stream)
+    finally:
+        for s in silent:
+            s.close()
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    text = log_path.read_text()
+    assert "WORKER TIMEOUT" not in text and "Traceback" not in text, text[-3000:]
+    assert text.count("closed a connection silent for longer than the idle timeout") >= 2, text[-3000:]
