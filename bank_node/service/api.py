@@ -290,7 +290,8 @@ class Model(MethodView):
         node = current_app.extensions["fedfraud_scoring"]
         serving = node.holder.serving
         if serving is None:
-            raise Unavailable("no model in use yet")
+            error = node.holder.last_error
+            raise Unavailable(f"no model in use yet{': ' + error if error else ''}")
         record = serving.record
         return jsonify({
             **describe(serving.model), "run_id": record.get("run_id"),
@@ -309,11 +310,13 @@ class Health(MethodView):
 @blp.route("/ready")
 class Ready(MethodView):
     def get(self) -> Any:
-        """Readiness: a model is loaded and the store answers (503 otherwise, with why)."""
+        """Readiness: a model is loaded and the store answers (503 otherwise, with why). Asked
+        without a token: what went wrong in detail (paths, digests) is for GET /v1/model and the log."""
         node = current_app.extensions["fedfraud_scoring"]
         problems = []
         if node.holder.serving is None:
-            problems.append("no model loaded" + (f" ({node.holder.last_error})" if node.holder.last_error else ""))
+            problems.append("no model loaded" + (" (the newest failed to load: GET /v1/model or the log says why)"
+                                                 if node.holder.last_error else ""))
         try:
             node.store.version()  # one small query, not a scan of the transactions
         except Exception as exc:  # noqa: BLE001 - any database failure means not ready

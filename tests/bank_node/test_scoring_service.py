@@ -235,6 +235,22 @@ def test_without_a_model_the_node_is_not_ready_and_says_why(tmp_path: Path, data
     assert "ScoreRequest" in spec["components"]["schemas"]
 
 
+def test_readiness_asked_without_a_token_says_a_model_failed_but_not_where_it_is(
+    tmp_path: Path, data: pd.DataFrame, model_files: dict[str, bytes]
+) -> None:
+    made = Node(tmp_path / "node", data)
+    keep_model(made.state, "1", model_files["small"])
+    Path(made.state.runs()["run-1"]["model_file"]).unlink()  # a restore that lost the models folder
+    restarted = create_app(tmp_path / "node")
+    client = restarted.test_client()
+    ready = client.get("/v1/ready")
+    assert ready.status_code == 503 and "failed to load" in ready.get_json()["problems"][0]
+    assert str(tmp_path) not in ready.get_data(as_text=True)
+    model = client.get("/v1/model", headers={"Authorization": f"Bearer {made.scorer}"})
+    assert model.status_code == 503 and "model 1 not loaded" in model.get_json()["message"]
+    assert "No such file" in model.get_json()["message"]
+
+
 def test_metrics_show_latency_decisions_and_the_model_in_use(node: Node, data: pd.DataFrame) -> None:
     txs = as_json(data[data["timestamp"] >= START].iloc[:5])
     answers = [node.post("/v1/score", tx, node.scorer).get_json() for tx in txs]
