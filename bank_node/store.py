@@ -143,6 +143,7 @@ class LabelResult:
     updated: int
     unchanged: int
     unknown: int
+    file_seen_before: bool = False  # the same file was recorded before: nothing read or changed
 
 
 class TransactionStore:
@@ -307,7 +308,7 @@ class TransactionStore:
             version = self._next_version(connection)
             if sha256 is not None and connection.execute(
                     select(ingested_files.c.sha256).where(ingested_files.c.sha256 == sha256)).first():
-                return LabelResult(rows=len(ids), updated=0, unchanged=len(ids), unknown=0)
+                return LabelResult(rows=len(ids), updated=0, unchanged=0, unknown=0, file_seen_before=True)
             known: dict[int, int | None] = {}
             for start in range(0, len(ids), _CHUNK):
                 chunk = [int(i) for i in ids[start : start + _CHUNK]]

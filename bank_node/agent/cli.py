@@ -262,6 +262,10 @@ def labels(path: Path, columns: str, skip_unknown: bool, state_dir: Path, store_
         result = store.record_labels(frame, name=str(path), sha256=file_sha256(path), skip_unknown=skip_unknown)
     finally:
         store.close()
+    if result.file_seen_before:
+        click.echo(f"{path}: this file's labels were recorded before (same SHA-256): nothing changed; to set labels "
+                   "again after a correction, give them in a new file")
+        return
     click.echo(f"{path}: {result.updated} labels recorded, {result.unchanged} unchanged, {result.unknown} skipped")
 
 

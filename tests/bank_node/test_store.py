@@ -134,6 +134,9 @@ def test_the_command_line_ingests_labels_and_refuses_a_bad_file_whole(raw: pd.Da
     raw.iloc[:300][["TRANSACTION_ID", "TX_FRAUD"]].to_csv(labels, index=False)
     recorded = runner.invoke(bank_cli, ["labels", str(labels), "--state-dir", str(state)])
     assert recorded.exit_code == 0 and "labels recorded" in recorded.output, recorded.output
+    # The same file again changes nothing, and says so rather than counting its labels unchanged.
+    again = runner.invoke(bank_cli, ["labels", str(labels), "--state-dir", str(state)])
+    assert again.exit_code == 0 and "recorded before (same SHA-256): nothing changed" in again.output, again.output
     store = TransactionStore.in_state_dir(state)
     try:
         assert store.summary()["transactions"] == 300 and store.summary()["labelled"] == 300
