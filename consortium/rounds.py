@@ -85,7 +85,7 @@ __all__ = [
 logger = logging.getLogger("consortium.rounds")
 
 RUN_ID_PATTERN = ID_PATTERN
-ROUND_KEY_PATTERN = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*$")
+ROUND_KEY_PATTERN = re.compile(rf"^{ID_SEGMENT}(/{ID_SEGMENT})*\Z")
 """Round keys: '/'-separated id segments."""
 _ATTEMPTS = 3  # concurrent first contributions race to open the round; the losers retry
 

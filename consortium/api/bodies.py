@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -63,8 +64,26 @@ def json_bytes(limit: int = MAX_JSON_BYTES) -> bytes:
     return raw
 
 
+#: A \\u escape of a UTF-16 surrogate: the standard library reads a lone one into a string that
+#: cannot be written as UTF-8 (to the database, into a ledger entry) later.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes) -> Any:
-    """A JSON document, 400 naming the problem if it does not parse."""
+    """A JSON document, 400 naming the problem if it does not parse or holds a lone surrogate."""
+    document = _parsed(raw)
+    if _SURROGATE_ESCAPE.search(raw) is not None:  # rare: only then is the document written out to check
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except RecursionError:
+            raise BadRequest("malformed JSON body: nested too deeply") from None
+        except UnicodeEncodeError:
+            raise BadRequest("malformed JSON body: a \\u escape of half a UTF-16 surrogate pair "
+                             "(\\ud800-\\udfff) stands alone") from None
+    return document
+
+
+def _parsed(raw: bytes) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError:

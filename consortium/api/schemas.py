@@ -12,11 +12,31 @@ from schemas.ledger import EVENTS as LEDGER_EVENTS
 from schemas.ledger import MAX_PROOFS_A_REQUEST
 from schemas.run import MODEL_FAMILIES, RunWindowSchema, load_run_params
 from consortium.secure_sum import MIN_BANKS
-from consortium.storage.models import ID_PATTERN
+from consortium.storage.models import ID_SEGMENT
 
-ID_REGEX = ID_PATTERN.pattern
+#: As OpenAPI documents it (ECMA-262: "$" is the end); checked whole by :class:`Whole`.
+ID_REGEX = rf"^{ID_SEGMENT}$"
 TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
+
+
+class Whole(validate.Regexp):
+    """A pattern the whole value must match: Python's "$" also matches before a final newline,
+    so ``bank-9\n`` would pass ``^[a-z0-9-]+$``. The pattern is documented as written."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class JsonBool(fields.Boolean):
+    """JSON ``true`` or ``false`` only (marshmallow's also takes 1, "yes", "on", ...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class StrictSchema(Schema):
@@ -47,14 +67,14 @@ class HealthSchema(Schema):
 class BankEnrolSchema(StrictSchema):
     bank_id = fields.String(
         required=True,
-        validate=validate.Regexp(ID_REGEX, error="bank ids match {regex}"),
+        validate=Whole(ID_REGEX, error="bank ids match {regex}"),
         metadata={"example": "bank-1"},
     )
     name = fields.String(
         required=True,
         validate=[
             validate.Length(min=1, max=200),
-            validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="names may not contain control characters"),
+            Whole(r"^[^\x00-\x1f\x7f]*$", error="names may not contain control characters"),
         ],
     )
 
@@ -132,14 +152,14 @@ class RunOpenSchema(StrictSchema):
     window = fields.Nested(RunWindowSchema, metadata={
         "description": "the days every bank trains and validates on; default: as_of today in the "
                        "consortium's time zone, with the configured numbers of days"})
-    run_timeout_s = fields.Integer(validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S),
+    run_timeout_s = fields.Integer(strict=True, validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S),
                                    metadata={"description": "deadline of the whole run; an open run past it fails"})
-    min_banks = fields.Integer(
+    min_banks = fields.Integer(strict=True,
         validate=validate.Range(min=MIN_BANKS, max=1000, error=f"min_banks must be from {MIN_BANKS} to 1000: with two banks either one subtracts itself from the sum"),
     )
-    round_timeout_s = fields.Integer(validate=validate.Range(min=1, max=MAX_ROUND_TIMEOUT_S))
+    round_timeout_s = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ROUND_TIMEOUT_S))
     participants = fields.List(
-        fields.String(validate=validate.Regexp(ID_REGEX)), validate=validate.Length(min=MIN_BANKS, max=1000)
+        fields.String(validate=Whole(ID_REGEX)), validate=validate.Length(min=MIN_BANKS, max=1000)
     )
 
     @validates_schema
@@ -155,13 +175,13 @@ class RunOpenSchema(StrictSchema):
 class ScheduleChangeSchema(StrictSchema):
     cron = fields.String(validate=validate.Length(min=9, max=100),
                          metadata={"description": "5-field crontab line in the consortium's time zone, e.g. '0 2 * * *'"})
-    enabled = fields.Boolean()
+    enabled = JsonBool()
     params = fields.Dict(keys=fields.String(), metadata=PARAMS_DOC)
-    train_days = fields.Integer(validate=validate.Range(min=1, max=366))
-    validation_days = fields.Integer(validate=validate.Range(min=0, max=92))
-    label_delay_days = fields.Integer(validate=validate.Range(min=0, max=92))
-    min_banks = fields.Integer(allow_none=True, validate=validate.Range(min=MIN_BANKS, max=1000))
-    run_timeout_s = fields.Integer(allow_none=True, validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S))
+    train_days = fields.Integer(strict=True, validate=validate.Range(min=1, max=366))
+    validation_days = fields.Integer(strict=True, validate=validate.Range(min=0, max=92))
+    label_delay_days = fields.Integer(strict=True, validate=validate.Range(min=0, max=92))
+    min_banks = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=MIN_BANKS, max=1000))
+    run_timeout_s = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=60, max=MAX_RUN_TIMEOUT_S))
 
 
 class ScheduleSchema(Schema):
@@ -387,9 +407,9 @@ class LedgerPageSchema(Schema):
 
 
 class LedgerQuerySchema(StrictSchema):
-    bank_id = fields.String(validate=validate.Regexp(ID_REGEX, error="not a bank id"))
+    bank_id = fields.String(validate=Whole(ID_REGEX, error="not a bank id"))
     event = fields.String(validate=validate.OneOf(sorted(LEDGER_EVENTS)))
-    run_id = fields.String(validate=validate.Regexp(ID_REGEX, error="not a run id"))
+    run_id = fields.String(validate=Whole(ID_REGEX, error="not a run id"))
     model_version = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX))
     since = fields.DateTime(metadata={"description": "entries at or after (ISO 8601; naive means UTC)"})
     until = fields.DateTime(metadata={"description": "entries before"})
@@ -415,10 +435,10 @@ def _each_once(values: list[int]) -> None:
 
 class InclusionBatchSchema(StrictSchema):
     indices = fields.List(
-        fields.Integer(validate=validate.Range(min=0, max=MAX_INDEX)), required=True,
+        fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_INDEX)), required=True,
         validate=[validate.Length(min=1, max=MAX_PROOFS_A_REQUEST), _each_once],
         metadata={"description": f"the entries to prove (1 to {MAX_PROOFS_A_REQUEST}, each once)"})
-    size = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
+    size = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_INDEX), metadata={"description": "default: the current size"})
 
 
 class ConsistencyQuerySchema(StrictSchema):

@@ -21,7 +21,7 @@ from typing import Final
 
 __all__ = ["BlobCorruptError", "BlobError", "BlobMissingError", "BlobStore", "sha256_hex"]
 
-_DIGEST: Final = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST: Final = re.compile(r"^[0-9a-f]{64}\Z")
 _TEMP_PREFIX: Final = ".incoming-"
 
 

@@ -33,7 +33,9 @@ from consortium.config import utcnow
 ID_LENGTH = 64
 #: Bank and run ids, and each '/'-separated segment of a round key.
 ID_SEGMENT = rf"[a-z0-9][a-z0-9._-]{{0,{ID_LENGTH - 1}}}"
-ID_PATTERN = re.compile(rf"^{ID_SEGMENT}$")
+# \Z, not $: "$" also matches before a final newline, and "bank-9\n" is not "bank-9" (ids go into
+# newline-separated signed messages).
+ID_PATTERN = re.compile(rf"^{ID_SEGMENT}\Z")
 ROUND_KEY_LENGTH = 200
 DIGEST_LENGTH = 64
 

@@ -443,9 +443,9 @@ def _raw(node: Node, path: str, body: bytes, token: str) -> Any:
 
 
 @pytest.mark.parametrize(("path", "body", "status", "field"), [
-    # A key the schema names is a lone surrogate: the error answer must still be written.
-    ("/v1/score", b'{"\\ud800": 1}', 422, "transactions.0.\ud800"),
-    ("/v1/labels", b'{"labels": [{"transaction_id": 1, "label": 1, "\\udfff": 2}]}', 422, "labels.0.\udfff"),
+    # A lone surrogate (in a key the schema would name): refused before, not a 500 in the answer.
+    ("/v1/score", b'{"\\ud800": 1}', 400, None),
+    ("/v1/labels", b'{"labels": [{"transaction_id": 1, "label": 1, "\\udfff": 2}]}', 400, None),
     # An integer too long for the standard library to read (over 4,300 digits).
     ("/v1/score", b'{"transaction_id": ' + b"9" * 5000 + b"}", 400, None),
     ("/v1/labels", b'{"labels": [{"transaction_id": ' + b"7" * 5000 + b', "label": 1}]}', 400, None),

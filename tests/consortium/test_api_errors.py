@@ -72,6 +72,42 @@ def test_a_number_too_long_to_read_is_a_400_not_a_500(client: FlaskClient, opera
     assert "malformed JSON" in body["message"] and "digits" in body["message"]
 
 
+@pytest.mark.parametrize(("method", "path", "body", "status", "field"), [
+    # Python's "$" also matches before a final newline: "bank-9\n" is not an id, nor a name.
+    ("post", "/v1/banks", b'{"bank_id": "bank-9\\n", "name": "Nine"}', 422, "bank_id"),
+    ("post", "/v1/banks", b'{"bank_id": "bank-9", "name": "Nine\\n"}', 422, "name"),
+    ("post", "/v1/runs", b'{"model": "xgboost", "participants": ["bank-1", "bank-2", "bank-3\\n"]}', 422,
+     "participants"),
+    # A lone surrogate could not be written to the database or into a ledger entry (it was a 500).
+    ("post", "/v1/banks", b'{"bank_id": "bank-s1", "name": "\\ud800"}', 400, None),
+    ("post", "/v1/banks", b'{"bank_id": "bank-s1", "name": "Z\\ud83d"}', 400, None),
+    # Counts are JSON integers: 3.99 banks was taken as 3, "3600" as 3600, 1.5 days as 1.
+    ("post", "/v1/runs", b'{"model": "xgboost", "min_banks": 3.99}', 422, "min_banks"),
+    ("post", "/v1/runs", b'{"model": "xgboost", "run_timeout_s": "3600"}', 422, "run_timeout_s"),
+    ("put", "/v1/schedules/xgboost", b'{"train_days": 1.5}', 422, "train_days"),
+    ("put", "/v1/schedules/xgboost", b'{"enabled": "yes"}', 422, "enabled"),
+    ("put", "/v1/schedules/xgboost", b'{"enabled": 1}', 422, "enabled"),
+    ("post", "/v1/ledger/proofs/inclusions", b'{"indices": [0.5]}', 422, "indices"),
+])
+def test_values_that_were_mangled_or_failed_later_are_refused_naming_the_field(
+    client: FlaskClient, operator_token: str, method: str, path: str, body: bytes, status: int, field: str | None
+) -> None:
+    response = getattr(client, method)(path, data=body, content_type="application/json",
+                                       headers={"Authorization": f"Bearer {operator_token}"})
+    answer = assert_error(response, status)
+    if field is not None:
+        assert field in answer["errors"], answer
+    else:
+        assert "surrogate" in answer["message"]
+
+
+def test_a_name_with_a_surrogate_pair_is_kept(client: FlaskClient, operator_token: str) -> None:
+    response = client.post("/v1/banks", data=b'{"bank_id": "bank-e1", "name": "Bank \\ud83d\\ude00"}',
+                           content_type="application/json", headers={"Authorization": f"Bearer {operator_token}"})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()["name"] == "Bank \U0001f600"
+
+
 def test_json_endpoint_given_text_is_415(client: FlaskClient, operator_token: str) -> None:
     response = client.post(
         "/v1/banks", data="bank-1", headers={"Authorization": f"Bearer {operator_token}"}, content_type="text/plain"
