@@ -202,9 +202,12 @@ def set_schedule(session: Session, config: Any, model: str, changes: dict[str, A
         raise Unprocessable(f"no model family {model!r}", {"model": [f"one of {', '.join(MODEL_FAMILIES)}"]})
     if "cron" in changes:
         try:
-            cron_trigger(changes["cron"], config["TIME_ZONE"])
+            trigger = cron_trigger(changes["cron"], config["TIME_ZONE"])
         except ValueError as exc:
             raise Unprocessable(str(exc), {"cron": [str(exc)]}) from None
+        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:  # e.g. 30 February: shown enabled, never run
+            problem = f"cron expression {changes['cron']!r} names no date that exists: it would never fire"
+            raise Unprocessable(problem, {"cron": [problem]})
     if "params" in changes:
         try:
             changes["params"] = load_run_params(model, changes["params"])

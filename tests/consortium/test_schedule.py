@@ -168,6 +168,11 @@ def test_schedule_changes_are_checked_and_only_operators_make_them(
     operator = bearer(consortium.operator)
     bad_cron = consortium.client.put("/v1/schedules/xgboost", json={"cron": "61 2 * * *"}, headers=operator)
     assert bad_cron.status_code == 422 and "cron" in bad_cron.get_json()["errors"]
+    for never in ("0 2 30 2 *", "0 0 31 4,6,9,11 *"):  # valid fields, no such date: enabled, it would never run
+        refused = consortium.client.put("/v1/schedules/xgboost", json={"cron": never, "enabled": True}, headers=operator)
+        assert refused.status_code == 422 and "never fire" in refused.get_json()["errors"]["cron"][0]
+    leap = consortium.client.put("/v1/schedules/xgboost", json={"cron": "0 2 29 2 *"}, headers=operator)
+    assert leap.status_code == 200 and leap.get_json()["next_fire_at"] is not None  # every four years is a date
     bad_params = consortium.client.put("/v1/schedules/xgboost", json={"params": {"n_trees": 0}}, headers=operator)
     assert bad_params.status_code == 422 and "params.n_trees" in bad_params.get_json()["errors"]
     unknown = consortium.client.put("/v1/schedules/forest", json={"enabled": True}, headers=operator)
