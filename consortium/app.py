@@ -67,6 +67,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from consortium.storage.database import Database, db
 
     app = Flask("consortium", instance_relative_config=True)
+    # A doubled slash is not merged by an HTML redirect: the path is taken as written, and a round
+    # key that does not match answers in the JSON error shape like any other.
+    app.url_map.merge_slashes = False
     settings = load_config(app.instance_path, config)
     app.config.update(_OPENAPI_SETTINGS)
     app.config.update(settings.as_flask_config())

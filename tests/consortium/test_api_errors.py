@@ -162,3 +162,13 @@ def test_missing_or_unknown_token_is_401(client: FlaskClient, header: str | None
         response = getattr(client, method)(path, headers=headers)
         assert_error(response, 401)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(("method", "path"), [("get", "/v1//health"), ("put", "/v1/runs/run-1/contributions//r0"),
+                                              ("get", "/v1/runs/run-1/aggregates//r0")])
+def test_a_doubled_slash_gets_the_json_error_shape_not_an_html_redirect(
+    client: FlaskClient, operator_token: str, method: str, path: str
+) -> None:
+    response = getattr(client, method)(path, headers={"Authorization": f"Bearer {operator_token}"})
+    assert 400 <= response.status_code < 500 and "Location" not in response.headers
+    assert_error(response, response.status_code)
