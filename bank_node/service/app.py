@@ -116,10 +116,7 @@ class _FastJSON(DefaultJSONProvider):
     _OPTIONS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        try:
-            return orjson.dumps(obj, default=self.default, option=self._OPTIONS).decode("utf-8")
-        except orjson.JSONEncodeError:  # e.g. a lone surrogate from the request, named in an error
-            return super().dumps(obj, **kwargs)
+        return orjson.dumps(obj, default=self.default, option=self._OPTIONS).decode("utf-8")
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         # What ``flask.json.jsonify`` documents: one argument as is, several as a list, keywords as
@@ -127,10 +124,7 @@ class _FastJSON(DefaultJSONProvider):
         if args and kwargs:
             raise TypeError("a JSON answer takes either arguments or keyword arguments, not both")
         obj: Any = kwargs or (args[0] if len(args) == 1 else list(args)) if (args or kwargs) else None
-        try:
-            body = orjson.dumps(obj, default=self.default, option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
-        except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate) the standard library escapes
-            body = f"{super().dumps(obj)}\n".encode()
+        body = orjson.dumps(obj, default=self.default, option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
         return Response(body, mimetype=self.mimetype)
 
 
