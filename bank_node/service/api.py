@@ -14,6 +14,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from bank_node.features import NS_PER_DAY
 from bank_node.online import NewTransactions
 from bank_node.scoring import describe
 from bank_node.service.auth import Role, requires
@@ -175,7 +176,7 @@ def _refuse_late(new: NewTransactions, newest_ns: int, max_late_days: int) -> No
     the node holds (``newest_ns``, 0 when it holds none)."""
     if not newest_ns:
         return
-    earliest = newest_ns - max_late_days * 86_400 * 10**9
+    earliest = newest_ns - max_late_days * NS_PER_DAY
     if int(new.time_ns.min()) >= earliest:
         return
     i = int(np.flatnonzero(new.time_ns < earliest)[0])
