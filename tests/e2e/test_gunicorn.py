@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,13 +183,8 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
     assert chosen["customer_id"].value_counts().min() > 5
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDFRAUD_", "PROMETHEUS_"))}
-    env.update(FEDFRAUD_STATE_DIR=str(root), FEDFRAUD_SCORING_BIND=f"127.0.0.1:{port}",
-               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
-    gunicorn = Path(sys.executable).with_name("gunicorn")
     log = open(tmp_path / "scoring.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([str(gunicorn), "-c", str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env,
-                               cwd=tmp_path, stdout=log, stderr=log)
+    process, env = _start_scoring(root, port, tmp_path, log)
     other_port = free_port()
     other = subprocess.Popen([str(Path(sys.executable).with_name("fedfraud")), "bank", "serve", "--state-dir", str(root),
                               "--port", str(other_port)], cwd=tmp_path, stdout=log, stderr=log,
@@ -197,10 +193,7 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
     try:
         for service, url in zip((process, other), urls, strict=True):
             wait_until_serving(f"{url}/v1/ready", service, tmp_path / "scoring.log", 60, "the scoring service")
-        # Ready is answered by whichever worker accepts first; the other may still be loading (its
-        # gauge then reads 0, as it should: it serves nothing yet). Wait for both to serve the model.
-        wait_for(lambda: _model_versions(requests.get(f"{urls[0]}/metrics", timeout=5).text) == [1.0, 1.0], 60,
-                 "both workers to take up the model")
+        _wait_for_both_workers(urls[0])
         answers = []
         for i, tx in enumerate(as_json(chosen)):
             response = requests.post(f"{urls[i % 2]}/v1/score", json=tx, timeout=10,
@@ -230,6 +223,25 @@ def test_scoring_processes_on_one_store_see_each_others_transactions(tmp_path: P
                if line.startswith("{") and json.loads(line).get("logger") == "bank_node.service.models"
                and json.loads(line)["message"].startswith("scoring with model 1")]
     assert len(took_up) >= 2, (tmp_path / "scoring.log").read_text()[-3000:]
+
+
+def _start_scoring(root: Path, port: int, tmp_path: Path, log: Any, **settings: str) -> tuple[Any, dict[str, str]]:
+    """ops/gunicorn-scoring.conf.py serving the node at ``root`` on ``port`` (its output to
+    ``log``), with ``settings`` in its environment: the process and that environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDFRAUD_", "PROMETHEUS_"))}
+    env.update(FEDFRAUD_STATE_DIR=str(root), FEDFRAUD_SCORING_BIND=f"127.0.0.1:{port}",
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **settings)
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c",
+                                str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env, cwd=tmp_path,
+                               stdout=log, stderr=log)
+    return process, env
+
+
+def _wait_for_both_workers(url: str) -> None:
+    """Ready is answered by whichever worker accepts first; the other may still be loading (its
+    gauge then reads 0, as it should: it serves nothing yet). Wait for both to serve the model."""
+    wait_for(lambda: _model_versions(requests.get(f"{url}/metrics", timeout=5).text) == [1.0, 1.0], 60,
+             "both workers to take up the model")
 
 
 def _model_versions(metrics: str) -> list[float]:
@@ -262,21 +274,16 @@ def test_connections_that_send_nothing_do_not_stop_the_scoring_service(tmp_path:
     tx = as_json(data[data["timestamp"] >= start].iloc[:1])[0]
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDFRAUD_", "PROMETHEUS_"))}
-    env.update(FEDFRAUD_STATE_DIR=str(tmp_path / "node"), FEDFRAUD_SCORING_BIND=f"127.0.0.1:{port}",
-               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), FEDFRAUD_IDLE_TIMEOUT_S="2")
     log_path = tmp_path / "scoring.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c",
-                                str(REPO / "ops" / "gunicorn-scoring.conf.py")], env=env, cwd=tmp_path,
-                               stdout=log, stderr=log)
+    process, _ = _start_scoring(tmp_path / "node", port, tmp_path, log, FEDFRAUD_IDLE_TIMEOUT_S="2")
     url = f"http://127.0.0.1:{port}"
     silent: list[socket.socket] = []
     try:
         wait_until_serving(f"{url}/v1/ready", process, log_path, 60, "the scoring service")
-        wait_for(lambda: _model_versions(requests.get(f"{url}/metrics", timeout=5).text) == [1.0, 1.0], 60,
-                 "both workers to take up the model")
-        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        _wait_for_both_workers(url)
+        # A bound on the client's side too: a connection never dropped fails the test, not hangs it.
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=15) for _ in range(2)]
         # Well inside gunicorn's timeout (30 s), after which the workers would be killed.
         scored = requests.post(f"{url}/v1/score", json=tx, headers={"Authorization": f"Bearer {token}"}, timeout=20)
         assert scored.status_code == 200, scored.text
